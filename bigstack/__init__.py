@@ -1,0 +1,33 @@
+"""bigstack: align and stack astronomical frames out of core.
+
+The public API is small:
+
+- :func:`open_frames` opens a set of frame files as a lazy
+  ``xarray.DataArray`` with dims ``(frame, y, x)``.
+- :mod:`bigstack.synthetic` writes frames with known truth (tests, demo).
+- :mod:`bigstack.imaging` is the tutorial-compatible facade.
+
+Conventions: images are indexed ``[y, x]``; positions and shifts are
+written ``[x, y]``.
+"""
+
+from ._errors import (
+    BigstackError,
+    BigstackWarning,
+    FrameError,
+    FrameNotFoundError,
+    StoreExistsError,
+)
+from ._io import open_frames
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BigstackError",
+    "BigstackWarning",
+    "FrameError",
+    "FrameNotFoundError",
+    "StoreExistsError",
+    "open_frames",
+    "__version__",
+]

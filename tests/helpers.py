@@ -1,0 +1,50 @@
+"""Small helpers shared by the tests."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+
+class _Counter:
+    value = 0
+
+
+def _rchar() -> int:
+    with open("/proc/self/io") as f:
+        for line in f:
+            if line.startswith("rchar:"):
+                return int(line.split()[1])
+    raise RuntimeError("no rchar in /proc/self/io")
+
+
+@contextlib.contextmanager
+def bytes_read():
+    """Count the bytes this process reads through system calls (Linux ``rchar``).
+
+    This is the kernel's count, independent of bigstack's own code. It
+    includes reads of ``/proc/self/io`` itself, which are measured once
+    and subtracted.
+    """
+    probe0 = _rchar()
+    probe1 = _rchar()
+    overhead = probe1 - probe0
+    counter = _Counter()
+    start = _rchar()
+    yield counter
+    counter.value = _rchar() - start - overhead
+
+
+def write_fits(path, data, *, bzero=None, bscale=None, **header) -> Path:
+    """Write ``data`` as a FITS primary HDU with astropy (the reference writer)."""
+    path = Path(path)
+    hdu = fits.PrimaryHDU(np.asarray(data))
+    if bzero is not None or bscale is not None:
+        hdu.scale("int16", bzero=bzero or 0.0, bscale=bscale or 1.0)
+    for key, value in header.items():
+        hdu.header[key.replace("_", "-")] = value
+    hdu.writeto(path)
+    return path

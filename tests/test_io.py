@@ -1,0 +1,414 @@
+"""open_frames and the tutorial loaders, checked against astropy / imagecodecs.
+
+Files are written here by the reference libraries themselves (astropy for
+FITS, imagecodecs for PNG/JPEG) from seeded arrays, and read back through
+bigstack; the expected values come from the reference library reading the
+same file, never from bigstack.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import dask
+import imagecodecs
+import numpy as np
+import pytest
+from astropy.io import fits
+
+import bigstack
+from bigstack import FrameError, FrameNotFoundError, imaging, open_frames
+from bigstack._io import frame_reader
+
+from .helpers import bytes_read, write_fits
+
+GREY = np.array([0.2126, 0.7152, 0.0722])
+
+
+def _astropy_cube(paths):
+    return np.stack([np.asarray(fits.getdata(p), dtype=np.float32) for p in paths])
+
+
+# --------------------------------------------------------------------------
+# FITS, pixel for pixel against astropy
+
+
+@pytest.mark.parametrize(
+    "dtype, bzero, bscale",
+    [
+        ("uint16", None, None),  # astropy writes BITPIX=16, BZERO=32768
+        ("int16", None, None),
+        ("uint8", None, None),
+        ("int32", None, None),
+        ("float32", None, None),
+        ("float64", None, None),
+        ("int16", 100.0, 2.5),  # scaled integers
+    ],
+)
+def test_fits_matches_astropy(tmp_path, dtype, bzero, bscale):
+    rng = np.random.default_rng(1)
+    paths = []
+    for i in range(3):
+        if np.dtype(dtype).kind == "f":
+            data = rng.normal(1000, 50, (37, 53)).astype(dtype)
+        else:
+            info = np.iinfo(dtype)
+            hi = min(info.max, 2**20)
+            data = rng.integers(max(info.min, -(2**20)), hi, (37, 53), endpoint=True).astype(dtype)
+        paths.append(write_fits(tmp_path / f"f{i}.fits", data, bzero=bzero, bscale=bscale))
+    cube = open_frames(paths, rows=8)  # bands of 8 rows: 5 chunks, the last one short
+    assert cube.dims == ("frame", "y", "x")
+    assert cube.dtype == np.float32
+    assert cube.data.chunks == ((1, 1, 1), (8, 8, 8, 8, 5), (53,))
+    expected = _astropy_cube(paths)
+    np.testing.assert_array_equal(cube.values, expected)
+    if dtype == "uint16":
+        header = fits.getheader(paths[0])
+        assert header["BITPIX"] == 16 and header["BZERO"] == 32768
+        assert cube.values.max() > 32768  # came back as 0..65535
+
+
+def test_fits_image_in_extension_and_blank(tmp_path):
+    data = np.arange(20 * 30, dtype=np.int16).reshape(20, 30)
+    data[3, 4] = -999
+    hdu = fits.ImageHDU(data)
+    hdu.header["BLANK"] = -999
+    path = tmp_path / "ext.fits"
+    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(path)
+    cube = open_frames([path])
+    with fits.open(path) as hdul:
+        expected = hdul[1].data.astype(np.float32)
+    got = cube.values[0]
+    assert np.isnan(got[3, 4])
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(expected) | (data == -999))
+    mask = data != -999
+    np.testing.assert_array_equal(got[mask], data[mask].astype(np.float32))
+
+
+def test_header_coordinates(tmp_path):
+    paths = []
+    for i in range(3):
+        header = {"EXPTIME": 30.0 + i, "DATE-OBS": f"2026-03-0{i + 1}T21:00:0{i}.250",
+                  "FILTER": "Ha"}
+        paths.append(write_fits(tmp_path / f"f{i}.fit", np.zeros((4, 5), np.uint16), **header))
+    cube = open_frames(str(tmp_path / "*.fit"))
+    np.testing.assert_array_equal(cube["exptime"].values, [30.0, 31.0, 32.0])
+    assert cube["time"].values[2] == np.datetime64("2026-03-03T21:00:02.250")
+    assert list(cube["filter"].values) == ["Ha"] * 3
+    assert list(cube["path"].values) == [os.path.abspath(p) for p in paths]
+    np.testing.assert_array_equal(cube["y"].values, np.arange(4))
+    np.testing.assert_array_equal(cube["x"].values, np.arange(5))
+
+
+def test_coordinate_absent_when_a_header_lacks_it(tmp_path):
+    write_fits(tmp_path / "a.fit", np.zeros((4, 5), np.uint16), EXPTIME=10.0)
+    write_fits(tmp_path / "b.fit", np.zeros((4, 5), np.uint16))
+    cube = open_frames(tmp_path / "*.fit")
+    assert "exptime" not in cube.coords
+
+
+def test_list_keeps_order_pattern_sorts(tmp_path):
+    a = write_fits(tmp_path / "a.fit", np.full((3, 3), 1, np.uint16))
+    b = write_fits(tmp_path / "b.fit", np.full((3, 3), 2, np.uint16))
+    assert list(open_frames([b, a]).values[:, 0, 0]) == [2.0, 1.0]
+    assert list(open_frames(str(tmp_path / "*.fit")).values[:, 0, 0]) == [1.0, 2.0]
+    assert list(open_frames(tmp_path).values[:, 0, 0]) == [1.0, 2.0]  # a folder
+
+
+# --------------------------------------------------------------------------
+# reading only what is asked for
+
+
+def test_each_chunk_reads_only_its_rows(tmp_path):
+    data = np.random.default_rng(2).integers(0, 65535, (300, 200)).astype(np.uint16)
+    path = write_fits(tmp_path / "f.fit", data)
+    cube = open_frames([path], rows=50)
+    block = cube.data.blocks[0, 2, 0]  # rows 100..150
+    with bytes_read() as count:
+        values = block.compute(scheduler="synchronous")
+    np.testing.assert_array_equal(values[0], data[100:150].astype(np.float32))
+    assert count.value == 50 * 200 * 2  # exactly the band, nothing more
+
+
+def test_box_read_reads_only_the_box(tmp_path):
+    data = np.random.default_rng(3).integers(0, 65535, (400, 500)).astype(np.uint16)
+    path = write_fits(tmp_path / "f.fit", data)
+    reader, _ = frame_reader(open_frames([path]))
+    with bytes_read() as count:
+        box = reader.read(0, 120, 160, 300, 340)
+    np.testing.assert_array_equal(box, data[120:160, 300:340].astype(np.float32))
+    assert count.value == 40 * 40 * 2
+
+
+def test_opening_200_frames_reads_no_pixels(tmp_path, monkeypatch):
+    data = np.random.default_rng(4).integers(0, 65535, (256, 256)).astype(np.uint16)
+    paths = [write_fits(tmp_path / f"f{i:03d}.fit", data, EXPTIME=1.0) for i in range(200)]
+    pixel_bytes = 200 * data.nbytes
+    with bytes_read() as count:
+        cube = open_frames(str(tmp_path / "*.fit"))
+        _ = cube.isel(frame=slice(10, 20)).mean("frame")  # building on it stays lazy
+    # headers only: each file's primary header is a single 2880-byte block
+    # (plus a little slack for whatever else the process reads meanwhile)
+    assert count.value <= 200 * 2880 + 64 * 1024
+    assert count.value < pixel_bytes / 40
+    # the measurement does see pixel reads
+    with bytes_read() as count:
+        cube.isel(frame=0).values
+    assert count.value >= data.nbytes
+    # and no pixel read is attempted at all while opening
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("pixel data read while opening")
+
+    monkeypatch.setattr(os, "preadv", forbidden)
+    with dask.config.set(scheduler=forbidden):
+        open_frames(paths)
+
+
+# --------------------------------------------------------------------------
+# PNG / JPEG
+
+
+def _write_image(path, array):
+    encode = imagecodecs.png_encode if str(path).endswith(".png") else imagecodecs.jpeg8_encode
+    path.write_bytes(encode(array))
+    return path
+
+
+@pytest.mark.parametrize(
+    "suffix, dtype, channels",
+    [(".png", np.uint8, 3), (".png", np.uint16, 3), (".png", np.uint16, 0),
+     (".png", np.uint8, 4), (".jpg", np.uint8, 3)],
+)
+def test_png_jpeg_grey_matches_reference(tmp_path, suffix, dtype, channels):
+    rng = np.random.default_rng(5)
+    shape = (23, 31, channels) if channels else (23, 31)
+    paths = []
+    for i in range(2):
+        array = rng.integers(0, np.iinfo(dtype).max, shape, endpoint=True).astype(dtype)
+        paths.append(_write_image(tmp_path / f"im{i}{suffix}", array))
+    cube = open_frames(paths)
+    assert cube.shape == (2, 23, 31)
+    for k, path in enumerate(paths):
+        decoded = imagecodecs.imread(path).astype(np.float64)  # JPEG: what the codec gives
+        expected = decoded[..., :3] @ GREY if decoded.ndim == 3 else decoded
+        np.testing.assert_allclose(cube.values[k], expected, rtol=1e-6)
+        np.testing.assert_allclose(imaging.load_image(str(path)), expected, rtol=1e-6)
+    if dtype == np.uint16:
+        assert cube.values.max() > 255  # full 16-bit precision kept
+
+
+def test_load_image_custom_grey_weights(tmp_path):
+    rgb = np.random.default_rng(6).integers(0, 255, (9, 11, 3)).astype(np.uint8)
+    path = _write_image(tmp_path / "c.png", rgb)
+    got = imaging.load_image(str(path), gray_conv=[1.0, 0.0, 0.0])
+    np.testing.assert_array_equal(got, rgb[..., 0].astype(np.float32))
+
+
+# --------------------------------------------------------------------------
+# tutorial loaders
+
+
+def test_get_files_sorted(tmp_path, capsys):
+    for name in ("c.fit", "a.fit", "b.fit", "x.txt"):
+        (tmp_path / name).write_bytes(b"")
+    files = imaging.get_files(str(tmp_path / "*.fit"), print_log=True)
+    assert [os.path.basename(f) for f in files] == ["a.fit", "b.fit", "c.fit"]
+    assert "Files loaded" in capsys.readouterr().out
+    assert len(imaging.get_files(str(tmp_path / "*.nothing"))) == 0
+
+
+def test_load_image_fits_as_astropy(tmp_path):
+    data = np.random.default_rng(7).integers(0, 65535, (40, 60)).astype(np.uint16)
+    path = write_fits(tmp_path / "f.fit", data)
+    image = imaging.load_image(str(path))
+    assert image.dtype == np.float32 and image.shape == (40, 60)
+    np.testing.assert_array_equal(image, fits.getdata(path).astype(np.float32))
+
+
+# --------------------------------------------------------------------------
+# bad input: each names the file and the problem
+
+
+def test_empty_pattern(tmp_path):
+    pattern = str(tmp_path / "*.fit")
+    with pytest.raises(FrameNotFoundError, match="no file matches") as err:
+        open_frames(pattern)
+    assert pattern in str(err.value)
+    with pytest.raises(FrameNotFoundError, match="no frame files"):
+        open_frames([])
+    with pytest.raises(FrameNotFoundError, match="no frame files"):
+        open_frames(tmp_path)  # an empty folder
+
+
+def test_missing_file(tmp_path):
+    good = write_fits(tmp_path / "a.fit", np.zeros((3, 3), np.uint16))
+    missing = tmp_path / "gone.fit"
+    with pytest.raises(FrameNotFoundError, match="no such file") as err:
+        open_frames([good, missing])
+    assert str(missing) in str(err.value)
+    assert isinstance(err.value, FileNotFoundError)
+    with pytest.raises(FrameNotFoundError, match="gone.fit"):
+        imaging.load_image(str(missing))
+
+
+@pytest.mark.parametrize("name, content, problem", [
+    ("text.fit", b"this is not an image\n" * 10, "not a FITS file"),
+    ("empty.fits", b"", "not a FITS file"),
+    ("noise.png", bytes(range(256)) * 4, "not a readable PNG/JPEG"),
+    ("notes.txt", b"hello", "unsupported file type '.txt'"),
+])
+def test_not_an_image(tmp_path, name, content, problem):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(FrameError, match=problem) as err:
+        open_frames([path])
+    assert str(path) in str(err.value)
+
+
+def test_fits_missing_simple_card(tmp_path):
+    path = write_fits(tmp_path / "f.fit", np.zeros((3, 3), np.uint16))
+    raw = bytearray(path.read_bytes())
+    raw[:6] = b"XIMPLE"
+    path.write_bytes(bytes(raw))
+    with pytest.raises(FrameError, match="not a FITS file"):
+        open_frames([path])
+
+
+def test_truncated_fits_found_at_open(tmp_path, monkeypatch):
+    data = np.zeros((100, 100), np.uint16)
+    good = write_fits(tmp_path / "a.fit", data)
+    bad = write_fits(tmp_path / "b.fit", data)
+    with open(bad, "r+b") as f:
+        f.truncate(2880 + 100 * 100 * 2 - 10)
+    monkeypatch.setattr(os, "preadv", None)  # any pixel read would fail loudly
+    with pytest.raises(FrameError, match="truncated") as err:
+        open_frames([good, bad])
+    assert str(bad) in str(err.value)
+
+
+def test_frames_of_different_shapes(tmp_path):
+    a = write_fits(tmp_path / "a.fit", np.zeros((10, 20), np.uint16))
+    b = write_fits(tmp_path / "b.fit", np.zeros((10, 21), np.uint16))
+    with pytest.raises(FrameError, match=r"frame shape \(10, 21\) .* differs") as err:
+        open_frames([a, b])
+    assert str(b) in str(err.value) and str(a) in str(err.value)
+
+
+def test_fits_without_image_hdu(tmp_path):
+    table = fits.BinTableHDU.from_columns([fits.Column(name="a", format="E", array=[1.0])])
+    path = tmp_path / "table.fits"
+    fits.HDUList([fits.PrimaryHDU(), table]).writeto(path)
+    with pytest.raises(FrameError, match="no image HDU") as err:
+        open_frames([path])
+    assert str(path) in str(err.value)
+
+
+def test_3d_fits(tmp_path):
+    path = write_fits(tmp_path / "cube.fits", np.zeros((3, 10, 20), np.float32))
+    with pytest.raises(FrameError, match=r"3-D image of shape \(3, 10, 20\)") as err:
+        open_frames([path])
+    assert str(path) in str(err.value)
+
+
+def test_3d_fits_with_single_plane_is_a_frame(tmp_path):
+    data = np.arange(200, dtype=np.float32).reshape(1, 10, 20)
+    path = write_fits(tmp_path / "one.fits", data)
+    np.testing.assert_array_equal(open_frames([path]).values[0], data[0])
+
+
+def test_channel_refused_for_fits(tmp_path):
+    path = write_fits(tmp_path / "a.fit", np.zeros((3, 3), np.uint16))
+    with pytest.raises(FrameError, match="channel='G' applies to camera RAW files only"):
+        open_frames([path], channel="G")
+
+
+def test_file_removed_after_open_names_it(tmp_path):
+    path = write_fits(tmp_path / "a.fit", np.zeros((3, 3), np.uint16))
+    cube = open_frames([path])
+    os.remove(path)
+    with pytest.raises(FrameNotFoundError, match="a.fit"):
+        cube.values
+
+
+# --------------------------------------------------------------------------
+# the graph is light and portable
+
+
+def test_graph_carries_no_pixels_and_pickles(tmp_path):
+    data = np.zeros((512, 512), np.uint16)
+    paths = [write_fits(tmp_path / f"f{i:02d}.fit", data) for i in range(20)]
+    cube = open_frames(paths)
+    blob = pickle.dumps(dict(cube.data.dask))
+    assert len(blob) < 20 * 1024  # 20 frames of 512 KiB each: only paths travel
+    error = pickle.loads(pickle.dumps(FrameError("x.fit", "broken")))
+    assert str(error) == "x.fit: broken"
+
+
+def test_version():
+    assert isinstance(bigstack.__version__, str)
+
+
+# --------------------------------------------------------------------------
+# camera RAW (generated DNG files, read by rawpy)
+
+
+def _raw_reference(path):
+    """The tutorial's plane split, written out with rawpy and numpy slicing."""
+    rawpy = pytest.importorskip("rawpy")
+    with rawpy.imread(str(path)) as raw:
+        image = raw.raw_image.astype(np.float64)
+        pattern = raw.raw_pattern.copy()
+        desc = raw.color_desc.decode()
+    planes = {}
+    for index in range(len(desc)):
+        row, col = np.argwhere(pattern == index)[0]
+        planes.setdefault(desc[index], []).append(image[row::2, col::2])
+    return {colour: np.mean(p, axis=0) for colour, p in planes.items()}
+
+
+@pytest.mark.parametrize("pattern", ["RGGB", "GBRG"])
+def test_raw_planes_match_rawpy(tmp_path, pattern):
+    pytest.importorskip("rawpy")
+    from bigstack._dng import write_dng
+
+    rng = np.random.default_rng(8)
+    paths = []
+    for i in range(2):
+        cfa = rng.integers(0, 4095, (40, 64)).astype(np.uint16)
+        paths.append(write_dng(tmp_path / f"r{i}.dng", cfa, pattern=pattern))
+    cube = open_frames(paths)
+    assert cube.dims == ("frame", "channel", "y", "x")
+    assert list(cube["channel"].values) == ["R", "G", "B"]
+    assert cube.shape == (2, 3, 20, 32)
+    green = open_frames(paths, channel="G")
+    assert green.dims == ("frame", "y", "x")
+    for k, path in enumerate(paths):
+        ref = _raw_reference(path)
+        for c, colour in enumerate("RGB"):
+            np.testing.assert_allclose(cube.values[k, c], ref[colour], rtol=1e-6)
+        np.testing.assert_allclose(green.values[k], ref["G"], rtol=1e-6)
+        tutorial = imaging.load_image(str(path))
+        assert tutorial.shape == (3, 20, 32) and tutorial.dtype == np.float32
+        np.testing.assert_allclose(tutorial[2], ref["B"], rtol=1e-6)
+    # unfiltered planes keep the sensor size, zero at the other colours' pixels
+    full = imaging.load_image(str(paths[0]), bayer_colors=["R"], return_filtered_raw=False)
+    assert full.shape == (1, 40, 64)
+    r_row, r_col = {"RGGB": (0, 0), "GBRG": (1, 0)}[pattern]
+    np.testing.assert_allclose(full[0, r_row::2, r_col::2], _raw_reference(paths[0])["R"])
+    assert np.count_nonzero(full[0]) <= 40 * 64 // 4
+
+
+def test_raw_bad_channel_and_corrupt(tmp_path):
+    pytest.importorskip("rawpy")
+    from bigstack._dng import write_dng
+
+    path = write_dng(tmp_path / "r.dng", np.zeros((24, 32), np.uint16))
+    with pytest.raises(FrameError, match="channel 'Q' not in the Bayer pattern"):
+        open_frames([path], channel="Q")
+    bad = tmp_path / "broken.nef"
+    bad.write_bytes(b"\x00" * 1000)
+    with pytest.raises(FrameError, match="cannot read as camera RAW") as err:
+        open_frames([bad])
+    assert str(bad) in str(err.value)
