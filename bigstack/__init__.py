@@ -18,7 +18,9 @@ from ._errors import (
     FrameNotFoundError,
     StoreExistsError,
 )
+from ._combine import stack
 from ._io import open_frames
+from ._register import StarNotFoundError, find_shifts, find_star
 
 __version__ = "0.1.0"
 
@@ -27,7 +29,11 @@ __all__ = [
     "BigstackWarning",
     "FrameError",
     "FrameNotFoundError",
+    "StarNotFoundError",
     "StoreExistsError",
+    "find_shifts",
+    "find_star",
+    "stack",
     "open_frames",
     "__version__",
 ]

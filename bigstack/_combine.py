@@ -1,0 +1,443 @@
+"""The tiled shifted combine: bigstack's hot path, top to bottom in this file.
+
+Geometry
+--------
+Frame i has shift ``(dx, dy)`` (``[x, y]``, ``star_i - star_reference``).
+Output pixel ``(x, y)`` of the reference grid takes frame i's pixel
+``(x + dx, y + dy)``. With ``subpixel="nearest"`` the shift is rounded to
+whole pixels (``floor(d + 0.5)``) and values are copied exactly; with
+``"bilinear"`` the fractional shift is applied by bilinear interpolation
+(weights sum to one, so flux is conserved), and a frame covers an output
+pixel only where all the source pixels it interpolates from exist.
+
+Plan
+----
+The output is cut into full-width row bands ("tiles"). One task per tile
+loops over the frames in index order; for frame i it reads only the source
+rows ``[a + dy_i, b + dy_i)`` (clipped to the frame) of output rows
+``[a, b)``, straight from the file, and adds them into a float64 sum and an
+int32 coverage count. Memory is that of the tiles in flight, whatever the
+number of frames; the fixed frame order makes the result independent of
+scheduling. With a store, each tile writes its own zarr chunk (a tile is
+exactly one chunk, so no lock is needed) and the result is returned opened
+lazily from the store.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import warnings
+
+import numpy as np
+
+from ._errors import BigstackError, BigstackWarning, StoreExistsError
+
+METHODS = {"mean": "mean", "average": "mean", "sum": "sum"}
+SUBPIXEL = ("nearest", "bilinear")
+EXTENTS = ("reference", "intersection", "union")
+NORMALIZE = ("coverage", "count")
+
+# bytes of working memory per output pixel of a tile in flight: float64 sum,
+# int32 coverage, the float32 result, and the float32 source rows with their
+# raw and converted copies.
+_BYTES_PER_PIXEL = 8 + 4 + 4 + 4 + 4 + 4
+
+
+# --------------------------------------------------------------------------
+# inputs
+
+
+def _as_shifts(shifts, n):
+    """Return ``(shifts (n, 2) float64, keep (n,) bool, reasons)`` from any form."""
+    if shifts is None:
+        return np.zeros((n, 2)), np.ones(n, bool), {}
+    keep = np.ones(n, bool)
+    reasons = {}
+    if hasattr(shifts, "data_vars"):  # the Dataset from find_shifts
+        if "shift" not in shifts:
+            raise ValueError("shifts Dataset has no 'shift' variable (expected find_shifts output)")
+        if "valid" in shifts:
+            keep = np.asarray(shifts["valid"].values, bool)
+            if "reason" in shifts:
+                reasons = {int(i): str(shifts["reason"].values[i]) for i in np.flatnonzero(~keep)}
+        shift = shifts["shift"]
+        if "axis" in shift.dims:
+            shift = shift.transpose(..., "axis").sel(axis=["x", "y"])
+        values = np.asarray(shift.values, dtype=np.float64)
+    else:
+        values = np.asarray(getattr(shifts, "values", shifts), dtype=np.float64)
+    if values.shape != (n, 2):
+        raise ValueError(f"shifts must be {n} x 2 ([x, y] per frame) for {n} frames; "
+                         f"got shape {values.shape}")
+    bad = np.flatnonzero(keep & ~np.isfinite(values).all(axis=1))
+    if bad.size:
+        raise ValueError(f"shift of frame {int(bad[0])} is not finite: {values[bad[0]].tolist()}; "
+                         "mark it invalid or drop the frame")
+    values = np.where(keep[:, None], values, 0.0)  # left-out frames are never read
+    return values, keep, reasons
+
+
+def _resolve_frames(frames):
+    """Return ``(source, n, (ny, nx), paths)``; ``source`` reads rows of a frame."""
+    from ._io import frame_reader, open_frames
+
+    if isinstance(frames, (str, os.PathLike, list, tuple)):
+        frames = open_frames(frames)
+    if hasattr(frames, "dims"):
+        if frames.ndim != 3 or frames.dims[-2:] != ("y", "x"):
+            raise ValueError(
+                f"stack needs a (frame, y, x) cube; got dims {frames.dims}"
+                + (" (pick a RAW colour with channel=...)" if "channel" in frames.dims else "")
+            )
+        found = frame_reader(frames)
+        paths = [str(p) for p in frames["path"].values] if "path" in frames.coords else None
+        if found is not None:
+            reader, files = found
+            return _FileRows(reader, files), frames.shape[0], frames.shape[1:], paths
+        return _ArrayRows(frames.data), frames.shape[0], frames.shape[1:], paths
+    if np.ndim(frames) != 3:
+        raise ValueError(f"stack needs a (frame, y, x) cube; got shape {np.shape(frames)}")
+    return _ArrayRows(frames), np.shape(frames)[0], np.shape(frames)[1:], None
+
+
+class _FileRows:
+    """Rows of frames read straight from their files (the fast path)."""
+
+    def __init__(self, reader, files):
+        self.reader = reader
+        self.files = np.asarray(files)
+
+    def rows(self, i, r0, r1):
+        return self.reader.read(int(self.files[i]), r0, r1)
+
+
+class _ArrayRows:
+    """Rows of frames of an in-memory or dask array."""
+
+    def __init__(self, array):
+        self.array = array
+
+    def rows(self, i, r0, r1):
+        block = self.array[i, r0:r1, :]
+        if hasattr(block, "compute"):
+            block = block.compute(scheduler="synchronous")
+        return np.asarray(block, dtype=np.float32)
+
+
+# --------------------------------------------------------------------------
+# geometry
+
+
+def _integer_shifts(shifts, subpixel):
+    """Whole-pixel part used for windows; nearest rounds, bilinear floors."""
+    if subpixel == "nearest":
+        return np.floor(shifts + 0.5).astype(np.int64)
+    return np.floor(shifts).astype(np.int64)
+
+
+def _coverage_span(shifts, subpixel, size, axis):
+    """Output interval ``[lo, hi)`` each frame covers along one axis."""
+    d = shifts[:, axis]
+    if subpixel == "nearest":
+        whole = np.floor(d + 0.5)
+        return -whole, size - whole
+    # bilinear: x + d must lie in [0, size - 1]; exact integers need no neighbour
+    lo = np.ceil(-d)
+    hi = np.floor(size - 1 - d) + 1
+    return lo, hi
+
+
+def output_grid(shifts, shape, subpixel="nearest", extent="reference"):
+    """Return ``(y0, y1, x0, x1)`` of the output grid in reference-frame pixels."""
+    ny, nx = shape
+    if extent == "reference":
+        return 0, ny, 0, nx
+    ylo, yhi = _coverage_span(shifts, subpixel, ny, 1)
+    xlo, xhi = _coverage_span(shifts, subpixel, nx, 0)
+    if extent == "union":
+        box = ylo.min(), yhi.max(), xlo.min(), xhi.max()
+    else:
+        box = ylo.max(), yhi.min(), xlo.max(), xhi.min()
+    y0, y1, x0, x1 = (int(v) for v in box)
+    if y1 <= y0 or x1 <= x0:
+        raise BigstackError(
+            f"extent={extent!r} is empty: the frames' shifts (up to "
+            f"{np.abs(shifts).max(axis=0).round(1).tolist()} px [x, y]) leave no pixel that "
+            f"every frame covers; use extent='reference' or 'union'"
+        )
+    return y0, y1, x0, x1
+
+
+def plan_tiles(out_rows, out_cols, memory, threads=None, max_rows=512):
+    """Rows per tile from a memory budget: tiles in flight must fit in ``memory``."""
+    from dask.utils import parse_bytes
+
+    budget = parse_bytes(memory) if isinstance(memory, str) else int(memory)
+    threads = threads or os.cpu_count() or 1
+    per_row = out_cols * _BYTES_PER_PIXEL
+    by_memory = (budget // 2) // (threads * per_row)
+    if by_memory < 1:
+        raise BigstackError(
+            f"memory={memory!r} is too small: one output row of {out_cols} pixels needs about "
+            f"{per_row * threads / 2**20:.1f} MiB with {threads} threads; give at least "
+            f"{2 * per_row * threads / 2**20:.0f}MiB"
+        )
+    # enough tiles to keep every thread busy, none larger than max_rows
+    for_threads = -(-out_rows // (2 * threads))
+    return int(max(1, min(by_memory, for_threads, max_rows, out_rows)))
+
+
+# --------------------------------------------------------------------------
+# the tile kernel
+
+
+def combine_tile(source, n, shape, shifts, keep, subpixel, grid, a, b):
+    """Sum and coverage of output rows ``[a, b)`` (grid-relative) over the kept frames.
+
+    Returns ``(sum float64 (b - a, W), coverage int32 (b - a, W))``.
+    """
+    ny, nx = shape
+    y0, _, x0, x1 = grid
+    width = x1 - x0
+    total = np.zeros((b - a, width), np.float64)
+    coverage = np.zeros((b - a, width), np.int32)
+    whole = _integer_shifts(shifts, subpixel)
+    for i in range(n):
+        if not keep[i]:
+            continue
+        ix, iy = int(whole[i, 0]), int(whole[i, 1])
+        fx, fy = (0.0, 0.0) if subpixel == "nearest" else shifts[i] - whole[i]
+        ex, ey = int(fx > 0), int(fy > 0)  # extra source column/row bilinear needs
+        # output rows r (absolute) read source rows r + iy (+ ey); keep those inside
+        r_lo = max(y0 + a, -iy)
+        r_hi = min(y0 + b, ny - iy - ey)
+        c_lo = max(x0, -ix)
+        c_hi = min(x1, nx - ix - ex)
+        if r_hi <= r_lo or c_hi <= c_lo:
+            continue
+        block = source.rows(i, r_lo + iy, r_hi + iy + ey)
+        block = block[:, c_lo + ix:c_hi + ix + ex]
+        if ex:
+            block = (1.0 - fx) * block[:, :-1] + fx * block[:, 1:]
+        if ey:
+            block = (1.0 - fy) * block[:-1] + fy * block[1:]
+        out = (slice(r_lo - y0 - a, r_hi - y0 - a), slice(c_lo - x0, c_hi - x0))
+        finite = np.isfinite(block)
+        if finite.all():
+            total[out] += block
+            coverage[out] += 1
+        else:
+            total[out] += np.where(finite, block, 0.0)
+            coverage[out] += finite
+    return total, coverage
+
+
+def _finish(total, coverage, method, normalize, n_used):
+    """Turn a tile's sum and coverage into the stacked values (float32)."""
+    if method == "sum":
+        return total.astype(np.float32)
+    if normalize == "count":
+        return (total / max(n_used, 1)).astype(np.float32)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = total / coverage
+    return out.astype(np.float32)  # NaN where no frame covers the pixel
+
+
+def _tile_task(source, n, shape, shifts, keep, subpixel, grid, a, b, method, normalize):
+    total, coverage = combine_tile(source, n, shape, shifts, keep, subpixel, grid, a, b)
+    return _finish(total, coverage, method, normalize, int(keep.sum())), coverage
+
+
+def _tile_to_store(store, source, n, shape, shifts, keep, subpixel, grid, a, b, method,
+                   normalize):
+    import zarr
+
+    stack, coverage = _tile_task(source, n, shape, shifts, keep, subpixel, grid, a, b, method,
+                                 normalize)
+    group = zarr.open_group(store, mode="r+")
+    group["stack"][a:b, :] = stack
+    group["coverage"][a:b, :] = coverage
+    return b - a
+
+
+# --------------------------------------------------------------------------
+# stack
+
+
+def stack(frames, shifts=None, *, method="mean", store=None, subpixel="nearest",
+          extent="reference", normalize="coverage", memory="512MB", overwrite=False,
+          progress=False):
+    """Shift and combine frames tile by tile, with bounded memory.
+
+    Parameters
+    ----------
+    frames : xarray.DataArray ``(frame, y, x)``, pattern, list of paths, or array
+        Usually the cube from :func:`bigstack.open_frames`; tiles then read
+        their rows straight from the files. A pattern or list is opened first.
+    shifts : xarray.Dataset, array_like (N, 2) or None
+        The Dataset from :func:`bigstack.find_shifts` (frames it flagged
+        ``valid=False`` are left out, with a warning) or ``[x, y]`` shifts
+        per frame. ``None`` stacks without shifting (the tutorial's
+        ``stack_files``).
+    method : {"mean", "average", "sum"}
+    store : str, path or zarr store, optional
+        Write the result to this zarr store, tile by tile, and return it
+        opened lazily from there. An existing store is an error unless
+        ``overwrite=True``. Without a store the result is a lazy
+        dask-backed Dataset.
+    subpixel : {"nearest", "bilinear"}
+        Whole-pixel shifts (exact copies) or fractional bilinear shifts.
+    extent : {"reference", "intersection", "union"}
+        The reference frame's grid, only pixels every frame covers, or
+        every pixel any frame covers.
+    normalize : {"coverage", "count"}
+        For the mean: divide each pixel by the number of frames covering it
+        (NaN where none does), or by the number of frames with uncovered
+        pixels counted as zero (the tutorial's numbers). ``"sum"`` is the
+        plain sum either way.
+    memory : str or int
+        Budget for the tiles in flight (e.g. ``"512MB"``); the tile height
+        follows from it and does not depend on the number of frames.
+    overwrite : bool
+        Replace an existing ``store``.
+    progress : bool
+        Show a progress bar while tiles are computed.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``stack`` (y, x) float32 and ``coverage`` (y, x) int32 (frames that
+        covered each pixel), with ``y``/``x`` coordinates in the reference
+        frame's pixel grid, and provenance in ``attrs``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> cube = np.ones((3, 4, 5), np.float32)
+    >>> out = stack(cube, [[0, 0], [1, 0], [0, 2]])
+    >>> out["coverage"].values[0].tolist()
+    [3, 3, 3, 3, 2]
+    """
+    import dask
+    import dask.array as da
+    import xarray as xr
+
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
+    method = METHODS[method]
+    for name, value, allowed in (("subpixel", subpixel, SUBPIXEL), ("extent", extent, EXTENTS),
+                                 ("normalize", normalize, NORMALIZE)):
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    if store is not None:
+        _check_store(store, overwrite)
+
+    source, n, shape, paths = _resolve_frames(frames)
+    shift_values, keep, reasons = _as_shifts(shifts, n)
+    if reasons:
+        listed = "; ".join(f"frame {i}: {r}" for i, r in list(reasons.items())[:5])
+        warnings.warn(f"leaving out {len(reasons)} frame(s) flagged by find_shifts ({listed})",
+                      BigstackWarning, stacklevel=2)
+    if not keep.any():
+        raise BigstackError("no frame left to stack: every frame is flagged invalid")
+    kept = shift_values[keep]
+    grid = output_grid(kept, shape, subpixel, extent)
+    y0, y1, x0, x1 = grid
+    rows, cols = y1 - y0, x1 - x0
+    tile = plan_tiles(rows, cols, memory)
+    bounds = [(a, min(a + tile, rows)) for a in range(0, rows, tile)]
+
+    attrs = _provenance(paths, shift_values, keep, method=method, subpixel=subpixel,
+                        extent=extent, normalize=normalize, memory=memory, tile_rows=tile,
+                        grid=grid, frame_shape=shape)
+    coords = {"y": np.arange(y0, y1), "x": np.arange(x0, x1)}
+    source_d = dask.delayed(source, traverse=False)
+    args = (n, tuple(shape), shift_values, keep, subpixel, grid)
+
+    if store is None:
+        task = dask.delayed(_tile_task, pure=True)
+        parts = [task(source_d, *args, a, b, method, normalize) for a, b in bounds]
+        stacked = da.concatenate([da.from_delayed(p[0], (b - a, cols), np.float32)
+                                  for p, (a, b) in zip(parts, bounds)])
+        coverage = da.concatenate([da.from_delayed(p[1], (b - a, cols), np.int32)
+                                   for p, (a, b) in zip(parts, bounds)])
+        return xr.Dataset({"stack": (("y", "x"), stacked), "coverage": (("y", "x"), coverage)},
+                          coords=coords, attrs=attrs)
+
+    store = os.fspath(store) if isinstance(store, os.PathLike) else store
+    _create_store(store, rows, cols, tile, coords, attrs, overwrite)
+    task = dask.delayed(_tile_to_store, pure=False)
+    writes = [task(store, source_d, *args, a, b, method, normalize) for a, b in bounds]
+    _compute(writes, progress)
+    _mark_complete(store)
+    return xr.open_zarr(store)
+
+
+def _compute(tasks, progress):
+    import dask
+
+    if progress:
+        from dask.diagnostics import ProgressBar
+
+        with ProgressBar():
+            dask.compute(*tasks)
+    else:
+        dask.compute(*tasks)
+
+
+# --------------------------------------------------------------------------
+# the store
+
+
+def _check_store(store, overwrite):
+    if isinstance(store, (str, os.PathLike)) and os.path.exists(store) and not overwrite:
+        raise StoreExistsError(
+            f"{os.fspath(store)}: output store exists already; pass overwrite=True "
+            "(CLI: --overwrite) to replace it"
+        )
+
+
+def _create_store(store, rows, cols, tile, coords, attrs, overwrite):
+    import zarr
+
+    group = zarr.open_group(store, mode="w" if overwrite else "w-", zarr_format=3)
+    attrs = dict(attrs, complete=False)
+    group.attrs.update(attrs)
+    group.create_array("stack", shape=(rows, cols), chunks=(tile, cols), dtype="float32",
+                       fill_value=np.nan, dimension_names=("y", "x"), compressors=None)
+    group.create_array("coverage", shape=(rows, cols), chunks=(tile, cols), dtype="int32",
+                       fill_value=0, dimension_names=("y", "x"))
+    for name, values in coords.items():
+        array = group.create_array(name, shape=values.shape, dtype="int64",
+                                   dimension_names=(name,))
+        array[:] = values
+
+
+def _mark_complete(store):
+    import zarr
+
+    group = zarr.open_group(store, mode="r+")
+    group.attrs["complete"] = True
+    with warnings.catch_warnings():
+        # zarr notes that consolidated metadata is an extension to format 3;
+        # xarray reads it, and without it open_zarr warns instead
+        warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
+        zarr.consolidate_metadata(store)
+
+
+def _provenance(paths, shifts, keep, *, grid, frame_shape, **parameters):
+    from . import __version__
+
+    return {
+        "bigstack_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "inputs": list(paths) if paths is not None else [],
+        "shifts": [[float(v) for v in row] for row in shifts],
+        "frames_used": [int(i) for i in np.flatnonzero(keep)],
+        "n_frames": int(keep.sum()),
+        "frame_shape": [int(v) for v in frame_shape],
+        "grid": {"y0": int(grid[0]), "y1": int(grid[1]), "x0": int(grid[2]), "x1": int(grid[3])},
+        "parameters": {k: (v if isinstance(v, (int, float, str)) else str(v))
+                       for k, v in parameters.items()},
+    }
