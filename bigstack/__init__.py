@@ -11,6 +11,7 @@ Conventions: images are indexed ``[y, x]``; positions and shifts are
 written ``[x, y]``.
 """
 
+from ._combine import stack
 from ._errors import (
     BigstackError,
     BigstackWarning,
@@ -18,7 +19,6 @@ from ._errors import (
     FrameNotFoundError,
     StoreExistsError,
 )
-from ._combine import stack
 from ._io import open_frames
 from ._register import StarNotFoundError, find_shifts, find_star
 

@@ -359,9 +359,9 @@ def stack(frames, shifts=None, *, method="mean", store=None, subpixel="nearest",
         task = dask.delayed(_tile_task, pure=True)
         parts = [task(source_d, *args, a, b, method, normalize) for a, b in bounds]
         stacked = da.concatenate([da.from_delayed(p[0], (b - a, cols), np.float32)
-                                  for p, (a, b) in zip(parts, bounds)])
+                                  for p, (a, b) in zip(parts, bounds, strict=True)])
         coverage = da.concatenate([da.from_delayed(p[1], (b - a, cols), np.int32)
-                                   for p, (a, b) in zip(parts, bounds)])
+                                   for p, (a, b) in zip(parts, bounds, strict=True)])
         return xr.Dataset({"stack": (("y", "x"), stacked), "coverage": (("y", "x"), coverage)},
                           coords=coords, attrs=attrs)
 

@@ -197,7 +197,8 @@ def measure_star(box, method="centroid", saturation=None):
         out["reason"] = f"saturated (peak {peak:g} >= {saturation:g})"
     else:
         core = box[max(iy - 2, 0):iy + 3, max(ix - 2, 0):ix + 3]
-        if np.count_nonzero(core >= peak - max(1e-6 * abs(peak), 0.5)) >= 4 and fwhm0 > 1.5:
+        top = core.max()
+        if np.count_nonzero(core >= top - max(1e-6 * abs(top), 0.5)) >= 4 and fwhm0 > 1.5:
             out["reason"] = "saturated (flat-topped star)"
     return out
 
@@ -470,7 +471,7 @@ def find_shifts(frames, star_pos=None, search=None, method="centroid", reference
     else:
         records = [measure(source, i, star_pos, search, shape, method, saturation, ref_region)
                    for i in range(n)]
-    table = dask.delayed(_table, pure=True)(records, reference, jump)
+    table = dask.delayed(_table, pure=True)(records, reference, jump, _time_order(coords, n))
     if compute:
         (result,) = dask.compute(table)
         ds = _dataset(result, coords)
@@ -485,7 +486,27 @@ def _time_order(coords, n):
     return np.arange(n)
 
 
-def _table(records, reference, jump):
+def _jump_distances(shift, half_window=5):
+    """Distance of each shift from the drift its neighbours predict.
+
+    For each frame, the neighbours within ``half_window`` frames (itself
+    left out) give a robust drift rate (median of their step-to-step
+    velocities) and each predicts the frame's shift from its own; the
+    prediction is the median of those. A steady drift therefore predicts
+    itself, and one wild frame spoils neither the rate nor the median.
+    """
+    m = len(shift)
+    out = np.empty(m)
+    for k in range(m):
+        nb = [j for j in range(max(0, k - half_window), min(m, k + half_window + 1)) if j != k]
+        steps = [(shift[b] - shift[a]) / (b - a) for a, b in zip(nb[:-1], nb[1:], strict=True)]
+        rate = np.median(steps, axis=0)
+        guesses = [shift[j] + rate * (k - j) for j in nb]
+        out[k] = np.hypot(*(shift[k] - np.median(guesses, axis=0)))
+    return out
+
+
+def _table(records, reference, jump, order):
     """Gather per-frame records into arrays, derive shifts and flag outliers."""
     n = len(records)
     nf = len(_FIELDS)
@@ -502,20 +523,14 @@ def _table(records, reference, jump):
         low = np.median(good_flux) * 0.3
         for i in np.flatnonzero(ok & (reasons == "") & (flux < low)):
             reasons[i] = f"star flux {flux[i]:.3g} under 30% of the median (cloud?)"
-    # a shift far from its neighbours: a cosmic ray or another star won
+    # a shift far from what its neighbours predict: a cosmic ray or another star won
     candidates = ok & (reasons == "")
-    if candidates.sum() >= 5:
-        idx = np.flatnonzero(candidates)
-        local = np.empty((idx.size, 2))
-        for k in range(idx.size):
-            lo, hi = max(0, k - 5), min(idx.size, k + 6)
-            neighbours = np.delete(np.arange(lo, hi), k - lo)
-            local[k] = np.median(shift[idx[neighbours]], axis=0)
-        distance = np.hypot(*(shift[idx] - local).T)
+    idx = order[candidates[order]]  # candidate frames, in time order
+    if idx.size >= 5:
+        distance = _jump_distances(shift[idx])
         limit = jump
         if limit is None:
-            scatter = 1.4826 * np.median(distance)
-            limit = max(3.0, 5 * scatter)
+            limit = max(3.0, 5 * 1.4826 * np.median(distance))
         for k in np.flatnonzero(distance > limit):
             i = idx[k]
             if i != reference:

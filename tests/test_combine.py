@@ -14,8 +14,7 @@ import xarray as xr
 import zarr
 
 import bigstack
-from bigstack import BigstackError, BigstackWarning, StoreExistsError, open_frames
-from bigstack import _combine
+from bigstack import BigstackError, BigstackWarning, StoreExistsError, _combine, open_frames
 
 from .helpers import write_fits
 
@@ -30,7 +29,7 @@ def reference_stack(cube, shifts, subpixel="nearest", extent="reference",
     Y, X = np.mgrid[-pad:ny + pad, -pad:nx + pad]
     total = np.zeros(Y.shape)
     cover = np.zeros(Y.shape, int)
-    for frame, (dx, dy) in zip(cube, shifts):
+    for frame, (dx, dy) in zip(cube, shifts, strict=True):
         if subpixel == "nearest":
             sx, sy = X + np.floor(dx + 0.5), Y + np.floor(dy + 0.5)
             inside = (sx >= 0) & (sx < nx) & (sy >= 0) & (sy < ny)

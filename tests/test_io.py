@@ -154,7 +154,7 @@ def test_opening_200_frames_reads_no_pixels(tmp_path, monkeypatch):
     assert count.value < pixel_bytes / 40
     # the measurement does see pixel reads
     with bytes_read() as count:
-        cube.isel(frame=0).values
+        cube.isel(frame=0).load()
     assert count.value >= data.nbytes
     # and no pixel read is attempted at all while opening
 
@@ -329,7 +329,7 @@ def test_file_removed_after_open_names_it(tmp_path):
     cube = open_frames([path])
     os.remove(path)
     with pytest.raises(FrameNotFoundError, match="a.fit"):
-        cube.values
+        cube.load()
 
 
 # --------------------------------------------------------------------------
