@@ -21,6 +21,7 @@ from ._errors import (
 )
 from ._io import open_frames
 from ._register import StarNotFoundError, find_shifts, find_star
+from ._render import crop, display, save_fits, save_png
 
 __version__ = "0.1.0"
 
@@ -31,9 +32,13 @@ __all__ = [
     "FrameNotFoundError",
     "StarNotFoundError",
     "StoreExistsError",
+    "crop",
+    "display",
     "find_shifts",
     "find_star",
     "stack",
     "open_frames",
+    "save_fits",
+    "save_png",
     "__version__",
 ]

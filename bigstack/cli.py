@@ -1,5 +1,13 @@
 """The ``bigstack`` command line.
 
+::
+
+    bigstack shifts "lights/*.fit" --star 400,500 --search 200 -o shifts.csv
+    bigstack stack "lights/*.fit" -o night.zarr --star 400,500 --search 200 --png night.png
+    bigstack render night.zarr -o night.png --stretch asinh --crop 0,3100,2100,0
+    bigstack info night.zarr
+    bigstack demo
+
 Errors about the user's input are printed as one line naming the file and
 the problem (exit status 2), not as a traceback.
 """
@@ -7,29 +15,267 @@ the problem (exit status 2), not as a traceback.
 from __future__ import annotations
 
 import argparse
+import csv
+import json
+import os
 import sys
-import time
+import warnings
 
-from ._errors import BigstackError
+import numpy as np
+
+from ._errors import BigstackError, BigstackWarning
+
+_STRETCHES = ("linear", "sqrt", "power", "log", "asinh")
 
 
-def _cmd_demo(args) -> int:
-    from . import open_frames, synthetic
+# --------------------------------------------------------------------------
+# argument parsing helpers
 
-    start = time.perf_counter()
-    truth = synthetic.make_frames(
-        args.directory, n_frames=args.frames, shape=(args.height, args.width),
-        seed=args.seed, overwrite=args.overwrite,
-    )
-    made = time.perf_counter() - start
-    cube = open_frames(truth.paths)
-    print(f"wrote {len(truth.paths)} synthetic frames of {args.height}x{args.width} "
-          f"to {args.directory} in {made:.1f} s")
-    print(f"opened lazily: {cube.sizes['frame']} frames, chunks {cube.data.chunksize}, "
-          f"{cube.nbytes / 2**20:.0f} MiB as float32, nothing read yet")
-    print("true drift of the last frame [x, y]:", truth.shifts[-1].round(2).tolist())
-    print("(aligning and stacking arrive with the stacking work; see the README)")
+
+def _pair(text):
+    try:
+        x, y = (float(v) for v in text.split(","))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected X,Y (two numbers), got {text!r}") from err
+    return [x, y]
+
+
+def _crop_values(text):
+    parts = text.split(",")
+    if len(parts) != 4:
+        raise argparse.ArgumentTypeError(
+            f"expected LEFT,RIGHT,TOP,BOTTOM (empty for 'to the edge'), got {text!r}")
+    try:
+        return [int(p) if p.strip() else None for p in parts]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"crop values must be whole pixels: {text!r}") from err
+
+
+def _show_progress(args):
+    return args.progress if args.progress is not None else sys.stderr.isatty()
+
+
+def _add_progress(parser):
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--progress", dest="progress", action="store_true", default=None,
+                       help="show a progress bar (default: when on a terminal)")
+    group.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def _add_star_options(parser, required):
+    parser.add_argument("--star", type=_pair, required=required, metavar="X,Y",
+                        help="rough [x, y] of a bright isolated star in the reference frame")
+    parser.add_argument("--search", type=int, default=200, metavar="S",
+                        help="search box size in pixels (default 200)")
+    parser.add_argument("--reference", type=int, default=0, metavar="N",
+                        help="index of the reference frame (default 0)")
+    parser.add_argument("--track", action="store_true",
+                        help="re-centre each frame's box on the previous frame's star "
+                             "(for drifts larger than the box)")
+
+
+# --------------------------------------------------------------------------
+# shifts
+
+
+def _shift_rows(ds):
+    for i in range(ds.sizes["frame"]):
+        yield {
+            "frame": int(ds["frame"].values[i]),
+            "path": str(ds["path"].values[i]) if "path" in ds.coords else "",
+            "dx": float(ds["shift"].values[i, 0]),
+            "dy": float(ds["shift"].values[i, 1]),
+            "star_x": float(ds["star"].values[i, 0]),
+            "star_y": float(ds["star"].values[i, 1]),
+            "peak": float(ds["peak"].values[i]),
+            "flux": float(ds["flux"].values[i]),
+            "fwhm": float(ds["fwhm"].values[i]),
+            "background": float(ds["background"].values[i]),
+            "valid": bool(ds["valid"].values[i]),
+            "reason": str(ds["reason"].values[i]),
+        }
+
+
+def _print_shift_table(ds, out=None):
+    out = out or sys.stdout
+    print(f"{'frame':>5}  {'dx':>8} {'dy':>8} {'peak':>9} {'fwhm':>6} {'valid':>5}  file / reason",
+          file=out)
+    for row in _shift_rows(ds):
+        note = os.path.basename(row["path"]) + ("" if row["valid"] else f"  ({row['reason']})")
+        print(f"{row['frame']:>5}  {row['dx']:>8.2f} {row['dy']:>8.2f} {row['peak']:>9.1f} "
+              f"{row['fwhm']:>6.2f} {'yes' if row['valid'] else 'NO':>5}  {note}", file=out)
+
+
+def write_shifts_csv(ds, path, overwrite=False):
+    """Write find_shifts' table as CSV (one row a frame)."""
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(f"{path}: exists already; pass --overwrite to replace it")
+    rows = list(_shift_rows(ds))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def read_shifts_csv(path, n_frames):
+    """Read a shifts CSV written by ``bigstack shifts``: ``(shifts (N, 2), valid (N,))``."""
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{path}: no such shifts file") from err
+    if len(rows) != n_frames:
+        raise BigstackError(f"{path}: holds shifts for {len(rows)} frames, but {n_frames} "
+                            "frames were given")
+    try:
+        shifts = np.array([[float(r["dx"]), float(r["dy"])] for r in rows])
+        valid = np.array([r.get("valid", "True") == "True" for r in rows])
+    except (KeyError, ValueError) as err:
+        raise BigstackError(f"{path}: not a bigstack shifts file ({err})") from err
+    return shifts, valid
+
+
+def _cmd_shifts(args):
+    from . import find_shifts, open_frames
+
+    cube = open_frames(args.pattern)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", BigstackWarning)
+        ds = _with_progress(args, lambda: find_shifts(
+            cube, star_pos=args.star, search=args.search, method=args.method,
+            reference=args.reference, track=args.track))
+    _print_shift_table(ds)
+    for w in caught:
+        print(f"bigstack: warning: {w.message}", file=sys.stderr)
+    if args.output:
+        write_shifts_csv(ds, args.output, overwrite=args.overwrite)
+        print(f"wrote {args.output}")
     return 0
+
+
+def _with_progress(args, run):
+    if not _show_progress(args):
+        return run()
+    from dask.diagnostics import ProgressBar
+
+    with ProgressBar(out=sys.stderr):
+        return run()
+
+
+# --------------------------------------------------------------------------
+# stack
+
+
+def _cmd_stack(args):
+    from . import find_shifts, open_frames, save_png, stack
+    from ._memory import PeakMemory
+
+    if args.star is not None and args.shifts is not None:
+        raise BigstackError("give either --star (measure shifts) or --shifts FILE, not both")
+    for path in (args.output, args.png):  # refuse before any work is done
+        if path and os.path.exists(path) and not args.overwrite:
+            raise FileExistsError(f"{path}: exists already; pass --overwrite to replace it")
+    cube = open_frames(args.pattern)
+    if args.star is None and args.shifts is None:
+        print("bigstack: note: no --star or --shifts given; stacking without alignment",
+              file=sys.stderr)
+    print(f"{cube.sizes['frame']} frames of {cube.sizes['x']} x {cube.sizes['y']} pixels",
+          file=sys.stderr)
+    shifts = None
+    with PeakMemory() as mem:
+        if args.star is not None:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", BigstackWarning)
+                shifts = find_shifts(cube, star_pos=args.star, search=args.search,
+                                     method=args.align, reference=args.reference,
+                                     track=args.track)
+            for w in caught:
+                print(f"bigstack: warning: {w.message}", file=sys.stderr)
+        elif args.shifts is not None:
+            values, valid = read_shifts_csv(args.shifts, cube.sizes["frame"])
+            cube = cube.isel(frame=np.flatnonzero(valid))
+            shifts = values[valid]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", BigstackWarning)  # reported above
+            ds = stack(cube, shifts, method=args.method, store=args.output,
+                       subpixel=args.subpixel, extent=args.extent, normalize=args.normalize,
+                       memory=args.memory, overwrite=args.overwrite,
+                       progress=_show_progress(args))
+    coverage = ds["coverage"]
+    print(f"wrote {args.output}: {ds.sizes['x']} x {ds.sizes['y']} pixels from "
+          f"{ds.attrs['n_frames']} frames, coverage {int(coverage.min())}..{int(coverage.max())}, "
+          f"{mem.seconds:.1f} s, peak memory {_mib(mem.peak)}")
+    if args.png:
+        save_png(ds, args.png, stretch=args.stretch, overwrite=args.overwrite,
+                 min_percent=0.5, max_percent=99.9, max_pixels=16_000_000)
+        print(f"wrote {args.png}")
+    return 0
+
+
+def _mib(value):
+    return "unknown" if value is None else f"{value / 2**20:.0f} MiB"
+
+
+# --------------------------------------------------------------------------
+# render and info
+
+
+def _open_store(path):
+    import xarray as xr
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such store")
+    try:
+        return xr.open_zarr(path)
+    except Exception as err:  # zarr/xarray raise several classes for a bad store
+        raise BigstackError(f"{path}: not a bigstack zarr store ({err})") from err
+
+
+def _cmd_render(args):
+    from . import crop, save_png
+
+    ds = _open_store(args.store)
+    image = ds["stack"]
+    if args.crop:
+        left, right, top, bottom = args.crop
+        image = crop(image, left=left, right=right, top=top, bottom=bottom)
+    save_png(image, args.output, stretch=args.stretch, log_a=args.log_a,
+             min_percent=args.min_percent, max_percent=args.max_percent, cmap=args.cmap,
+             overwrite=args.overwrite, max_pixels=args.max_pixels)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _cmd_info(args):
+    ds = _open_store(args.store)
+    attrs = dict(ds.attrs)
+    coverage = ds["coverage"]
+    print(f"store      {args.store}")
+    print(f"size       {ds.sizes['x']} x {ds.sizes['y']} pixels (x by y); "
+          f"x {int(ds['x'][0])}..{int(ds['x'][-1])}, y {int(ds['y'][0])}..{int(ds['y'][-1])} "
+          "on the reference grid")
+    print(f"coverage   {int(coverage.min())}..{int(coverage.max())} frames")
+    print(f"complete   {attrs.get('complete', 'unknown')}")
+    print(f"frames     {attrs.get('n_frames', '?')} used of {len(attrs.get('inputs', []))} inputs")
+    for key, value in attrs.get("parameters", {}).items():
+        print(f"{key:<10} {value}")
+    print(f"version    bigstack {attrs.get('bigstack_version', '?')}, created "
+          f"{attrs.get('created', '?')}")
+    if args.json:
+        print(json.dumps(attrs, indent=2))
+    return 0
+
+
+def _cmd_demo(args):
+    from ._demo import run_demo
+
+    run_demo(args.directory, n_frames=args.frames, shape=(args.height, args.width),
+             seed=args.seed, overwrite=args.overwrite, memory=args.memory,
+             progress=_show_progress(args))
+    return 0
+
+
+# --------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,16 +286,66 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"bigstack {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="generate a synthetic night and process it")
-    demo.add_argument("directory", nargs="?", default="bigstack-demo",
-                      help="folder for the generated frames (default: ./bigstack-demo)")
-    demo.add_argument("--frames", type=int, default=60)
-    demo.add_argument("--width", type=int, default=2048)
-    demo.add_argument("--height", type=int, default=1536)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--overwrite", action="store_true",
-                      help="replace frames left in DIRECTORY by an earlier demo")
-    demo.set_defaults(func=_cmd_demo)
+    p = sub.add_parser("shifts", help="measure each frame's shift from a reference star")
+    p.add_argument("pattern", help="frame files: a glob pattern (quote it), or a folder")
+    _add_star_options(p, required=True)
+    p.add_argument("--method", choices=("centroid", "peak", "xcorr"), default="centroid")
+    p.add_argument("-o", "--output", help="write the table as CSV")
+    p.add_argument("--overwrite", action="store_true")
+    _add_progress(p)
+    p.set_defaults(func=_cmd_shifts)
+
+    p = sub.add_parser("stack", help="align and stack frames into a zarr store")
+    p.add_argument("pattern", help="frame files: a glob pattern (quote it), or a folder")
+    p.add_argument("-o", "--output", required=True, metavar="STORE.zarr")
+    _add_star_options(p, required=False)
+    p.add_argument("--shifts", metavar="CSV", help="use shifts from 'bigstack shifts -o'")
+    p.add_argument("--align", choices=("centroid", "peak", "xcorr"), default="centroid",
+                   help="how to measure shifts with --star (default centroid)")
+    p.add_argument("--method", choices=("mean", "average", "sum"), default="mean")
+    p.add_argument("--subpixel", choices=("nearest", "bilinear"), default="nearest")
+    p.add_argument("--extent", choices=("reference", "intersection", "union"),
+                   default="reference")
+    p.add_argument("--normalize", choices=("coverage", "count"), default="coverage")
+    p.add_argument("--memory", default="512MB", help="memory budget (default 512MB)")
+    p.add_argument("--png", metavar="FILE", help="also write a picture of the stack")
+    p.add_argument("--stretch", choices=_STRETCHES, default="asinh")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    _add_progress(p)
+    p.set_defaults(func=_cmd_stack)
+
+    p = sub.add_parser("render", help="write a PNG of a stack")
+    p.add_argument("store")
+    p.add_argument("-o", "--output", required=True, metavar="FILE.png")
+    p.add_argument("--stretch", choices=_STRETCHES, default="asinh")
+    p.add_argument("--log-a", type=float, default=1000)
+    p.add_argument("--min-percent", type=float, default=0.5)
+    p.add_argument("--max-percent", type=float, default=99.9)
+    p.add_argument("--cmap", default="Greys_r")
+    p.add_argument("--crop", type=_crop_values, metavar="L,R,T,B",
+                   help="keep columns L:R and rows B:T (empty value: to the edge)")
+    p.add_argument("--max-pixels", type=int, default=None,
+                   help="shrink by block means to at most this many pixels")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_render)
+
+    p = sub.add_parser("info", help="describe a stack store")
+    p.add_argument("store")
+    p.add_argument("--json", action="store_true", help="also print all attributes as JSON")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("demo", help="generate a synthetic night, align and stack it")
+    p.add_argument("directory", nargs="?", default="bigstack-demo",
+                   help="folder for the frames and results (default: ./bigstack-demo)")
+    p.add_argument("--frames", type=int, default=60)
+    p.add_argument("--width", type=int, default=2048)
+    p.add_argument("--height", type=int, default=1536)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--memory", default="512MB")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace what an earlier demo left in DIRECTORY")
+    _add_progress(p)
+    p.set_defaults(func=_cmd_demo)
     return parser
 
 
@@ -58,7 +354,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (BigstackError, FileExistsError, FileNotFoundError) as err:
+    except (BigstackError, FileExistsError, FileNotFoundError, ValueError) as err:
         print(f"bigstack: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

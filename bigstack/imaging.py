@@ -16,12 +16,16 @@ from __future__ import annotations
 
 import glob
 import os
+import warnings
 
 import numpy as np
 
-from . import _io
+from . import _combine, _io, _register, _render
 
-__all__ = ["get_files", "load_image"]
+__all__ = ["get_files", "load_image", "stack_files", "find_star", "stack", "crop", "display",
+           "shift", "flip", "rotate"]
+
+STACK_TYPES = ("mean", "average", "sum")
 
 
 def get_files(pathname, root_dir=None, print_log=False):
@@ -97,3 +101,170 @@ def load_image(filename, gray_conv=_io.GREY_WEIGHTS, bayer_colors=("R", "G", "B"
         _render.display(shown, cmap=cmap, stretch=stretch, log_a=log_a)
     return data.astype(np.float32, copy=False)
 
+
+
+def stack_files(filelist, stack_type="mean", gray_conv=_io.GREY_WEIGHTS,
+                bayer_colors=("R", "G", "B"), return_filtered_raw=True, print_log=False):
+    """Add image files without shifting them (the tutorial's naive stack).
+
+    Files are read one at a time, so memory holds two images whatever the
+    number of files.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32: the sum, or the mean for ``"mean"``/``"average"``; one
+        plane per colour for RAW files.
+    """
+    if stack_type not in STACK_TYPES:
+        raise ValueError(f"`stack_type` should be either \"sum\" or \"mean\" (or \"average\"), "
+                         f"got {stack_type!r}")
+    filelist = list(filelist)
+    if not filelist:
+        raise _io.FrameNotFoundError("<empty list>", "no files to stack")
+    stacked = None
+    for path in filelist:
+        image = load_image(path, gray_conv=gray_conv, bayer_colors=bayer_colors,
+                           return_filtered_raw=return_filtered_raw)
+        if stacked is None:
+            stacked = np.zeros_like(image, dtype=np.float32)
+        elif image.shape != stacked.shape:
+            raise _io.FrameError(path, f"shape {image.shape} differs from {stacked.shape} of "
+                                       f"{filelist[0]}")
+        stacked += image
+        if print_log:
+            print("File completed:", path)
+    if stack_type != "sum":
+        stacked = stacked / len(filelist)
+    return stacked
+
+
+def find_star(image_array, star_pos=None, search=500, print_log=False, fig=None, ax=None):
+    """The ``[x, y]`` of the brightest pixel in the box ``star_pos ± search//2``.
+
+    The tutorial's method (see :func:`bigstack.find_star` for the sub-pixel
+    one). The box is clipped at the image edges.
+    """
+    return _register.find_star(image_array, star_pos=star_pos, search=search, method="peak",
+                               print_log=print_log, fig=fig, ax=ax)
+
+
+def stack(array_of_images, shifts=None, stack_type="mean", print_log=False):
+    """Shift each image of an ``(N, Ly, Lx)`` array and add them, as the tutorial does.
+
+    Image ``i`` is moved so that output pixel ``(x, y)`` takes its pixel
+    ``(x + dx, y + dy)`` (shifts rounded to whole pixels); pixels shifted in
+    from outside are 0, and the mean divides by ``N`` everywhere, which is
+    why the tutorial's stack has dark edges. :func:`bigstack.stack` divides
+    by each pixel's coverage instead.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        float64 ``(Ly, Lx)``; ``None`` (with a warning) when the input is not
+        3-D, as in the tutorial.
+    """
+    if stack_type not in STACK_TYPES:
+        raise ValueError(f"`stack_type` should be either \"sum\" or \"mean\" (or \"average\"), "
+                         f"got {stack_type!r}")
+    shape = np.shape(array_of_images)
+    if len(shape) != 3:
+        warnings.warn("`array_of_images` is expected to be an array of (N, Ly, Lx) elements. "
+                      "Returning NoneType.", UserWarning, stacklevel=2)
+        return None
+    n = shape[0]
+    if shifts is None:
+        values = np.zeros((n, 2))
+        if print_log:
+            print("No shifts provided, adding all images without shifting.")
+    else:
+        values = np.asarray(shifts, dtype=np.float64)
+        if len(values) != n:
+            warnings.warn("The lengths of `array_of_images` and `shifts` must be the same. "
+                          "Not applying shifts.", UserWarning, stacklevel=2)
+            values = np.zeros((n, 2))
+    source = _combine._ArrayRows(np.asarray(array_of_images))
+    keep = np.ones(n, bool)
+    total, _ = _combine.combine_tile(source, n, shape[1:], values, keep, "nearest",
+                                     (0, shape[1], 0, shape[2]), 0, shape[1])
+    if print_log and shifts is not None:
+        for i in range(n):
+            print("Shifted image", i + 1, "by vector", values[i], ".")
+    return total / n if stack_type != "sum" else total
+
+
+def crop(image_array, left=None, right=None, top=None, bottom=None, origin=None,
+         print_log=False, fig=None, ax=None):
+    """Keep rows ``bottom:top`` and columns ``left:right`` (distances from ``origin``).
+
+    See :func:`bigstack.crop`; ``print_log`` shows the result.
+    """
+    cropped = _render.crop(image_array, left=left, right=right, top=top, bottom=bottom,
+                           origin=origin)
+    if print_log:
+        _render.display(cropped, fig=fig, ax=ax)
+    return cropped
+
+
+def display(image_array, cmap="Greys_r", stretch="log", log_a=1000, norm_array=None,
+            min_percent=0.0, max_percent=100.0, title=None, xlim=None, ylim=None, fig=None,
+            ax=None):
+    """Show a 2-D image with origin lower left and an astropy stretch.
+
+    See :func:`bigstack.display`. Returns the matplotlib ``AxesImage``.
+    """
+    return _render.display(image_array, stretch=stretch, log_a=log_a, norm_array=norm_array,
+                           min_percent=min_percent, max_percent=max_percent, cmap=cmap,
+                           fig=fig, ax=ax, title=title, xlim=xlim, ylim=ylim)
+
+
+def shift(image_array, displacement, print_log=False):
+    """Translate an image: output pixel ``(x, y)`` takes input ``(x + dx, y + dy)``.
+
+    ``displacement`` is ``[dx, dy]``, rounded to whole pixels; pixels
+    coming from outside the image are 0. Returns float32, like the
+    tutorial's.
+    """
+    image = np.asarray(image_array)
+    if image.ndim != 2:
+        raise ValueError(f"shift needs a 2-D image [y, x], got shape {image.shape}")
+    ny, nx = image.shape
+    dx, dy = (int(np.floor(float(d) + 0.5)) for d in displacement)
+    out = np.zeros((ny, nx), np.float32)
+    ys, xs = slice(max(0, -dy), min(ny, ny - dy)), slice(max(0, -dx), min(nx, nx - dx))
+    if ys.start < ys.stop and xs.start < xs.stop:
+        out[ys, xs] = image[ys.start + dy:ys.stop + dy, xs.start + dx:xs.stop + dx]
+    if print_log:
+        _render.display(out, norm_array=image)
+    return out
+
+
+def flip(image_array, axis="x"):
+    """Mirror an image: ``"x"`` reverses the columns, ``"y"`` the rows."""
+    if axis == "x":
+        return image_array[:, ::-1]
+    if axis == "y":
+        return image_array[::-1, :]
+    raise ValueError(f"Can't flip around \"{axis}\" axis; use \"x\" or \"y\".")
+
+
+def rotate(image_array, angle, origin=None, expand=False, fill=False, print_log=False):
+    """Rotate an image by ``angle`` degrees, bicubic, as the tutorial does.
+
+    The turn is Pillow's: anticlockwise with row 0 at the top, so clockwise
+    as :func:`display` draws it (row 0 at the bottom). ``origin`` is the
+    ``[x, y]`` to turn about (default the centre). With ``expand`` the
+    output grows to hold the whole rotated image; with ``fill`` the
+    uncovered corners take the image's median instead of 0.
+    """
+    from PIL import Image
+
+    image = np.asarray(image_array, dtype=np.float32)
+    fillcolor = float(np.median(image)) if fill else None
+    rotated = Image.fromarray(image).rotate(
+        angle, resample=Image.Resampling.BICUBIC,
+        center=None if origin is None else tuple(origin), expand=expand, fillcolor=fillcolor)
+    out = np.asarray(rotated, dtype=np.float32)
+    if print_log:
+        _render.display(out, norm_array=image)
+    return out

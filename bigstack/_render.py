@@ -1,0 +1,868 @@
+"""Cropping, showing and exporting stacked images.
+
+Conventions: images are indexed ``[y, x]`` and drawn with ``y = 0`` at the
+bottom (matplotlib's ``origin="lower"``); positions are written ``[x, y]``.
+
+All four functions take a numpy array, a dask array or an
+``xarray.DataArray`` with dims ``(..., y, x)``; ``display``, ``save_png``
+and ``save_fits`` also take the ``Dataset`` that :func:`bigstack.stack`
+returns (variables ``stack`` and ``coverage``) and then show or write its
+``stack``.
+
+Large lazy images
+-----------------
+``display`` (and ``save_png`` when asked with ``max_pixels``) never load a
+lazy image bigger than ``max_pixels``: they compute a block mean of it
+(``dask.array.coarsen`` with square blocks of ``f x f`` pixels, ``f`` the
+smallest factor that brings the picture under ``max_pixels``; edge rows and
+columns that do not fill a whole block are left out; NaNs are ignored in a
+block) and draw that with an ``extent`` in original pixel coordinates.
+
+FITS layout written by :func:`save_fits`
+----------------------------------------
+Primary HDU
+    The stack, float32. Short scalar attributes (numbers, booleans,
+    one-card strings) as header cards: the name upper-cased, as a plain
+    keyword when it has at most 8 characters, else as a ``HIERARCH`` card.
+    ``LTV1``/``LTV2`` (IRAF convention, ``physical = logical - LTV``) when
+    the ``x``/``y`` coordinates do not start at 0, e.g. for a cropped
+    stack, so pixels map back to the reference grid.
+``COVERAGE`` image extension
+    The coverage (number of frames per pixel), when given.
+``PROVENANCE`` binary table
+    One row, one column ``JSON``: all the attributes as JSON text (ASCII,
+    non-ASCII characters escaped). ``json.loads`` gives them back exactly,
+    whatever their length or nesting, which header cards cannot do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import numbers
+import operator
+import os
+import re
+import uuid
+import warnings
+
+import numpy as np
+
+from ._errors import BigstackWarning
+
+__all__ = ["crop", "display", "save_png", "save_fits"]
+
+STRETCHES = ("linear", "sqrt", "power", "log", "asinh")
+
+# colormap name -> inverted?  Written as one grey channel by save_png.
+_GREY_CMAPS = {"Greys_r": False, "gray": False, "grey": False,
+               "Greys": True, "gray_r": True, "grey_r": True}
+
+_FITS_RESERVED = {
+    "SIMPLE", "XTENSION", "BITPIX", "NAXIS", "EXTEND", "PCOUNT", "GCOUNT", "EXTNAME",
+    "BZERO", "BSCALE", "BLANK", "END", "COMMENT", "HISTORY", "CONTINUE", "GROUPS",
+    "LTV1", "LTV2", "LTM1_1", "LTM2_2", "PROVHDU",
+}
+_KEYWORD = re.compile(r"[A-Z0-9_-]+")
+_BITPIX = {"uint8": 8, "int16": 16, "int32": 32, "int64": 64, "float32": -32, "float64": -64}
+
+
+# --------------------------------------------------------------------------
+# what kind of image was given
+
+
+def _is_dask(data) -> bool:
+    import dask.array as da
+
+    return isinstance(data, da.Array)
+
+
+def _xarray_types():
+    import xarray as xr
+
+    return xr.DataArray, xr.Dataset
+
+
+def _stack_variable(image, name):
+    """The ``stack`` variable of a bigstack Dataset, other objects unchanged."""
+    _, dataset = _xarray_types()
+    if isinstance(image, dataset):
+        if "stack" not in image.data_vars:
+            raise ValueError(
+                f"{name}: the Dataset has no 'stack' variable (it has "
+                f"{sorted(map(str, image.data_vars)) or 'none'}); pass the DataArray to use"
+            )
+        return image["stack"]
+    return image
+
+
+def _unwrap(image, name):
+    """Return ``(data, (ycoords, xcoords))`` of a 2-D image.
+
+    ``data`` is a numpy or dask array; the coordinates are numeric 1-D arrays
+    for a DataArray that has them, else ``None``.
+    """
+    dataarray, _ = _xarray_types()
+    image = _stack_variable(image, name)
+    coords = (None, None)
+    if isinstance(image, dataarray):
+        if set(image.dims) == {"y", "x"}:
+            image = image.transpose("y", "x")
+        data = image.data
+        if image.ndim == 2:
+            coords = tuple(_numeric_coord(image, dim) for dim in image.dims)
+    elif _is_dask(image):
+        data = image
+    else:
+        data = np.asarray(image)
+    if data.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D image (y, x), got shape {data.shape}")
+    return data, coords
+
+
+def _numeric_coord(array, dim):
+    if dim not in array.coords:
+        return None
+    values = np.asarray(array.coords[dim].values)
+    if values.ndim != 1 or values.size == 0 or values.dtype.kind not in "iuf":
+        return None
+    return values
+
+
+# --------------------------------------------------------------------------
+# crop
+
+
+def _as_int(value, name):
+    """``value`` as a Python int, or ``None``; whole floats are accepted."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an integer or None, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        if isinstance(value, numbers.Real) and float(value).is_integer():
+            return int(value)
+    raise TypeError(f"{name} must be an integer number of pixels or None, got {value!r}")
+
+
+def _check_range(value, name, upper, what):
+    if value is not None and not 0 <= value <= upper:
+        raise ValueError(f"crop: {name}={value} is outside the image's {upper} {what} (0..{upper})")
+
+
+def _crop_window(shape, left, right, top, bottom, origin):
+    """Rows ``(y0, y1)`` and columns ``(x0, x1)`` that ``crop`` keeps."""
+    ny, nx = shape
+    left, right = _as_int(left, "left"), _as_int(right, "right")
+    top, bottom = _as_int(top, "top"), _as_int(bottom, "bottom")
+    if origin is None:
+        _check_range(bottom, "bottom", ny, "rows")
+        _check_range(top, "top", ny, "rows")
+        _check_range(left, "left", nx, "columns")
+        _check_range(right, "right", nx, "columns")
+        y0, y1 = bottom or 0, ny if top is None else top
+        x0, x1 = left or 0, nx if right is None else right
+        rows, cols = f"rows bottom:top = {y0}:{y1}", f"columns left:right = {x0}:{x1}"
+    else:
+        try:
+            position = list(origin)
+        except TypeError as err:
+            raise TypeError(f"origin must be a position [x, y], got {origin!r}") from err
+        if len(position) != 2:
+            raise ValueError(f"origin must be a position [x, y], got {origin!r}")
+        ox, oy = (_as_int(v, "origin") for v in position)
+        if ox is None or oy is None or not (0 <= ox <= nx and 0 <= oy <= ny):
+            raise ValueError(
+                f"crop: origin=[x, y]={[ox, oy]} is outside the image of {nx} columns "
+                f"and {ny} rows"
+            )
+        for name, value in (("left", left), ("right", right), ("top", top), ("bottom", bottom)):
+            if value is not None and value < 0:
+                raise ValueError(
+                    f"crop: {name}={value} is negative; distances from the origin are >= 0"
+                )
+        y0 = 0 if bottom is None else oy - bottom
+        y1 = ny if top is None else oy + top
+        x0 = 0 if left is None else ox - left
+        x1 = nx if right is None else ox + right
+        for name, value, bad, edge in (
+            ("bottom", bottom, y0 < 0, f"below row 0 (origin y = {oy})"),
+            ("top", top, y1 > ny, f"above the top row {ny - 1} (origin y = {oy})"),
+            ("left", left, x0 < 0, f"left of column 0 (origin x = {ox})"),
+            ("right", right, x1 > nx, f"right of the last column {nx - 1} (origin x = {ox})"),
+        ):
+            if bad:
+                raise ValueError(f"crop: {name}={value} reaches {edge}")
+        rows, cols = f"rows {y0}:{y1}", f"columns {x0}:{x1}"
+    if y1 <= y0:
+        raise ValueError(f"crop leaves no rows: {rows}")
+    if x1 <= x0:
+        raise ValueError(f"crop leaves no columns: {cols}")
+    return (y0, y1), (x0, x1)
+
+
+def crop(image, left=None, right=None, top=None, bottom=None, origin=None):
+    """Cut a rectangle out of an image.
+
+    Images are indexed ``[y, x]`` with ``y = 0`` the bottom row as drawn, so
+    ``top`` and ``bottom`` are row numbers, ``left`` and ``right`` column
+    numbers.
+
+    Parameters
+    ----------
+    image : numpy.ndarray, dask.array.Array, xarray.DataArray or xarray.Dataset
+        Indexed ``(..., y, x)``; an xarray object needs ``y`` and ``x`` dims
+        (a DataArray without them is cut on its last two dims).
+    left, right, top, bottom : int or None
+        Without ``origin``: keep rows ``bottom:top`` and columns
+        ``left:right`` with Python slice meaning (end excluded, ``None`` to
+        the edge), i.e. ``image[bottom:top, left:right]``. With ``origin``:
+        distances from the origin, ``None`` meaning to the edge: keeps
+        ``image[oy - bottom:oy + top, ox - left:ox + right]``.
+    origin : [x, y], optional
+        A position (written ``[x, y]``, e.g. from ``find_star``) that the
+        four values are measured from.
+
+    Returns
+    -------
+    same type as ``image``
+        A numpy view, a lazy dask slice, or the xarray object cut with
+        ``isel``; its ``y``/``x`` coordinates are the original pixel indices
+        of the rows and columns kept (added when the input had none), so a
+        cropped stack still knows where it sits on the reference grid.
+
+    Raises
+    ------
+    ValueError
+        A negative value, a value beyond the image (numpy would wrap or clip
+        silently; here the message names the parameter), or a crop that
+        leaves no pixels.
+    TypeError
+        A value that is not a whole number of pixels.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from bigstack import crop
+    >>> image = np.arange(6 * 8).reshape(6, 8)
+    >>> crop(image, left=2, right=5, top=4, bottom=1).shape
+    (3, 3)
+    >>> crop(image, left=1, right=2, top=1, bottom=1, origin=[4, 3]).tolist()
+    [[19, 20, 21], [27, 28, 29]]
+    """
+    dataarray, dataset = _xarray_types()
+    if isinstance(image, (dataarray, dataset)):
+        dims = tuple(image.dims)
+        if "y" in dims and "x" in dims:
+            ydim, xdim = "y", "x"
+        elif isinstance(image, dataarray) and image.ndim >= 2:
+            ydim, xdim = dims[-2:]
+        else:
+            raise ValueError(f"crop needs an image with 'y' and 'x' dims, got dims {dims}")
+        shape = (image.sizes[ydim], image.sizes[xdim])
+        (y0, y1), (x0, x1) = _crop_window(shape, left, right, top, bottom, origin)
+        out = image.isel({ydim: slice(y0, y1), xdim: slice(x0, x1)})
+        if ydim not in image.coords:
+            out = out.assign_coords({ydim: np.arange(y0, y1)})
+        if xdim not in image.coords:
+            out = out.assign_coords({xdim: np.arange(x0, x1)})
+        return out
+    data = image if _is_dask(image) else np.asarray(image)
+    if data.ndim < 2:
+        raise ValueError(f"crop needs an image of at least 2 dims (y, x), got shape {data.shape}")
+    (y0, y1), (x0, x1) = _crop_window(data.shape[-2:], left, right, top, bottom, origin)
+    return data[..., y0:y1, x0:x1]
+
+
+# --------------------------------------------------------------------------
+# decimation of large lazy images
+
+
+def _check_max_pixels(max_pixels):
+    if max_pixels is not None:
+        if isinstance(max_pixels, bool) or not isinstance(max_pixels, numbers.Integral):
+            raise TypeError(f"max_pixels must be a whole number or None, got {max_pixels!r}")
+        if max_pixels < 1:
+            raise ValueError(f"max_pixels must be at least 1, got {max_pixels}")
+
+
+def _block_factors(shape, max_pixels) -> tuple[int, int]:
+    """Block sizes ``(fy, fx)`` bringing ``shape`` under ``max_pixels`` (square when possible)."""
+    ny, nx = shape
+    if max_pixels is None or ny * nx <= max_pixels:
+        return 1, 1
+    f = max(2, math.ceil(math.sqrt(ny * nx / max_pixels)))
+    while True:
+        fy, fx = min(f, ny), min(f, nx)
+        if (ny // fy) * (nx // fx) <= max_pixels:
+            return fy, fx
+        f += 1
+
+
+def _block_mean(data, fy, fx) -> np.ndarray:
+    """Mean of the finite values in each ``fy x fx`` block (NaN where none).
+
+    Edge rows and columns that do not fill a block are left out. A dask
+    array is reduced chunk by chunk and only the small result is computed.
+    """
+    ny, nx = (data.shape[0] // fy) * fy, (data.shape[1] // fx) * fx
+    data = data[:ny, :nx].astype(np.float64)
+    finite = np.isfinite(data)
+    values = np.where(finite, data, 0.0)
+    count = finite.astype(np.int64)
+    if _is_dask(data):
+        import dask.array as da
+
+        total = da.coarsen(np.sum, values, {0: fy, 1: fx})
+        count = da.coarsen(np.sum, count, {0: fy, 1: fx})
+    else:
+        total = values.reshape(ny // fy, fy, nx // fx, fx).sum(axis=(1, 3))
+        count = count.reshape(ny // fy, fy, nx // fx, fx).sum(axis=(1, 3))
+    mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    return np.asarray(mean)
+
+
+def _edges(coord, used):
+    """Outer pixel edges ``(first, last)`` of the first ``used`` pixels along one axis."""
+    if coord is None:
+        return -0.5, used - 0.5
+    step = float(coord[1] - coord[0]) if coord.size > 1 else 1.0
+    return float(coord[0]) - step / 2, float(coord[used - 1]) + step / 2
+
+
+def _picture(image, name, max_pixels, decimate_eager):
+    """The 2-D numpy array to draw and its extent (or ``None`` for the default).
+
+    Lazy images over ``max_pixels`` (also eager ones with ``decimate_eager``)
+    are replaced by their block mean.
+    """
+    data, (ycoord, xcoord) = _unwrap(image, name)
+    lazy = _is_dask(data)
+    fy, fx = _block_factors(data.shape, max_pixels) if lazy or decimate_eager else (1, 1)
+    if (fy, fx) != (1, 1):
+        picture = _block_mean(data, fy, fx)
+    else:
+        picture = np.asarray(data)
+    if ycoord is None and xcoord is None and (fy, fx) == (1, 1):
+        return picture, None
+    ny, nx = picture.shape[0] * fy, picture.shape[1] * fx
+    left, right = _edges(xcoord, nx)
+    bottom, top = _edges(ycoord, ny)
+    return picture, (left, right, bottom, top)
+
+
+# --------------------------------------------------------------------------
+# stretch
+
+
+def _check_stretch(stretch):
+    if stretch not in STRETCHES:
+        raise ValueError(f"stretch={stretch!r} is not one of {', '.join(STRETCHES)}")
+
+
+def _norm(values, stretch, log_a, min_percent, max_percent, name):
+    """astropy ``simple_norm`` computed from the finite values only."""
+    from astropy.visualization import simple_norm
+
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        raise ValueError(f"{name} has no finite pixel values to set the display range from")
+    return simple_norm(finite, stretch=stretch, log_a=log_a,
+                       min_percent=min_percent, max_percent=max_percent)
+
+
+def display(image, stretch="log", log_a=1000, norm_array=None, min_percent=0, max_percent=100,
+            cmap="Greys_r", fig=None, ax=None, title=None, xlim=None, ylim=None,
+            max_pixels=4_000_000):
+    """Show an image with matplotlib, origin at the lower left.
+
+    Parameters
+    ----------
+    image : numpy.ndarray, dask.array.Array, xarray.DataArray or xarray.Dataset
+        A 2-D image indexed ``[y, x]`` (a Dataset from :func:`bigstack.stack`
+        shows its ``stack``). A numpy image is drawn in full, as the
+        tutorial does; a lazy one over ``max_pixels`` pixels is drawn as a
+        block mean (see the module notes) computed without loading it.
+    stretch : {"log", "linear", "sqrt", "power", "asinh"}
+        Stretch of astropy's :func:`~astropy.visualization.simple_norm`.
+    log_a : float
+        Exponent of the ``log`` stretch.
+    norm_array : array-like, optional
+        Image that the display range is computed from instead of
+        ``image`` (e.g. a single frame, free of the dark uncovered edges of
+        a stack). Decimated like ``image`` when lazy and large.
+    min_percent, max_percent : float
+        Percentiles of the finite pixel values that map to black and white.
+    cmap : str or matplotlib.colors.Colormap
+        Colormap.
+    fig, ax : matplotlib Figure and Axes, optional
+        Where to draw. With ``ax`` the image goes there; with only ``fig``
+        on its current axes; with neither a new figure is made
+        (``plt.subplots()``).
+    title : str, optional
+        Axes title.
+    xlim, ylim : (float, float), optional
+        Axis limits, in pixel coordinates of the image.
+    max_pixels : int or None
+        Largest lazy image drawn pixel for pixel; ``None`` never decimates.
+
+    Returns
+    -------
+    matplotlib.image.AxesImage
+        The image drawn. Axes are in pixel coordinates: for a DataArray its
+        ``x``/``y`` coordinate values (a cropped stack shows reference-grid
+        pixels), else column and row indices.
+
+    Raises
+    ------
+    ValueError
+        An unknown stretch (the allowed ones are listed), an image that is
+        not 2-D, or one with no finite values.
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> import numpy as np
+    >>> from bigstack import display
+    >>> image = np.random.default_rng(0).gamma(2.0, 100.0, (64, 96))
+    >>> img = display(image, stretch="log", title="a noisy frame")
+    >>> img.origin, img.get_array().shape
+    ('lower', (64, 96))
+    """
+    _check_stretch(stretch)
+    _check_max_pixels(max_pixels)
+    picture, extent = _picture(image, "image", max_pixels, decimate_eager=False)
+    if norm_array is None:
+        norm = _norm(picture, stretch, log_a, min_percent, max_percent, "image")
+    else:
+        norm_values, _ = _picture(norm_array, "norm_array", max_pixels, decimate_eager=False)
+        norm = _norm(norm_values, stretch, log_a, min_percent, max_percent, "norm_array")
+
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        if fig is None:
+            fig, ax = plt.subplots()
+        else:
+            ax = fig.gca()
+    kwargs = {} if extent is None else {"extent": extent}
+    img = ax.imshow(picture, origin="lower", cmap=cmap, norm=norm, **kwargs)
+    if title is not None:
+        ax.set_title(title)
+    if xlim is not None:
+        ax.set_xlim(xlim)
+    if ylim is not None:
+        ax.set_ylim(ylim)
+    return img
+
+
+# --------------------------------------------------------------------------
+# writing files: never a half file under the final name
+
+
+def _refuse_existing(path, overwrite):
+    if not overwrite and os.path.lexists(path):
+        err = FileExistsError(f"{path}: exists already; pass overwrite=True to replace it")
+        err.filename = path
+        raise err
+
+
+@contextlib.contextmanager
+def _atomic_output(path, overwrite):
+    """Yield a temporary file name next to ``path``; publish it as ``path`` on success.
+
+    The temporary file is written, flushed to disk and then linked (no
+    overwrite) or renamed (overwrite) to ``path``, so a failure at any
+    point leaves ``path`` as it was. The temporary file is always removed.
+    """
+    _refuse_existing(path, overwrite)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{path}: the folder {folder} does not exist")
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)  # fails if path appeared meanwhile: never clobbers
+            except FileExistsError:
+                _refuse_existing(path, overwrite)
+                raise
+            except OSError:  # file system without hard links
+                _refuse_existing(path, overwrite)
+                os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+# --------------------------------------------------------------------------
+# PNG
+
+
+def _grey_inversion(cmap):
+    """``False``/``True`` for a grey colormap (plain/inverted), ``None`` for a colour one."""
+    if cmap is None:
+        return False
+    if isinstance(cmap, str):
+        return _GREY_CMAPS.get(cmap)
+    return None
+
+
+def save_png(image, path, *, stretch="log", log_a=1000, norm_array=None, min_percent=0,
+             max_percent=100, cmap="Greys_r", max_pixels=None, overwrite=False, bits=8):
+    """Write an image as a PNG, one image pixel per PNG pixel, origin at the lower left.
+
+    The image is stretched exactly as :func:`display` does (astropy's
+    ``simple_norm`` on the finite values of ``norm_array`` or the image),
+    clipped to 0..1 and written with row ``y = 0`` at the bottom of the
+    picture. Grey colormaps (``"Greys_r"``, ``"gray"``, ``"grey"`` and
+    their inverses ``"Greys"``, ``"gray_r"``, ``"grey_r"``) give a one-channel
+    grey PNG; any other matplotlib colormap an 8-bit RGB PNG. NaN (uncovered)
+    pixels get the lowest level.
+
+    Parameters
+    ----------
+    image : numpy.ndarray, dask.array.Array, xarray.DataArray or xarray.Dataset
+        A 2-D image indexed ``[y, x]``; a Dataset from :func:`bigstack.stack`
+        writes its ``stack``.
+    path : str or path-like
+        The PNG file to write.
+    stretch, log_a, norm_array, min_percent, max_percent, cmap
+        As for :func:`display`.
+    max_pixels : int, optional
+        Write at most this many pixels: a larger image (lazy or not) is
+        reduced to its block mean first, as :func:`display` does. By default
+        the image is written in full, which computes all of a lazy image.
+    overwrite : bool
+        Replace an existing file. The file is written under a temporary
+        name and renamed, so a failure never leaves a partial PNG.
+    bits : {8, 16}
+        Levels per channel; 16 is for grey colormaps only.
+
+    Returns
+    -------
+    str
+        The path written.
+
+    Raises
+    ------
+    FileExistsError
+        ``path`` exists and ``overwrite`` is false (checked before any
+        computing).
+    ValueError
+        An unknown stretch or colormap, ``bits`` not 8 or 16, 16 bits with a
+        colour map, or an image that is not 2-D.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from bigstack import save_png
+    >>> image = np.random.default_rng(0).gamma(2.0, 100.0, (64, 96))
+    >>> path = save_png(image, os.path.join(tempfile.mkdtemp(), "frame.png"))
+    >>> os.path.getsize(path) > 0
+    True
+    """
+    import imagecodecs
+
+    path = os.fspath(path)
+    _check_stretch(stretch)
+    _check_max_pixels(max_pixels)
+    if bits not in (8, 16):
+        raise ValueError(f"bits must be 8 or 16, got {bits!r}")
+    inverted = _grey_inversion(cmap)
+    colormap = None
+    if inverted is None:
+        import matplotlib
+
+        try:
+            colormap = matplotlib.colormaps[cmap] if isinstance(cmap, str) else cmap
+        except KeyError as err:
+            raise ValueError(f"cmap={cmap!r} is not a matplotlib colormap") from err
+        if bits != 8:
+            raise ValueError(
+                f"bits={bits} is for grey PNGs only; cmap={cmap!r} gives an 8-bit colour PNG"
+            )
+    _refuse_existing(path, overwrite)
+
+    picture, _ = _picture(image, "image", max_pixels, decimate_eager=True)
+    if norm_array is None:
+        norm = _norm(picture, stretch, log_a, min_percent, max_percent, "image")
+    else:
+        norm_values, _ = _picture(norm_array, "norm_array", max_pixels, decimate_eager=True)
+        norm = _norm(norm_values, stretch, log_a, min_percent, max_percent, "norm_array")
+    levels = np.ma.getdata(norm(picture, clip=True)).astype(np.float64)
+    levels[~np.isfinite(levels)] = 0.0
+    np.clip(levels, 0.0, 1.0, out=levels)
+    if colormap is None:
+        if inverted:
+            levels = 1.0 - levels
+        top = 2**bits - 1
+        pixels = np.rint(levels * top).astype(np.uint8 if bits == 8 else np.uint16)
+    else:
+        rgba = colormap(levels)
+        pixels = np.rint(rgba[..., :3] * 255).astype(np.uint8)
+    encoded = imagecodecs.png_encode(np.ascontiguousarray(pixels[::-1]))
+    with _atomic_output(path, overwrite) as tmp, open(tmp, "wb") as f:
+        f.write(encoded)
+    return path
+
+
+# --------------------------------------------------------------------------
+# FITS
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
+def _provenance_json(attrs) -> str:
+    """All attributes as ASCII JSON text; names the attribute that cannot be written."""
+    for key, value in attrs.items():
+        if not isinstance(key, str):
+            raise TypeError(f"attribute name {key!r} is not a string; cannot write it to FITS")
+        try:
+            json.dumps(value, default=_json_default)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"attribute {key!r} cannot be written to FITS as JSON: {err}") from err
+    return json.dumps(attrs, default=_json_default, ensure_ascii=True)
+
+
+def _attribute_cards(attrs):
+    """Header cards for the short scalar attributes (the rest live in the JSON only)."""
+    from astropy.io import fits
+
+    cards, used = [], set()
+    for key, value in attrs.items():
+        if isinstance(value, np.generic):
+            value = value.item()
+        if isinstance(value, float) and not math.isfinite(value):
+            continue
+        if isinstance(value, str):
+            if not value.isascii() or not value.isprintable():
+                continue
+        elif not isinstance(value, (bool, int, float)):
+            continue
+        name = str(key).upper()
+        if not _KEYWORD.fullmatch(name) or name in used or name in _FITS_RESERVED:
+            continue
+        if name.startswith("NAXIS"):
+            continue
+        keyword = name if len(name) <= 8 else f"HIERARCH {name}"
+        card = fits.Card(keyword, value)
+        if len(card.image) != 80:  # would need CONTINUE cards: too long for a scalar card
+            continue
+        used.add(name)
+        cards.append(card)
+    return cards
+
+
+def _offset_cards(ycoord, xcoord):
+    """``LTV``/``LTM`` cards mapping file pixels to the grid of the ``x``/``y`` coordinates."""
+    cards = []
+    for axis, coord, dim in ((1, xcoord, "x"), (2, ycoord, "y")):
+        if coord is None:
+            continue
+        step = float(coord[1] - coord[0]) if coord.size > 1 else 1.0
+        if step == 0 or (coord.size > 2 and not np.allclose(np.diff(coord), step)):
+            warnings.warn(
+                f"the {dim} coordinates are not evenly spaced; the FITS file does not record "
+                "where its pixels sit on the reference grid",
+                BigstackWarning,
+                stacklevel=3,
+            )
+            continue
+        start = float(coord[0])
+        if start == 0 and step == 1:
+            continue
+        ltv = 1.0 - (start + 1.0) / step  # logical = physical * LTM + LTV, 1-based pixels
+        ltv = int(ltv) if ltv.is_integer() else ltv
+        cards.append((f"LTV{axis}", ltv, f"{dim} offset: reference pixel = file pixel - LTV{axis}"))
+        if step != 1:
+            cards.append((f"LTM{axis}_{axis}", 1.0 / step, f"{dim} scale to the reference grid"))
+    return cards
+
+
+def _image_header(shape, dtype, extname=None):
+    from astropy.io import fits
+
+    ny, nx = shape
+    header = fits.Header()
+    if extname is None:
+        header["SIMPLE"] = (True, "conforms to FITS standard")
+    else:
+        header["XTENSION"] = ("IMAGE", "image extension")
+    header["BITPIX"] = _BITPIX[np.dtype(dtype).name]
+    header["NAXIS"] = 2
+    header["NAXIS1"] = (nx, "x: columns")
+    header["NAXIS2"] = (ny, "y: rows")
+    if extname is None:
+        header["EXTEND"] = True
+    else:
+        header["PCOUNT"] = 0
+        header["GCOUNT"] = 1
+        header["EXTNAME"] = extname
+    return header
+
+
+def _fits_dtype(dtype):
+    """The FITS-native dtype that holds ``dtype`` without loss."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        return np.dtype(np.float64 if dtype.itemsize > 4 else np.float32)
+    if dtype.kind == "b" or dtype == np.uint8:
+        return np.dtype(np.uint8)
+    if dtype.kind in "iu":
+        return np.dtype(np.int32 if dtype.itemsize <= 2 or dtype == np.int32 else np.int64)
+    raise TypeError(f"cannot write {dtype} pixels to FITS")
+
+
+def _row_bands(data, target_bytes=64 * 2**20):
+    """Yield consecutive full-width row bands of ``data`` as numpy arrays."""
+    if _is_dask(data):
+        y0 = 0
+        for rows in data.chunks[0]:
+            yield np.asarray(data[y0:y0 + rows].compute())
+            y0 += rows
+        return
+    ny, nx = data.shape
+    step = max(1, target_bytes // max(1, nx * data.dtype.itemsize))
+    for y0 in range(0, ny, step):
+        yield data[y0:y0 + step]
+
+
+def _stream_image(path, header, data, dtype):
+    from astropy.io import fits
+
+    hdu = fits.StreamingHDU(path, header)
+    try:
+        for band in _row_bands(data):
+            hdu.write(np.ascontiguousarray(band, dtype=dtype))
+    finally:
+        hdu.close()
+
+
+def save_fits(data, path, *, overwrite=False):
+    """Write a stack, its coverage and its provenance to a FITS file.
+
+    The primary HDU holds the stack (float32), a ``COVERAGE`` image
+    extension the coverage, and a ``PROVENANCE`` binary table the
+    attributes as JSON; see the module notes for the layout. Lazy data are
+    computed and written one row band at a time, so the stack never has to
+    fit in memory.
+
+    Parameters
+    ----------
+    data : xarray.Dataset, xarray.DataArray, numpy.ndarray or dask.array.Array
+        The Dataset from :func:`bigstack.stack` (``stack`` and optional
+        ``coverage``, dims ``(y, x)``, attributes = provenance), or a single
+        2-D image (a DataArray's own attributes are its provenance).
+        Attributes must be JSON-serialisable (numpy scalars and arrays are
+        converted).
+    path : str or path-like
+        The FITS file to write.
+    overwrite : bool
+        Replace an existing file. The file is written under a temporary
+        name and renamed, so a failure never leaves a partial file and a
+        refused write leaves the old one intact.
+
+    Returns
+    -------
+    str
+        The path written.
+
+    Raises
+    ------
+    FileExistsError
+        ``path`` exists and ``overwrite`` is false.
+    ValueError
+        Data that is not 2-D, a Dataset without ``stack``, or a coverage of
+        another shape than the stack.
+    TypeError
+        An attribute that cannot be written as JSON (named).
+
+    Examples
+    --------
+    >>> import json, os, tempfile
+    >>> import numpy as np, xarray as xr
+    >>> from astropy.io import fits
+    >>> from bigstack import save_fits
+    >>> ds = xr.Dataset(
+    ...     {"stack": (("y", "x"), np.ones((4, 5), np.float32)),
+    ...      "coverage": (("y", "x"), np.full((4, 5), 3, np.int32))},
+    ...     coords={"y": np.arange(10, 14), "x": np.arange(5)},
+    ...     attrs={"bigstack_version": "0.1.0", "shifts": [[0, 0], [2, 16]]})
+    >>> path = save_fits(ds, os.path.join(tempfile.mkdtemp(), "stack.fits"))
+    >>> with fits.open(path) as hdul:
+    ...     print(hdul[0].header["LTV2"], hdul["COVERAGE"].data[0, 0],
+    ...           json.loads(hdul["PROVENANCE"].data["JSON"][0])["shifts"])
+    -10 3 [[0, 0], [2, 16]]
+    """
+    from astropy.io import fits
+
+    dataarray, dataset = _xarray_types()
+    path = os.fspath(path)
+    coverage = None
+    if isinstance(data, dataset):
+        attrs = dict(data.attrs)
+        stack = _stack_variable(data, "data")
+        if "coverage" in data.data_vars:
+            coverage = data["coverage"]
+    else:
+        stack = data
+        attrs = dict(data.attrs) if isinstance(data, dataarray) else {}
+    stack_data, (ycoord, xcoord) = _unwrap(stack, "stack")
+    cover_data = None
+    if coverage is not None:
+        cover_data, _ = _unwrap(coverage, "coverage")
+        if cover_data.shape != stack_data.shape:
+            raise ValueError(
+                f"coverage shape {cover_data.shape} differs from the stack's {stack_data.shape}"
+            )
+    provenance = _provenance_json(attrs) if attrs else None
+    _refuse_existing(path, overwrite)
+
+    header = _image_header(stack_data.shape, np.float32)
+    offsets = _offset_cards(ycoord, xcoord)
+    for card in offsets:
+        header.append(card)
+    for card in _attribute_cards(attrs):
+        header.append(card)
+    if provenance is not None:
+        header["PROVHDU"] = ("PROVENANCE", "extension with all attributes as JSON")
+        header.add_comment("Written by bigstack; the PROVENANCE table's JSON column holds")
+        header.add_comment("the full provenance (json.loads gives the attributes back).")
+
+    with _atomic_output(path, overwrite) as tmp:
+        _stream_image(tmp, header, stack_data, np.float32)
+        if cover_data is not None:
+            dtype = _fits_dtype(cover_data.dtype)
+            cover_header = _image_header(cover_data.shape, dtype, extname="COVERAGE")
+            for card in offsets:
+                cover_header.append(card)
+            cover_header.add_comment("Number of frames that cover each pixel")
+            _stream_image(tmp, cover_header, cover_data, dtype)
+        if provenance is not None:
+            column = fits.Column(name="JSON", format=f"{len(provenance)}A",
+                                 array=np.array([provenance]))
+            table = fits.BinTableHDU.from_columns([column], name="PROVENANCE")
+            with fits.open(tmp, mode="append") as hdul:
+                hdul.append(table)
+    return path

@@ -1,0 +1,149 @@
+"""The bigstack command line, and the demo."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import xarray as xr
+from PIL import Image
+
+import bigstack
+from bigstack import synthetic
+from bigstack._demo import pixel_noise, run_demo
+from bigstack.cli import main
+
+
+@pytest.fixture(scope="module")
+def night(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("night")
+    return synthetic.make_frames(directory / "lights", n_frames=8, shape=(120, 160), seed=21,
+                                 subpixel=True, ref_isolation=40)
+
+
+def _star_arg(truth):
+    return f"{truth.ref_star[0]:.0f},{truth.ref_star[1]:.0f}"
+
+
+def test_shifts_table_and_csv(night, tmp_path, capsys):
+    out_csv = tmp_path / "shifts.csv"
+    pattern = night.paths[0].rsplit("/", 1)[0] + "/*.fit"
+    assert main(["shifts", pattern, "--star", _star_arg(night), "--search", "40",
+                 "-o", str(out_csv)]) == 0
+    printed = capsys.readouterr().out
+    assert "frame" in printed and "dx" in printed and "frame-0007" in printed
+    with open(out_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    measured = np.array([[float(r["dx"]), float(r["dy"])] for r in rows])
+    assert np.sqrt(np.mean((measured - night.shifts) ** 2)) < 0.05
+    assert all(r["valid"] == "True" for r in rows)
+    # the file is not overwritten unless asked
+    assert main(["shifts", pattern, "--star", _star_arg(night), "--search", "40",
+                 "-o", str(out_csv)]) == 2
+    assert "exists already" in capsys.readouterr().err
+
+
+def test_stack_store_png_render_info(night, tmp_path, capsys):
+    pattern = night.paths[0].rsplit("/", 1)[0] + "/*.fit"
+    store = tmp_path / "night.zarr"
+    png = tmp_path / "night.png"
+    assert main(["stack", pattern, "-o", str(store), "--star", _star_arg(night), "--search",
+                 "40", "--subpixel", "bilinear", "--png", str(png), "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert "wrote" in captured.out and "8 frames" in captured.err
+    got = xr.open_zarr(store)
+    # the same as the library called with the same measured shifts
+    cube = bigstack.open_frames(pattern)
+    shifts = bigstack.find_shifts(cube, star_pos=[float(v) for v in _star_arg(night).split(",")],
+                                  search=40)
+    expected = bigstack.stack(cube, shifts, subpixel="bilinear").compute()
+    np.testing.assert_array_equal(got["stack"].values, expected["stack"].values)
+    assert got.attrs["parameters"]["subpixel"] == "bilinear"
+    with Image.open(png) as picture:
+        assert picture.size == (160, 120)
+
+    # render with a crop, then info
+    out_png = tmp_path / "crop.png"
+    assert main(["render", str(store), "-o", str(out_png), "--crop", "10,110,100,20"]) == 0
+    with Image.open(out_png) as picture:
+        assert picture.size == (100, 80)
+    assert main(["info", str(store)]) == 0
+    info = capsys.readouterr().out
+    assert "160 x 120 pixels" in info and "coverage" in info and "bilinear" in info
+
+    # an existing store is refused, in one line, and left alone
+    assert main(["stack", pattern, "-o", str(store), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "exists already" in err[0] and "--overwrite" in err[0]
+    np.testing.assert_array_equal(xr.open_zarr(store)["stack"].values, got["stack"].values)
+
+
+def test_stack_with_shifts_file_drops_invalid_frames(night, tmp_path):
+    pattern = night.paths[0].rsplit("/", 1)[0] + "/*.fit"
+    table = tmp_path / "shifts.csv"
+    with open(table, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["frame", "dx", "dy", "valid"])
+        for i, (dx, dy) in enumerate(night.shifts):
+            writer.writerow([i, dx, dy, "False" if i == 3 else "True"])
+    store = tmp_path / "s.zarr"
+    assert main(["stack", pattern, "-o", str(store), "--shifts", str(table),
+                 "--no-progress"]) == 0
+    got = xr.open_zarr(store)
+    keep = [i for i in range(8) if i != 3]
+    expected = bigstack.stack(bigstack.open_frames(pattern).isel(frame=keep),
+                              night.shifts[keep]).compute()
+    np.testing.assert_array_equal(got["stack"].values, expected["stack"].values)
+    assert int(got["coverage"].max()) == 7
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["stack", "/nonexistent/*.fit", "-o", "x.zarr"], "no file matches"),
+    (["shifts", "/nonexistent/*.fit", "--star", "1,2"], "no file matches"),
+    (["info", "/nonexistent.zarr"], "no such store"),
+])
+def test_errors_are_one_line(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("bigstack: error:") and message in err[0]
+
+
+def test_bad_star_argument_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["shifts", "x/*.fit", "--star", "400"])
+    assert exit_.value.code == 2
+    assert "expected X,Y" in capsys.readouterr().err
+
+
+def test_console_script_runs():
+    result = subprocess.run([sys.executable, "-m", "bigstack.cli", "--version"],
+                            capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == f"bigstack {bigstack.__version__}"
+
+
+# --------------------------------------------------------------------------
+# the demo
+
+
+def test_demo_sharp_and_quiet(tmp_path):
+    lines = []
+    summary = run_demo(tmp_path / "demo", n_frames=24, shape=(384, 512), seed=3,
+                       out=lines.append)
+    assert summary["frames_used"] == 24
+    # alignment keeps stars as sharp as in one frame ...
+    assert abs(summary["fwhm_stack"] / summary["fwhm_single"] - 1) < 0.10
+    # ... and the background noise falls as sqrt(N)
+    assert abs(summary["noise_gain"] / np.sqrt(24) - 1) < 0.15
+    assert (tmp_path / "demo" / "demo.png").exists()
+    assert any("star FWHM" in line for line in lines)
+    with pytest.raises(FileExistsError, match="earlier demo"):
+        run_demo(tmp_path / "demo", n_frames=2, shape=(64, 64), out=lines.append)
+
+
+def test_pixel_noise_of_white_noise():
+    rng = np.random.default_rng(0)
+    image = rng.normal(0, 3.0, (300, 300)) + np.linspace(0, 500, 300)[None, :]  # with a gradient
+    assert abs(pixel_noise(image) / 3.0 - 1) < 0.05
