@@ -102,14 +102,31 @@ def _resolve_frames(frames):
 
 
 class _FileRows:
-    """Rows of frames read straight from their files (the fast path)."""
+    """Rows of frames read straight from their files (the fast path).
+
+    FITS rows come back as stored (big-endian integers or floats) with
+    their BSCALE/BZERO, so the kernel converts them while adding instead of
+    in a pass of its own; other formats come back as float32.
+    """
 
     def __init__(self, reader, files):
+        from ._io import FitsSource
+
         self.reader = reader
         self.files = np.asarray(files)
+        self._fits = FitsSource
 
-    def rows(self, i, r0, r1):
-        return self.reader.read(int(self.files[i]), r0, r1)
+    def raw(self, i, r0, r1, buffers):
+        """``(rows, scale, zero, blank, floating)`` of frame ``i``'s rows ``[r0, r1)``."""
+        source = self.reader.sources[int(self.files[i])]
+        if isinstance(source, self._fits):
+            size = (r1 - r0) * source.shape[1]
+            buffer = buffers.get(source.dtype)
+            if buffer is None or buffer.size < size:
+                buffer = buffers[source.dtype] = np.empty(size, source.dtype)
+            rows = source.read_raw(r0, r1, buffer)
+            return rows, source.bscale, source.bzero, source.blank, rows.dtype.kind == "f"
+        return self.reader.read(int(self.files[i]), r0, r1), 1.0, 0.0, None, True
 
 
 class _ArrayRows:
@@ -118,11 +135,11 @@ class _ArrayRows:
     def __init__(self, array):
         self.array = array
 
-    def rows(self, i, r0, r1):
+    def raw(self, i, r0, r1, buffers):
         block = self.array[i, r0:r1, :]
         if hasattr(block, "compute"):
             block = block.compute(scheduler="synchronous")
-        return np.asarray(block, dtype=np.float32)
+        return np.asarray(block, dtype=np.float32), 1.0, 0.0, None, True
 
 
 # --------------------------------------------------------------------------
@@ -195,17 +212,24 @@ def plan_tiles(out_rows, out_cols, memory, threads=None, max_rows=512):
 def combine_tile(source, n, shape, shifts, keep, subpixel, grid, a, b):
     """Sum and coverage of output rows ``[a, b)`` (grid-relative) over the kept frames.
 
+    Frames are added in index order into a float32 sum of stored values;
+    what is the same for a whole frame window (the count of frames, BZERO)
+    is recorded at the window's four corners of a 2-D difference array and
+    summed up once at the end, so each frame costs one read and one add.
+    NaN (or FITS BLANK) pixels are left out of the sum and the coverage.
+
     Returns ``(sum float64 (b - a, W), coverage int32 (b - a, W))``.
     """
     ny, nx = shape
     y0, _, x0, x1 = grid
-    width = x1 - x0
-    total = np.zeros((b - a, width), np.float64)
-    coverage = np.zeros((b - a, width), np.int32)
+    h, width = b - a, x1 - x0
+    total = np.zeros((h, width), np.float32)
+    count = np.zeros((h + 1, width + 1), np.int32)  # difference array of frame windows
+    offset = np.zeros((h + 1, width + 1), np.float64)  # difference array of BZERO
+    invalid = None  # per pixel, covering values that were NaN or BLANK
+    buffers = {}
     whole = _integer_shifts(shifts, subpixel)
-    for i in range(n):
-        if not keep[i]:
-            continue
+    for i in np.flatnonzero(keep):
         ix, iy = int(whole[i, 0]), int(whole[i, 1])
         fx, fy = (0.0, 0.0) if subpixel == "nearest" else shifts[i] - whole[i]
         ex, ey = int(fx > 0), int(fy > 0)  # extra source column/row bilinear needs
@@ -216,21 +240,69 @@ def combine_tile(source, n, shape, shifts, keep, subpixel, grid, a, b):
         c_hi = min(x1, nx - ix - ex)
         if r_hi <= r_lo or c_hi <= c_lo:
             continue
-        block = source.rows(i, r_lo + iy, r_hi + iy + ey)
-        block = block[:, c_lo + ix:c_hi + ix + ex]
-        if ex:
-            block = (1.0 - fx) * block[:, :-1] + fx * block[:, 1:]
-        if ey:
-            block = (1.0 - fy) * block[:-1] + fy * block[1:]
-        out = (slice(r_lo - y0 - a, r_hi - y0 - a), slice(c_lo - x0, c_hi - x0))
-        finite = np.isfinite(block)
-        if finite.all():
-            total[out] += block
-            coverage[out] += 1
+        rows, scale, zero, blank, floating = source.raw(i, r_lo + iy, r_hi + iy + ey, buffers)
+        block = rows[:, c_lo + ix:c_hi + ix + ex]
+        bad = block == blank if blank is not None else (
+            ~np.isfinite(block) if floating else None)
+        if bad is not None and not bad.any():
+            bad = None
+        if ex or ey:
+            block = _bilinear(block, bad, np.float32(fx), np.float32(fy), ex, ey)
+            bad = None if bad is None else np.isnan(block)
+        oy, ox = r_lo - y0 - a, c_lo - x0
+        out = (slice(oy, oy + r_hi - r_lo), slice(ox, ox + c_hi - c_lo))
+        _mark(count, out, 1)
+        if bad is None:  # the common case: add stored values, convert on the fly
+            total[out] += block if scale == 1 else block * np.float32(scale)
+            if zero:
+                _mark(offset, out, zero)
         else:
-            total[out] += np.where(finite, block, 0.0)
-            coverage[out] += finite
-    return total, coverage
+            values = block.astype(np.float32) * np.float32(scale) + np.float32(zero)
+            values[bad] = 0
+            total[out] += values
+            if invalid is None:
+                invalid = np.zeros((h, width), np.int32)
+            invalid[out] += bad
+    coverage = _integrate(count)
+    if invalid is not None:
+        coverage -= invalid
+    return total + _integrate(offset), coverage
+
+
+def _mark(diff, out, value):
+    """Add ``value`` over the window ``out`` of a 2-D difference array."""
+    rows, cols = out
+    diff[rows.start, cols.start] += value
+    diff[rows.start, cols.stop] -= value
+    diff[rows.stop, cols.start] -= value
+    diff[rows.stop, cols.stop] += value
+
+
+def _integrate(diff):
+    """The values a 2-D difference array describes (without its last row/column)."""
+    return np.cumsum(np.cumsum(diff, axis=0), axis=1)[:-1, :-1]
+
+
+def _bilinear(block, bad, fx, fy, ex, ey):
+    """Interpolate stored rows at a fractional offset: ``(1 - f) * a + f * b`` per axis.
+
+    ``block`` has ``ex`` extra columns and ``ey`` extra rows; the result is
+    float32 without them, NaN wherever an interpolated pixel was ``bad``.
+    """
+    values = block.astype(np.float32)
+    if bad is not None:
+        values[bad] = np.nan
+    if ex:
+        step = values[:, 1:] - values[:, :-1]
+        step *= fx
+        step += values[:, :-1]
+        values = step
+    if ey:
+        step = values[1:] - values[:-1]
+        step *= fy
+        step += values[:-1]
+        values = step
+    return values
 
 
 def _finish(total, coverage, method, normalize, n_used):
@@ -401,9 +473,8 @@ def _check_store(store, overwrite):
 def _create_store(store, rows, cols, tile, coords, attrs, overwrite):
     import zarr
 
-    group = zarr.open_group(store, mode="w" if overwrite else "w-", zarr_format=3)
-    attrs = dict(attrs, complete=False)
-    group.attrs.update(attrs)
+    group = zarr.open_group(store, mode="w" if overwrite else "w-", zarr_format=3,
+                            attributes=dict(attrs, complete=False))
     group.create_array("stack", shape=(rows, cols), chunks=(tile, cols), dtype="float32",
                        fill_value=np.nan, dimension_names=("y", "x"), compressors=None)
     group.create_array("coverage", shape=(rows, cols), chunks=(tile, cols), dtype="int32",

@@ -136,6 +136,24 @@ class FitsSource:
 
     planes = None
 
+    def read_raw(self, y0, y1, out=None):
+        """Full-width rows ``[y0, y1)`` as stored (big-endian, unscaled), one ``pread``.
+
+        ``out``, if given, is a 1-D buffer of the stored dtype with room for
+        the rows; it is filled and a view of it is returned, so a caller
+        reading many frames allocates once.
+        """
+        nx = self.shape[1]
+        dtype = np.dtype(self.dtype)
+        count = (y1 - y0) * nx
+        raw = np.empty(count, dtype) if out is None else out[:count]
+        fd = _open_for_read(self.path)
+        try:
+            _pread_into(fd, raw, self.offset + y0 * nx * dtype.itemsize, self.path)
+        finally:
+            os.close(fd)
+        return raw.reshape(y1 - y0, nx)
+
     def read(self, y0, y1, x0, x1, plane=None):
         ny, nx = self.shape
         dtype = np.dtype(self.dtype)
