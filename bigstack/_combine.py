@@ -38,10 +38,13 @@ SUBPIXEL = ("nearest", "bilinear")
 EXTENTS = ("reference", "intersection", "union")
 NORMALIZE = ("coverage", "count")
 
-# bytes of working memory per output pixel of a tile in flight: float64 sum,
-# int32 coverage, the float32 result, and the float32 source rows with their
-# raw and converted copies.
-_BYTES_PER_PIXEL = 8 + 4 + 4 + 4 + 4 + 4
+# frames added in float32 before flushing to float64: 256 * 2**15 < 2**24
+_FLUSH = 256
+
+# bytes of working memory per output pixel of a tile in flight: float32 and
+# float64 sums, the int32 and float64 difference arrays, the stored source rows
+# and bilinear's two float32 temporaries, the float32 result
+_BYTES_PER_PIXEL = 4 + 8 + 4 + 8 + 4 + 8 + 4
 
 
 # --------------------------------------------------------------------------
@@ -212,7 +215,10 @@ def plan_tiles(out_rows, out_cols, memory, threads=None, max_rows=512):
 def combine_tile(source, n, shape, shifts, keep, subpixel, grid, a, b):
     """Sum and coverage of output rows ``[a, b)`` (grid-relative) over the kept frames.
 
-    Frames are added in index order into a float32 sum of stored values;
+    Frames are added in index order into a float32 sum of stored values,
+    flushed into a float64 sum every ``_FLUSH`` frames: 256 16-bit values
+    add up exactly in float32, so sums of integer frames are exact, and
+    equal whichever way the frames are grouped (resume, append);
     what is the same for a whole frame window (the count of frames, BZERO)
     is recorded at the window's four corners of a 2-D difference array and
     summed up once at the end, so each frame costs one read and one add.
@@ -223,13 +229,17 @@ def combine_tile(source, n, shape, shifts, keep, subpixel, grid, a, b):
     ny, nx = shape
     y0, _, x0, x1 = grid
     h, width = b - a, x1 - x0
-    total = np.zeros((h, width), np.float32)
+    total = np.zeros((h, width), np.float32)  # running sum of up to _FLUSH frames
+    exact = np.zeros((h, width), np.float64)  # where the float32 sums are flushed
     count = np.zeros((h + 1, width + 1), np.int32)  # difference array of frame windows
     offset = np.zeros((h + 1, width + 1), np.float64)  # difference array of BZERO
     invalid = None  # per pixel, covering values that were NaN or BLANK
     buffers = {}
     whole = _integer_shifts(shifts, subpixel)
-    for i in np.flatnonzero(keep):
+    for k, i in enumerate(np.flatnonzero(keep)):
+        if k and k % _FLUSH == 0:
+            exact += total
+            total[:] = 0
         ix, iy = int(whole[i, 0]), int(whole[i, 1])
         fx, fy = (0.0, 0.0) if subpixel == "nearest" else shifts[i] - whole[i]
         ex, ey = int(fx > 0), int(fy > 0)  # extra source column/row bilinear needs
@@ -266,7 +276,9 @@ def combine_tile(source, n, shape, shifts, keep, subpixel, grid, a, b):
     coverage = _integrate(count)
     if invalid is not None:
         coverage -= invalid
-    return total + _integrate(offset), coverage
+    exact += total
+    exact += _integrate(offset)
+    return exact, coverage
 
 
 def _mark(diff, out, value):
@@ -321,15 +333,26 @@ def _tile_task(source, n, shape, shifts, keep, subpixel, grid, a, b, method, nor
     return _finish(total, coverage, method, normalize, int(keep.sum())), coverage
 
 
-def _tile_to_store(store, source, n, shape, shifts, keep, subpixel, grid, a, b, method,
-                   normalize):
+def _tile_to_store(store, source, n, shape, shifts, keep, subpixel, grid, tile, a, b, method,
+                   normalize, n_total, base):
+    """Compute tile ``tile`` (rows ``[a, b)``) and write its chunk of every array.
+
+    With ``base`` (an append), the tile's sums are added to the store's
+    saved copy of the sums before the append, never to the live ones, so a
+    rerun of this task (a lost worker, a resume) writes the same values.
+    """
     import zarr
 
-    stack, coverage = _tile_task(source, n, shape, shifts, keep, subpixel, grid, a, b, method,
-                                 normalize)
-    group = zarr.open_group(store, mode="r+")
-    group["stack"][a:b, :] = stack
-    group["coverage"][a:b, :] = coverage
+    total, coverage = combine_tile(source, n, shape, shifts, keep, subpixel, grid, a, b)
+    group = zarr.open_group(store, mode="r+", use_consolidated=False)
+    if base:
+        saved = group[_BOOK]
+        total += saved["sum"][a:b]
+        coverage += saved["coverage"][a:b]
+    group["sum"][a:b] = total
+    group["coverage"][a:b] = coverage
+    group["stack"][a:b] = _finish(total, coverage, method, normalize, n_total)
+    group[_BOOK]["tiles_done"][tile] = 1
     return b - a
 
 
@@ -339,7 +362,7 @@ def _tile_to_store(store, source, n, shape, shifts, keep, subpixel, grid, a, b, 
 
 def stack(frames, shifts=None, *, method="mean", store=None, subpixel="nearest",
           extent="reference", normalize="coverage", memory="512MB", overwrite=False,
-          progress=False):
+          progress=False, resume=False, mode="write"):
     """Shift and combine frames tile by tile, with bounded memory.
 
     Parameters
@@ -356,8 +379,8 @@ def stack(frames, shifts=None, *, method="mean", store=None, subpixel="nearest",
     store : str, path or zarr store, optional
         Write the result to this zarr store, tile by tile, and return it
         opened lazily from there. An existing store is an error unless
-        ``overwrite=True``. Without a store the result is a lazy
-        dask-backed Dataset.
+        ``overwrite=True`` (or ``resume``/``mode="append"``). Without a store
+        the result is a lazy dask-backed Dataset.
     subpixel : {"nearest", "bilinear"}
         Whole-pixel shifts (exact copies) or fractional bilinear shifts.
     extent : {"reference", "intersection", "union"}
@@ -374,14 +397,27 @@ def stack(frames, shifts=None, *, method="mean", store=None, subpixel="nearest",
     overwrite : bool
         Replace an existing ``store``.
     progress : bool
-        Show a progress bar while tiles are computed.
+        Show a progress bar while tiles are computed (dask's, or
+        dask.distributed's when a client is active).
+    resume : bool
+        Finish a run into ``store`` that was interrupted: only the tiles not
+        yet written are computed. The frames, shifts and parameters must be
+        those of the interrupted call, else it is an error.
+    mode : {"write", "append"}
+        ``"append"`` adds ``frames`` to the finished stack in ``store``
+        (live stacking): ``shifts`` are relative to the same reference frame,
+        the grid and tile plan are the store's, and the result equals
+        stacking all frames at once (exactly, for integer frames with
+        ``subpixel="nearest"``). ``method``, ``subpixel``, ``extent`` and
+        ``normalize`` must match the store's.
 
     Returns
     -------
     xarray.Dataset
         ``stack`` (y, x) float32 and ``coverage`` (y, x) int32 (frames that
         covered each pixel), with ``y``/``x`` coordinates in the reference
-        frame's pixel grid, and provenance in ``attrs``.
+        frame's pixel grid, and provenance in ``attrs``. A store also holds
+        ``sum`` (float64), which appending needs.
 
     Examples
     --------
@@ -399,11 +435,19 @@ def stack(frames, shifts=None, *, method="mean", store=None, subpixel="nearest",
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
     method = METHODS[method]
     for name, value, allowed in (("subpixel", subpixel, SUBPIXEL), ("extent", extent, EXTENTS),
-                                 ("normalize", normalize, NORMALIZE)):
+                                 ("normalize", normalize, NORMALIZE),
+                                 ("mode", mode, ("write", "append"))):
         if value not in allowed:
             raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    if store is None and (resume or mode == "append"):
+        raise ValueError(f"{'resume=True' if resume else 'mode=append'} needs a store")
     if store is not None:
-        _check_store(store, overwrite)
+        store = os.fspath(store) if isinstance(store, os.PathLike) else store
+        if mode == "write" and not resume:
+            _check_store(store, overwrite)
+        elif overwrite:
+            raise ValueError("overwrite=True would discard the store that "
+                             f"{'resume' if resume else 'append'} builds on; drop one of them")
 
     source, n, shape, paths = _resolve_frames(frames)
     shift_values, keep, reasons = _as_shifts(shifts, n)
@@ -413,102 +457,277 @@ def stack(frames, shifts=None, *, method="mean", store=None, subpixel="nearest",
                       BigstackWarning, stacklevel=2)
     if not keep.any():
         raise BigstackError("no frame left to stack: every frame is flagged invalid")
-    kept = shift_values[keep]
-    grid = output_grid(kept, shape, subpixel, extent)
-    y0, y1, x0, x1 = grid
-    rows, cols = y1 - y0, x1 - x0
-    tile = plan_tiles(rows, cols, memory)
-    bounds = [(a, min(a + tile, rows)) for a in range(0, rows, tile)]
-
-    attrs = _provenance(paths, shift_values, keep, method=method, subpixel=subpixel,
-                        extent=extent, normalize=normalize, memory=memory, tile_rows=tile,
-                        grid=grid, frame_shape=shape)
-    coords = {"y": np.arange(y0, y1), "x": np.arange(x0, x1)}
+    parameters = {"method": method, "subpixel": subpixel, "extent": extent,
+                  "normalize": normalize}
+    operation = _operation(mode, paths, shift_values, keep, shape, parameters)
     source_d = dask.delayed(source, traverse=False)
-    args = (n, tuple(shape), shift_values, keep, subpixel, grid)
 
     if store is None:
+        grid = output_grid(shift_values[keep], shape, subpixel, extent)
+        rows, cols = grid[1] - grid[0], grid[3] - grid[2]
+        tile = plan_tiles(rows, cols, memory)
+        attrs = _provenance(operation, grid, tile, memory)
+        args = (n, tuple(shape), shift_values, keep, subpixel, grid)
         task = dask.delayed(_tile_task, pure=True)
+        bounds = _bounds(rows, tile)
         parts = [task(source_d, *args, a, b, method, normalize) for a, b in bounds]
         stacked = da.concatenate([da.from_delayed(p[0], (b - a, cols), np.float32)
                                   for p, (a, b) in zip(parts, bounds, strict=True)])
         coverage = da.concatenate([da.from_delayed(p[1], (b - a, cols), np.int32)
                                    for p, (a, b) in zip(parts, bounds, strict=True)])
+        coords = {"y": np.arange(grid[0], grid[1]), "x": np.arange(grid[2], grid[3])}
         return xr.Dataset({"stack": (("y", "x"), stacked), "coverage": (("y", "x"), coverage)},
                           coords=coords, attrs=attrs)
 
-    store = os.fspath(store) if isinstance(store, os.PathLike) else store
-    _create_store(store, rows, cols, tile, coords, attrs, overwrite)
+    if resume:
+        attrs = _prepare_resume(store, operation)
+    elif mode == "append":
+        attrs = _prepare_append(store, operation)
+    else:
+        grid = output_grid(shift_values[keep], shape, subpixel, extent)
+        tile = plan_tiles(grid[1] - grid[0], grid[3] - grid[2], memory)
+        attrs = _provenance(operation, grid, tile, memory)
+        _create_store(store, attrs, overwrite)
+    grid = tuple(attrs["grid"][k] for k in ("y0", "y1", "x0", "x1"))
+    tile = attrs["parameters"]["tile_rows"]
+    bounds = _bounds(grid[1] - grid[0], tile)
+    done = _tiles_done(store)
+    base = attrs["pending"]["mode"] == "append"
+    n_total = attrs["pending"]["n_total"]
+    args = (n, tuple(shape), shift_values, keep, subpixel, grid)
     task = dask.delayed(_tile_to_store, pure=False)
-    writes = [task(store, source_d, *args, a, b, method, normalize) for a, b in bounds]
+    writes = [task(store, source_d, *args, t, a, b, method, normalize, n_total, base)
+              for t, (a, b) in enumerate(bounds) if not done[t]]
     _compute(writes, progress)
-    _mark_complete(store)
+    _finish_store(store)
     return xr.open_zarr(store)
 
 
+def _bounds(rows, tile):
+    return [(a, min(a + tile, rows)) for a in range(0, rows, tile)]
+
+
 def _compute(tasks, progress):
+    """Run tasks on the active dask.distributed client if there is one, else locally."""
     import dask
 
-    if progress:
-        from dask.diagnostics import ProgressBar
+    client = _active_client()
+    if client is None:
+        if progress:
+            from dask.diagnostics import ProgressBar
 
-        with ProgressBar():
-            dask.compute(*tasks)
-    else:
-        dask.compute(*tasks)
+            with ProgressBar():
+                return dask.compute(*tasks)
+        return dask.compute(*tasks)
+    futures = client.compute(tasks)
+    if progress:
+        from distributed import progress as show_progress
+
+        show_progress(futures)
+    return client.gather(futures)
+
+
+def _active_client():
+    try:
+        from distributed import default_client
+    except ImportError:
+        return None
+    try:
+        return default_client()
+    except ValueError:
+        return None
 
 
 # --------------------------------------------------------------------------
 # the store
+#
+# stack, coverage, sum (y, x) with one zarr chunk per tile, y and x; in the
+# group "_bigstack", tiles_done (one chunk per tile, so tile tasks never share
+# a chunk) and, during an append, the sums and coverage from before it.
+# attrs["pending"] describes the operation under way until it is complete.
+
+_BOOK = "_bigstack"
 
 
 def _check_store(store, overwrite):
-    if isinstance(store, (str, os.PathLike)) and os.path.exists(store) and not overwrite:
+    if _store_exists(store) and not overwrite:
         raise StoreExistsError(
-            f"{os.fspath(store)}: output store exists already; pass overwrite=True "
+            f"{store}: output store exists already; pass overwrite=True "
             "(CLI: --overwrite) to replace it"
         )
 
 
-def _create_store(store, rows, cols, tile, coords, attrs, overwrite):
+def _store_exists(store):
     import zarr
 
+    if isinstance(store, str) and "://" not in store:
+        return os.path.exists(store)
+    try:
+        zarr.open_group(store, mode="r", use_consolidated=False)
+    except (FileNotFoundError, KeyError, ValueError, zarr.errors.GroupNotFoundError):
+        return False
+    return True
+
+
+def _operation(mode, paths, shifts, keep, shape, parameters):
+    return {
+        "mode": mode,
+        "inputs": list(paths) if paths is not None else [],
+        "shifts": [[float(v) for v in row] for row in shifts],
+        "frames_used": [int(i) for i in np.flatnonzero(keep)],
+        "frame_shape": [int(v) for v in shape],
+        "parameters": parameters,
+    }
+
+
+def _provenance(operation, grid, tile, memory):
+    from . import __version__
+
+    n_used = len(operation["frames_used"])
+    return {
+        "bigstack_version": __version__,
+        "created": _now(),
+        "complete": False,
+        "inputs": operation["inputs"],
+        "shifts": operation["shifts"],
+        "frames_used": operation["frames_used"],
+        "n_frames": n_used,
+        "frame_shape": operation["frame_shape"],
+        "grid": {"y0": int(grid[0]), "y1": int(grid[1]), "x0": int(grid[2]), "x1": int(grid[3])},
+        "parameters": dict(operation["parameters"], memory=str(memory), tile_rows=int(tile)),
+        "history": [],
+        "pending": dict(operation, n_total=n_used),
+    }
+
+
+def _now():
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _create_store(store, attrs, overwrite):
+    import zarr
+
+    grid = attrs["grid"]
+    rows, cols = grid["y1"] - grid["y0"], grid["x1"] - grid["x0"]
+    tile = attrs["parameters"]["tile_rows"]
     group = zarr.open_group(store, mode="w" if overwrite else "w-", zarr_format=3,
-                            attributes=dict(attrs, complete=False))
-    group.create_array("stack", shape=(rows, cols), chunks=(tile, cols), dtype="float32",
-                       fill_value=np.nan, dimension_names=("y", "x"), compressors=None)
-    group.create_array("coverage", shape=(rows, cols), chunks=(tile, cols), dtype="int32",
-                       fill_value=0, dimension_names=("y", "x"))
-    for name, values in coords.items():
+                            attributes=attrs)
+    _create_arrays(group, rows, cols, tile)
+    for name, values in (("y", np.arange(grid["y0"], grid["y1"])),
+                         ("x", np.arange(grid["x0"], grid["x1"]))):
         array = group.create_array(name, shape=values.shape, dtype="int64",
                                    dimension_names=(name,))
         array[:] = values
+    book = group.create_group(_BOOK)
+    book.create_array("tiles_done", shape=(-(-rows // tile),), chunks=(1,), dtype="uint8",
+                      fill_value=0)
 
 
-def _mark_complete(store):
+def _create_arrays(group, rows, cols, tile, names=("stack", "coverage", "sum")):
+    specs = {"stack": ("float32", np.nan, None), "coverage": ("int32", 0, "auto"),
+             "sum": ("float64", 0.0, "auto")}
+    for name in names:
+        dtype, fill, compressors = specs[name]
+        group.create_array(name, shape=(rows, cols), chunks=(tile, cols), dtype=dtype,
+                           fill_value=fill, dimension_names=("y", "x"),
+                           compressors=compressors)
+
+
+def _tiles_done(store):
     import zarr
 
-    group = zarr.open_group(store, mode="r+")
-    group.attrs["complete"] = True
+    return zarr.open_group(store, mode="r", use_consolidated=False)[_BOOK]["tiles_done"][:]
+
+
+def _open_attrs(store, what):
+    import zarr
+
+    try:
+        group = zarr.open_group(store, mode="r", use_consolidated=False)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as err:
+        raise BigstackError(f"{store}: no store to {what}") from err
+    attrs = group.attrs.asdict()
+    if "pending" not in attrs or _BOOK not in group:
+        raise BigstackError(f"{store}: not a bigstack stack store; cannot {what} it")
+    return attrs
+
+
+def _prepare_resume(store, operation):
+    attrs = _open_attrs(store, "resume")
+    pending = attrs["pending"]
+    if attrs.get("complete") or pending is None:
+        raise BigstackError(f"{store}: the stack is complete; there is nothing to resume")
+    stored = {k: pending[k] for k in operation}
+    if stored != operation:
+        diff = [k for k in operation if stored[k] != operation[k]]
+        raise BigstackError(
+            f"{store}: was being written with other {', '.join(diff)} than this call's; "
+            "resume with the same frames, shifts and parameters, or start a new store"
+        )
+    return attrs
+
+
+def _prepare_append(store, operation):
+    import zarr
+
+    attrs = _open_attrs(store, "append to")
+    if not attrs.get("complete"):
+        pending = attrs.get("pending") or {}
+        raise BigstackError(
+            f"{store}: an earlier {pending.get('mode', 'run')} into this store did not finish; "
+            "finish it first with resume=True (CLI: --resume)"
+        )
+    stored_parameters = {k: attrs["parameters"][k] for k in operation["parameters"]}
+    if stored_parameters != operation["parameters"]:
+        diff = ", ".join(f"{k}={attrs['parameters'][k]!r} (not {v!r})"
+                         for k, v in operation["parameters"].items() if stored_parameters[k] != v)
+        raise BigstackError(f"{store}: was stacked with {diff}; append with the same settings")
+    if operation["frame_shape"] != attrs["frame_shape"]:
+        raise BigstackError(f"{store}: holds frames of shape {tuple(attrs['frame_shape'])} "
+                            f"(y, x); the new frames are {tuple(operation['frame_shape'])}")
+    offset = len(attrs["inputs"])
+    n_total = attrs["n_frames"] + len(operation["frames_used"])
+    group = zarr.open_group(store, mode="r+", use_consolidated=False)
+    book = group[_BOOK]
+    grid = attrs["grid"]
+    rows, cols = grid["y1"] - grid["y0"], grid["x1"] - grid["x0"]
+    tile = attrs["parameters"]["tile_rows"]
+    # keep the sums from before the append, so tile tasks can be rerun safely
+    for name in ("sum", "coverage"):
+        if name in book:
+            del book[name]
+    _create_arrays(book, rows, cols, tile, names=("sum", "coverage"))
+    for a, b in _bounds(rows, tile):
+        book["sum"][a:b] = group["sum"][a:b]
+        book["coverage"][a:b] = group["coverage"][a:b]
+    book["tiles_done"][:] = 0
+    attrs.update(
+        complete=False,
+        inputs=attrs["inputs"] + operation["inputs"],
+        shifts=attrs["shifts"] + operation["shifts"],
+        frames_used=attrs["frames_used"] + [offset + i for i in operation["frames_used"]],
+        n_frames=n_total,
+        pending=dict(operation, n_total=n_total),
+    )
+    group.attrs.update(attrs)
+    return attrs
+
+
+def _finish_store(store):
+    import zarr
+
+    group = zarr.open_group(store, mode="r+", use_consolidated=False)
+    attrs = group.attrs.asdict()
+    pending = attrs["pending"]
+    history = attrs.get("history", []) + [
+        {"mode": pending["mode"], "frames": len(pending["frames_used"]), "finished": _now()}]
+    book = group[_BOOK]
+    for name in ("sum", "coverage"):
+        if name in book:
+            del book[name]
+    group.attrs.update({"complete": True, "pending": None, "history": history})
     with warnings.catch_warnings():
         # zarr notes that consolidated metadata is an extension to format 3;
         # xarray reads it, and without it open_zarr warns instead
         warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
         zarr.consolidate_metadata(store)
-
-
-def _provenance(paths, shifts, keep, *, grid, frame_shape, **parameters):
-    from . import __version__
-
-    return {
-        "bigstack_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "inputs": list(paths) if paths is not None else [],
-        "shifts": [[float(v) for v in row] for row in shifts],
-        "frames_used": [int(i) for i in np.flatnonzero(keep)],
-        "n_frames": int(keep.sum()),
-        "frame_shape": [int(v) for v in frame_shape],
-        "grid": {"y0": int(grid[0]), "y1": int(grid[1]), "x0": int(grid[2]), "x1": int(grid[3])},
-        "parameters": {k: (v if isinstance(v, (int, float, str)) else str(v))
-                       for k, v in parameters.items()},
-    }

@@ -69,6 +69,8 @@ def find_files(pattern_or_paths) -> list[str]:
         If nothing matches, naming the pattern, or if a listed file is
         missing, naming the file.
     """
+    if isinstance(pattern_or_paths, str) and is_url(pattern_or_paths):
+        return _find_remote(pattern_or_paths)
     if isinstance(pattern_or_paths, (str, os.PathLike)):
         pattern = os.fspath(pattern_or_paths)
         if os.path.isdir(pattern):
@@ -94,11 +96,94 @@ def find_files(pattern_or_paths) -> list[str]:
         if not paths:
             raise FrameNotFoundError("<empty list>", "no frame files given")
     for path in paths:
+        if is_url(path):
+            continue  # checked when its header is read
         if not os.path.exists(path):
             raise FrameNotFoundError(path, "no such file")
         if os.path.isdir(path):
             raise FrameError(path, "is a folder, not a frame file")
     return paths
+
+
+def is_url(path) -> bool:
+    """True for an fsspec URL such as ``s3://bucket/f.fit`` or ``memory://f.fit``."""
+    return isinstance(path, str) and "://" in path and not path.startswith("file://")
+
+
+def _fs(url):
+    try:
+        from fsspec.core import url_to_fs
+    except ImportError as err:
+        raise FrameError(url, "URLs need fsspec: pip install fsspec") from err
+    return url_to_fs(url)
+
+
+def _find_remote(pattern):
+    fs, path = _fs(pattern)
+    if glob.has_magic(pattern):
+        found = sorted(fs.glob(path))
+    elif fs.isdir(path):
+        found = sorted(p for p in fs.ls(path, detail=False)
+                       if p.lower().endswith(SUPPORTED_SUFFIXES))
+    else:
+        found = [path] if fs.exists(path) else []
+    if not found:
+        raise FrameNotFoundError(pattern, "no file matches this URL")
+    return [fs.unstrip_protocol(p) for p in found]
+
+
+class _File:
+    """A file opened for reading at offsets: a local descriptor, or an fsspec file."""
+
+    def __init__(self, path):
+        self.path = path
+        self.remote = None
+        if is_url(path):
+            fs, inner = _fs(path)
+            try:
+                self.remote = fs.open(inner, "rb")
+            except FileNotFoundError as err:
+                raise FrameNotFoundError(path, "no such file") from err
+        else:
+            self.fd = _open_for_read(path)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.remote is not None:
+            self.remote.close()
+        else:
+            os.close(self.fd)
+
+    def read_into(self, array, offset):
+        """Fill ``array`` (C-contiguous) with the bytes at ``offset``."""
+        if self.remote is None:
+            _pread_into(self.fd, array, offset, self.path)
+            return
+        view = memoryview(array.reshape(-1).view(np.uint8))
+        self.remote.seek(offset)
+        data = self.remote.read(len(view))
+        if len(data) < len(view):
+            raise FrameError(self.path, f"truncated: no data at byte {offset + len(data)}")
+        view[:] = data
+
+
+def _file_size(path):
+    if is_url(path):
+        fs, inner = _fs(path)
+        try:
+            return fs.size(inner)
+        except FileNotFoundError as err:
+            raise FrameNotFoundError(path, "no such file") from err
+    return os.path.getsize(path)
+
+
+def _file_bytes(path):
+    if is_url(path):
+        fs, inner = _fs(path)
+        return fs.cat_file(inner)
+    return path
 
 
 def file_kind(path) -> str:
@@ -147,27 +232,20 @@ class FitsSource:
         dtype = np.dtype(self.dtype)
         count = (y1 - y0) * nx
         raw = np.empty(count, dtype) if out is None else out[:count]
-        fd = _open_for_read(self.path)
-        try:
-            _pread_into(fd, raw, self.offset + y0 * nx * dtype.itemsize, self.path)
-        finally:
-            os.close(fd)
+        with _File(self.path) as f:
+            f.read_into(raw, self.offset + y0 * nx * dtype.itemsize)
         return raw.reshape(y1 - y0, nx)
 
     def read(self, y0, y1, x0, x1, plane=None):
         ny, nx = self.shape
         dtype = np.dtype(self.dtype)
         raw = np.empty((y1 - y0, x1 - x0), dtype=dtype)
-        fd = _open_for_read(self.path)
-        try:
+        with _File(self.path) as f:
             if x0 == 0 and x1 == nx:
-                _pread_into(fd, raw, self.offset + y0 * nx * dtype.itemsize, self.path)
+                f.read_into(raw, self.offset + y0 * nx * dtype.itemsize)
             else:
                 for row in range(y0, y1):
-                    start = self.offset + (row * nx + x0) * dtype.itemsize
-                    _pread_into(fd, raw[row - y0], start, self.path)
-        finally:
-            os.close(fd)
+                    f.read_into(raw[row - y0], self.offset + (row * nx + x0) * dtype.itemsize)
         return _scale(raw, self.bscale, self.bzero, self.blank)
 
 
@@ -250,7 +328,7 @@ def read_image_grey(path, weights=GREY_WEIGHTS) -> np.ndarray:
     import imagecodecs
 
     try:
-        data = imagecodecs.imread(path)
+        data = imagecodecs.imread(_file_bytes(path))
     except Exception as err:  # imagecodecs raises its own error classes per codec
         raise FrameError(path, f"cannot decode image: {err}") from err
     if data.ndim == 2:
@@ -341,10 +419,15 @@ def inspect_fits(path) -> FitsSource:
     """
     from astropy.io import fits
 
-    size = os.path.getsize(path)
+    size = _file_size(path)
     if size == 0:
         raise FrameError(path, "not a FITS file (the file is empty)")
-    with open(path, "rb", buffering=0) as f:  # unbuffered: read header blocks only
+    if is_url(path):
+        fs, inner = _fs(path)
+        opened = fs.open(inner, "rb", block_size=_FITS_BLOCK)
+    else:
+        opened = open(path, "rb", buffering=0)  # unbuffered: read header blocks only
+    with opened as f:
         pos = 0
         index = 0
         while pos < size:
@@ -407,10 +490,13 @@ def inspect_fits(path) -> FitsSource:
 
 def inspect_image(path) -> ImageSource:
     """Read a PNG/JPEG's size from its header without decoding pixels."""
+    import io
+
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
+        source = io.BytesIO(_file_bytes(path)) if is_url(path) else path
+        with Image.open(source) as image:
             width, height = image.size
     except (UnidentifiedImageError, OSError) as err:
         raise FrameError(path, f"not a readable PNG/JPEG image ({err})") from err
@@ -449,7 +535,10 @@ def _frame_metadata(header) -> dict:
 def inspect(path, channel=None):
     """Return the source description of one frame file (headers only)."""
     kind = file_kind(path)
-    if not os.path.exists(path):
+    if is_url(path):
+        if kind == "raw":
+            raise FrameError(path, "camera RAW is read from local files only")
+    elif not os.path.exists(path):
         raise FrameNotFoundError(path, "no such file")
     if channel is not None and kind != "raw":
         raise FrameError(path, f"channel={channel!r} applies to camera RAW files only")
@@ -586,7 +675,7 @@ def open_frames(pattern_or_paths, *, rows: int | None = None, channel: str | Non
     import xarray as xr
     from dask.base import tokenize
 
-    paths = [os.path.abspath(p) for p in find_files(pattern_or_paths)]
+    paths = [p if is_url(p) else os.path.abspath(p) for p in find_files(pattern_or_paths)]
     sources = []
     for path in paths:
         source = inspect(path, channel)

@@ -15,6 +15,7 @@ the problem (exit status 2), not as a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -49,6 +50,40 @@ def _crop_values(text):
         return [int(p) if p.strip() else None for p in parts]
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"crop values must be whole pixels: {text!r}") from err
+
+
+def _add_cluster_options(parser):
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--scheduler", metavar="ADDRESS",
+                       help="run on a running dask.distributed scheduler (e.g. tcp://host:8786)")
+    group.add_argument("--workers", type=int, metavar="N",
+                       help="start a local dask.distributed cluster of N worker processes")
+
+
+@contextlib.contextmanager
+def _cluster(args):
+    """Connect to the scheduler asked for, or start a local cluster, for the command's run."""
+    if not (getattr(args, "scheduler", None) or getattr(args, "workers", None)):
+        yield
+        return
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as err:
+        raise BigstackError("--scheduler/--workers need dask.distributed: "
+                            "pip install 'bigstack[distributed]'") from err
+    if args.scheduler:
+        try:
+            client = Client(args.scheduler, timeout="10s")
+        except OSError as err:
+            raise BigstackError(f"cannot reach the scheduler at {args.scheduler}: {err}") from err
+        with client:
+            yield
+        return
+    if args.workers < 1:
+        raise BigstackError(f"--workers must be at least 1, got {args.workers}")
+    with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster):
+        yield
 
 
 def _show_progress(args):
@@ -139,7 +174,7 @@ def _cmd_shifts(args):
     from . import find_shifts, open_frames
 
     cube = open_frames(args.pattern)
-    with warnings.catch_warnings(record=True) as caught:
+    with _cluster(args), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", BigstackWarning)
         ds = _with_progress(args, lambda: find_shifts(
             cube, star_pos=args.star, search=args.search, method=args.method,
@@ -172,8 +207,12 @@ def _cmd_stack(args):
 
     if args.star is not None and args.shifts is not None:
         raise BigstackError("give either --star (measure shifts) or --shifts FILE, not both")
-    for path in (args.output, args.png):  # refuse before any work is done
-        if path and os.path.exists(path) and not args.overwrite:
+    if args.resume and args.overwrite:
+        raise BigstackError("--resume continues the store that --overwrite would replace; "
+                            "give one of them")
+    store_in_use = args.resume or args.append
+    for path in ((args.png,) if store_in_use else (args.output, args.png)):
+        if path and os.path.exists(path) and not args.overwrite:  # refuse before any work
             raise FileExistsError(f"{path}: exists already; pass --overwrite to replace it")
     cube = open_frames(args.pattern)
     if args.star is None and args.shifts is None:
@@ -182,7 +221,7 @@ def _cmd_stack(args):
     print(f"{cube.sizes['frame']} frames of {cube.sizes['x']} x {cube.sizes['y']} pixels",
           file=sys.stderr)
     shifts = None
-    with PeakMemory() as mem:
+    with _cluster(args), PeakMemory() as mem:
         if args.star is not None:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", BigstackWarning)
@@ -199,8 +238,9 @@ def _cmd_stack(args):
             warnings.simplefilter("ignore", BigstackWarning)  # reported above
             ds = stack(cube, shifts, method=args.method, store=args.output,
                        subpixel=args.subpixel, extent=args.extent, normalize=args.normalize,
-                       memory=args.memory, overwrite=args.overwrite,
-                       progress=_show_progress(args))
+                       memory=args.memory, overwrite=args.overwrite and not args.append,
+                       progress=_show_progress(args), resume=args.resume,
+                       mode="append" if args.append else "write")
     coverage = ds["coverage"]
     print(f"wrote {args.output}: {ds.sizes['x']} x {ds.sizes['y']} pixels from "
           f"{ds.attrs['n_frames']} frames, coverage {int(coverage.min())}..{int(coverage.max())}, "
@@ -292,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=("centroid", "peak", "xcorr"), default="centroid")
     p.add_argument("-o", "--output", help="write the table as CSV")
     p.add_argument("--overwrite", action="store_true")
+    _add_cluster_options(p)
     _add_progress(p)
     p.set_defaults(func=_cmd_shifts)
 
@@ -311,6 +352,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--png", metavar="FILE", help="also write a picture of the stack")
     p.add_argument("--stretch", choices=_STRETCHES, default="asinh")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--resume", action="store_true",
+                   help="finish an interrupted run into STORE (same frames and options)")
+    p.add_argument("--append", action="store_true",
+                   help="add these frames to the finished stack in STORE (live stacking; "
+                        "shifts relative to the same reference frame)")
+    _add_cluster_options(p)
     _add_progress(p)
     p.set_defaults(func=_cmd_stack)
 

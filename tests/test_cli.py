@@ -147,3 +147,40 @@ def test_pixel_noise_of_white_noise():
     rng = np.random.default_rng(0)
     image = rng.normal(0, 3.0, (300, 300)) + np.linspace(0, 500, 300)[None, :]  # with a gradient
     assert abs(pixel_noise(image) / 3.0 - 1) < 0.05
+
+
+def test_stack_on_local_workers_resume_and_append(night, tmp_path, capsys):
+    pytest.importorskip("distributed")
+    pattern = night.paths[0].rsplit("/", 1)[0] + "/*.fit"
+    first = night.paths[:5]
+    store = tmp_path / "live.zarr"
+    table = tmp_path / "shifts.csv"
+    with open(table, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["frame", "dx", "dy", "valid"])
+        for i, (dx, dy) in enumerate(night.shifts):
+            writer.writerow([i, dx, dy, "True"])
+    # all frames on a local cluster of two worker processes
+    whole = tmp_path / "whole.zarr"
+    assert main(["stack", pattern, "-o", str(whole), "--shifts", str(table), "--workers", "2",
+                 "--no-progress"]) == 0
+    expected = xr.open_zarr(whole)["stack"].values
+    # the same, built by appending: the first five, then all eight appended with --append
+    bigstack.stack(bigstack.open_frames(first), night.shifts[:5], store=store)
+    rest = tmp_path / "rest"
+    rest.mkdir()
+    for path in night.paths[5:]:
+        (rest / path.rsplit("/", 1)[1]).symlink_to(path)
+    rest_table = tmp_path / "rest.csv"
+    with open(rest_table, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["frame", "dx", "dy", "valid"])
+        for i, (dx, dy) in enumerate(night.shifts[5:]):
+            writer.writerow([i, dx, dy, "True"])
+    assert main(["stack", str(rest / "*.fit"), "-o", str(store), "--shifts", str(rest_table),
+                 "--append", "--no-progress"]) == 0
+    np.testing.assert_array_equal(xr.open_zarr(store)["stack"].values, expected)
+    # nothing to resume in a finished store: one line, exit 2
+    assert main(["stack", pattern, "-o", str(store), "--shifts", str(table), "--resume",
+                 "--no-progress"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
