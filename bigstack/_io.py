@@ -578,7 +578,11 @@ class FrameReader:
         return len(self.sources)
 
     def __dask_tokenize__(self):
-        return (type(self).__name__, self.sources, [_stamp(s.path) for s in self.sources])
+        # computed once: each file's size and mtime, so a changed file is a new token
+        if getattr(self, "_token", None) is None:
+            self._token = (type(self).__name__, self.sources,
+                           [_stamp(s.path) for s in self.sources])
+        return self._token
 
     def read(self, frame, y0, y1, x0=0, x1=None, plane=None) -> np.ndarray:
         """Read rows ``[y0, y1)`` and columns ``[x0, x1)`` of one frame as float32."""

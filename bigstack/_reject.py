@@ -414,13 +414,13 @@ class _Rows:
     def take(self, index, idx=None):
         """Entry ``index`` of every row (or of rows ``idx``); index clipped to the row."""
         base = self.base if idx is None else self.base[idx]
-        return self.flat.take(base + np.clip(index, 0, self.n - 1))
+        return self.flat.take(base + np.minimum(np.maximum(index, 0), self.n - 1))
 
-    def median(self, s, e):
+    def median(self, s, e, idx=None):
         """Median of each row's run ``[s, e)`` (NaN where empty), float64."""
         n = e - s
-        a = self.take(s + (n - 1) // 2).astype(np.float64)
-        b = self.take(s + n // 2).astype(np.float64)
+        a = self.take(s + (n - 1) // 2, idx).astype(np.float64)
+        b = self.take(s + n // 2, idx).astype(np.float64)
         return np.where(n > 0, 0.5 * (a + b), np.nan)
 
     def bisect(self, idx, lo, hi, limit, op):
@@ -477,18 +477,21 @@ class _Rows:
         if partial.size:  # zero the NaN tails so that whole-row sums work
             j = np.arange(self.n)
             d[partial] = np.where(j < k[partial, None], d[partial], 0)
+        # squares rounded to float32, summed in float64: runs remove exactly
+        # the terms their totals added
         sq = self.work["sq"][: self.c]
-        np.multiply(d, d, out=sq, dtype=np.float64)
+        np.multiply(d, d, out=sq)
         self.d = d.reshape(-1)
         self.sq = sq.reshape(-1)
-        if prefix:  # for runs that move by many entries at a time
+        if prefix:  # for runs whose ends move by many entries at a time
             p1 = self.work["p1"][: self.c]
+            p2 = self.work["p2"][: self.c]
             np.cumsum(d, axis=1, dtype=np.float64, out=p1)
-            np.cumsum(sq, axis=1, out=sq)
+            np.cumsum(sq, axis=1, dtype=np.float64, out=p2)
             self.p1 = p1.reshape(-1)
-            self.p2 = self.sq
+            self.p2 = p2.reshape(-1)
             return self.prefix_sums(zero, k)
-        return d.sum(axis=1, dtype=np.float64), sq.sum(axis=1)
+        return d.sum(axis=1, dtype=np.float64), sq.sum(axis=1, dtype=np.float64)
 
     def prefix_sums(self, s, e):
         """Sums over ``[s, e)`` from the prefix sums (``start_sums(prefix=True)``)."""
@@ -501,10 +504,12 @@ class _Rows:
         """Sums over ``[s, e)`` of rows ``idx``, by masking whole rows."""
         j = np.arange(self.n)
         inside = (j >= s[:, None]) & (j < e[:, None])
-        d = self.d.reshape(self.c, self.n)[idx]
-        sq = self.sq.reshape(self.c, self.n)[idx]
+        d = self.d.reshape(self.c, self.n)
+        sq = self.sq.reshape(self.c, self.n)
+        if idx.size < self.c:
+            d, sq = d[idx], sq[idx]
         return (np.where(inside, d, 0).sum(axis=1, dtype=np.float64),
-                np.where(inside, sq, 0.0).sum(axis=1))
+                np.where(inside, sq, 0).sum(axis=1, dtype=np.float64))
 
     def run_sums(self, totals, s, e):
         """Sums over ``[s, e)`` from the whole-run ``totals``, removing the ends."""
@@ -526,39 +531,43 @@ class _Rows:
 
     # ---- runs moving inwards ------------------------------------------------
 
-    def walk(self, limit, s, e, sums, low):
-        """Move each run's low end up over values < ``limit`` (``low``), or its
-        high end down over values > ``limit``, removing them from ``sums``.
+    def walk(self, limit, s, e, sums, low, rows):
+        """Move runs' low ends up over values < ``limit`` (``low``), or their
+        high ends down over values > ``limit``, removing those from ``sums``.
 
-        Returns the new end and the rows whose end moved more than ``_WALK``
-        entries (found by bisection; their sums must be recomputed).
+        All arrays are aligned with ``rows`` (row numbers). Returns the new
+        ends and the positions (in ``rows``) whose end moved more than
+        ``_WALK`` entries: bisection found those ends, and their sums must
+        be recomputed.
         """
         end = (s if low else e).copy()
-        idx = np.flatnonzero(s < e)
-        lim = limit[idx]
+        s1, s2 = sums
+        at_end = np.flatnonzero(s < e)
+        lim = limit[at_end]
+        base = self.base[rows[at_end]]
         for _ in range(_WALK):
-            if not idx.size:
-                return end, idx
-            at = end[idx] if low else end[idx] - 1
-            value = self.flat.take(self.base[idx] + at)
+            if not at_end.size:
+                return end, at_end
+            at = end[at_end] if low else end[at_end] - 1
+            value = self.flat.take(base + at)
             ok = value < lim if low else value > lim
             if not ok.all():
-                idx, lim, at = idx[ok], lim[ok], at[ok]
-            if not idx.size:
-                return end, idx
-            end[idx] += 1 if low else -1
-            s1, s2 = sums
-            s1[idx] -= self.d.take(self.base[idx] + at)
-            s2[idx] -= self.sq.take(self.base[idx] + at)
-            live = s[idx] < end[idx] if not low else end[idx] < e[idx]
+                at_end, lim, at, base = at_end[ok], lim[ok], at[ok], base[ok]
+                if not at_end.size:
+                    return end, at_end
+            end[at_end] += 1 if low else -1
+            s1[at_end] -= self.d.take(base + at)
+            s2[at_end] -= self.sq.take(base + at)
+            live = end[at_end] < e[at_end] if low else s[at_end] < end[at_end]
             if not live.all():
-                idx, lim = idx[live], lim[live]
-        if idx.size:  # long moves: bisect the rest
+                at_end, lim, base = at_end[live], lim[live], base[live]
+        if at_end.size:  # long moves: bisect the rest
+            idx = rows[at_end]
             if low:
-                end[idx] = self.bisect(idx, end[idx], e[idx], lim, "lt")
+                end[at_end] = self.bisect(idx, end[at_end], e[at_end], lim, "lt")
             else:
-                end[idx] = self.bisect(idx, s[idx], end[idx], lim, "le")
-        return end, idx
+                end[at_end] = self.bisect(idx, s[at_end], end[at_end], lim, "le")
+        return end, at_end
 
 
 def _passes(value, limit, op):
@@ -581,9 +590,10 @@ def _ranked(flat, method, opts, result, kept, rejected):
     work = {"rows": np.empty((step, n), dtype)}
     if method != "median":
         work["d"] = np.empty((step, n), dtype)
-        work["sq"] = np.empty((step, n), np.float64)
+        work["sq"] = np.empty((step, n), dtype)
     if method == "winsorized":
         work["p1"] = np.empty((step, n), np.float64)
+        work["p2"] = np.empty((step, n), np.float64)
     # runs kept by rank (minmax, the middle-value fallbacks) may split equal
     # values, so their weighted means need each sorted value's frame
     by_rank = method in ("minmax", "percentile") and weights is not None
@@ -647,20 +657,30 @@ def _sigma_clip(rows, totals, *, kappa, centre, maxiters, weights=None):
     k = rows.k
     s = np.zeros_like(k)
     e = k.copy()
-    sums = [t.copy() for t in totals]
+    s1, s2 = (t.copy() for t in totals)
+    # a run of one value never changes (its std is 0), so only runs that
+    # changed in the last iteration are looked at again
+    active = np.flatnonzero(k > 1)
     for _ in range(maxiters):
-        mean, std = _spread(sums, s, e)
-        middle = rows.median(s, e) if centre == "median" else mean + rows.ref
-        new_s, long_low = rows.walk(middle - low * std, s, e, sums, low=True)
-        new_e, long_high = rows.walk(middle + high * std, new_s, e, sums, low=False)
+        if not active.size:
+            break
+        sa, ea = s[active], e[active]
+        sums = [s1[active], s2[active]]
+        mean, std = _spread(sums, sa, ea)
+        if centre == "median":
+            middle = rows.median(sa, ea, active)
+        else:
+            middle = mean + rows.ref[active]
+        new_s, long_low = rows.walk(middle - low * std, sa, ea, sums, True, active)
+        new_e, long_high = rows.walk(middle + high * std, new_s, ea, sums, False, active)
         redo = np.union1d(long_low, long_high)
         if redo.size:
-            sums[0][redo], sums[1][redo] = rows.direct_sums(redo, new_s[redo], new_e[redo])
-        changed = (new_s != s) | (new_e != e)
-        s, e = new_s, new_e
-        if not changed.any():
-            break
-    return s, e, sums
+            sums[0][redo], sums[1][redo] = rows.direct_sums(active[redo], new_s[redo],
+                                                            new_e[redo])
+        s[active], e[active] = new_s, new_e
+        s1[active], s2[active] = sums
+        active = active[(new_s != sa) | (new_e != ea)]
+    return s, e, (s1, s2)
 
 
 def _winsorized(rows, totals, *, kappa, maxiters, weights=None):
