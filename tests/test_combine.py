@@ -186,6 +186,30 @@ def test_file_cube_fast_path_matches(tmp_path, monkeypatch):
     np.testing.assert_allclose(out["stack"].values, expected, rtol=2e-6, equal_nan=True)
 
 
+@pytest.mark.parametrize("tile_rows", [1, 4, 9, 40])
+@pytest.mark.parametrize("dtype", [np.uint16, np.int16, np.uint8, np.float32])
+def test_file_rows_every_window(tmp_path, monkeypatch, tile_rows, dtype):
+    # integer files take the one-dimensional add; shifts in every direction,
+    # some past the edges, for every tile height
+    monkeypatch.setattr(_combine, "plan_tiles", lambda *args, **kwargs: tile_rows)
+    rng = np.random.default_rng(9)
+    info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else None
+    lo, hi = (info.min, info.max) if info else (-1000, 1000)
+    cube = rng.integers(lo, hi, (9, 23, 17), endpoint=True).astype(dtype)
+    paths = [write_fits(tmp_path / f"f{i}.fit", frame) for i, frame in enumerate(cube)]
+    shifts = np.array([[0, 0], [3, 0], [-3, 0], [0, 5], [0, -5], [4, -2], [-6, 7], [16, 1],
+                       [-2, -22]], float)
+    out = bigstack.stack(open_frames(paths), shifts)
+    expected, cover, _ = reference_stack(cube, shifts)
+    np.testing.assert_array_equal(out["coverage"].values, cover)
+    np.testing.assert_allclose(out["stack"].values, expected, rtol=1e-6, atol=1e-6,
+                               equal_nan=True)
+    total = bigstack.stack(open_frames(paths), shifts, method="sum")["stack"].values
+    exact, _, _ = reference_stack(cube, shifts, method="sum")
+    if info is not None:  # integer frames: the sum is exact (up to float32 of the result)
+        np.testing.assert_array_equal(total, exact.astype(np.float32))
+
+
 def test_pattern_and_computed_cube(tmp_path):
     cube = np.random.default_rng(7).integers(0, 1000, (3, 12, 14)).astype(np.uint16)
     for i, frame in enumerate(cube):
