@@ -212,38 +212,38 @@ def plan_tiles(out_rows, out_cols, memory, threads=None, max_rows=512):
 # the tile kernel
 
 
-def combine_tile(source, n, shape, shifts, keep, subpixel, grid, a, b):
-    """Sum and coverage of output rows ``[a, b)`` (grid-relative) over the kept frames.
+class _Window:
+    """One frame's part of a tile: what to add where (see :func:`_frame_windows`)."""
 
-    Frames are added in index order into a float32 sum of stored values,
-    flushed into a float64 sum every ``_FLUSH`` frames: 256 16-bit values
-    add up exactly in float32, so sums of integer frames are exact, and
-    equal whichever way the frames are grouped (resume, append);
-    what is the same for a whole frame window (the count of frames, BZERO)
-    is recorded at the window's four corners of a 2-D difference array and
-    summed up once at the end, so each frame costs one read and one add.
-    NaN (or FITS BLANK) pixels are left out of the sum and the coverage.
+    __slots__ = ("k", "i", "rows", "block", "bad", "scale", "zero", "out", "flat")
 
-    Returns ``(sum float64 (b - a, W), coverage int32 (b - a, W))``.
+    def __init__(self, **fields):
+        for name, value in fields.items():
+            setattr(self, name, value)
+
+
+def _frame_windows(source, shape, shifts, keep, subpixel, grid, a, b):
+    """Yield, frame by frame in index order, the window each kept frame adds to rows ``[a, b)``.
+
+    For kept frame number ``k`` (frame ``i``), output rows ``r`` (absolute)
+    take source rows ``r + iy`` (and ``r + iy + 1`` for a fractional
+    bilinear shift), clipped to the frame; only those rows are read. The
+    window's ``block`` holds stored values (scaled by ``scale`` and offset
+    by ``zero`` to get physical values), interpolated for bilinear; ``bad``
+    marks NaN or BLANK pixels (None when there are none); ``out`` is its
+    place in the tile; ``flat`` is set when ``block`` can be added with
+    :func:`_add_rows_flat`. ``rows`` is a reused buffer: use a window
+    before asking for the next.
     """
     ny, nx = shape
     y0, _, x0, x1 = grid
-    h, width = b - a, x1 - x0
-    total = np.zeros((h, width), np.float32)  # running sum of up to _FLUSH frames
-    exact = np.zeros((h, width), np.float64)  # where the float32 sums are flushed
-    count = np.zeros((h + 1, width + 1), np.int32)  # difference array of frame windows
-    offset = np.zeros((h + 1, width + 1), np.float64)  # difference array of BZERO
-    invalid = None  # per pixel, covering values that were NaN or BLANK
+    width = x1 - x0
     buffers = {}
     whole = _integer_shifts(shifts, subpixel)
     for k, i in enumerate(np.flatnonzero(keep)):
-        if k and k % _FLUSH == 0:
-            exact += total
-            total[:] = 0
         ix, iy = int(whole[i, 0]), int(whole[i, 1])
         fx, fy = (0.0, 0.0) if subpixel == "nearest" else shifts[i] - whole[i]
         ex, ey = int(fx > 0), int(fy > 0)  # extra source column/row bilinear needs
-        # output rows r (absolute) read source rows r + iy (+ ey); keep those inside
         r_lo = max(y0 + a, -iy)
         r_hi = min(y0 + b, ny - iy - ey)
         c_lo = max(x0, -ix)
@@ -260,28 +260,102 @@ def combine_tile(source, n, shape, shifts, keep, subpixel, grid, a, b):
             block = _bilinear(block, bad, np.float32(fx), np.float32(fy), ex, ey)
             bad = None if bad is None else np.isnan(block)
         oy, ox = r_lo - y0 - a, c_lo - x0
-        out = (slice(oy, oy + r_hi - r_lo), slice(ox, ox + c_hi - c_lo))
-        _mark(count, out, 1)
-        if bad is None:  # the common case: add stored values, convert on the fly
-            if scale == 1 and not (ex or ey or floating) and rows.shape[1] == width:
-                _add_rows_flat(total, rows, oy, ox, c_lo + ix, c_hi - c_lo)
+        flat = None
+        if not (ex or ey or floating) and rows.shape[1] == width:
+            flat = (oy, ox, c_lo + ix, c_hi - c_lo)
+        yield _Window(k=k, i=i, rows=rows, block=block, bad=bad, scale=scale, zero=zero,
+                      out=(slice(oy, oy + r_hi - r_lo), slice(ox, ox + c_hi - c_lo)),
+                      flat=flat)
+
+
+def combine_tile(source, n, shape, shifts, keep, subpixel, grid, a, b, gains=None,
+                 biases=None, weights=None):
+    """Sum and coverage of output rows ``[a, b)`` (grid-relative) over the kept frames.
+
+    Frames are added in index order into a float32 sum of stored values,
+    flushed into a float64 sum every ``_FLUSH`` frames: 256 16-bit values
+    add up exactly in float32, so sums of integer frames are exact, and
+    equal whichever way the frames are grouped (resume, append);
+    what is the same for a whole frame window (the count of frames, BZERO)
+    is recorded at the window's four corners of a 2-D difference array and
+    summed up once at the end, so each frame costs one read and one add.
+    NaN (or FITS BLANK) pixels are left out of the sum and the coverage.
+
+    Frame ``i`` may be normalised to ``value * gains[i] + biases[i]`` and
+    weighted by ``weights[i]``; the sum is then the weighted sum.
+
+    Returns ``(sum float64 (b - a, W), coverage int32 (b - a, W), weight)``,
+    ``weight`` the sum of the covering frames' weights (None unweighted).
+    """
+    y0, _, x0, x1 = grid
+    h, width = b - a, x1 - x0
+    total = np.zeros((h, width), np.float32)  # running sum of up to _FLUSH frames
+    exact = np.zeros((h, width), np.float64)  # where the float32 sums are flushed
+    count = np.zeros((h + 1, width + 1), np.int32)  # difference array of frame windows
+    offset = np.zeros((h + 1, width + 1), np.float64)  # difference array of offsets
+    weight = None if weights is None else np.zeros((h + 1, width + 1), np.float64)
+    invalid = None  # per pixel, covering values that were NaN or BLANK
+    lost = None  # per pixel, the weight of those
+    added = 0
+    for w in _frame_windows(source, shape, shifts, keep, subpixel, grid, a, b):
+        added += 1
+        if added % _FLUSH == 0:
+            exact += total
+            total[:] = 0
+        g = 1.0 if gains is None else float(gains[w.i])
+        bias = 0.0 if biases is None else float(biases[w.i])
+        wt = 1.0 if weights is None else float(weights[w.i])
+        scale, zero = w.scale * g * wt, (w.zero * g + bias) * wt
+        _mark(count, w.out, 1)
+        if weight is not None:
+            _mark(weight, w.out, wt)
+        if w.bad is None:  # the common case: add stored values, convert on the fly
+            if scale == 1 and w.flat is not None:
+                _add_rows_flat(total, w.rows, *w.flat)
             else:
-                total[out] += block if scale == 1 else block * np.float32(scale)
+                total[w.out] += w.block if scale == 1 else w.block * np.float32(scale)
             if zero:
-                _mark(offset, out, zero)
+                _mark(offset, w.out, zero)
         else:
-            values = block.astype(np.float32) * np.float32(scale) + np.float32(zero)
-            values[bad] = 0
-            total[out] += values
+            values = w.block.astype(np.float32) * np.float32(scale) + np.float32(zero)
+            values[w.bad] = 0
+            total[w.out] += values
             if invalid is None:
                 invalid = np.zeros((h, width), np.int32)
-            invalid[out] += bad
+                lost = np.zeros((h, width), np.float64)
+            invalid[w.out] += w.bad
+            lost[w.out] += w.bad * wt
     coverage = _integrate(count)
     if invalid is not None:
         coverage -= invalid
     exact += total
     exact += _integrate(offset)
-    return exact, coverage
+    if weight is not None:
+        weight = _integrate(weight) - (0.0 if lost is None else lost)
+    return exact, coverage, weight
+
+
+def gather_tile(source, n, shape, shifts, keep, subpixel, grid, a, b, gains=None,
+                biases=None):
+    """The kept frames' shifted values for output rows ``[a, b)``, one plane each.
+
+    Returns float32 ``(kept frames, b - a, W)``, NaN where a frame does not
+    cover a pixel (or the pixel is NaN/BLANK), normalised like
+    :func:`combine_tile`. This is what rejection methods need: every
+    frame's value of a pixel at once, so its memory grows with the number
+    of frames and the tile height shrinks to fit.
+    """
+    y0, _, x0, x1 = grid
+    values = np.full((int(np.count_nonzero(keep)), b - a, x1 - x0), np.nan, np.float32)
+    for w in _frame_windows(source, shape, shifts, keep, subpixel, grid, a, b):
+        g = 1.0 if gains is None else float(gains[w.i])
+        bias = 0.0 if biases is None else float(biases[w.i])
+        plane = values[w.k][w.out]
+        np.multiply(w.block, np.float32(w.scale * g), out=plane, casting="unsafe")
+        plane += np.float32(w.zero * g + bias)
+        if w.bad is not None:
+            plane[w.bad] = np.nan
+    return values
 
 
 def _add_rows_flat(total, rows, oy, ox, sx, length):
@@ -355,7 +429,7 @@ def _finish(total, coverage, method, normalize, n_used):
 
 
 def _tile_task(source, n, shape, shifts, keep, subpixel, grid, a, b, method, normalize):
-    total, coverage = combine_tile(source, n, shape, shifts, keep, subpixel, grid, a, b)
+    total, coverage, _ = combine_tile(source, n, shape, shifts, keep, subpixel, grid, a, b)
     return _finish(total, coverage, method, normalize, int(keep.sum())), coverage
 
 
@@ -369,7 +443,7 @@ def _tile_to_store(store, source, n, shape, shifts, keep, subpixel, grid, tile, 
     """
     import zarr
 
-    total, coverage = combine_tile(source, n, shape, shifts, keep, subpixel, grid, a, b)
+    total, coverage, _ = combine_tile(source, n, shape, shifts, keep, subpixel, grid, a, b)
     group = zarr.open_group(store, mode="r+", use_consolidated=False)
     if base:
         saved = group[_BOOK]

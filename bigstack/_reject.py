@@ -13,7 +13,8 @@ Methods
 ``mean`` (alias ``average``)
     Mean of the finite values, weighted when ``weights`` are given.
 ``sum``
-    Plain sum of the finite values (no weights).
+    Plain sum of the finite values (no weights); NaN where no frame covers
+    the pixel.
 ``median``
     Median of the finite values (no weights: a weighted median is not
     offered).
@@ -27,6 +28,12 @@ Methods
     ``centre + kappa_high * std``; values strictly outside them are rejected
     for good; the iterations stop after ``maxiters`` or when an iteration
     rejects nothing. The result is the (weighted) mean of the kept values.
+    Note the method's limit with few values: one outlier among n values
+    lies at most ``sqrt(n - 1)`` standard deviations from their mean, so
+    with kappa 3 nothing is rejected from 10 values or fewer (edges covered
+    by few frames keep their trails), and two equal outliers among 15
+    values stay within 2.94 sigmas of the median. ``winsorized``, whose
+    sigma ignores the outliers, does not have that limit.
 ``winsorized``
     Winsorized sigma clipping, after the algorithm Siril and PixInsight
     describe for their "Winsorized Sigma Clipping" (Huber's winsorization
@@ -67,28 +74,35 @@ pixel whose kept values all have zero weight is NaN.
 
 Implementation and memory
 -------------------------
-The block is processed in chunks of about ``_CHUNK_VALUES`` values
-(columns of pixels across all frames), so the reducers' temporaries are
-bounded per call, not per block. For the rank-based methods (all but
-``mean`` and ``sum``) each chunk is transposed to (pixels, frames) with a
-cache-blocked copy and sorted along the frame axis (NaNs sort last, so
-the finite values of a pixel are its first ``k`` entries). Rejection by
-value thresholds then always keeps a contiguous run ``[s, e)`` of the
-sorted values, so medians are two look-ups, sums and sums of squares of
-the kept run come from float64 prefix sums (taken relative to the pixel's
-median, which keeps the one-pass variance well conditioned), and new run
-ends come from a vectorised binary search. The only Python loops are over
-chunks, iterations and binary-search steps, never over pixels.
+The block is processed in chunks of whole pixels (all their frames): at
+most ``_CHUNK_VALUES`` values and ``_CHUNK_PIXELS`` pixels, so the
+reducers' temporaries are bounded per call, not per block. For the
+rank-based methods (all but ``mean`` and ``sum``) each chunk is transposed
+to (pixels, frames) by a cache-blocked copy and sorted along the frames
+(NaNs sort last, so a pixel's finite values are its first ``k`` entries).
+Rejection by value thresholds always keeps a contiguous run ``[s, e)`` of
+the sorted values, so a median is two look-ups. For ``sigma_clip`` and
+``minmax`` the run's sum and sum of squares (float64, exact squares of
+the float32 values) are the whole-row totals minus the entries the run
+ends have moved past; run ends move inwards entry by entry for a few
+steps, then by a vectorised binary search, and only pixels whose run
+changed in the last iteration are looked at again. ``winsorized`` uses
+float64 prefix sums instead, as its clamp points move by many entries,
+and ``percentile`` masked sums. The variance ``S2/n - (S1/n)**2`` from
+float64 sums loses about ``1e-16 * mean**2 / var`` relative (1e-6 for a
+mean of 65535 and a sigma of 1), far below float32 precision. The only
+Python loops are over chunks, iterations and search steps, never over
+pixels.
 
-Memory of one call (see :func:`bytes_per_value`): the block itself
-(4 bytes per value for float32), the outputs and per-pixel accumulators
-(about ``_PIXEL_BYTES`` per output pixel), and a fixed workspace of at
-most about ``_CHUNK_VALUES * 24`` bytes (about 12 MiB) whatever the block
-size. So a tile of ``h`` rows of ``W`` pixels over ``N`` frames costs
-about ``h * W * (N * bytes_per_value(method) + _PIXEL_BYTES) +
-workspace_bytes(method)`` bytes, and with ``T`` tiles in flight a budget
-``M`` allows ``h = (M / T - workspace_bytes(method)) / (W * (N *
-bytes_per_value(method) + _PIXEL_BYTES))`` rows (:func:`max_rows`).
+Memory of one call: the block itself (4 bytes per value for float32,
+:func:`bytes_per_value`), the outputs (``_PIXEL_BYTES`` = 12 bytes per
+output pixel) and a workspace bounded by :func:`workspace_bytes`
+(7-18 MiB, whatever the block size). So with ``T`` tiles in flight, a
+budget ``M``, ``N`` frames and ``W`` pixels a row, a tile may have::
+
+    h = (M / T - workspace_bytes(method)) / (W * (N * bytes_per_value(method) + 12))
+
+rows (:func:`max_rows`), leaving out the caller's own read buffers.
 """
 
 from __future__ import annotations
@@ -115,12 +129,13 @@ _DEFAULTS = {"kappa": (3.0, 3.0), "centre": "median", "maxiters": 5, "nlow": 1, 
              "percentile": (10.0, 90.0)}
 
 # values per chunk: about 2 MiB of float32, so a chunk and its sorted copy
-# stay in the L2/L3 caches
+# stay in the L2/L3 caches; at most _CHUNK_PIXELS pixels, which bounds the
+# per-pixel arrays when there are few frames
 _CHUNK_VALUES = 1 << 19
+_CHUNK_PIXELS = 1 << 13
 # frames copied together by the blocked transpose (measured best on x86-64)
 _TRANSPOSE_FRAMES = 8
-# per output pixel: result float32, kept and rejected int32, and the
-# float64/int64 per-pixel accumulators of one chunk at a time
+# per output pixel: result float32, kept and rejected int32
 _PIXEL_BYTES = 12
 # winsorized sigma: convergence of the inner loop
 _WINSOR_CLIP = 1.5
@@ -132,52 +147,57 @@ _WINSOR_ROUNDS = 50
 # --------------------------------------------------------------------------
 # memory
 
+# workspace per chunk value (bytes), measured with tracemalloc and rounded
+# up: the sorted float32 chunk, masks, a float64 copy for the sums
+# (sigma_clip, minmax) or two float64 prefix sums (winsorized); weighted
+# minmax/percentile add an argsort index and the sorted weights
+_VALUE_BYTES = {"mean": 8, "sum": 8, "median": 6, "sigma_clip": 24, "winsorized": 24,
+                "minmax": 20, "percentile": 12}
+_WEIGHTED_BYTES = {"mean": 0, "sigma_clip": 0, "winsorized": 4, "minmax": 8, "percentile": 16}
+# workspace per chunk pixel: the per-pixel index, bound and sum arrays
+_ROW_BYTES = 512
+
 
 def bytes_per_value(method):
-    """Bytes of working memory per (frame x pixel) value of a block.
+    """Bytes per (frame x pixel) value of a block that grow with the block.
 
-    This is the block itself, float32 (4 bytes). Every reducer works in
-    bounded chunks, so its own temporaries do not grow with the block;
-    they are the fixed :func:`workspace_bytes`, plus ``_PIXEL_BYTES`` (12)
-    per output pixel for the outputs. The tile height for a memory budget
-    ``M`` shared by ``T`` tiles in flight, ``N`` frames and ``W`` pixels a
-    row is::
+    This is the block itself, float32: 4 bytes for every method. The
+    reducers work in bounded chunks, so their temporaries do not grow with
+    the block; they are the fixed :func:`workspace_bytes`. With ``T``
+    tiles in flight, a budget ``M`` (bytes), ``N`` frames and ``W`` pixels
+    a row, a tile may have::
 
         rows = (M / T - workspace_bytes(method)) / (W * (N * bytes_per_value(method) + 12))
 
-    which :func:`max_rows` computes (ignoring the caller's own read
-    buffers, a frame's rows at a time).
+    rows, 12 being the outputs' bytes per pixel (:func:`max_rows`).
     """
     _method(method)
     return 4.0
 
 
-def workspace_bytes(method, n_frames=None):
-    """Fixed working memory of one :func:`combine_block` call, in bytes.
+def workspace_bytes(method, n_frames=None, weighted=False):
+    """Upper bound of one :func:`combine_block` call's own working memory, in bytes.
 
-    For the rank-based methods: a transposed, sorted float32 chunk, two
-    float64 prefix-sum arrays (or an argsort index for weighted
-    ``minmax``) and the boolean/float64 temporaries of the final weighted
-    mean, about 24 bytes per chunk value; for ``mean``/``sum``, a float64
-    copy of a chunk (weights) and a mask, about 13 bytes per value.
-    ``n_frames`` is accepted for symmetry; the chunk has at least one
-    pixel, so for very many frames the chunk is ``n_frames`` values.
+    It does not depend on the block size: about 7 MiB for ``median``,
+    16 MiB for ``sigma_clip`` and 18 MiB for weighted ``minmax``,
+    ``percentile`` and ``winsorized``. ``n_frames`` matters only beyond
+    ``_CHUNK_VALUES`` (half a million) frames, when a chunk of one pixel
+    is larger than that.
     """
     method = _method(method)
     chunk = _CHUNK_VALUES if n_frames is None else max(_CHUNK_VALUES, int(n_frames))
-    per_value = 13 if method in ("mean", "sum") else 24
-    return chunk * per_value
+    per_value = _VALUE_BYTES[method] + (_WEIGHTED_BYTES.get(method, 0) if weighted else 0)
+    return chunk * per_value + _CHUNK_PIXELS * _ROW_BYTES
 
 
-def max_rows(memory, threads, n_frames, width, method):
+def max_rows(memory, threads, n_frames, width, method, weighted=False):
     """Rows per tile that keep ``threads`` blocks within ``memory`` bytes (may be 0).
 
-    See :func:`bytes_per_value` for the formula; a result of 0 means not
-    even one row fits, which the caller should report as an error naming
-    the budget.
+    See :func:`bytes_per_value` for the formula; 0 means not even one row
+    fits, which the caller should report as an error naming the budget.
     """
     per_row = width * (n_frames * bytes_per_value(method) + _PIXEL_BYTES)
-    free = memory / max(int(threads), 1) - workspace_bytes(method, n_frames)
+    free = memory / max(int(threads), 1) - workspace_bytes(method, n_frames, weighted)
     return max(int(free // per_row), 0)
 
 
@@ -252,10 +272,10 @@ def check_weights(weights, n):
         raise ValueError(f"weights must have one value per frame ({n}), got shape {w.shape}")
     bad = np.flatnonzero(~np.isfinite(w))
     if bad.size:
-        raise ValueError(f"weight of frame {int(bad[0])} is not finite: {w[bad[0]]!r}")
+        raise ValueError(f"weight of frame {int(bad[0])} is not finite: {float(w[bad[0]])}")
     bad = np.flatnonzero(w < 0)
     if bad.size:
-        raise ValueError(f"weight of frame {int(bad[0])} is negative: {w[bad[0]]!r}")
+        raise ValueError(f"weight of frame {int(bad[0])} is negative: {float(w[bad[0]])}")
     if not w.any():
         raise ValueError("weights are all zero: no frame would contribute")
     return w
@@ -274,7 +294,8 @@ def combine_block(values, method, *, weights=None, kappa=None, centre=None, maxi
     values : numpy.ndarray, float32, shape ``(N, h, W)``
         The N frames' shifted rows for this tile, indexed ``[frame, y, x]``;
         NaN (or inf) where a frame does not cover a pixel. It is not
-        modified. float64 is accepted too (sorted in float64).
+        modified. float64 is accepted too (sorted in float64); integers
+        are converted to float32 (a copy).
     method : {"mean", "average", "sum", "median", "sigma_clip", "winsorized", "minmax",
               "percentile"}
         See the module notes for each method's exact algorithm.
@@ -351,9 +372,13 @@ def combine_block(values, method, *, weights=None, kappa=None, centre=None, maxi
 # mean and sum: straight accumulation over frames
 
 
+def _chunk_pixels(n):
+    return max(1, min(_CHUNK_VALUES // n, _CHUNK_PIXELS))
+
+
 def _linear(flat, method, weights, result, kept):
     n, pixels = flat.shape
-    step = max(1, _CHUNK_VALUES // n)
+    step = _chunk_pixels(n)
     for p0 in range(0, pixels, step):
         p1 = min(p0 + step, pixels)
         chunk = flat[:, p0:p1]
@@ -364,9 +389,9 @@ def _linear(flat, method, weights, result, kept):
         if weights is None:
             total = chunk.sum(axis=0, dtype=np.float64)
             norm = count
-        else:
-            total = weights @ chunk.astype(np.float64)
-            norm = weights @ finite.astype(np.float64)
+        else:  # einsum casts to float64 in buffers, not whole copies
+            total = np.einsum("i,ij->j", weights, chunk)
+            norm = np.einsum("i,ij->j", weights, finite)
         if method == "sum":
             out = np.where(count > 0, total, np.nan)
         else:
@@ -383,8 +408,8 @@ class _Rows:
     """One chunk transposed to (pixels, frames), each pixel's values sorted.
 
     NaNs sort last, so pixel r's finite values are ``rows[r, :k[r]]`` and a
-    run kept by value thresholds is ``rows[r, s[r]:e[r]]``. Sums are kept
-    relative to ``ref`` (the pixel's median, as float32), in float64.
+    run kept by value thresholds is ``rows[r, s[r]:e[r]]``. Sums of runs
+    (of the values and of their squares) are float64.
     """
 
     def __init__(self, work, flat, p0, p1, keep_order=False):
@@ -405,7 +430,8 @@ class _Rows:
         self.flat = rows.reshape(-1)
         self.n = n
         self.c = c
-        self.base = np.arange(c, dtype=np.intp) * n
+        self.every = np.arange(c, dtype=np.intp)
+        self.base = self.every * n
         self.k = self._finite_count()
         self._drop_infinities()
 
@@ -441,6 +467,38 @@ class _Rows:
             hi = np.where(go, hi, mid)
         return lo
 
+    def seek(self, idx, guess, lo, hi, limit, op):
+        """Like :meth:`bisect`, starting from a guess of the answer.
+
+        Rows where the guess is right cost two look-ups; the others are
+        bisected on the side of the guess where the answer lies.
+        """
+        g = np.minimum(np.maximum(guess, lo), hi)
+        base = self.base[idx]
+        last = self.n - 1
+        below = _passes(self.flat.take(base + np.minimum(np.maximum(g - 1, 0), last)), limit, op)
+        at = _passes(self.flat.take(base + np.minimum(g, last)), limit, op)
+        # entry g passes: the answer is above g; entry g - 1 fails: below g
+        for w, step in ((np.flatnonzero((g < hi) & at), 1),
+                        (np.flatnonzero((g > lo) & ~below), -1)):
+            lim = limit[w]
+            for _ in range(_WALK):  # a few entries one by one, then bisect
+                if not w.size:
+                    break
+                g[w] += step
+                probe = g[w] if step > 0 else g[w] - 1
+                inside = g[w] < hi[w] if step > 0 else g[w] > lo[w]
+                more = _passes(self.flat.take(base[w] + np.minimum(np.maximum(probe, 0), last)),
+                               lim, op)
+                more = inside & (more if step > 0 else ~more)
+                w, lim = w[more], lim[more]
+            if w.size:
+                if step > 0:
+                    g[w] = self.bisect(idx[w], g[w] + 1, hi[w], lim, op)
+                else:
+                    g[w] = self.bisect(idx[w], lo[w], g[w] - 1, lim, op)
+        return g
+
     def _finite_count(self):
         k = np.full(self.c, self.n, np.intp)
         partial = np.flatnonzero(np.isnan(self.rows[:, -1]))
@@ -463,40 +521,44 @@ class _Rows:
             row[row.size - np.count_nonzero(infinite):] = np.nan
             self.k[i] = np.count_nonzero(row == row)
 
-    # ---- sums relative to ref -----------------------------------------------
+    # ---- sums over runs -------------------------------------------------------
 
     def start_sums(self, prefix=False):
-        """Set ``ref`` (median) and the float64 sums of ``value - ref`` over every run."""
+        """Sums of the values and of their squares over each pixel's finite values.
+
+        float64, from exact float64 squares of the float32 values, so run
+        ends that move later remove exactly the terms the totals added.
+        With ``prefix``, float64 prefix sums are kept for :meth:`prefix_sums`.
+        """
         k = self.k
         zero = np.zeros_like(k)
-        ref = np.where(k > 0, self.median(zero, k), 0.0).astype(np.float32)
-        self.ref = ref.astype(np.float64)
-        d = self.work["d"][: self.c]
-        np.subtract(self.rows, ref[:, None], out=d)
-        partial = np.flatnonzero(k < self.n)
-        if partial.size:  # zero the NaN tails so that whole-row sums work
-            j = np.arange(self.n)
-            d[partial] = np.where(j < k[partial, None], d[partial], 0)
-        # squares rounded to float32, summed in float64: runs remove exactly
-        # the terms their totals added
-        sq = self.work["sq"][: self.c]
-        np.multiply(d, d, out=sq)
-        self.d = d.reshape(-1)
-        self.sq = sq.reshape(-1)
+        rows = self.rows
         if prefix:  # for runs whose ends move by many entries at a time
             p1 = self.work["p1"][: self.c]
             p2 = self.work["p2"][: self.c]
-            np.cumsum(d, axis=1, dtype=np.float64, out=p1)
-            np.cumsum(sq, axis=1, dtype=np.float64, out=p2)
+            np.copyto(p1, rows)  # cumsum with a dtype would copy the rows first
+            np.cumsum(p1, axis=1, out=p1)
+            np.square(rows, out=p2, dtype=np.float64)
+            np.cumsum(p2, axis=1, out=p2)
             self.p1 = p1.reshape(-1)
             self.p2 = p2.reshape(-1)
             return self.prefix_sums(zero, k)
-        return d.sum(axis=1, dtype=np.float64), sq.sum(axis=1, dtype=np.float64)
+        d = self.work["d"][: self.c]  # float64 copy: faster than casting reductions
+        np.copyto(d, rows)
+        s1 = d.sum(axis=1)
+        np.multiply(d, d, out=d)
+        s2 = d.sum(axis=1)
+        partial = np.flatnonzero(k < self.n)
+        if partial.size:  # NaN tails: sum the finite values only
+            s1[partial], s2[partial] = self.direct_sums(partial, zero[partial], k[partial])
+        return s1, s2
 
-    def prefix_sums(self, s, e):
-        """Sums over ``[s, e)`` from the prefix sums (``start_sums(prefix=True)``)."""
+    def prefix_sums(self, s, e, idx=None):
+        """Sums over ``[s, e)`` (of rows ``idx``) from ``start_sums(prefix=True)``."""
+        base = self.base if idx is None else self.base[idx]
+
         def upto(p, j):
-            return np.where(j > 0, p.take(self.base + np.clip(j - 1, 0, self.n - 1)), 0.0)
+            return np.where(j > 0, p.take(base + np.maximum(j - 1, 0)), 0.0)
 
         return (upto(self.p1, e) - upto(self.p1, s), upto(self.p2, e) - upto(self.p2, s))
 
@@ -504,19 +566,17 @@ class _Rows:
         """Sums over ``[s, e)`` of rows ``idx``, by masking whole rows."""
         j = np.arange(self.n)
         inside = (j >= s[:, None]) & (j < e[:, None])
-        d = self.d.reshape(self.c, self.n)
-        sq = self.sq.reshape(self.c, self.n)
-        if idx.size < self.c:
-            d, sq = d[idx], sq[idx]
-        return (np.where(inside, d, 0).sum(axis=1, dtype=np.float64),
-                np.where(inside, sq, 0).sum(axis=1, dtype=np.float64))
+        rows = self.rows if idx.size == self.c else self.rows[idx]
+        d = np.where(inside, rows, 0)
+        return (d.sum(axis=1, dtype=np.float64),
+                np.einsum("ij,ij->i", d, d, dtype=np.float64))
 
     def run_sums(self, totals, s, e):
         """Sums over ``[s, e)`` from the whole-run ``totals``, removing the ends."""
         s1, s2 = (t.copy() for t in totals)
         ends = int(s.max(initial=0)) + int((self.k - e).max(initial=0))
         if ends > 2 * _WALK:
-            return self.direct_sums(np.arange(self.c), s, e)
+            return self.direct_sums(self.every, s, e)
         for j in range(int(s.max(initial=0))):
             self._drop(s1, s2, np.flatnonzero(j < s), j)
         for j in range(int((self.k - e).max(initial=0))):
@@ -525,9 +585,9 @@ class _Rows:
         return s1, s2
 
     def _drop(self, s1, s2, idx, j):
-        at = self.base[idx] + j
-        s1[idx] -= self.d.take(at)
-        s2[idx] -= self.sq.take(at)
+        value = self.flat.take(self.base[idx] + j).astype(np.float64)
+        s1[idx] -= value
+        s2[idx] -= value * value
 
     # ---- runs moving inwards ------------------------------------------------
 
@@ -535,39 +595,39 @@ class _Rows:
         """Move runs' low ends up over values < ``limit`` (``low``), or their
         high ends down over values > ``limit``, removing those from ``sums``.
 
-        All arrays are aligned with ``rows`` (row numbers). Returns the new
-        ends and the positions (in ``rows``) whose end moved more than
-        ``_WALK`` entries: bisection found those ends, and their sums must
-        be recomputed.
+        All arrays are aligned with ``rows`` (row numbers). Ends move entry
+        by entry, only the rows still moving being looked at, for
+        ``_WALK`` steps; ends still moving then are bisected, and returned
+        (as positions in ``rows``) so that their sums can be recomputed.
         """
-        end = (s if low else e).copy()
+        end = s.copy() if low else e.copy()
         s1, s2 = sums
-        at_end = np.flatnonzero(s < e)
-        lim = limit[at_end]
-        base = self.base[rows[at_end]]
+        moving = np.flatnonzero(s < e)
+        lim = limit[moving]
+        base = self.base[rows[moving]]
         for _ in range(_WALK):
-            if not at_end.size:
-                return end, at_end
-            at = end[at_end] if low else end[at_end] - 1
+            at = end[moving] if low else end[moving] - 1
             value = self.flat.take(base + at)
             ok = value < lim if low else value > lim
             if not ok.all():
-                at_end, lim, at, base = at_end[ok], lim[ok], at[ok], base[ok]
-                if not at_end.size:
-                    return end, at_end
-            end[at_end] += 1 if low else -1
-            s1[at_end] -= self.d.take(base + at)
-            s2[at_end] -= self.sq.take(base + at)
-            live = end[at_end] < e[at_end] if low else s[at_end] < end[at_end]
-            if not live.all():
-                at_end, lim, base = at_end[live], lim[live], base[live]
-        if at_end.size:  # long moves: bisect the rest
-            idx = rows[at_end]
-            if low:
-                end[at_end] = self.bisect(idx, end[at_end], e[at_end], lim, "lt")
-            else:
-                end[at_end] = self.bisect(idx, s[at_end], end[at_end], lim, "le")
-        return end, at_end
+                moving, lim, base, value = moving[ok], lim[ok], base[ok], value[ok]
+                if not moving.size:
+                    return end, moving
+            end[moving] += 1 if low else -1
+            value = value.astype(np.float64)
+            s1[moving] -= value
+            s2[moving] -= value * value
+            room = end[moving] < e[moving] if low else s[moving] < end[moving]
+            if not room.all():
+                moving, lim, base = moving[room], lim[room], base[room]
+                if not moving.size:
+                    return end, moving
+        idx = rows[moving]  # long moves: bisect the rest
+        if low:
+            end[moving] = self.bisect(idx, end[moving], e[moving], lim, "lt")
+        else:
+            end[moving] = self.bisect(idx, s[moving], end[moving], lim, "le")
+        return end, moving
 
 
 def _passes(value, limit, op):
@@ -578,22 +638,21 @@ def _passes(value, limit, op):
     return value == value  # "finite": not NaN
 
 
-# how far a run end is walked entry by entry before bisecting
+# how many entries a run end moves one by one before bisecting
 _WALK = 6
 
 
 def _ranked(flat, method, opts, result, kept, rejected):
     n, pixels = flat.shape
-    step = min(max(1, _CHUNK_VALUES // n), pixels)
+    step = min(_chunk_pixels(n), pixels)
     dtype = np.float64 if flat.dtype == np.float64 else np.float32
     weights = opts.get("weights")
     work = {"rows": np.empty((step, n), dtype)}
-    if method != "median":
-        work["d"] = np.empty((step, n), dtype)
-        work["sq"] = np.empty((step, n), dtype)
     if method == "winsorized":
         work["p1"] = np.empty((step, n), np.float64)
         work["p2"] = np.empty((step, n), np.float64)
+    elif method == "sigma_clip" or (method == "minmax" and weights is None):
+        work["d"] = np.empty((step, n), np.float64)
     # runs kept by rank (minmax, the middle-value fallbacks) may split equal
     # values, so their weighted means need each sorted value's frame
     by_rank = method in ("minmax", "percentile") and weights is not None
@@ -605,21 +664,23 @@ def _ranked(flat, method, opts, result, kept, rejected):
             s, e = np.zeros_like(k), k
             out = rows.median(s, e)
         else:
-            totals = rows.start_sums(prefix=method == "winsorized")
+            need = method in ("sigma_clip", "winsorized") or (method == "minmax"
+                                                               and weights is None)
+            totals = rows.start_sums(prefix=method == "winsorized") if need else None
             if method == "sigma_clip":
                 s, e, sums = _sigma_clip(rows, totals, **opts)
             elif method == "winsorized":
                 s, e = _winsorized(rows, totals, **opts)
-                sums = rows.prefix_sums(s, e)
+                sums = None if weights is not None else rows.prefix_sums(s, e)
             elif method == "minmax":
                 s, e = _minmax(k, opts["nlow"], opts["nhigh"])
                 sums = None if weights is not None else rows.run_sums(totals, s, e)
             else:
                 s, e = _percentile(rows, opts["percentile"])
-                sums = None if weights is not None else rows.run_sums(totals, s, e)
+                sums = None if weights is not None else rows.direct_sums(rows.every, s, e)
             if weights is None:
                 m = e - s
-                out = np.where(m > 0, sums[0] / np.maximum(m, 1) + rows.ref, np.nan)
+                out = np.where(m > 0, sums[0] / np.maximum(m, 1), np.nan)
             else:
                 out = _weighted(rows, flat[:, p0:p1], s, e, weights)
         result[p0:p1] = out
@@ -632,20 +693,24 @@ def _weighted(rows, chunk, s, e, weights):
     if rows.order is not None:  # kept by rank: weights follow the sorted order
         j = np.arange(rows.n)
         inside = (j >= s[:, None]) & (j < e[:, None])
-        w = np.where(inside, weights[rows.order], 0.0)
-        total = np.einsum("ij,ij->i", w, np.where(inside, rows.rows, 0.0))
+        w = weights[rows.order]
+        w *= inside
+        np.copyto(rows.rows, 0, where=~inside)  # the rows are not needed after this
+        total = np.einsum("ij,ij->i", w, rows.rows, dtype=np.float64)
         norm = w.sum(axis=1)
     else:  # kept by value: the run is every value in [rows[s], rows[e - 1]]
         low = rows.take(s)
         high = rows.take(e - 1)
-        inside = (chunk >= low) & (chunk <= high) & (e > s)
-        norm = weights @ inside
-        total = weights @ np.where(inside, chunk, 0).astype(np.float64)
+        inside = chunk >= low
+        inside &= chunk <= high
+        inside &= e > s
+        norm = np.einsum("i,ij->j", weights, inside)
+        total = np.einsum("i,ij->j", weights, np.where(inside, chunk, 0))
     return np.where(norm > 0, total / np.where(norm > 0, norm, 1), np.nan)
 
 
 def _spread(sums, s, e):
-    """Mean (relative to ``ref``) and population std of each run from its sums."""
+    """Mean and population std of each run from its sums."""
     n = np.maximum(e - s, 1)
     mean = sums[0] / n
     var = np.maximum(sums[1] / n - mean * mean, 0.0)
@@ -670,10 +735,10 @@ def _sigma_clip(rows, totals, *, kappa, centre, maxiters, weights=None):
         if centre == "median":
             middle = rows.median(sa, ea, active)
         else:
-            middle = mean + rows.ref[active]
+            middle = mean
         new_s, long_low = rows.walk(middle - low * std, sa, ea, sums, True, active)
         new_e, long_high = rows.walk(middle + high * std, new_s, ea, sums, False, active)
-        redo = np.union1d(long_low, long_high)
+        redo = long_low if not long_high.size else np.union1d(long_low, long_high)
         if redo.size:
             sums[0][redo], sums[1][redo] = rows.direct_sums(active[redo], new_s[redo],
                                                             new_e[redo])
@@ -686,43 +751,53 @@ def _sigma_clip(rows, totals, *, kappa, centre, maxiters, weights=None):
 def _winsorized(rows, totals, *, kappa, maxiters, weights=None):
     low, high = kappa
     k = rows.k
-    every = np.arange(rows.c)
     s = np.zeros_like(k)
     e = k.copy()
-    sums = totals
+    # runs of one value never change; runs that did not change in the last
+    # iteration would not change in the next
+    active = np.flatnonzero(k > 1)
     for _ in range(maxiters):
-        n = e - s
-        nn = np.maximum(n, 1)
-        middle = rows.median(s, e)
-        c = middle - rows.ref  # relative to ref, as the sums are
-        _, sigma = _spread(sums, s, e)
-        done = (n < 2) | (sigma == 0)
-        for _round in range(_WINSOR_ROUNDS):
-            if done.all():
-                break
-            lo = c - _WINSOR_CLIP * sigma
-            hi = c + _WINSOR_CLIP * sigma
-            # [s, a) are clamped up to lo, [b, e) down to hi, [a, b) kept as they are
-            a = rows.bisect(every, s, e, lo + rows.ref, "lt")
-            b = rows.bisect(every, a, e, hi + rows.ref, "le")
-            m1, m2 = rows.prefix_sums(a, b)
-            na = a - s
-            nb = e - b
-            w1 = na * lo + m1 + nb * hi
-            w2 = na * lo * lo + m2 + nb * hi * hi
-            wmean = w1 / nn
-            new = _WINSOR_FACTOR * np.sqrt(np.maximum(w2 / nn - wmean * wmean, 0.0))
-            update = ~done
-            done = done | (np.abs(new - sigma) <= _WINSOR_RTOL * sigma)
-            sigma = np.where(update, new, sigma)
-        new_s = rows.bisect(every, s, e, middle - low * sigma, "lt")
-        new_e = rows.bisect(every, new_s, e, middle + high * sigma, "le")
-        changed = (new_s != s) | (new_e != e)
-        s, e = new_s, new_e
-        sums = rows.prefix_sums(s, e)
-        if not changed.any():
+        if not active.size:
             break
+        sa, ea = s[active], e[active]
+        middle = rows.median(sa, ea, active)
+        _, sigma = _spread(rows.prefix_sums(sa, ea, active), sa, ea)
+        sigma = _winsorized_sigma(rows, active, sa, ea, middle, sigma)
+        new_s = rows.bisect(active, sa, ea, middle - low * sigma, "lt")
+        new_e = rows.bisect(active, new_s, ea, middle + high * sigma, "le")
+        s[active], e[active] = new_s, new_e
+        active = active[(new_s != sa) | (new_e != ea)]
     return s, e
+
+
+def _winsorized_sigma(rows, idx, s, e, middle, sigma):
+    """Huber's winsorized sigma of the runs ``[s, e)`` of rows ``idx`` (module notes)."""
+    sigma = sigma.copy()
+    todo = np.flatnonzero((e - s >= 2) & (sigma > 0))
+    # first guesses of the clamp points: a normal sample has 6.7% beyond 1.5 sigma
+    tail = np.rint(0.0668 * (e - s)).astype(np.intp)
+    guess_a, guess_b = s + tail, e - tail
+    for _ in range(_WINSOR_ROUNDS):
+        if not todo.size:
+            break
+        r, st, et, m, sg = idx[todo], s[todo], e[todo], middle[todo], sigma[todo]
+        lo = m - _WINSOR_CLIP * sg
+        hi = m + _WINSOR_CLIP * sg
+        # [st, a) are raised to lo, [b, et) lowered to hi, [a, b) kept as they are
+        a = rows.seek(r, guess_a[todo], st, et, lo, "lt")
+        b = rows.seek(r, guess_b[todo], a, et, hi, "le")
+        guess_a[todo], guess_b[todo] = a, b
+        m1, m2 = rows.prefix_sums(a, b, r)
+        na = a - st
+        nb = et - b
+        n = et - st
+        w1 = na * lo + m1 + nb * hi
+        w2 = na * lo * lo + m2 + nb * hi * hi
+        wmean = w1 / n
+        new = _WINSOR_FACTOR * np.sqrt(np.maximum(w2 / n - wmean * wmean, 0.0))
+        sigma[todo] = new
+        todo = todo[np.abs(new - sg) > _WINSOR_RTOL * sg]
+    return sigma
 
 
 def _middle(k):
@@ -739,7 +814,7 @@ def _minmax(k, nlow, nhigh):
 
 def _percentile(rows, band):
     k = rows.k
-    every = np.arange(rows.c)
+    every = rows.every
     limits = []
     for p in band:
         pos = p / 100.0 * np.maximum(k - 1, 0)

@@ -185,7 +185,7 @@ def stack(array_of_images, shifts=None, stack_type="mean", print_log=False):
             values = np.zeros((n, 2))
     source = _combine._ArrayRows(np.asarray(array_of_images))
     keep = np.ones(n, bool)
-    total, _ = _combine.combine_tile(source, n, shape[1:], values, keep, "nearest",
+    total, _, _ = _combine.combine_tile(source, n, shape[1:], values, keep, "nearest",
                                      (0, shape[1], 0, shape[2]), 0, shape[1])
     if print_log and shifts is not None:
         for i in range(n):
