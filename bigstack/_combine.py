@@ -28,12 +28,13 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 
 from ._errors import BigstackError, BigstackWarning, StoreExistsError
 
-METHODS = {"mean": "mean", "average": "mean", "sum": "sum"}
+STREAMING = ("mean", "sum")  # methods the streaming kernel computes
 SUBPIXEL = ("nearest", "bilinear")
 EXTENTS = ("reference", "intersection", "union")
 NORMALIZE = ("coverage", "count")
@@ -417,24 +418,61 @@ def _bilinear(block, bad, fx, fy, ex, ey):
     return values
 
 
-def _finish(total, coverage, method, normalize, n_used):
-    """Turn a tile's sum and coverage into the stacked values (float32)."""
+def _finish(total, denominator, method, normalize, n_used):
+    """Turn a tile's sum and coverage (or weight) into the stacked values (float32)."""
     if method == "sum":
         return total.astype(np.float32)
     if normalize == "count":
         return (total / max(n_used, 1)).astype(np.float32)
     with np.errstate(invalid="ignore", divide="ignore"):
-        out = total / coverage
+        out = total / denominator
     return out.astype(np.float32)  # NaN where no frame covers the pixel
 
 
-def _tile_task(source, n, shape, shifts, keep, subpixel, grid, a, b, method, normalize):
-    total, coverage, _ = combine_tile(source, n, shape, shifts, keep, subpixel, grid, a, b)
-    return _finish(total, coverage, method, normalize, int(keep.sum())), coverage
+@dataclass(frozen=True)
+class TilePlan:
+    """Everything a tile task needs besides the frames: small, sent once per task."""
+
+    n: int
+    shape: tuple
+    shifts: np.ndarray
+    keep: np.ndarray
+    subpixel: str
+    grid: tuple
+    method: str
+    normalize: str
+    n_total: int
+    options: dict
+    gains: np.ndarray | None = None
+    biases: np.ndarray | None = None
+    weights: np.ndarray | None = None
+
+    @property
+    def streaming(self):
+        return self.method in STREAMING
 
 
-def _tile_to_store(store, source, n, shape, shifts, keep, subpixel, grid, tile, a, b, method,
-                   normalize, n_total, base):
+def compute_tile(source, plan, a, b):
+    """The output arrays of tile rows ``[a, b)``: ``stack``, ``coverage`` and ``sum`` or
+    ``rejected``."""
+    args = (source, plan.n, plan.shape, plan.shifts, plan.keep, plan.subpixel, plan.grid, a, b)
+    if plan.streaming:
+        total, coverage, weight = combine_tile(*args, gains=plan.gains, biases=plan.biases,
+                                               weights=plan.weights)
+        denominator = coverage if weight is None else weight
+        return {"stack": _finish(total, denominator, plan.method, plan.normalize,
+                                 plan.n_total),
+                "coverage": coverage, "sum": total}
+    from . import _reject
+
+    values = gather_tile(*args, gains=plan.gains, biases=plan.biases)
+    weights = None if plan.weights is None else plan.weights[plan.keep]
+    result, kept, rejected = _reject.combine_block(values, plan.method, weights=weights,
+                                                   **plan.options)
+    return {"stack": result, "coverage": kept, "rejected": rejected}
+
+
+def _tile_to_store(store, source, plan, tile, a, b, base):
     """Compute tile ``tile`` (rows ``[a, b)``) and write its chunk of every array.
 
     With ``base`` (an append), the tile's sums are added to the store's
@@ -443,15 +481,16 @@ def _tile_to_store(store, source, n, shape, shifts, keep, subpixel, grid, tile, 
     """
     import zarr
 
-    total, coverage, _ = combine_tile(source, n, shape, shifts, keep, subpixel, grid, a, b)
+    arrays = compute_tile(source, plan, a, b)
     group = zarr.open_group(store, mode="r+", use_consolidated=False)
     if base:
         saved = group[_BOOK]
-        total += saved["sum"][a:b]
-        coverage += saved["coverage"][a:b]
-    group["sum"][a:b] = total
-    group["coverage"][a:b] = coverage
-    group["stack"][a:b] = _finish(total, coverage, method, normalize, n_total)
+        arrays["sum"] += saved["sum"][a:b]
+        arrays["coverage"] += saved["coverage"][a:b]
+        arrays["stack"] = _finish(arrays["sum"], arrays["coverage"], plan.method,
+                                  plan.normalize, plan.n_total)
+    for name, values in arrays.items():
+        group[name][a:b] = values
     group[_BOOK]["tiles_done"][tile] = 1
     return b - a
 
@@ -462,7 +501,9 @@ def _tile_to_store(store, source, n, shape, shifts, keep, subpixel, grid, tile, 
 
 def stack(frames, shifts=None, *, method="mean", store=None, subpixel="nearest",
           extent="reference", normalize="coverage", memory="512MB", overwrite=False,
-          progress=False, resume=False, mode="write"):
+          progress=False, resume=False, mode="write", kappa=None, centre=None, maxiters=None,
+          nlow=None, nhigh=None, percentile=None, normalize_frames="none", weights="none",
+          select=None):
     """Shift and combine frames tile by tile, with bounded memory.
 
     Parameters
@@ -475,25 +516,48 @@ def stack(frames, shifts=None, *, method="mean", store=None, subpixel="nearest",
         ``valid=False`` are left out, with a warning) or ``[x, y]`` shifts
         per frame. ``None`` stacks without shifting (the tutorial's
         ``stack_files``).
-    method : {"mean", "average", "sum"}
+    method : str
+        ``"mean"`` (alias ``"average"``) and ``"sum"`` stream: each tile adds
+        the frames one by one, so memory does not depend on their number.
+        The rejection methods ``"median"``, ``"sigma_clip"``,
+        ``"winsorized"``, ``"minmax"`` and ``"percentile"`` need every
+        frame's value of a pixel at once: each tile holds its rows of all
+        frames, ``rows = (memory / threads - workspace) / (W * (4 N + 12))``
+        for N frames of W pixels (see :mod:`bigstack._reject`), so tiles get
+        lower as N grows, and a budget too small for one row is an error.
+        Each output pixel sees the values of the frames covering it.
+    kappa, centre, maxiters, nlow, nhigh, percentile
+        Options of the rejection methods (``kappa=(low, high)`` for
+        ``sigma_clip``/``winsorized``, ``centre`` and ``maxiters`` for
+        ``sigma_clip``, ``nlow``/``nhigh`` for ``minmax``, ``percentile=(low,
+        high)``); giving one a method does not use is an error.
     store : str, path or zarr store, optional
         Write the result to this zarr store, tile by tile, and return it
         opened lazily from there. An existing store is an error unless
         ``overwrite=True`` (or ``resume``/``mode="append"``). Without a store
-        the result is a lazy dask-backed Dataset.
+        the result is a lazy dask-backed Dataset. fsspec URLs work.
     subpixel : {"nearest", "bilinear"}
         Whole-pixel shifts (exact copies) or fractional bilinear shifts.
     extent : {"reference", "intersection", "union"}
         The reference frame's grid, only pixels every frame covers, or
         every pixel any frame covers.
     normalize : {"coverage", "count"}
-        For the mean: divide each pixel by the number of frames covering it
-        (NaN where none does), or by the number of frames with uncovered
-        pixels counted as zero (the tutorial's numbers). ``"sum"`` is the
-        plain sum either way.
+        For the mean: divide each pixel by the number (or weight) of frames
+        covering it (NaN where none does), or by the number of frames with
+        uncovered pixels counted as zero (the tutorial's numbers).
+    normalize_frames : {"none", "additive", "multiplicative", "additive+scale"}
+        Match each frame's background (and noise, for ``additive+scale``)
+        to the reference frame's before combining; measured per frame on a
+        subsample of rows (:mod:`bigstack._quality`).
+    weights : {"none", "noise", "fwhm"} or array_like (N,)
+        Per-frame weights of the mean: inverse noise variance, inverse
+        FWHM squared (from ``shifts`` when it is find_shifts' Dataset), or
+        given values.
+    select : dict, str or float, optional
+        Drop frames by quality before combining: thresholds such as
+        ``{"fwhm": 4.0}``, or the worst fraction by FWHM (``"10%"``).
     memory : str or int
-        Budget for the tiles in flight (e.g. ``"512MB"``); the tile height
-        follows from it and does not depend on the number of frames.
+        Budget for the tiles in flight (e.g. ``"512MB"``).
     overwrite : bool
         Replace an existing ``store``.
     progress : bool
@@ -508,16 +572,18 @@ def stack(frames, shifts=None, *, method="mean", store=None, subpixel="nearest",
         (live stacking): ``shifts`` are relative to the same reference frame,
         the grid and tile plan are the store's, and the result equals
         stacking all frames at once (exactly, for integer frames with
-        ``subpixel="nearest"``). ``method``, ``subpixel``, ``extent`` and
-        ``normalize`` must match the store's.
+        ``subpixel="nearest"``). Only for unweighted ``mean``/``sum``;
+        ``method``, ``subpixel``, ``extent`` and ``normalize`` must match.
 
     Returns
     -------
     xarray.Dataset
-        ``stack`` (y, x) float32 and ``coverage`` (y, x) int32 (frames that
-        covered each pixel), with ``y``/``x`` coordinates in the reference
-        frame's pixel grid, and provenance in ``attrs``. A store also holds
-        ``sum`` (float64), which appending needs.
+        ``stack`` (y, x) float32 and ``coverage`` (y, x) int32 (the frames
+        behind each pixel; for rejection methods the values kept), with
+        ``y``/``x`` coordinates in the reference frame's pixel grid, and
+        provenance in ``attrs`` (with the frame quality table when it was
+        measured). Rejection methods add ``rejected`` (values rejected per
+        pixel); a store of a streaming method also holds ``sum``.
 
     Examples
     --------
@@ -531,16 +597,35 @@ def stack(frames, shifts=None, *, method="mean", store=None, subpixel="nearest",
     import dask.array as da
     import xarray as xr
 
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
-    method = METHODS[method]
+    from . import _quality, _reject
+
+    method = _reject._method(method)
+    options = _reject._options(method, {"kappa": kappa, "centre": centre,
+                                        "maxiters": maxiters, "nlow": nlow, "nhigh": nhigh,
+                                        "percentile": percentile})
+    options.pop("weights", None)  # given separately
     for name, value, allowed in (("subpixel", subpixel, SUBPIXEL), ("extent", extent, EXTENTS),
                                  ("normalize", normalize, NORMALIZE),
+                                 ("normalize_frames", normalize_frames,
+                                  _quality.NORMALISATIONS),
                                  ("mode", mode, ("write", "append"))):
         if value not in allowed:
             raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    weighting = not (isinstance(weights, str) and weights == "none")
+    if isinstance(weights, str) and weights not in _quality.WEIGHTS:
+        raise ValueError(f"weights must be one of {_quality.WEIGHTS} or an array, "
+                         f"got {weights!r}")
+    if method not in STREAMING and normalize != "coverage":
+        raise ValueError(f"normalize={normalize!r} applies to mean and sum; method={method!r} "
+                         "always divides by the values kept")
+    if method in ("sum", "median") and weighting:
+        raise ValueError(f"weights cannot be used with method={method!r}")
     if store is None and (resume or mode == "append"):
         raise ValueError(f"{'resume=True' if resume else 'mode=append'} needs a store")
+    if mode == "append" and (method not in STREAMING or weighting or select is not None
+                             or normalize_frames != "none"):
+        raise ValueError("mode='append' adds sums, so it works with unweighted 'mean' or "
+                         "'sum' without normalize_frames or select")
     if store is not None:
         store = os.fspath(store) if isinstance(store, os.PathLike) else store
         if mode == "write" and not resume:
@@ -557,27 +642,71 @@ def stack(frames, shifts=None, *, method="mean", store=None, subpixel="nearest",
                       BigstackWarning, stacklevel=2)
     if not keep.any():
         raise BigstackError("no frame left to stack: every frame is flagged invalid")
+
+    quality = gains = biases = weight_values = None
+    if normalize_frames != "none" or select is not None or (
+            weighting and isinstance(weights, str)):
+        quality = frame_quality(source, n, shape, shifts, keep, progress)
+        if select is not None:
+            chosen, dropped = _quality.select_frames(quality, select, keep=keep)
+            if dropped:
+                listed = "; ".join(f"frame {i}: {r}" for i, r in list(dropped.items())[:5])
+                warnings.warn(f"select={select!r} leaves out {len(dropped)} frame(s) "
+                              f"({listed})", BigstackWarning, stacklevel=2)
+            keep = keep & chosen
+        if normalize_frames != "none":
+            offset, scale = _quality.normalisation(quality, normalize_frames,
+                                                   reference=_reference_index(
+                                                       shift_values, keep), keep=keep)
+            gains, biases = scale, -offset * scale
+    if weighting:
+        weight_values = _quality.weights_from(quality, weights, keep=keep) if isinstance(
+            weights, str) else _reject.check_weights(weights, n)
+        if not weight_values[keep].any():
+            raise BigstackError("the kept frames' weights are all zero")
+
     parameters = {"method": method, "subpixel": subpixel, "extent": extent,
-                  "normalize": normalize}
+                  "normalize": normalize, "normalize_frames": normalize_frames,
+                  "weights": weights if isinstance(weights, str) else "given",
+                  "select": None if select is None else str(select),
+                  **{k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()}}
     operation = _operation(mode, paths, shift_values, keep, shape, parameters)
+    if weight_values is not None:
+        operation["frame_weights"] = [float(w) for w in weight_values]
+    if gains is not None:
+        operation["frame_gains"] = [float(g) for g in gains]
+        operation["frame_biases"] = [float(v) for v in biases]
     source_d = dask.delayed(source, traverse=False)
+
+    def make_plan(grid, n_total):
+        return TilePlan(n=n, shape=tuple(shape), shifts=shift_values, keep=keep,
+                        subpixel=subpixel, grid=grid, method=method, normalize=normalize,
+                        n_total=n_total, options=options, gains=gains, biases=biases,
+                        weights=weight_values)
+
+    def tile_rows(grid):
+        rows, cols = grid[1] - grid[0], grid[3] - grid[2]
+        if method in STREAMING:
+            return plan_tiles(rows, cols, memory)
+        return _gather_rows(rows, cols, memory, int(keep.sum()), method,
+                            weight_values is not None)
 
     if store is None:
         grid = output_grid(shift_values[keep], shape, subpixel, extent)
-        rows, cols = grid[1] - grid[0], grid[3] - grid[2]
-        tile = plan_tiles(rows, cols, memory)
-        attrs = _provenance(operation, grid, tile, memory)
-        args = (n, tuple(shape), shift_values, keep, subpixel, grid)
-        task = dask.delayed(_tile_task, pure=True)
-        bounds = _bounds(rows, tile)
-        parts = [task(source_d, *args, a, b, method, normalize) for a, b in bounds]
-        stacked = da.concatenate([da.from_delayed(p[0], (b - a, cols), np.float32)
-                                  for p, (a, b) in zip(parts, bounds, strict=True)])
-        coverage = da.concatenate([da.from_delayed(p[1], (b - a, cols), np.int32)
-                                   for p, (a, b) in zip(parts, bounds, strict=True)])
+        tile = tile_rows(grid)
+        attrs = _provenance(operation, grid, tile, memory, quality)
+        plan = make_plan(grid, int(keep.sum()))
+        cols = grid[3] - grid[2]
+        bounds = _bounds(grid[1] - grid[0], tile)
+        parts = [dask.delayed(compute_tile, pure=True)(source_d, plan, a, b) for a, b in bounds]
+        names = {"stack": np.float32, "coverage": np.int32}
+        if method not in STREAMING:
+            names["rejected"] = np.int32
+        data = {name: (("y", "x"), da.concatenate([
+            da.from_delayed(p[name], (b - a, cols), dtype)
+            for p, (a, b) in zip(parts, bounds, strict=True)])) for name, dtype in names.items()}
         coords = {"y": np.arange(grid[0], grid[1]), "x": np.arange(grid[2], grid[3])}
-        return xr.Dataset({"stack": (("y", "x"), stacked), "coverage": (("y", "x"), coverage)},
-                          coords=coords, attrs=attrs)
+        return xr.Dataset(data, coords=coords, attrs=attrs)
 
     if resume:
         attrs = _prepare_resume(store, operation)
@@ -585,22 +714,95 @@ def stack(frames, shifts=None, *, method="mean", store=None, subpixel="nearest",
         attrs = _prepare_append(store, operation)
     else:
         grid = output_grid(shift_values[keep], shape, subpixel, extent)
-        tile = plan_tiles(grid[1] - grid[0], grid[3] - grid[2], memory)
-        attrs = _provenance(operation, grid, tile, memory)
-        _create_store(store, attrs, overwrite)
+        attrs = _provenance(operation, grid, tile_rows(grid), memory, quality)
+        _create_store(store, attrs, overwrite, streaming=method in STREAMING)
     grid = tuple(attrs["grid"][k] for k in ("y0", "y1", "x0", "x1"))
     tile = attrs["parameters"]["tile_rows"]
     bounds = _bounds(grid[1] - grid[0], tile)
     done = _tiles_done(store)
     base = attrs["pending"]["mode"] == "append"
-    n_total = attrs["pending"]["n_total"]
-    args = (n, tuple(shape), shift_values, keep, subpixel, grid)
+    plan = make_plan(grid, attrs["pending"]["n_total"])
     task = dask.delayed(_tile_to_store, pure=False)
-    writes = [task(store, source_d, *args, t, a, b, method, normalize, n_total, base)
+    writes = [task(store, source_d, plan, t, a, b, base)
               for t, (a, b) in enumerate(bounds) if not done[t]]
     _compute(writes, progress)
     _finish_store(store)
     return xr.open_zarr(store)
+
+
+def _reference_index(shifts, keep):
+    """The kept frame normalisation matches: the first unshifted one, else the first."""
+    kept = np.flatnonzero(keep)
+    zero = kept[np.all(shifts[kept] == 0, axis=1)]
+    return int(zero[0] if zero.size else kept[0])
+
+
+def _gather_rows(rows, cols, memory, n_kept, method, weighted, threads=None):
+    from dask.utils import parse_bytes
+
+    from . import _reject
+
+    budget = parse_bytes(memory) if isinstance(memory, str) else int(memory)
+    threads = threads or os.cpu_count() or 1
+    fit = _reject.max_rows(budget, threads, n_kept, cols, method, weighted)
+    if fit < 1:
+        need = (_reject.workspace_bytes(method, n_kept, weighted)
+                + cols * (n_kept * _reject.bytes_per_value(method) + 12)) * threads
+        raise BigstackError(
+            f"memory={memory!r} is too small for method={method!r}: one row of {n_kept} "
+            f"frames of {cols} pixels needs about {need / 2**20:.0f} MiB with {threads} "
+            "threads; give more memory, or use method='mean'"
+        )
+    for_threads = -(-rows // (2 * threads))
+    return int(max(1, min(fit, for_threads, rows)))
+
+
+def frame_quality(source, n, shape, shifts, keep, progress=False):
+    """The per-frame quality table (background, noise, FWHM, ...), one task per kept frame.
+
+    Each task reads a subsample of rows of its frame (see
+    :mod:`bigstack._quality`); star positions, FWHM and flux come from
+    ``shifts`` when it is find_shifts' Dataset.
+    """
+    import dask
+
+    from . import _quality
+
+    known = {}
+    if hasattr(shifts, "data_vars"):
+        for name in ("fwhm", "flux"):
+            if name in shifts:
+                known[name] = np.asarray(shifts[name].values, float)
+        if "star" in shifts:
+            known["star"] = np.asarray(shifts["star"].transpose(..., "axis").values, float)
+    source_d = dask.delayed(source, traverse=False)
+    task = dask.delayed(_quality_task, pure=True)
+    kept = np.flatnonzero(keep)
+    tasks = [task(source_d, int(i), tuple(shape),
+                  *(known[k][i] if k in known else None for k in ("star", "fwhm", "flux")))
+             for i in kept]
+    records = _compute(tasks, progress)
+    empty = dict.fromkeys(_quality.QUALITY_FIELDS, np.nan)
+    table = [empty] * n
+    for i, record in zip(kept, records, strict=True):
+        table[i] = record
+    return _quality.gather(table)
+
+
+def _quality_task(source, i, shape, star, fwhm, flux):
+    from . import _quality
+
+    def read_rows(r0, r1):
+        rows, scale, zero, blank, floating = source.raw(i, r0, r1, {})
+        values = rows.astype(np.float32) * np.float32(scale) + np.float32(zero)
+        if blank is not None:
+            values[rows == blank] = np.nan
+        return values
+
+    star = None if star is None or not np.isfinite(star).all() else star
+    return _quality.frame_quality(read_rows, shape[0], shape[1], star=star,
+                                  fwhm=None if fwhm is None else float(fwhm),
+                                  flux=None if flux is None else float(flux))
 
 
 def _bounds(rows, tile):
@@ -680,11 +882,15 @@ def _operation(mode, paths, shifts, keep, shape, parameters):
     }
 
 
-def _provenance(operation, grid, tile, memory):
+def _provenance(operation, grid, tile, memory, quality=None):
     from . import __version__
 
     n_used = len(operation["frames_used"])
-    return {
+    extra = {}
+    if quality is not None:
+        extra["quality"] = {k: [None if not np.isfinite(v) else float(v) for v in values]
+                            for k, values in quality.items()}
+    return extra | {
         "bigstack_version": __version__,
         "created": _now(),
         "complete": False,
@@ -704,7 +910,7 @@ def _now():
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _create_store(store, attrs, overwrite):
+def _create_store(store, attrs, overwrite, streaming=True):
     import zarr
 
     grid = attrs["grid"]
@@ -712,7 +918,8 @@ def _create_store(store, attrs, overwrite):
     tile = attrs["parameters"]["tile_rows"]
     group = zarr.open_group(store, mode="w" if overwrite else "w-", zarr_format=3,
                             attributes=attrs)
-    _create_arrays(group, rows, cols, tile)
+    _create_arrays(group, rows, cols, tile,
+                   ("stack", "coverage", "sum" if streaming else "rejected"))
     for name, values in (("y", np.arange(grid["y0"], grid["y1"])),
                          ("x", np.arange(grid["x0"], grid["x1"]))):
         array = group.create_array(name, shape=values.shape, dtype="int64",
@@ -725,7 +932,7 @@ def _create_store(store, attrs, overwrite):
 
 def _create_arrays(group, rows, cols, tile, names=("stack", "coverage", "sum")):
     specs = {"stack": ("float32", np.nan, None), "coverage": ("int32", 0, "auto"),
-             "sum": ("float64", 0.0, "auto")}
+             "sum": ("float64", 0.0, None), "rejected": ("int32", 0, "auto")}
     for name in names:
         dtype, fill, compressors = specs[name]
         group.create_array(name, shape=(rows, cols), chunks=(tile, cols), dtype=dtype,

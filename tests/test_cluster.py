@@ -85,9 +85,9 @@ def test_a_lost_worker_does_not_change_the_result(night, tmp_path):
 
             real = combine.combine_tile
 
-            def slow(*args):
+            def slow(*args, **kwargs):
                 time.sleep(0.3)
-                return real(*args)
+                return real(*args, **kwargs)
 
             combine.combine_tile = slow
 

@@ -68,7 +68,8 @@ def test_resume_computes_only_missing_tiles(frames, tmp_path, monkeypatch):
 
     calls = []
     real = _combine.combine_tile
-    monkeypatch.setattr(_combine, "combine_tile", lambda *a: calls.append(a[-2]) or real(*a))
+    monkeypatch.setattr(_combine, "combine_tile",
+                        lambda *a, **k: calls.append(a[-2]) or real(*a, **k))
     cube = bigstack.open_frames(paths)
     with pytest.raises(bigstack.StoreExistsError):
         bigstack.stack(cube, shifts, store=store)  # not without resume

@@ -1,0 +1,198 @@
+"""stack() with rejection, weights, normalisation and selection, against in-memory references.
+
+The references shift the whole cube with plain numpy (NaN where a frame does
+not cover a pixel) and reduce it with numpy / astropy, independently of the
+tiled code.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from astropy.stats import sigma_clip
+
+import bigstack
+from bigstack import BigstackError, BigstackWarning, _combine, open_frames, synthetic
+
+from .helpers import write_fits
+
+
+def shifted_cube(cube, shifts):
+    """Frames moved onto the reference grid (whole pixels), NaN where uncovered."""
+    n, ny, nx = cube.shape
+    out = np.full((n, ny, nx), np.nan)
+    for k, (dx, dy) in enumerate(np.floor(np.asarray(shifts) + 0.5).astype(int)):
+        ys, xs = slice(max(0, -dy), min(ny, ny - dy)), slice(max(0, -dx), min(nx, nx - dx))
+        if ys.start < ys.stop and xs.start < xs.stop:
+            out[k, ys, xs] = cube[k, ys.start + dy:ys.stop + dy, xs.start + dx:xs.stop + dx]
+    return out
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("methods")
+    rng = np.random.default_rng(50)
+    cube = rng.normal(1000, 20, (13, 30, 26)).astype(np.float32)
+    cube[3, 10, 5] = 60000  # outliers
+    cube[7, 12:15, :] += 5000
+    paths = [write_fits(directory / f"f{i:02d}.fit", frame) for i, frame in enumerate(cube)]
+    shifts = np.round(rng.uniform(-4, 4, (13, 2)))
+    shifts[0] = 0
+    return [str(p) for p in paths], shifts, cube
+
+
+def clean_stack(truth):
+    """The noiseless frames moved onto the reference grid and averaged (sky is fixed on the
+    sensor, so it moves with the shifts too)."""
+    cube = np.stack([truth.frame_clean(i) for i in range(truth.n_frames)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(shifted_cube(cube, truth.shifts), axis=0)
+
+
+def _check(result, expected, kept):
+    np.testing.assert_array_equal(result["coverage"].values, kept)
+    np.testing.assert_allclose(result["stack"].values, expected, rtol=1e-5, atol=1e-3,
+                               equal_nan=True)
+
+
+@pytest.mark.parametrize("tile_rows", [1, 7, 30])
+def test_median_and_sigma_clip_match_numpy_and_astropy(files, monkeypatch, tile_rows):
+    monkeypatch.setattr(_combine, "_gather_rows", lambda *args, **kwargs: tile_rows)
+    paths, shifts, cube = files
+    moved = shifted_cube(cube, shifts)
+    frames = open_frames(paths)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels in the reference
+        median = np.nanmedian(moved, axis=0)
+    _check(bigstack.stack(frames, shifts, method="median"), median,
+           np.isfinite(moved).sum(axis=0))
+    clipped = sigma_clip(np.ma.masked_invalid(moved), sigma_lower=2.5, sigma_upper=2.0,
+                         maxiters=5, cenfunc="median", stdfunc="std", axis=0)
+    expected = clipped.mean(axis=0).filled(np.nan)
+    kept = (~clipped.mask).sum(axis=0)
+    got = bigstack.stack(frames, shifts, method="sigma_clip", kappa=(2.5, 2.0))
+    _check(got, expected, kept)
+    np.testing.assert_array_equal(got["rejected"].values,
+                                  np.isfinite(moved).sum(axis=0) - kept)
+
+
+def test_minmax_and_percentile_match_per_pixel_loops(files):
+    paths, shifts, cube = files
+    moved = shifted_cube(cube, shifts)
+    frames = open_frames(paths)
+    got = bigstack.stack(frames, shifts, method="minmax", nlow=1, nhigh=2)
+    expected = np.full(moved.shape[1:], np.nan)
+    for y, x in np.ndindex(*moved.shape[1:]):
+        values = np.sort(moved[:, y, x][np.isfinite(moved[:, y, x])])
+        if values.size > 3:
+            expected[y, x] = values[1:-2].mean()
+    covered = np.isfinite(moved).sum(axis=0)
+    mask = covered > 3
+    np.testing.assert_allclose(got["stack"].values[mask], expected[mask], rtol=1e-5)
+    got = bigstack.stack(frames, shifts, method="percentile", percentile=(20, 80))
+    for y, x in [(0, 0), (15, 13), (29, 25), (12, 3)]:
+        values = moved[:, y, x][np.isfinite(moved[:, y, x])]
+        lo, hi = np.percentile(values, [20, 80])
+        inside = values[(values >= lo) & (values <= hi)]
+        np.testing.assert_allclose(got["stack"].values[y, x], inside.mean(), rtol=1e-5)
+
+
+def test_weighted_mean_matches_np_average(files):
+    paths, shifts, cube = files
+    moved = shifted_cube(cube, shifts)
+    weights = np.linspace(0.5, 2.0, len(paths))
+    got = bigstack.stack(open_frames(paths), shifts, weights=weights)
+    mask = np.isfinite(moved)
+    expected = (np.where(mask, moved, 0) * weights[:, None, None]).sum(0) / (
+        mask * weights[:, None, None]).sum(0)
+    np.testing.assert_allclose(got["stack"].values, expected, rtol=1e-5)
+    assert got.attrs["parameters"]["weights"] == "given"
+    clipped = bigstack.stack(open_frames(paths), shifts, method="sigma_clip", weights=weights)
+    assert np.isfinite(clipped["stack"].values).all()
+
+
+def test_rejection_tiles_follow_frames_and_memory():
+    rows = _combine._gather_rows(2048, 2048, "512MB", 400, "median", False, threads=2)
+    # the block of 400 frames fits the budget: 2 threads x rows x 2048 x (400 x 4 + 12) bytes
+    assert 2 * rows * 2048 * (400 * 4 + 12) <= 512e6
+    assert rows >= 20
+    assert _combine._gather_rows(2048, 2048, "512MB", 100, "median", False, threads=2) > rows
+    with pytest.raises(BigstackError, match="memory='20MB' is too small for method='median'"):
+        _combine._gather_rows(2048, 2048, "20MB", 400, "median", False, threads=2)
+
+
+def test_bad_combinations_are_refused(files):
+    paths, shifts, _ = files
+    frames = open_frames(paths)
+    with pytest.raises(ValueError, match="does not use kappa"):
+        bigstack.stack(frames, shifts, kappa=3)
+    with pytest.raises(ValueError, match="weights cannot be used with method='median'"):
+        bigstack.stack(frames, shifts, method="median", weights="noise")
+    with pytest.raises(ValueError, match="normalize='count' applies to mean and sum"):
+        bigstack.stack(frames, shifts, method="median", normalize="count")
+    with pytest.raises(ValueError, match="method must be one of"):
+        bigstack.stack(frames, shifts, method="mode")
+    with pytest.raises(ValueError, match="weights must be one of"):
+        bigstack.stack(frames, shifts, weights="seeing")
+
+
+# --------------------------------------------------------------------------
+# on the generator's frames
+
+
+@pytest.fixture(scope="module")
+def trails(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("trails")
+    return synthetic.make_frames(directory, n_frames=24, shape=(96, 128), seed=51,
+                                 trail=[3, 11, 17], trail_peak=3000.0, cosmic_rays=6,
+                                 hot_pixels=0, ref_isolation=30)
+
+
+def test_sigma_clip_removes_trails_and_cosmic_rays(trails):
+    truth = trails
+    frames = open_frames(truth.paths)
+    mean = bigstack.stack(frames, truth.shifts)
+    clipped = bigstack.stack(frames, truth.shifts, method="sigma_clip", kappa=(3, 3))
+    clean = clean_stack(truth)
+    full = clipped["coverage"].values + clipped["rejected"].values == 24
+    noise = truth.sky_sigma / np.sqrt(24)
+    # every trail pixel (on the reference grid) where all frames overlap
+    trail = np.zeros(clean.shape, bool)
+    for i in (3, 11, 17):
+        ys, xs = truth.trail[i]
+        dx, dy = np.floor(truth.shifts[i] + 0.5).astype(int)
+        gy, gx = ys - dy, xs - dx
+        ok = (gy >= 0) & (gy < clean.shape[0]) & (gx >= 0) & (gx < clean.shape[1])
+        trail[gy[ok], gx[ok]] = True
+    trail &= full & (clean < 5000)  # away from bright stars' shot noise
+    assert trail.sum() > 100
+    residual_mean = mean["stack"].values[trail] - clean[trail]
+    residual_clip = clipped["stack"].values[trail] - clean[trail]
+    assert np.median(residual_mean) > 10 * noise  # the mean keeps the trails
+    assert np.all(np.abs(residual_clip) < 3 * noise * np.sqrt(1 + clean[trail] / 1000))
+    assert (clipped["rejected"].values[trail] >= 1).all()  # and the map shows where
+
+
+def test_normalisation_and_selection(tmp_path):
+    truth = synthetic.make_frames(tmp_path, n_frames=8, shape=(80, 96), seed=52,
+                                  ref_isolation=25)
+    paths = []
+    for i, path in enumerate(truth.paths):  # every frame with its own sky level
+        from astropy.io import fits
+
+        data = fits.getdata(path).astype(np.float32) + 100.0 * i
+        paths.append(write_fits(tmp_path / f"offset{i}.fit", data))
+    frames = open_frames(paths)
+    plain = bigstack.stack(frames, truth.shifts)
+    matched = bigstack.stack(frames, truth.shifts, normalize_frames="additive")
+    reference = clean_stack(truth)
+    centre = (slice(20, 60), slice(20, 76))
+    assert abs(np.median(plain["stack"].values[centre] - reference[centre]) - 350) < 15
+    assert abs(np.median(matched["stack"].values[centre] - reference[centre])) < 5
+    assert "quality" in matched.attrs and len(matched.attrs["quality"]["noise"]) == 8
+    with pytest.warns(BigstackWarning, match="leaves out 2 frame"):
+        chosen = bigstack.stack(frames, truth.shifts, select="25%")
+    assert chosen.attrs["n_frames"] == 6
