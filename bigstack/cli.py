@@ -41,6 +41,18 @@ def _pair(text):
     return [x, y]
 
 
+def _kappa_values(text):
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH or one number, got {text!r}") from err
+    if len(values) == 1:
+        return (values[0], values[0])
+    if len(values) != 2:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH or one number, got {text!r}")
+    return tuple(values)
+
+
 def _crop_values(text):
     parts = text.split(",")
     if len(parts) != 4:
@@ -234,13 +246,18 @@ def _cmd_stack(args):
             values, valid = read_shifts_csv(args.shifts, cube.sizes["frame"])
             cube = cube.isel(frame=np.flatnonzero(valid))
             shifts = values[valid]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", BigstackWarning)  # reported above
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", BigstackWarning)
             ds = stack(cube, shifts, method=args.method, store=args.output,
-                       subpixel=args.subpixel, extent=args.extent, normalize=args.normalize,
+                       subpixel=args.subpixel, extent=args.extent, normalize=args.divide_by,
+                       kappa=args.kappa, normalize_frames=args.normalize,
+                       weights=args.weights, select=args.reject_worst,
                        memory=args.memory, overwrite=args.overwrite and not args.append,
                        progress=_show_progress(args), resume=args.resume,
                        mode="append" if args.append else "write")
+        for w in caught:
+            if "flagged by find_shifts" not in str(w.message):  # reported above
+                print(f"bigstack: warning: {w.message}", file=sys.stderr)
     coverage = ds["coverage"]
     print(f"wrote {args.output}: {ds.sizes['x']} x {ds.sizes['y']} pixels from "
           f"{ds.attrs['n_frames']} frames, coverage {int(coverage.min())}..{int(coverage.max())}, "
@@ -301,9 +318,32 @@ def _cmd_info(args):
         print(f"{key:<10} {value}")
     print(f"version    bigstack {attrs.get('bigstack_version', '?')}, created "
           f"{attrs.get('created', '?')}")
+    if "rejected" in ds:
+        rejected = ds["rejected"]
+        print(f"rejected   {int(rejected.sum())} values, at most {int(rejected.max())} "
+              "at one pixel")
+    quality = attrs.get("quality")
+    if quality:
+        _print_quality(quality, attrs)
     if args.json:
         print(json.dumps(attrs, indent=2))
     return 0
+
+
+def _print_quality(quality, attrs):
+    names = [k for k in ("background", "noise", "fwhm", "roundness", "stars", "flux")
+             if k in quality]
+    used = set(attrs.get("frames_used", []))
+    print("frame quality (measured on a subsample of rows):")
+    print(f"{'frame':>5} " + " ".join(f"{n:>10}" for n in names) + "  used  file")
+    inputs = attrs.get("inputs", [])
+    for i in range(len(quality[names[0]])):
+        cells = []
+        for name in names:
+            value = quality[name][i]
+            cells.append(f"{'-':>10}" if value is None else f"{value:>10.4g}")
+        name = os.path.basename(inputs[i]) if i < len(inputs) else ""
+        print(f"{i:>5} " + " ".join(cells) + f"  {'yes' if i in used else 'no':>4}  {name}")
 
 
 def _cmd_demo(args):
@@ -343,11 +383,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shifts", metavar="CSV", help="use shifts from 'bigstack shifts -o'")
     p.add_argument("--align", choices=("centroid", "peak", "xcorr"), default="centroid",
                    help="how to measure shifts with --star (default centroid)")
-    p.add_argument("--method", choices=("mean", "average", "sum"), default="mean")
+    p.add_argument("--method", default="mean",
+                   choices=("mean", "average", "sum", "median", "sigma_clip", "winsorized",
+                            "minmax", "percentile"),
+                   help="how to combine (default mean); the last five reject outliers")
+    p.add_argument("--kappa", type=_kappa_values, metavar="LOW,HIGH",
+                   help="rejection bounds in sigmas for sigma_clip/winsorized (default 3,3)")
     p.add_argument("--subpixel", choices=("nearest", "bilinear"), default="nearest")
     p.add_argument("--extent", choices=("reference", "intersection", "union"),
                    default="reference")
-    p.add_argument("--normalize", choices=("coverage", "count"), default="coverage")
+    p.add_argument("--normalize", choices=("none", "additive", "multiplicative",
+                                           "additive+scale"), default="none",
+                   help="match each frame's background (and noise) to the reference's")
+    p.add_argument("--weights", choices=("none", "noise", "fwhm"), default="none",
+                   help="weight frames by inverse noise variance or by sharpness")
+    p.add_argument("--reject-worst", metavar="FRACTION",
+                   help="drop the worst frames by FWHM, e.g. 10%% or 0.1")
+    p.add_argument("--divide-by", choices=("coverage", "count"), default="coverage",
+                   help="mean: divide by each pixel's coverage, or by N with zero-filled "
+                        "edges like the tutorial")
     p.add_argument("--memory", default="512MB", help="memory budget (default 512MB)")
     p.add_argument("--png", metavar="FILE", help="also write a picture of the stack")
     p.add_argument("--stretch", choices=_STRETCHES, default="asinh")

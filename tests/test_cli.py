@@ -184,3 +184,24 @@ def test_stack_on_local_workers_resume_and_append(night, tmp_path, capsys):
     assert main(["stack", pattern, "-o", str(store), "--shifts", str(table), "--resume",
                  "--no-progress"]) == 2
     assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_stack_with_rejection_weights_and_selection(night, tmp_path, capsys):
+    pattern = night.paths[0].rsplit("/", 1)[0] + "/*.fit"
+    store = tmp_path / "clip.zarr"
+    assert main(["stack", pattern, "-o", str(store), "--star", _star_arg(night), "--search",
+                 "40", "--method", "sigma_clip", "--kappa", "2.5,3", "--normalize", "additive",
+                 "--weights", "noise", "--reject-worst", "25%", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "leaves out 2 frame" in err
+    got = xr.open_zarr(store)
+    assert "rejected" in got and got.attrs["n_frames"] == 6
+    params = got.attrs["parameters"]
+    assert params["kappa"] == [2.5, 3.0] and params["weights"] == "noise"
+    assert params["normalize_frames"] == "additive"
+    assert main(["info", str(store)]) == 0
+    info = capsys.readouterr().out
+    assert "frame quality" in info and "rejected" in info and "fwhm" in info
+    assert info.count(" no  frame-") == 2  # the two frames left out are listed as unused
+    with pytest.raises(SystemExit):
+        main(["stack", pattern, "-o", str(tmp_path / "x.zarr"), "--kappa", "a,b"])
