@@ -138,6 +138,7 @@ def test_demo_sharp_and_quiet(tmp_path):
     # ... and the background noise falls as sqrt(N)
     assert abs(summary["noise_gain"] / np.sqrt(24) - 1) < 0.15
     assert (tmp_path / "demo" / "demo.png").exists()
+    assert summary["rejected"] > 0
     assert any("star FWHM" in line for line in lines)
     with pytest.raises(FileExistsError, match="earlier demo"):
         run_demo(tmp_path / "demo", n_frames=2, shape=(64, 64), out=lines.append)
