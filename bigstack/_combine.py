@@ -82,70 +82,6 @@ def _as_shifts(shifts, n):
     return values, keep, reasons
 
 
-def _resolve_frames(frames):
-    """Return ``(source, n, (ny, nx), paths)``; ``source`` reads rows of a frame."""
-    from ._io import frame_reader, open_frames
-
-    if isinstance(frames, (str, os.PathLike, list, tuple)):
-        frames = open_frames(frames)
-    if hasattr(frames, "dims"):
-        if frames.ndim != 3 or frames.dims[-2:] != ("y", "x"):
-            raise ValueError(
-                f"stack needs a (frame, y, x) cube; got dims {frames.dims}"
-                + (" (pick a RAW colour with channel=...)" if "channel" in frames.dims else "")
-            )
-        found = frame_reader(frames)
-        paths = [str(p) for p in frames["path"].values] if "path" in frames.coords else None
-        if found is not None:
-            reader, files = found
-            return _FileRows(reader, files), frames.shape[0], frames.shape[1:], paths
-        return _ArrayRows(frames.data), frames.shape[0], frames.shape[1:], paths
-    if np.ndim(frames) != 3:
-        raise ValueError(f"stack needs a (frame, y, x) cube; got shape {np.shape(frames)}")
-    return _ArrayRows(frames), np.shape(frames)[0], np.shape(frames)[1:], None
-
-
-class _FileRows:
-    """Rows of frames read straight from their files (the fast path).
-
-    FITS rows come back as stored (big-endian integers or floats) with
-    their BSCALE/BZERO, so the kernel converts them while adding instead of
-    in a pass of its own; other formats come back as float32.
-    """
-
-    def __init__(self, reader, files):
-        from ._io import FitsSource
-
-        self.reader = reader
-        self.files = np.asarray(files)
-        self._fits = FitsSource
-
-    def raw(self, i, r0, r1, buffers):
-        """``(rows, scale, zero, blank, floating)`` of frame ``i``'s rows ``[r0, r1)``."""
-        source = self.reader.sources[int(self.files[i])]
-        if isinstance(source, self._fits):
-            size = (r1 - r0) * source.shape[1]
-            buffer = buffers.get(source.dtype)
-            if buffer is None or buffer.size < size:
-                buffer = buffers[source.dtype] = np.empty(size, source.dtype)
-            rows = source.read_raw(r0, r1, buffer)
-            return rows, source.bscale, source.bzero, source.blank, rows.dtype.kind == "f"
-        return self.reader.read(int(self.files[i]), r0, r1), 1.0, 0.0, None, True
-
-
-class _ArrayRows:
-    """Rows of frames of an in-memory or dask array."""
-
-    def __init__(self, array):
-        self.array = array
-
-    def raw(self, i, r0, r1, buffers):
-        block = self.array[i, r0:r1, :]
-        if hasattr(block, "compute"):
-            block = block.compute(scheduler="synchronous")
-        return np.asarray(block, dtype=np.float32), 1.0, 0.0, None, True
-
-
 # --------------------------------------------------------------------------
 # geometry
 
@@ -634,7 +570,10 @@ def stack(frames, shifts=None, *, method="mean", store=None, subpixel="nearest",
             raise ValueError("overwrite=True would discard the store that "
                              f"{'resume' if resume else 'append'} builds on; drop one of them")
 
-    source, n, shape, paths = _resolve_frames(frames)
+    from ._io import cube_source
+
+    source, n, shape, coords = cube_source(frames, "stack")
+    paths = [str(p) for p in coords["path"].values] if "path" in coords else None
     shift_values, keep, reasons = _as_shifts(shifts, n)
     if reasons:
         listed = "; ".join(f"frame {i}: {r}" for i, r in list(reasons.items())[:5])

@@ -762,3 +762,80 @@ def frame_reader(frames) -> tuple[FrameReader, np.ndarray] | None:
     except KeyError:
         return None
     return reader, indices
+
+
+# --------------------------------------------------------------------------
+# what the tile and star-search tasks read from
+
+
+class FileRows:
+    """Frames read straight from their files: the fast path of every task.
+
+    FITS rows come back as stored (big-endian integers or floats) with
+    their BSCALE/BZERO, so the combine converts them while adding instead
+    of in a pass of its own; other formats come back as float32.
+    """
+
+    def __init__(self, reader, files):
+        self.reader = reader
+        self.files = np.asarray(files)
+
+    def raw(self, i, r0, r1, buffers):
+        """``(rows, scale, zero, blank, floating)`` of frame ``i``'s full rows ``[r0, r1)``."""
+        source = self.reader.sources[int(self.files[i])]
+        if isinstance(source, FitsSource):
+            size = (r1 - r0) * source.shape[1]
+            buffer = buffers.get(source.dtype)
+            if buffer is None or buffer.size < size:
+                buffer = buffers[source.dtype] = np.empty(size, source.dtype)
+            rows = source.read_raw(r0, r1, buffer)
+            return rows, source.bscale, source.bzero, source.blank, rows.dtype.kind == "f"
+        return self.reader.read(int(self.files[i]), r0, r1), 1.0, 0.0, None, True
+
+    def box(self, i, y0, y1, x0, x1):
+        """Frame ``i``'s box as float64, reading only the box."""
+        return self.reader.read(int(self.files[i]), y0, y1, x0, x1).astype(np.float64)
+
+
+class ArrayRows:
+    """Frames of an in-memory or dask ``(frame, y, x)`` array."""
+
+    def __init__(self, array):
+        self.array = array
+
+    def _get(self, key):
+        block = self.array[key]
+        if hasattr(block, "compute"):
+            block = block.compute(scheduler="synchronous")
+        return block
+
+    def raw(self, i, r0, r1, buffers):
+        return np.asarray(self._get((i, slice(r0, r1))), np.float32), 1.0, 0.0, None, True
+
+    def box(self, i, y0, y1, x0, x1):
+        return np.asarray(self._get((i, slice(y0, y1), slice(x0, x1))), np.float64)
+
+
+def cube_source(frames, what):
+    """Return ``(source, n, (ny, nx), coords)`` for the frames a task will read.
+
+    ``frames`` is a cube from :func:`open_frames` (its files are then read
+    directly), any other ``(frame, y, x)`` DataArray or array, or a pattern
+    or list of files (opened first). ``coords`` are the per-frame
+    coordinates. ``what`` names the caller in errors.
+    """
+    if isinstance(frames, (str, os.PathLike, list, tuple)):
+        frames = open_frames(frames)
+    if hasattr(frames, "dims"):
+        if frames.ndim != 3 or frames.dims[-2:] != ("y", "x"):
+            raise ValueError(
+                f"{what} needs a (frame, y, x) cube; got dims {frames.dims}"
+                + (" (pick a RAW colour with channel=...)" if "channel" in frames.dims else "")
+            )
+        found = frame_reader(frames)
+        source = FileRows(*found) if found is not None else ArrayRows(frames.data)
+        coords = {k: v for k, v in frames.coords.items() if v.dims == (frames.dims[0],)}
+        return source, frames.shape[0], frames.shape[1:], coords
+    if np.ndim(frames) != 3:
+        raise ValueError(f"{what} needs a (frame, y, x) cube; got shape {np.shape(frames)}")
+    return ArrayRows(frames), np.shape(frames)[0], np.shape(frames)[1:], {}

@@ -289,11 +289,7 @@ def _show_star(image, star, star_pos, search, fig, ax):
 
 def _window(source, index, box):
     """Read frame ``index``'s box ``(y0, y1, x0, x1)`` as float64."""
-    y0, y1, x0, x1 = box
-    if isinstance(source, tuple):  # (FrameReader, file index of each frame)
-        reader, files = source
-        return reader.read(int(files[index]), y0, y1, x0, x1).astype(np.float64)
-    return np.asarray(source[index, y0:y1, x0:x1], dtype=np.float64)
+    return source.box(index, *box)
 
 
 def _measure_frame(source, index, star_pos, search, shape, method, saturation,
@@ -366,35 +362,16 @@ def _reference_region(source, index, star_pos, search, shape):
     return _window(source, index, box), box
 
 
-def _resolve_source(frames):
-    """Return ``(source, n_frames, (ny, nx), coords)`` for a cube of frames."""
-    from ._io import frame_reader
-
-    if hasattr(frames, "dims"):
-        if frames.ndim != 3 or frames.dims[-2:] != ("y", "x"):
-            raise ValueError(
-                f"find_shifts needs a (frame, y, x) cube; got dims {frames.dims}"
-                + (" (pick a RAW colour with channel=...)" if "channel" in frames.dims else "")
-            )
-        found = frame_reader(frames)
-        source = found if found is not None else frames.data
-        coords = {k: v for k, v in frames.coords.items() if v.dims == (frames.dims[0],)}
-        return source, frames.shape[0], frames.shape[1:], coords
-    array = frames
-    if np.ndim(array) != 3:
-        raise ValueError(f"find_shifts needs a (frame, y, x) cube; got shape {np.shape(array)}")
-    return array, np.shape(array)[0], np.shape(array)[1:], {}
-
-
 def find_shifts(frames, star_pos=None, search=None, method="centroid", reference=0,
                 compute=True, track=False, saturation=None, jump=None, strict=False):
     """Measure each frame's shift from the reference frame, one task per frame.
 
     Parameters
     ----------
-    frames : xarray.DataArray ``(frame, y, x)``, dask or numpy array
-        Usually the cube from :func:`bigstack.open_frames`; then each task
-        reads only its frame's search box from the file.
+    frames : xarray.DataArray ``(frame, y, x)``, dask or numpy array, pattern or paths
+        Usually the cube from :func:`bigstack.open_frames` (a pattern or
+        list of files is opened first); then each task reads only its
+        frame's search box from the file.
     star_pos : [x, y]
         Rough position of a bright, isolated star in the reference frame
         (for ``"xcorr"``: the centre of the region to correlate).
@@ -448,7 +425,9 @@ def find_shifts(frames, star_pos=None, search=None, method="centroid", reference
         raise ValueError("find_shifts needs star_pos=[x, y]: a bright isolated star "
                          "(or, for method='xcorr', the centre of the region to correlate)")
     search = DEFAULT_SEARCH if search is None else int(search)
-    source, n, shape, coords = _resolve_source(frames)
+    from ._io import cube_source
+
+    source, n, shape, coords = cube_source(frames, "find_shifts")
     if not -n <= reference < n:
         raise ValueError(f"reference={reference} but the cube has {n} frames")
     reference %= n

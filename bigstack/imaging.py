@@ -183,7 +183,7 @@ def stack(array_of_images, shifts=None, stack_type="mean", print_log=False):
             warnings.warn("The lengths of `array_of_images` and `shifts` must be the same. "
                           "Not applying shifts.", UserWarning, stacklevel=2)
             values = np.zeros((n, 2))
-    source = _combine._ArrayRows(np.asarray(array_of_images))
+    source = _io.ArrayRows(np.asarray(array_of_images))
     keep = np.ones(n, bool)
     total, _, _ = _combine.combine_tile(source, n, shape[1:], values, keep, "nearest",
                                      (0, shape[1], 0, shape[2]), 0, shape[1])

@@ -174,7 +174,7 @@ def test_file_cube_fast_path_matches(tmp_path, monkeypatch):
     frames = open_frames(paths, rows=8)
     shifts = _shifts(5, seed=6, scale=6)
     # the fast path must not go through dask's chunks of the cube
-    monkeypatch.setattr(_combine._ArrayRows, "raw", None)
+    monkeypatch.setattr(bigstack._io.ArrayRows, "raw", None)
     out = bigstack.stack(frames, shifts, subpixel="bilinear", extent="union")
     expected, cover, _ = reference_stack(cube, shifts, "bilinear", "union")
     np.testing.assert_array_equal(out["coverage"].values, cover)
