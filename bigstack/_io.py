@@ -433,7 +433,10 @@ def inspect_fits(path) -> FitsSource:
         while pos < size:
             f.seek(pos)
             try:
-                header = fits.Header.fromfile(f)
+                header = _quick_header(f)
+                if header is None:  # anything unusual: let astropy read it
+                    f.seek(pos)
+                    header = fits.Header.fromfile(f)
             except (ValueError, OSError, EOFError) as err:
                 if index == 0:
                     raise FrameError(path, f"not a FITS file ({err or 'empty'})") from err
@@ -486,6 +489,72 @@ def inspect_fits(path) -> FitsSource:
             pos = data_start + -(-nbytes // _FITS_BLOCK) * _FITS_BLOCK
             index += 1
     raise FrameError(path, "no image HDU (no HDU holds a 2-D image)")
+
+
+# the cards open_frames needs; _quick_header reads only these
+_NEEDED_CARDS = {
+    "SIMPLE", "XTENSION", "BITPIX", "NAXIS", "PCOUNT", "GCOUNT", "BSCALE", "BZERO", "BLANK",
+    "ZIMAGE", "EXPTIME", "EXPOSURE", "DATE-OBS", "TIME-OBS", "FILTER",
+}
+
+
+def _quick_header(f, max_blocks=100):
+    """Read one FITS header (whole 2880-byte blocks) and parse only the cards bigstack uses.
+
+    Returns a dict of those keywords' values, with ``f`` left at the start
+    of the data, or None when anything is unusual (not ASCII, a value it
+    does not understand, no END within ``max_blocks``); then the caller
+    reads the header with astropy instead. Opening thousands of frames is
+    dominated by header parsing, and astropy parses every card.
+    """
+    cards = {}
+    for _ in range(max_blocks):
+        block = f.read(_FITS_BLOCK)
+        if len(block) < _FITS_BLOCK:
+            return None
+        try:
+            text = block.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+        for start in range(0, _FITS_BLOCK, 80):
+            key = text[start:start + 8].rstrip()
+            if key == "END":
+                return cards if "SIMPLE" in cards or "XTENSION" in cards else None
+            if (key in _NEEDED_CARDS or key.startswith("NAXIS")) and \
+                    text[start + 8:start + 10] == "= ":
+                value = _card_value(text[start + 10:start + 80])
+                if value is None:
+                    return None
+                cards[key] = value
+    return None
+
+
+def _card_value(field):
+    """The value of a fixed-format card (the 70 characters after ``= ``), or None."""
+    field = field.strip()
+    if field.startswith("'"):
+        end, chars = 1, []
+        while True:
+            quote = field.find("'", end)
+            if quote < 0:
+                return None
+            chars.append(field[end:quote])
+            if field[quote + 1:quote + 2] == "'":  # a doubled quote stands for one
+                chars.append("'")
+                end = quote + 2
+                continue
+            return "".join(chars).rstrip()
+    field = field.split("/", 1)[0].strip()
+    if field in ("T", "F"):
+        return field == "T"
+    try:
+        return int(field)
+    except ValueError:
+        pass
+    try:
+        return float(field.replace("D", "E"))
+    except ValueError:
+        return None
 
 
 def inspect_image(path) -> ImageSource:

@@ -412,3 +412,53 @@ def test_raw_bad_channel_and_corrupt(tmp_path):
     with pytest.raises(FrameError, match="cannot read as camera RAW") as err:
         open_frames([bad])
     assert str(bad) in str(err.value)
+
+
+# --------------------------------------------------------------------------
+# the quick header reader agrees with astropy's
+
+
+def _headers_cases(tmp_path):
+    cases = []
+    hdu = fits.PrimaryHDU(np.zeros((5, 7), np.uint16))
+    hdu.header["FILTER"] = "O'III"  # a quote inside a string
+    hdu.header["EXPTIME"] = (1.5e2, "seconds / with a slash in the comment")
+    hdu.header["DATE-OBS"] = "2026-02-03"
+    hdu.header["TIME-OBS"] = "04:05:06.5"
+    for k in range(60):  # a header of several blocks
+        hdu.header[f"EXTRA{k}"] = "x" * 40
+    hdu.header["LONGSTR"] = "a long value " * 10  # CONTINUE cards
+    hdu.header["HIERARCH ESO DET CHIP"] = 3
+    cases.append(hdu)
+    scaled = fits.PrimaryHDU(np.arange(12, dtype=np.int16).reshape(3, 4))
+    scaled.header["BSCALE"] = 2.5
+    scaled.header["BZERO"] = -10.0
+    scaled.header["BLANK"] = -1
+    scaled.header["EXPOSURE"] = 7
+    cases.append(scaled)
+    paths = []
+    for i, item in enumerate(cases):
+        path = tmp_path / f"h{i}.fits"
+        item.writeto(path, output_verify="silentfix")
+        paths.append(path)
+    ext = tmp_path / "ext.fits"
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(np.ones((4, 6), np.float32))]).writeto(ext)
+    paths.append(ext)
+    return paths
+
+
+def test_quick_header_matches_astropy(tmp_path, monkeypatch):
+    from bigstack import _io
+
+    paths = _headers_cases(tmp_path)
+    quick = [_io.inspect_fits(str(p)) for p in paths]
+    monkeypatch.setattr(_io, "_quick_header", lambda f: None)
+    slow = [_io.inspect_fits(str(p)) for p in paths]
+    for a, b in zip(quick, slow, strict=True):
+        assert a == b
+        assert a.header == b.header
+    assert quick[0].header["filter"] == "O'III"
+    assert quick[0].header["exptime"] == 150.0
+    assert quick[0].header["time"] == np.datetime64("2026-02-03T04:05:06.500")
+    assert (quick[1].bscale, quick[1].bzero, quick[1].blank) == (2.5, -10.0, -1)
+    assert quick[1].header["exptime"] == 7.0
