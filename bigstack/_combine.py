@@ -233,6 +233,7 @@ def combine_tile(source, n, shape, shifts, keep, subpixel, grid, a, b, gains=Non
     weight = None if weights is None else np.zeros((h + 1, width + 1), np.float64)
     invalid = None  # per pixel, covering values that were NaN or BLANK
     lost = None  # per pixel, the weight of those
+    zeros = set()  # the offsets marked; one value for all frames is the common case
     added = 0
     for w in _frame_windows(source, shape, shifts, keep, subpixel, grid, a, b):
         added += 1
@@ -251,6 +252,7 @@ def combine_tile(source, n, shape, shifts, keep, subpixel, grid, a, b, gains=Non
                 _add_rows_flat(total, w.rows, *w.flat)
             else:
                 total[w.out] += w.block if scale == 1 else w.block * np.float32(scale)
+            zeros.add(zero)
             if zero:
                 _mark(offset, w.out, zero)
         else:
@@ -263,10 +265,15 @@ def combine_tile(source, n, shape, shifts, keep, subpixel, grid, a, b, gains=Non
             invalid[w.out] += w.bad
             lost[w.out] += w.bad * wt
     coverage = _integrate(count)
+    exact += total
+    if len(zeros) == 1 and invalid is None:  # every frame window added the same offset
+        zero = zeros.pop()
+        if zero:
+            exact += zero * coverage
+    elif any(zeros):
+        exact += _integrate(offset)
     if invalid is not None:
         coverage -= invalid
-    exact += total
-    exact += _integrate(offset)
     if weight is not None:
         weight = _integrate(weight) - (0.0 if lost is None else lost)
     return exact, coverage, weight

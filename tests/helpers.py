@@ -41,7 +41,7 @@ def bytes_read():
 def write_fits(path, data, *, bzero=None, bscale=None, **header) -> Path:
     """Write ``data`` as a FITS primary HDU with astropy (the reference writer)."""
     path = Path(path)
-    hdu = fits.PrimaryHDU(np.asarray(data))
+    hdu = fits.PrimaryHDU(np.array(data))  # a copy: astropy scales in place
     if bzero is not None or bscale is not None:
         hdu.scale("int16", bzero=bzero or 0.0, bscale=bscale or 1.0)
     for key, value in header.items():

@@ -210,6 +210,20 @@ def test_file_rows_every_window(tmp_path, monkeypatch, tile_rows, dtype):
         np.testing.assert_array_equal(total, exact.astype(np.float32))
 
 
+def test_frames_with_different_offsets(tmp_path):
+    # unsigned 16-bit (BZERO 32768), float (none) and scaled frames in one stack
+    rng = np.random.default_rng(12)
+    cube = rng.integers(0, 30000, (3, 11, 13)).astype(np.float32)
+    paths = [write_fits(tmp_path / "u.fit", cube[0].astype(np.uint16)),
+             write_fits(tmp_path / "f.fit", cube[1]),
+             write_fits(tmp_path / "s.fit", cube[2], bzero=7.0, bscale=1.0)]
+    shifts = [[0, 0], [2, 1], [-1, -3]]
+    out = bigstack.stack(open_frames(paths), shifts)
+    expected, cover, _ = reference_stack(cube, shifts)
+    np.testing.assert_array_equal(out["coverage"].values, cover)
+    np.testing.assert_allclose(out["stack"].values, expected, rtol=1e-6, equal_nan=True)
+
+
 def test_pattern_and_computed_cube(tmp_path):
     cube = np.random.default_rng(7).integers(0, 1000, (3, 12, 14)).astype(np.uint16)
     for i, frame in enumerate(cube):
