@@ -465,7 +465,7 @@ def stack(frames, shifts=None, *, method="mean", store=None, subpixel="nearest",
         The rejection methods ``"median"``, ``"sigma_clip"``,
         ``"winsorized"``, ``"minmax"`` and ``"percentile"`` need every
         frame's value of a pixel at once: each tile holds its rows of all
-        frames, ``rows = (memory / threads - workspace) / (W * (4 N + 12))``
+        frames, ``rows = (memory / 2 / threads - workspace) / (W * (4 N + 12))``
         for N frames of W pixels (see :mod:`bigstack._reject`), so tiles get
         lower as N grows, and a budget too small for one row is an error.
         Each output pixel sees the values of the frames covering it.
@@ -690,10 +690,12 @@ def _gather_rows(rows, cols, memory, n_kept, method, weighted, threads=None):
 
     budget = parse_bytes(memory) if isinstance(memory, str) else int(memory)
     threads = threads or os.cpu_count() or 1
-    fit = _reject.max_rows(budget, threads, n_kept, cols, method, weighted)
+    # half the budget for the blocks, as plan_tiles does: the rest is the
+    # process itself (Python, numpy, dask, zarr) and the write buffers
+    fit = _reject.max_rows(budget // 2, threads, n_kept, cols, method, weighted)
     if fit < 1:
-        need = (_reject.workspace_bytes(method, n_kept, weighted)
-                + cols * (n_kept * _reject.bytes_per_value(method) + 12)) * threads
+        need = 2 * (_reject.workspace_bytes(method, n_kept, weighted)
+                    + cols * (n_kept * _reject.bytes_per_value(method) + 12)) * threads
         raise BigstackError(
             f"memory={memory!r} is too small for method={method!r}: one row of {n_kept} "
             f"frames of {cols} pixels needs about {need / 2**20:.0f} MiB with {threads} "
