@@ -126,23 +126,33 @@ def output_grid(shifts, shape, subpixel="nearest", extent="reference"):
     return y0, y1, x0, x1
 
 
-def plan_tiles(out_rows, out_cols, memory, threads=None, max_rows=512):
-    """Rows per tile from a memory budget: tiles in flight must fit in ``memory``."""
+def _budget(memory, threads):
+    """Bytes per thread the tiles may use (half the budget: the rest is the process
+    itself, Python, numpy, dask and zarr, and the write buffers) and the thread count."""
     from dask.utils import parse_bytes
 
     budget = parse_bytes(memory) if isinstance(memory, str) else int(memory)
     threads = threads or os.cpu_count() or 1
+    return budget // 2 // threads, threads
+
+
+def _clamp_rows(fit, out_rows, threads, max_rows=None):
+    """Tile rows: what fits, but enough tiles to keep every thread busy."""
+    for_threads = -(-out_rows // (2 * threads))
+    return int(max(1, min(fit, for_threads, out_rows, max_rows or out_rows)))
+
+
+def plan_tiles(out_rows, out_cols, memory, threads=None, max_rows=512):
+    """Rows per tile from a memory budget: tiles in flight must fit in ``memory``."""
+    per_thread, threads = _budget(memory, threads)
     per_row = out_cols * _BYTES_PER_PIXEL
-    by_memory = (budget // 2) // (threads * per_row)
-    if by_memory < 1:
+    if per_thread < per_row:
         raise BigstackError(
             f"memory={memory!r} is too small: one output row of {out_cols} pixels needs about "
             f"{per_row * threads / 2**20:.1f} MiB with {threads} threads; give at least "
             f"{2 * per_row * threads / 2**20:.0f}MiB"
         )
-    # enough tiles to keep every thread busy, none larger than max_rows
-    for_threads = -(-out_rows // (2 * threads))
-    return int(max(1, min(by_memory, for_threads, max_rows, out_rows)))
+    return _clamp_rows(per_thread // per_row, out_rows, threads, max_rows)
 
 
 # --------------------------------------------------------------------------
@@ -684,15 +694,11 @@ def _reference_index(shifts, keep):
 
 
 def _gather_rows(rows, cols, memory, n_kept, method, weighted, threads=None):
-    from dask.utils import parse_bytes
-
+    """Rows per tile for a rejection method: every frame's rows of a tile at once."""
     from . import _reject
 
-    budget = parse_bytes(memory) if isinstance(memory, str) else int(memory)
-    threads = threads or os.cpu_count() or 1
-    # half the budget for the blocks, as plan_tiles does: the rest is the
-    # process itself (Python, numpy, dask, zarr) and the write buffers
-    fit = _reject.max_rows(budget // 2, threads, n_kept, cols, method, weighted)
+    per_thread, threads = _budget(memory, threads)
+    fit = _reject.max_rows(per_thread, 1, n_kept, cols, method, weighted)
     if fit < 1:
         need = 2 * (_reject.workspace_bytes(method, n_kept, weighted)
                     + cols * (n_kept * _reject.bytes_per_value(method) + 12)) * threads
@@ -701,8 +707,7 @@ def _gather_rows(rows, cols, memory, n_kept, method, weighted, threads=None):
             f"frames of {cols} pixels needs about {need / 2**20:.0f} MiB with {threads} "
             "threads; give more memory, or use method='mean'"
         )
-    for_threads = -(-rows // (2 * threads))
-    return int(max(1, min(fit, for_threads, rows)))
+    return _clamp_rows(fit, rows, threads)
 
 
 def frame_quality(source, n, shape, shifts, keep, progress=False):

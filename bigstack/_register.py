@@ -457,10 +457,10 @@ def find_shifts(frames, star_pos=None, search=None, method="centroid", reference
     table = dask.delayed(_table, pure=True)(records, reference, jump, _time_order(coords, n))
     if compute:
         (result,) = dask.compute(table)
-        ds = _dataset(result, coords)
+        ds = _dataset(result, n, coords)
         _report(ds, reference, strict)
         return ds
-    return _lazy_dataset(table, n, coords)
+    return _dataset(_lazy_columns(table, n), n, coords)
 
 
 def _time_order(coords, n):
@@ -525,16 +525,19 @@ def _table(records, reference, jump, order):
     return out
 
 
-def _dataset(result, coords):
+# the columns of find_shifts' table: trailing shape (after frame) and dtype
+_COLUMNS = {"star": ((2,), np.float64), "shift": ((2,), np.float64),
+            "peak": ((), np.float64), "flux": ((), np.float64), "fwhm": ((), np.float64),
+            "background": ((), np.float64), "noise": ((), np.float64),
+            "valid": ((), bool), "reason": ((), object)}
+
+
+def _dataset(columns, n, coords):
+    """find_shifts' Dataset from its columns (numpy arrays, or dask arrays when lazy)."""
     import xarray as xr
 
-    n = result["valid"].shape[0]
-    data_vars = {
-        "star": (("frame", "axis"), result["star"]),
-        "shift": (("frame", "axis"), result["shift"]),
-    }
-    for k in ("peak", "flux", "fwhm", "background", "noise", "valid", "reason"):
-        data_vars[k] = ("frame", result[k])
+    data_vars = {k: (("frame", "axis")[:1 + len(shape)], columns[k])
+                 for k, (shape, _) in _COLUMNS.items()}
     all_coords = {"frame": np.arange(n), "axis": ["x", "y"]}
     all_coords.update({k: v for k, v in coords.items() if k != "frame"})
     if "frame" in coords:
@@ -545,24 +548,12 @@ def _dataset(result, coords):
     return ds
 
 
-def _lazy_dataset(table, n, coords):
+def _lazy_columns(table, n):
+    """The columns of the delayed table as dask arrays."""
     import dask.array as da
-    import xarray as xr
 
-    specs = {"star": ((n, 2), np.float64), "shift": ((n, 2), np.float64),
-             "peak": ((n,), np.float64), "flux": ((n,), np.float64),
-             "fwhm": ((n,), np.float64), "background": ((n,), np.float64),
-             "noise": ((n,), np.float64), "valid": ((n,), bool), "reason": ((n,), object)}
-    data_vars = {}
-    for key, (shape, dtype) in specs.items():
-        part = table[key]
-        data = da.from_delayed(part, shape=shape, dtype=dtype)
-        data_vars[key] = (("frame", "axis")[: len(shape)], data)
-    all_coords = {"frame": np.arange(n), "axis": ["x", "y"]}
-    all_coords.update({k: v for k, v in coords.items() if k != "frame"})
-    if "frame" in coords:
-        all_coords["frame"] = coords["frame"].values
-    return xr.Dataset(data_vars, coords=all_coords)
+    return {k: da.from_delayed(table[k], shape=(n, *shape), dtype=dtype)
+            for k, (shape, dtype) in _COLUMNS.items()}
 
 
 def _report(ds, reference, strict):
