@@ -36,6 +36,29 @@ class StoreExistsError(BigstackError, FileExistsError):
     """An output store exists already and ``overwrite`` was not asked for."""
 
 
+class IncompleteStoreError(BigstackError):
+    """A store's stack was not finished (a killed or interrupted run).
+
+    Parameters
+    ----------
+    store : str
+        The store.
+    missing, total : int
+        Tiles not yet written, and tiles in all.
+    """
+
+    def __init__(self, store, missing, total):
+        self.store, self.missing, self.total = str(store), int(missing), int(total)
+        super().__init__(
+            f"{self.store}: incomplete stack ({self.missing} of {self.total} tiles missing); "
+            "finish it with --resume (mode='resume'), or pass --allow-incomplete "
+            "(allow_incomplete=True) to use it with the missing area as NaN"
+        )
+
+    def __reduce__(self):
+        return type(self), (self.store, self.missing, self.total)
+
+
 class BigstackWarning(UserWarning):
     """A problem bigstack worked around (a flagged frame, a clipped box)."""
 
