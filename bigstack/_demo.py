@@ -43,7 +43,7 @@ def run_demo(directory="bigstack-demo", *, n_frames=60, shape=(1536, 2048), seed
     """Generate, align and stack a synthetic night; return the measured summary (dict)."""
     from . import find_shifts, open_frames, stack, synthetic
     from ._memory import PeakMemory
-    from .cli import write_shifts_csv
+    from ._tables import write_shifts_csv
 
     directory = os.fspath(directory)
     store = os.path.join(directory, "stack.zarr")
@@ -69,8 +69,8 @@ def run_demo(directory="bigstack-demo", *, n_frames=60, shape=(1536, 2048), seed
             warnings.simplefilter("always", BigstackWarning)
             shifts = find_shifts(cube, star_pos=truth.ref_star, search=100, track=True)
         found = time.perf_counter()
-        result = stack(cube, shifts, store=store, memory=memory, overwrite=overwrite,
-                       progress=progress)
+        result = stack(cube, shifts, store=store, memory=memory,
+                       mode="overwrite" if overwrite else "write", progress=progress)
         stacked = time.perf_counter()
         clip_start = time.perf_counter()
         clipped = stack(cube, shifts, method="sigma_clip", memory=memory).compute()

@@ -21,6 +21,7 @@ import warnings
 import numpy as np
 
 from . import _combine, _io, _register, _render
+from ._reject import Rejection
 
 __all__ = ["get_files", "load_image", "stack_files", "find_star", "stack", "crop", "display",
            "shift", "flip", "rotate"]
@@ -184,9 +185,10 @@ def stack(array_of_images, shifts=None, stack_type="mean", print_log=False):
                           "Not applying shifts.", UserWarning, stacklevel=2)
             values = np.zeros((n, 2))
     source = _io.ArrayRows(np.asarray(array_of_images))
-    keep = np.ones(n, bool)
-    total, _, _ = _combine.combine_tile(source, n, shape[1:], values, keep, "nearest",
-                                     (0, shape[1], 0, shape[2]), 0, shape[1])
+    plan = _combine.TilePlan(shape=shape[1:], shifts=values, keep=np.ones(n, bool),
+                             subpixel="nearest", grid=(0, shape[1], 0, shape[2]),
+                             combine=Rejection("sum"))
+    total, _, _ = _combine.combine_tile(source, plan, 0, shape[1])
     if print_log and shifts is not None:
         for i in range(n):
             print("Shifted image", i + 1, "by vector", values[i], ".")

@@ -77,7 +77,7 @@ def test_stack_store_png_render_info(night, tmp_path, capsys):
     # an existing store is refused, in one line, and left alone
     assert main(["stack", pattern, "-o", str(store), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "exists already" in err[0] and "--overwrite" in err[0]
+    assert len(err) == 1 and "holds a finished stack" in err[0] and "--overwrite" in err[0]
     np.testing.assert_array_equal(xr.open_zarr(store)["stack"].values, got["stack"].values)
 
 
