@@ -96,6 +96,10 @@ def _cluster(args):
     quiet = logging.getLogger("distributed")
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)
+    # an interrupted gather leaves asyncio tasks whose "exception was never
+    # retrieved" reports come when they are collected, after this block: this
+    # command's process has no other use for asyncio's log
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     try:
         if args.scheduler:
             try:
