@@ -232,7 +232,7 @@ class _Inputs:
     paths: list | None
     shifts: np.ndarray
     keep: np.ndarray
-    registration: dict | None
+    registration: dict
 
 
 def _inputs(frames, shifts):
@@ -247,7 +247,10 @@ def _inputs(frames, shifts):
                       BigstackWarning, stacklevel=3)
     if not keep.any():
         raise BigstackError("no frame left to stack: every frame is flagged invalid")
-    registration = dict(shifts.attrs) if hasattr(shifts, "data_vars") and shifts.attrs else None
+    if hasattr(shifts, "data_vars"):
+        registration = dict(shifts.attrs) or {"registration": "given"}
+    else:
+        registration = {"registration": "none" if shifts is None else "given"}
     return _Inputs(source, n, tuple(shape), coords, paths, values, keep, registration)
 
 
@@ -402,8 +405,7 @@ def _provenance(request, inputs, plan, tile, table, factors):
         "pending": dict(operation, n_total=len(operation["frames_used"])),
         **frame_meta,
     }
-    if inputs.registration is not None:
-        attrs["registration"] = inputs.registration
+    attrs["registration"] = inputs.registration
     if table is not None:
         attrs["quality"] = {k: [None if not np.isfinite(v) else float(v) for v in values]
                             for k, values in table.items()}
