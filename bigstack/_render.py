@@ -45,12 +45,23 @@ NaN (uncovered) pixels take no part. An image whose finite pixels all
 have one value is all sky and comes out at 0.22; an image with no finite
 pixel is refused (``ValueError``).
 
+Unfinished stacks
+-----------------
+A Dataset or DataArray whose ``attrs["complete"]`` is false comes from a
+run that stopped early; ``display``, ``save_png`` and ``save_fits`` refuse
+it with :class:`~bigstack.IncompleteStoreError` unless
+``allow_incomplete=True``.
+
 FITS layout written by :func:`save_fits`
 ----------------------------------------
 Primary HDU
     The stack, float32. Short scalar attributes (numbers, booleans,
     one-card strings) as header cards: the name upper-cased, as a plain
     keyword when it has at most 8 characters, else as a ``HIERARCH`` card.
+    ``NCOMBINE`` (frames used), ``EXPTIME`` (their total exposure, s),
+    ``DATE-OBS``/``DATE-END`` (UTC start of the earliest, end of the latest
+    frame used) when the attributes ``frames_used``, ``frame_exptime`` and
+    ``frame_time`` give them for every frame used.
     ``LTV1``/``LTV2`` (IRAF convention, ``physical = logical - LTV``) when
     the ``x``/``y`` coordinates do not start at 0, e.g. for a cropped
     stack, so pixels map back to the reference grid.
@@ -65,6 +76,7 @@ Primary HDU
 from __future__ import annotations
 
 import contextlib
+import datetime
 import functools
 import json
 import math
@@ -77,7 +89,7 @@ import warnings
 
 import numpy as np
 
-from ._errors import BigstackWarning
+from ._errors import BigstackWarning, IncompleteStoreError
 
 __all__ = ["crop", "display", "save_png", "save_fits"]
 
@@ -157,6 +169,30 @@ def _numeric_coord(array, dim):
     if values.ndim != 1 or values.size == 0 or values.dtype.kind not in "iuf":
         return None
     return values
+
+
+def _check_complete(image, allow_incomplete, stacklevel=3):
+    """Refuse (or warn about) an image whose attributes say its stack is unfinished.
+
+    A Dataset or DataArray with ``attrs["complete"]`` false is the product of
+    a run that stopped early: its missing tiles are NaN. The store's name and
+    the tile counts come from the ``store``, ``tiles_missing`` and
+    ``tiles_total`` attributes when present.
+    """
+    attrs = getattr(image, "attrs", None)
+    if not isinstance(image, _xarray_types()) or not isinstance(attrs, dict):
+        return
+    complete = attrs.get("complete")
+    if not isinstance(complete, (bool, np.bool_)) or complete:
+        return
+    store = attrs.get("store", "<stack>")
+    missing, total = attrs.get("tiles_missing"), attrs.get("tiles_total")
+    if not allow_incomplete:
+        raise IncompleteStoreError(store, missing, total)
+    count = (f"{missing} of {total} tiles" if missing is not None and total is not None
+             else "some tiles")
+    warnings.warn(f"{store}: incomplete stack used as asked ({count} missing, shown as NaN)",
+                  BigstackWarning, stacklevel=stacklevel)
 
 
 # --------------------------------------------------------------------------
@@ -640,7 +676,7 @@ def _flatten(picture, background):
 
 def display(image, stretch=None, log_a=None, norm_array=None, min_percent=None,
             max_percent=None, cmap="Greys_r", fig=None, ax=None, title=None, xlim=None,
-            ylim=None, max_pixels=4_000_000, background="none"):
+            ylim=None, max_pixels=4_000_000, background="none", allow_incomplete=False):
     """Show an image with matplotlib, origin at the lower left.
 
     Parameters
@@ -685,6 +721,9 @@ def display(image, stretch=None, log_a=None, norm_array=None, min_percent=None,
         at the picture's centre.
         A ``norm_array`` is flattened too (with its own fit) before the
         range is taken from it.
+    allow_incomplete : bool
+        Show a stack whose attributes say it is unfinished (its missing
+        tiles are NaN), with a :class:`~bigstack.BigstackWarning`.
 
     Returns
     -------
@@ -699,6 +738,9 @@ def display(image, stretch=None, log_a=None, norm_array=None, min_percent=None,
         An unknown stretch or background (the allowed ones are listed), an
         option the stretch would not use, an image that is not 2-D, or one
         with no finite values.
+    bigstack.IncompleteStoreError
+        An unfinished stack (``attrs["complete"]`` false) without
+        ``allow_incomplete``.
 
     Examples
     --------
@@ -714,6 +756,7 @@ def display(image, stretch=None, log_a=None, norm_array=None, min_percent=None,
     stretch = _check_stretch(stretch, log_a, min_percent, max_percent)
     background = _check_background(background)
     _check_max_pixels(max_pixels)
+    _check_complete(image, allow_incomplete)
     picture, extent = _picture(image, "image", max_pixels, decimate_eager=False)
     picture = _flatten(picture, background)
     if norm_array is None:
@@ -804,7 +847,7 @@ def _grey_inversion(cmap):
 
 def save_png(image, path, *, stretch=None, log_a=None, norm_array=None, min_percent=None,
              max_percent=None, cmap="Greys_r", max_pixels=None, overwrite=False, bits=8,
-             background="none"):
+             background="none", allow_incomplete=False):
     """Write an image as a PNG, one image pixel per PNG pixel, origin at the lower left.
 
     The image is stretched exactly as :func:`display` does (by default the
@@ -833,6 +876,9 @@ def save_png(image, path, *, stretch=None, log_a=None, norm_array=None, min_perc
         name and renamed, so a failure never leaves a partial PNG.
     bits : {8, 16}
         Levels per channel; 16 is for grey colormaps only.
+    allow_incomplete : bool
+        Write a stack whose attributes say it is unfinished (its missing
+        tiles are NaN, drawn black), with a :class:`~bigstack.BigstackWarning`.
 
     Returns
     -------
@@ -848,6 +894,9 @@ def save_png(image, path, *, stretch=None, log_a=None, norm_array=None, min_perc
         An unknown stretch, background or colormap, an option the stretch
         would not use, ``bits`` not 8 or 16, 16 bits with a colour map, or
         an image that is not 2-D.
+    bigstack.IncompleteStoreError
+        An unfinished stack (``attrs["complete"]`` false) without
+        ``allow_incomplete`` (checked before any computing).
 
     Examples
     --------
@@ -881,6 +930,7 @@ def save_png(image, path, *, stretch=None, log_a=None, norm_array=None, min_perc
                 f"bits={bits} is for grey PNGs only; cmap={cmap!r} gives an 8-bit colour PNG"
             )
     _refuse_existing(path, overwrite)
+    _check_complete(image, allow_incomplete)
 
     picture, _ = _picture(image, "image", max_pixels, decimate_eager=True)
     picture = _flatten(picture, background)
@@ -931,11 +981,14 @@ def _provenance_json(attrs) -> str:
     return json.dumps(attrs, default=_json_default, ensure_ascii=True)
 
 
-def _attribute_cards(attrs):
-    """Header cards for the short scalar attributes (the rest live in the JSON only)."""
+def _attribute_cards(attrs, taken=()):
+    """Header cards for the short scalar attributes (the rest live in the JSON only).
+
+    Names in ``taken`` (cards written already) are left out.
+    """
     from astropy.io import fits
 
-    cards, used = [], set()
+    cards, used = [], set(taken)
     for key, value in attrs.items():
         if isinstance(value, np.generic):
             value = value.item()
@@ -957,6 +1010,64 @@ def _attribute_cards(attrs):
             continue
         used.add(name)
         cards.append(card)
+    return cards
+
+
+def _used_values(attrs, key, used):
+    """``attrs[key][i]`` for each frame ``i`` in ``used``, or ``None`` if any is missing."""
+    values = attrs.get(key)
+    if not isinstance(values, (list, tuple, np.ndarray)) or len(values) <= max(used):
+        return None
+    picked = [values[i] for i in used]
+    return None if any(v is None for v in picked) else picked
+
+
+def _utc(text, frame):
+    """An ISO date-time as a naive UTC ``datetime``, or ``None`` (with a warning) if unreadable."""
+    try:
+        moment = datetime.datetime.fromisoformat(str(text))
+    except ValueError:
+        warnings.warn(f"frame {frame}: start time {text!r} is not an ISO date-time; DATE-OBS "
+                      "and DATE-END are left out", BigstackWarning, stacklevel=4)
+        return None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+    return moment
+
+
+def _observation_cards(attrs):
+    """``NCOMBINE``, ``EXPTIME``, ``DATE-OBS``, ``DATE-END`` from the per-frame attributes.
+
+    ``frames_used`` (indices into ``inputs``) gives ``NCOMBINE``. The
+    per-frame lists ``frame_exptime`` (seconds) and ``frame_time`` (ISO
+    start times, UTC), aligned with ``inputs``, give the total exposure, the
+    earliest start and the latest end (start plus exposure) of the frames
+    used; a card whose values are not known for every frame used is left
+    out.
+    """
+    used = attrs.get("frames_used")
+    if not isinstance(used, (list, tuple, np.ndarray)):
+        return []
+    used = [int(i) for i in used]
+    cards = [("NCOMBINE", len(used), "number of frames combined")]
+    if not used:
+        return cards
+    exptimes = _used_values(attrs, "frame_exptime", used)
+    if exptimes is not None:
+        exptimes = [float(e) for e in exptimes]
+        if all(math.isfinite(e) for e in exptimes):
+            cards.append(("EXPTIME", math.fsum(exptimes), "[s] total exposure of the frames"))
+        else:
+            exptimes = None
+    starts = _used_values(attrs, "frame_time", used)
+    if starts is not None:
+        starts = [_utc(text, i) for text, i in zip(starts, used, strict=True)]
+    if starts is not None and all(start is not None for start in starts):
+        cards.append(("DATE-OBS", min(starts).isoformat(), "UTC start of the first frame"))
+        if exptimes is not None:
+            end = max(start + datetime.timedelta(seconds=e)
+                      for start, e in zip(starts, exptimes, strict=True))
+            cards.append(("DATE-END", end.isoformat(), "UTC end of the last frame"))
     return cards
 
 
@@ -1045,12 +1156,14 @@ def _stream_image(path, header, data, dtype):
         hdu.close()
 
 
-def save_fits(data, path, *, overwrite=False):
+def save_fits(data, path, *, overwrite=False, allow_incomplete=False):
     """Write a stack, its coverage and its provenance to a FITS file.
 
     The primary HDU holds the stack (float32), a ``COVERAGE`` image
     extension the coverage, and a ``PROVENANCE`` binary table the
-    attributes as JSON; see the module notes for the layout. Lazy data are
+    attributes as JSON; see the module notes for the layout and the
+    observation cards (``NCOMBINE``, ``EXPTIME``, ``DATE-OBS``,
+    ``DATE-END``) taken from the attributes. Lazy data are
     computed and written one row band at a time, so the stack never has to
     fit in memory.
 
@@ -1068,6 +1181,9 @@ def save_fits(data, path, *, overwrite=False):
         Replace an existing file. The file is written under a temporary
         name and renamed, so a failure never leaves a partial file and a
         refused write leaves the old one intact.
+    allow_incomplete : bool
+        Write a stack whose attributes say it is unfinished (its missing
+        tiles are NaN), with a :class:`~bigstack.BigstackWarning`.
 
     Returns
     -------
@@ -1083,6 +1199,9 @@ def save_fits(data, path, *, overwrite=False):
         another shape than the stack.
     TypeError
         An attribute that cannot be written as JSON (named).
+    bigstack.IncompleteStoreError
+        An unfinished stack (``attrs["complete"]`` false) without
+        ``allow_incomplete``.
 
     Examples
     --------
@@ -1105,6 +1224,7 @@ def save_fits(data, path, *, overwrite=False):
 
     dataarray, dataset = _xarray_types()
     path = os.fspath(path)
+    _check_complete(data, allow_incomplete)
     coverage = None
     if isinstance(data, dataset):
         attrs = dict(data.attrs)
@@ -1129,7 +1249,10 @@ def save_fits(data, path, *, overwrite=False):
     offsets = _offset_cards(ycoord, xcoord)
     for card in offsets:
         header.append(card)
-    for card in _attribute_cards(attrs):
+    observation = _observation_cards(attrs)
+    for card in observation:
+        header.append(card)
+    for card in _attribute_cards(attrs, taken={card[0] for card in observation}):
         header.append(card)
     if provenance is not None:
         header["PROVHDU"] = ("PROVENANCE", "extension with all attributes as JSON")
