@@ -203,9 +203,9 @@ def _cmd_shifts(args):
 def _with_progress(args, run):
     if not _show_progress(args):
         return run()
-    from dask.diagnostics import ProgressBar
+    from ._progress import progress_bar
 
-    with ProgressBar(out=sys.stderr):
+    with progress_bar(sys.stderr):
         return run()
 
 
