@@ -133,14 +133,16 @@ def _picture(path, single, naive, aligned, clipped, star, overwrite):
     titles = ("single frame", "naive stack (no alignment)", "aligned stack (mean)",
               "aligned stack (sigma clip)")
     images = (single, naive, aligned, clipped)
+    rows, cols = slice(max(y - zoom, 0), y + zoom), slice(max(x - zoom, 0), x + zoom)
     for column, (title, image) in enumerate(zip(titles, images, strict=True)):
-        display(image, stretch="asinh", min_percent=1, max_percent=99.8, ax=axes[0, column],
-                fig=fig, title=title)
+        # One automatic stretch for all panels, the aligned stack's, with the sky's gradient
+        # taken out: the single frame's noise then shows as it is against the stacks'.
+        display(image, background="plane", norm_array=aligned, ax=axes[0, column], fig=fig,
+                title=title)
         axes[0, column].add_patch(matplotlib.patches.Rectangle(
             (x - zoom, y - zoom), 2 * zoom, 2 * zoom, ec="tab:orange", fc="none"))
-        cut = image[max(y - zoom, 0):y + zoom, max(x - zoom, 0):x + zoom]
-        display(cut, stretch="asinh", min_percent=1, max_percent=99.9, ax=axes[1, column],
-                fig=fig, title=f"{title}: around the reference star")
+        display(image[rows, cols], background="plane", norm_array=aligned[rows, cols],
+                ax=axes[1, column], fig=fig, title=f"{title}: around the reference star")
     fig.tight_layout()
     with _atomic_output(path, overwrite) as tmp:
         fig.savefig(tmp, format="png", dpi=80)

@@ -26,9 +26,9 @@ def compute(tasks, progress=False):
     client = active_client()
     if client is None:
         if progress:
-            from dask.diagnostics import ProgressBar
+            from ._progress import progress_bar
 
-            with ProgressBar():
+            with progress_bar():
                 return dask.compute(*tasks)
         return dask.compute(*tasks)
     futures = client.compute(tasks)

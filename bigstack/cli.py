@@ -30,7 +30,7 @@ import numpy as np
 
 from ._errors import BigstackError, BigstackWarning
 
-_STRETCHES = ("linear", "sqrt", "power", "log", "asinh")
+_STRETCHES = ("auto", "linear", "sqrt", "power", "log", "asinh")
 
 
 # --------------------------------------------------------------------------
@@ -222,9 +222,9 @@ def _cmd_shifts(args):
 def _with_progress(args, run):
     if not _show_progress(args):
         return run()
-    from dask.diagnostics import ProgressBar
+    from ._progress import progress_bar
 
-    with ProgressBar(out=sys.stderr):
+    with progress_bar(sys.stderr):
         return run()
 
 
@@ -296,8 +296,8 @@ def _cmd_stack(args):
           f"{ds.attrs['n_frames']} frames, coverage {int(coverage.min())}..{int(coverage.max())}, "
           f"{mem.seconds:.1f} s, peak memory {_mib(mem.peak)}")
     if args.png:
-        save_png(ds, args.png, stretch=args.stretch, overwrite=args.overwrite,
-                 min_percent=0.5, max_percent=99.9, max_pixels=16_000_000)
+        save_png(ds, args.png, overwrite=args.overwrite, max_pixels=16_000_000,
+                 **_stretch_options(args.stretch))
         print(f"wrote {args.png}")
     return 0
 
@@ -315,15 +315,17 @@ def _cmd_render(args):
 
     ds = open_stack(args.store, allow_incomplete=args.allow_incomplete)
     _check_file_output(args.output, args.overwrite, ds.attrs.get("inputs", ()))
-    image = ds["stack"]
+    image = ds  # the Dataset, so save_png sees whether the stack is finished
     if args.crop:
         left, right, top, bottom = args.crop
         image = crop(image, left=left, right=right, top=top, bottom=bottom)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", BigstackWarning)  # the incomplete store: said above
-        save_png(image, args.output, stretch=args.stretch, log_a=args.log_a,
-                 min_percent=args.min_percent, max_percent=args.max_percent, cmap=args.cmap,
-                 overwrite=args.overwrite, max_pixels=args.max_pixels)
+        warnings.simplefilter("ignore", BigstackWarning)  # the unfinished stack: said above
+        save_png(image, args.output, cmap=args.cmap, overwrite=args.overwrite,
+                 max_pixels=args.max_pixels, background=args.background,
+                 allow_incomplete=args.allow_incomplete,
+                 **_stretch_options(args.stretch, args.log_a, args.min_percent,
+                                    args.max_percent))
     print(f"wrote {args.output}")
     return 0
 
@@ -339,6 +341,16 @@ def _store_summary(path):
         raise BigstackError(f"{path}: not a bigstack stack store")
     done = tiles_done(path)
     return attrs, int((done == 0).sum()), int(done.size)
+
+
+def _stretch_options(stretch, log_a=None, min_percent=None, max_percent=None):
+    """save_png's stretch keywords: the explicit stretches default to 0.5..99.9 percent."""
+    if stretch == "auto":  # sets its own range; save_png refuses any given option
+        return {"stretch": stretch, "log_a": log_a, "min_percent": min_percent,
+                "max_percent": max_percent}
+    return {"stretch": stretch, "log_a": 1000 if log_a is None else log_a,
+            "min_percent": 0.5 if min_percent is None else min_percent,
+            "max_percent": 99.9 if max_percent is None else max_percent}
 
 
 def _cmd_info(args):
@@ -455,7 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "edges like the tutorial")
     p.add_argument("--memory", default="512MB", help="memory budget (default 512MB)")
     p.add_argument("--png", metavar="FILE", help="also write a picture of the stack")
-    p.add_argument("--stretch", choices=_STRETCHES, default="asinh")
+    p.add_argument("--stretch", choices=_STRETCHES, default="auto",
+                   help="stretch of the --png picture (default auto: set from the sky)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the store (only one bigstack made) and the picture")
     p.add_argument("--resume", action="store_true",
@@ -470,10 +483,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("render", help="write a PNG of a stack")
     p.add_argument("store")
     p.add_argument("-o", "--output", required=True, metavar="FILE.png")
-    p.add_argument("--stretch", choices=_STRETCHES, default="asinh")
-    p.add_argument("--log-a", type=float, default=1000)
-    p.add_argument("--min-percent", type=float, default=0.5)
-    p.add_argument("--max-percent", type=float, default=99.9)
+    p.add_argument("--stretch", choices=_STRETCHES, default="auto",
+                   help="default auto: black just below the sky, white at the brightest star")
+    p.add_argument("--background", choices=("none", "plane", "poly2"), default="none",
+                   help="subtract a fit of the sky's gradient from the picture")
+    p.add_argument("--log-a", type=float, help="log stretch exponent (default 1000)")
+    p.add_argument("--min-percent", type=float,
+                   help="explicit stretches: percentile drawn black (default 0.5)")
+    p.add_argument("--max-percent", type=float,
+                   help="explicit stretches: percentile drawn white (default 99.9)")
     p.add_argument("--cmap", default="Greys_r")
     p.add_argument("--crop", type=_crop_values, metavar="L,R,T,B",
                    help="keep columns L:R and rows B:T (empty value: to the edge)")
