@@ -145,5 +145,5 @@ def _picture(path, single, naive, aligned, clipped, star, overwrite):
                 ax=axes[1, column], fig=fig, title=f"{title}: around the reference star")
     fig.tight_layout()
     with _atomic_output(path, overwrite) as tmp:
-        fig.savefig(tmp, format="png", dpi=80)
+        fig.savefig(tmp, format="png", dpi=80, metadata={"Software": "bigstack"})
     plt.close(fig)

@@ -47,19 +47,14 @@ def made_by_bigstack(path):
     return header.startswith(_FIRST) and header.endswith(_LAST)
 
 
-def write_csv(rows, path, overwrite=False, what="table"):
+def write_csv(rows, path, overwrite=False):
     """Write dict rows as CSV, atomically; replace only a table bigstack wrote."""
     from ._render import _atomic_output
 
     rows = list(rows)
     path = os.fspath(path)
-    if os.path.lexists(path):
-        if not overwrite:
-            raise FileExistsError(f"{path}: exists already; pass --overwrite to replace it")
-        if not made_by_bigstack(path):
-            raise FileExistsError(f"{path}: exists and is not a {what} bigstack wrote; "
-                                  "refusing to overwrite it")
-    with _atomic_output(path, overwrite) as tmp, open(tmp, "w", newline="") as f:
+    with _atomic_output(path, overwrite, made_by_bigstack) as tmp, \
+            open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
@@ -68,7 +63,7 @@ def write_csv(rows, path, overwrite=False, what="table"):
 
 def write_shifts_csv(ds, path, overwrite=False):
     """Write find_shifts' table as CSV (one row a frame)."""
-    return write_csv(shift_rows(ds), path, overwrite, what="shifts table")
+    return write_csv(shift_rows(ds), path, overwrite)
 
 
 def read_shifts_csv(path, n_frames):

@@ -114,9 +114,12 @@ def _cluster(args):
             raise BigstackError(f"--workers must be at least 1, got {args.workers}")
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited by the workers
         try:
-            cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1,
-                                   processes=True, dashboard_address=None,
-                                   silence_logs=logging.CRITICAL)
+            with warnings.catch_warnings():
+                # e.g. "Port 8787 is already in use": the scheduler then picks another port
+                warnings.simplefilter("ignore", UserWarning)
+                cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1,
+                                       processes=True, dashboard_address=None,
+                                       silence_logs=logging.CRITICAL)
         finally:
             signal.signal(signal.SIGINT, previous)
         with cluster, Client(cluster):

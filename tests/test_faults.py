@@ -327,7 +327,7 @@ def _start(argv, delay=0.15):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _wait_for_tiles(store, proc, at_least=1, timeout=60):
+def _wait_for_tiles(store, proc, at_least=1, timeout=180):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()
@@ -352,7 +352,7 @@ def test_sigint_is_one_line_naming_resume(tmp_path, workers):
     proc = _start(argv, delay=0.3)
     _wait_for_tiles(store, proc)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    out, err = proc.communicate(timeout=180)
     assert proc.returncode == 130, err
     line = one_error_line(err, 130)
     assert line == (f"bigstack: interrupted; {store} is unfinished: run the same command with "

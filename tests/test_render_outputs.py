@@ -17,6 +17,7 @@ import xarray as xr
 from astropy.io import fits
 from PIL import Image
 
+import bigstack
 from bigstack import BigstackWarning, display, save_fits, save_png
 from bigstack._errors import IncompleteStoreError
 
@@ -206,3 +207,57 @@ def test_dates_parse_back_with_datetime(tmp_path):
     assert start == datetime.datetime(2024, 3, 9, 21, 1, 40, 125000)
     end = datetime.datetime.fromisoformat(header["DATE-END"])
     assert (end - start).total_seconds() == 30.0
+
+
+# --------------------------------------------------------------------------
+# an output replaces only a file bigstack wrote
+
+
+def test_outputs_replace_only_files_bigstack_wrote(tmp_path):
+    from bigstack._render import made_by_bigstack
+
+    image = np.random.default_rng(3).gamma(2.0, 100.0, (20, 30)).astype(np.float32)
+    png, fit = tmp_path / "a.png", tmp_path / "a.fits"
+    bigstack.save_png(image, png)
+    bigstack.save_fits(image, fit)
+    with Image.open(png) as picture:  # Pillow reads the marker bigstack writes
+        assert picture.info["Software"] == "bigstack"
+    assert fits.getheader(fit)["CREATOR"].startswith("bigstack")
+    assert made_by_bigstack(png) and made_by_bigstack(fit)
+    bigstack.save_png(image * 2, png, overwrite=True)  # its own files: replaced
+    bigstack.save_fits(image * 2, fit, overwrite=True)
+    np.testing.assert_array_equal(fits.getdata(fit), image * 2)
+
+    theirs_png, theirs_fit = tmp_path / "holiday.png", tmp_path / "m31.fits"
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(theirs_png)
+    fits.PrimaryHDU(np.ones((4, 4), np.float32)).writeto(theirs_fit)
+    before = (theirs_png.read_bytes(), theirs_fit.read_bytes())
+    assert not made_by_bigstack(theirs_png) and not made_by_bigstack(theirs_fit)
+    with pytest.raises(FileExistsError, match="holiday.png: exists and is not a file bigstack"):
+        bigstack.save_png(image, theirs_png, overwrite=True)
+    with pytest.raises(FileExistsError, match="m31.fits: exists and is not a file bigstack"):
+        bigstack.save_fits(image, theirs_fit, overwrite=True)
+    assert (theirs_png.read_bytes(), theirs_fit.read_bytes()) == before
+    folder = tmp_path / "folder.png"
+    folder.mkdir()
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        bigstack.save_png(image, folder, overwrite=True)
+
+
+def test_shifts_table_is_replaced_only_if_bigstack_wrote_it(tmp_path):
+    from bigstack import _tables
+
+    ds = xr.Dataset({"shift": (("frame", "axis"), np.zeros((2, 2))),
+                     "star": (("frame", "axis"), np.ones((2, 2))),
+                     **{k: ("frame", np.ones(2)) for k in ("peak", "flux", "fwhm",
+                                                           "background")},
+                     "valid": ("frame", np.ones(2, bool)), "reason": ("frame", ["", ""])},
+                    coords={"frame": [0, 1], "axis": ["x", "y"]})
+    table = tmp_path / "shifts.csv"
+    _tables.write_shifts_csv(ds, table)
+    _tables.write_shifts_csv(ds, table, overwrite=True)
+    other = tmp_path / "budget.csv"
+    other.write_text("item,cost\ntelescope,999\n")
+    with pytest.raises(FileExistsError, match="budget.csv: exists and is not a file bigstack"):
+        _tables.write_shifts_csv(ds, other, overwrite=True)
+    assert other.read_text() == "item,cost\ntelescope,999\n"
