@@ -201,6 +201,9 @@ def _check_file_output(path, overwrite, inputs=()):
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"{path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise PermissionError(f"{path}: cannot write in {folder} (permission denied or a "
+                              "read-only file system)")
 
 
 def _cmd_shifts(args):

@@ -380,3 +380,88 @@ def test_sigkill_then_resume(tmp_path):
     expected = bigstack.stack(bigstack.open_frames(paths)).compute()
     np.testing.assert_array_equal(got["stack"].values, expected["stack"].values)
     assert checksums(tmp_path) == before
+
+
+def _read_only_folder(monkeypatch, folder):
+    """Every write under ``folder`` fails with EROFS, as on a read-only file system."""
+    import builtins
+
+    from zarr.storage import LocalStore
+
+    folder = os.path.realpath(folder)
+
+    def inside(path):
+        return os.path.realpath(os.fspath(path)).startswith(folder + os.sep) or \
+            os.path.realpath(os.fspath(path)) == folder
+
+    def refuse(path):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fspath(path))
+
+    real_open, real_os_open = builtins.open, os.open
+    real_mkdir, real_makedirs, real_access = os.mkdir, os.makedirs, os.access
+    real_set = LocalStore.set
+
+    def open_(file, mode="r", *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and set(mode) & set("wax+") and inside(file):
+            refuse(file)
+        return real_open(file, mode, *args, **kwargs)
+
+    def os_open(path, flags, *args, **kwargs):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT) and inside(path):
+            refuse(path)
+        return real_os_open(path, flags, *args, **kwargs)
+
+    def mkdir(path, *args, **kwargs):
+        if inside(path):
+            refuse(path)
+        return real_mkdir(path, *args, **kwargs)
+
+    def makedirs(path, *args, **kwargs):
+        if inside(path) and not os.path.isdir(path):
+            refuse(path)
+        return real_makedirs(path, *args, **kwargs)
+
+    def access(path, mode, **kwargs):
+        if mode & os.W_OK and inside(path):
+            return False
+        return real_access(path, mode, **kwargs)
+
+    async def store_set(self, key, value):
+        refuse(os.path.join(str(self.root), key))
+
+    monkeypatch.setattr(builtins, "open", open_)
+    monkeypatch.setattr(os, "open", os_open)
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    monkeypatch.setattr(os, "makedirs", makedirs)
+    monkeypatch.setattr(os, "access", access)
+    monkeypatch.setattr(LocalStore, "set", lambda self, key, value: store_set(self, key, value)
+                        if inside(os.path.join(str(self.root), key)) else real_set(self, key,
+                                                                                   value))
+
+
+@pytest.mark.parametrize("command", ["stack", "render", "shifts", "demo", "stack --png"])
+def test_every_command_on_a_read_only_folder_is_one_line(command, tmp_path, capsys, monkeypatch):
+    paths = make_lights(tmp_path / "lights")
+    store = tmp_path / "done.zarr"
+    bigstack.stack(bigstack.open_frames(paths), store=store)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    argv = {
+        "stack": ["stack", str(tmp_path / "lights"), "-o", str(locked / "out.zarr"),
+                  "--no-progress"],
+        "stack --png": ["stack", str(tmp_path / "lights"), "-o", str(tmp_path / "new.zarr"),
+                        "--png", str(locked / "out.png"), "--no-progress"],
+        "render": ["render", str(store), "-o", str(locked / "out.png")],
+        "shifts": ["shifts", str(tmp_path / "lights"), "--star", "20,20", "--search", "10",
+                   "-o", str(locked / "shifts.csv"), "--no-progress"],
+        "demo": ["demo", str(locked / "demo"), "--frames", "2", "--width", "64", "--height",
+                 "64", "--no-progress"],
+    }[command]
+    before = checksums(tmp_path)
+    _read_only_folder(monkeypatch, locked)
+    assert main(argv) == 2
+    line = one_error_line(capsys.readouterr().err, 2)
+    assert str(locked) in line and ("read-only" in line.lower() or "cannot write" in line), line
+    monkeypatch.undo()
+    assert checksums(tmp_path) == before
+    assert os.listdir(locked) == []

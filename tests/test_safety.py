@@ -207,3 +207,17 @@ def test_a_finished_store_opens_without_any_third_party_warning(frames, tmp_path
     bigstack.stack(bigstack.open_frames(paths), shifts, store=store)
     ds = bigstack.open_stack(store)
     assert ds.attrs["store"] == str(store) and "_bigstack" not in ds.data_vars
+
+
+def test_info_and_a_rerun_point_at_resume(frames, tmp_path, capsys):
+    from bigstack.cli import main
+
+    paths, shifts, _ = frames
+    store = tmp_path / "night.zarr"
+    die_after(3, paths, shifts, store)
+    assert main(["info", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert "complete   NO: 5 of 8 tiles missing; rerun the stack with --resume" in out
+    assert main(["stack", str(tmp_path / "lights"), "-o", str(store), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "unfinished stack (5 of 8 tiles missing); pass --resume" in err
