@@ -10,9 +10,15 @@ Sequences are stored as tuples, so the groups are hashable and compare by
 value. ``None`` means "the default that depends on the frame" and is
 resolved by ``make_frames`` (the resolved values are in ``Truth.params``).
 
-Later groups (calibration frames, colour) are new dataclasses passed as new
-keywords of ``make_frames``; new fields of these groups get defaults that
-leave today's frames unchanged.
+Growing without a redesign: a new field gets a default that leaves today's
+frames unchanged and, if it draws random numbers, a stream of its own (see
+``_synth_scene``). Calibration fits as one more group (bias level and
+column structure -- today's ``Camera.column_pattern`` is that structure as
+lights see it --, dark current scaled by ``Camera.exptime`` and
+``Camera.temperature``, amp glow, flats with vignetting and dust) with its
+own writer of bias/dark/flat frames; colour as ``Camera`` fields (the Bayer
+pattern, today fixed to RGGB for DNG) and a ``Stars`` field for the colour
+distribution (today a fixed spread around white).
 """
 
 from __future__ import annotations
@@ -566,10 +572,6 @@ class Artefacts:
                                                       self.quiet_flux_max, low=0.0,
                                                       low_open=True))
 
-    def transmission(self, i):
-        """Transmission of frame ``i`` (1 without a cloud)."""
-        return dict(self.clouds or ()).get(int(i), 1.0)
-
 
 def _flag(where, value):
     if not isinstance(value, (bool, np.bool_)):
@@ -668,19 +670,20 @@ def merge_flat(flat, groups, *, caller, warn=True, stacklevel=3):
     updates = {}
     for key, value in flat.items():
         group, field_name = LEGACY[key]
-        cls = GROUPS[group]
-        if warn:
+        given = groups.get(group)
+        if given is not None and _is_set(given, field_name):
+            raise ValueError(f"{caller}: {key}= and {group}={GROUPS[group].__name__}"
+                             f"({field_name}=...) both given; give one")
+        updates.setdefault(group, {})[field_name] = value
+    if warn:
+        for key in flat:
+            group, field_name = LEGACY[key]
             warnings.warn(
                 f"{caller}({key}=...) is deprecated; use "
-                f"{group}=synthetic.{cls.__name__}({field_name}=...)",
+                f"{group}=synthetic.{GROUPS[group].__name__}({field_name}=...)",
                 FutureWarning,
                 stacklevel=stacklevel,
             )
-        given = groups.get(group)
-        if given is not None and _is_set(given, field_name):
-            raise ValueError(f"{caller}: {key}= and {group}={cls.__name__}({field_name}=...) "
-                             f"both given; give one")
-        updates.setdefault(group, {})[field_name] = value
     for group, changes in updates.items():
         out[group] = replace(out[group], **changes)
     return out

@@ -492,10 +492,10 @@ def make_frames(
 
 
 def _make(directory, n_frames, shape, fmt, dtype, seed, groups, png_options, jpeg_quality,
-          prefix, overwrite, workers, defaults=None):
+          prefix, overwrite, workers):
     """make_frames on option groups: resolve, check the files, render, write, return the truth."""
     p = _resolve(n_frames, shape, fmt, dtype, seed, groups, png_options, jpeg_quality, prefix,
-                 overwrite, defaults or {})
+                 overwrite)
     geom = _scene.geometry(p)
     p["shifts"] = geom["shifts"]
     n_frames = p["n_frames"]
@@ -582,7 +582,7 @@ def _check_length(where, value, n_frames):
 
 
 def _resolve(n_frames, shape, fmt, dtype, seed, groups, png_options, jpeg_quality, prefix,
-             overwrite, defaults):
+             overwrite):
     """Check the parameters that need each other, fill in the defaults, flatten.
 
     Returns the flat dict of :attr:`Truth.params` (``shifts`` still the
@@ -618,16 +618,16 @@ def _resolve(n_frames, shape, fmt, dtype, seed, groups, png_options, jpeg_qualit
         for name in GROUPS[group].__dataclass_fields__:
             p[FLAT_NAME[(group, name)]] = getattr(obj, name)
 
-    # defaults that depend on the frame (or on the caller, for the tutorial's frames)
+    # defaults that depend on the frame
     if p["adu_scale"] is None:
         p["adu_scale"] = 1.0 / 128.0 if dtype_name == "uint8" else 1.0
     if p["n_stars"] is None:
         if p["density"] is not None:
             p["n_stars"] = round(p["density"] * ny * nx)
         else:
-            p["n_stars"] = defaults.get("n_stars", 300)
+            p["n_stars"] = 300
     if p["ref_peak"] is None:
-        p["ref_peak"] = defaults.get("ref_peak", 30000.0)
+        p["ref_peak"] = 30000.0
     if p["ref_isolation"] is None:
         p["ref_isolation"] = min(30.0, 0.25 * min(ny, nx))
     if p["ref_star"] is None:
@@ -728,7 +728,8 @@ def make_tutorial_frames(
     if unknown:
         raise TypeError(f"make_tutorial_frames() got an unexpected keyword argument "
                         f"{unknown[0]!r}")
-    if n_stars is not None and stars is not None and stars.n_stars is not None:
+    counted = stars is not None and (stars.n_stars is not None or stars.density is not None)
+    if n_stars is not None and counted:
         raise ValueError("make_tutorial_frames: n_stars= and stars=Stars(n_stars=...) both "
                          "given; give one")
     groups = merge_flat(deprecated, groups, caller="make_tutorial_frames")
@@ -738,8 +739,8 @@ def make_tutorial_frames(
         if getattr(obj, name) is not None:
             raise ValueError(f"make_tutorial_frames fixes {type(obj).__name__}.{name}; "
                              "do not pass it")
-    if n_stars is not None:
-        stars = replace(stars, n_stars=n_stars, density=None)
+    if n_stars is not None or (stars.n_stars is None and stars.density is None):
+        stars = replace(stars, n_stars=2000 if n_stars is None else n_stars)
     ref_peak = 50000.0 if stars.ref_peak is None else stars.ref_peak
     psf = _scene.PSF(stars.psf, stars.fwhm, stars.moffat_beta)
     groups["stars"] = replace(stars, ref_star=TUTORIAL_STARS[0], ref_peak=ref_peak)
@@ -747,7 +748,7 @@ def make_tutorial_frames(
                                   quiet_flux_max=0.4 * ref_peak / psf.peak_fraction)
     groups["motion"] = Motion(shifts=np.array(TUTORIAL_SHIFTS, dtype=np.float64))
     return _make(directory, len(TUTORIAL_SHIFTS), shape, "fits", dtype, seed, groups, None, 95,
-                 prefix, overwrite, workers, defaults={"n_stars": 2000})
+                 prefix, overwrite, workers)
 
 
 # --------------------------------------------------------------------------
