@@ -11,17 +11,21 @@ Conventions: images are indexed ``[y, x]``; positions and shifts are
 written ``[x, y]``.
 """
 
-from ._combine import stack
 from ._errors import (
     BigstackError,
     BigstackWarning,
     FrameError,
     FrameNotFoundError,
+    IncompleteStoreError,
     StoreExistsError,
 )
 from ._io import open_frames
+from ._quality import frame_quality
 from ._register import StarNotFoundError, find_shifts, find_star
+from ._reject import Rejection
 from ._render import crop, display, save_fits, save_png
+from ._stack import stack
+from ._store import open_stack
 
 __version__ = "0.1.0"
 
@@ -30,14 +34,18 @@ __all__ = [
     "BigstackWarning",
     "FrameError",
     "FrameNotFoundError",
+    "IncompleteStoreError",
+    "Rejection",
     "StarNotFoundError",
     "StoreExistsError",
     "crop",
     "display",
     "find_shifts",
     "find_star",
+    "frame_quality",
     "stack",
     "open_frames",
+    "open_stack",
     "save_fits",
     "save_png",
     "__version__",

@@ -13,7 +13,7 @@ import pytest
 import zarr
 
 import bigstack
-from bigstack import _combine, synthetic
+from bigstack import _tasks, synthetic
 
 distributed = pytest.importorskip("distributed")
 
@@ -54,8 +54,8 @@ def test_graph_for_1000_frames_is_light(tmp_path):
 
 def test_store_tasks_return_counts_not_pixels(night, tmp_path, monkeypatch):
     results = []
-    real = _combine._compute
-    monkeypatch.setattr(_combine, "_compute",
+    real = _tasks.compute
+    monkeypatch.setattr(_tasks, "compute",
                         lambda tasks, progress: results.extend(real(tasks, progress)))
     bigstack.stack(bigstack.open_frames(night.paths), night.shifts, store=tmp_path / "s.zarr")
     assert results and all(isinstance(r, int) for r in results)

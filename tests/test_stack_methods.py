@@ -16,7 +16,7 @@ from astropy.stats import sigma_clip
 import bigstack
 from bigstack import BigstackError, BigstackWarning, _combine, open_frames, synthetic
 
-from .helpers import write_fits
+from .helpers import raise_if_dask_computes, write_fits
 
 
 def shifted_cube(cube, shifts):
@@ -189,12 +189,21 @@ def test_normalisation_and_selection(tmp_path):
         paths.append(write_fits(tmp_path / f"offset{i}.fit", data))
     frames = open_frames(paths)
     plain = bigstack.stack(frames, truth.shifts)
-    matched = bigstack.stack(frames, truth.shifts, normalize_frames="additive")
+    with raise_if_dask_computes():  # the quality table is measured inside the graph
+        lazy = bigstack.stack(frames, truth.shifts, normalize_frames="additive")
+    quality = bigstack.frame_quality(frames)
+    matched = bigstack.stack(frames, truth.shifts, normalize_frames="additive", quality=quality)
     reference = clean_stack(truth)
     centre = (slice(20, 60), slice(20, 76))
     assert abs(np.median(plain["stack"].values[centre] - reference[centre]) - 350) < 15
     assert abs(np.median(matched["stack"].values[centre] - reference[centre])) < 5
+    np.testing.assert_array_equal(lazy["stack"].values, matched["stack"].values)
     assert "quality" in matched.attrs and len(matched.attrs["quality"]["noise"]) == 8
     with pytest.warns(BigstackWarning, match="leaves out 2 frame"):
-        chosen = bigstack.stack(frames, truth.shifts, select="25%")
+        chosen = bigstack.stack(frames, truth.shifts, select="25%", quality=quality)
     assert chosen.attrs["n_frames"] == 6
+    with raise_if_dask_computes():
+        lazy = bigstack.stack(frames, truth.shifts, select="25%")
+    np.testing.assert_array_equal(lazy["stack"].values, chosen["stack"].values)
+    with pytest.raises(ValueError, match="needs the frame quality first"):
+        bigstack.stack(frames, truth.shifts, select="25%", extent="union")
