@@ -57,7 +57,8 @@ def run_demo(directory="bigstack-demo", *, n_frames=60, shape=(1536, 2048), seed
     t0 = time.perf_counter()
     truth = synthetic.make_frames(
         os.path.join(directory, "frames"), n_frames=n_frames, shape=shape, seed=seed,
-        subpixel=True, drift_step=1.2, jitter=0.5, trail=True, ref_isolation=60,
+        motion=synthetic.Motion(subpixel=True, drift_step=1.2, jitter=0.5),
+        artefacts=synthetic.Artefacts(trail=True), stars=synthetic.Stars(ref_isolation=60),
         overwrite=overwrite)
     made = time.perf_counter() - t0
     out(f"generated {n_frames} frames of {shape[1]} x {shape[0]} in {made:.1f} s "

@@ -34,7 +34,7 @@ def _close_figures():
 
 def _frame(folder, gradient):
     truth = synthetic.make_frames(folder, n_frames=1, shape=SHAPE, seed=3, dtype="float32",
-                                  gradient=gradient, sky=SKY)
+                                  sky=synthetic.Sky(level=SKY, gradient=gradient))
     image = fits.getdata(truth.paths[0]).astype(np.float32)
     ny, nx = SHAPE
     # the generator's sky model: sky * (1 + gx * fx + gy * fy), fx and fy from -0.5 to 0.5

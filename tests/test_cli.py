@@ -22,7 +22,8 @@ from bigstack.cli import main
 def night(tmp_path_factory):
     directory = tmp_path_factory.mktemp("night")
     return synthetic.make_frames(directory / "lights", n_frames=8, shape=(120, 160), seed=21,
-                                 subpixel=True, ref_isolation=40)
+                                 motion=synthetic.Motion(subpixel=True),
+                                 stars=synthetic.Stars(ref_isolation=40))
 
 
 def _star_arg(truth):

@@ -22,7 +22,8 @@ distributed = pytest.importorskip("distributed")
 def night(tmp_path_factory):
     directory = tmp_path_factory.mktemp("cluster")
     return synthetic.make_frames(directory, n_frames=10, shape=(160, 120), seed=40,
-                                 subpixel=True, ref_isolation=40)
+                                 motion=synthetic.Motion(subpixel=True),
+                                 stars=synthetic.Stars(ref_isolation=40))
 
 
 def _cluster(**kwargs):

@@ -123,8 +123,9 @@ def test_frame_stats_on_synthetic_frames(tmp_path):
     from bigstack import open_frames, synthetic
     from bigstack._io import frame_reader
 
-    truth = synthetic.make_frames(tmp_path, n_frames=2, shape=(400, 300), noise="gaussian",
-                                  gradient=(0.0, 0.0), seed=3, workers=1)
+    truth = synthetic.make_frames(tmp_path, n_frames=2, shape=(400, 300), seed=3,
+                                  camera=synthetic.Camera(noise="gaussian"),
+                                  sky=synthetic.Sky(gradient=(0.0, 0.0)), workers=1)
     reader, files = frame_reader(open_frames(truth.paths))
     for i in range(2):
         stats = frame_stats(lambda a, b, i=i: reader.read(int(files[i]), a, b), 400, 300,
@@ -302,9 +303,10 @@ def test_quality_on_synthetic_frames(tmp_path):
     from bigstack import find_shifts, open_frames, synthetic
     from bigstack._io import frame_reader
 
-    truth = synthetic.make_frames(tmp_path, n_frames=3, shape=(512, 384), fwhm=3.0,
-                                  n_stars=400, noise="gaussian", gradient=(0.0, 0.0), seed=9,
-                                  workers=1)
+    truth = synthetic.make_frames(tmp_path, n_frames=3, shape=(512, 384), seed=9,
+                                  stars=synthetic.Stars(fwhm=3.0, n_stars=400),
+                                  camera=synthetic.Camera(noise="gaussian"),
+                                  sky=synthetic.Sky(gradient=(0.0, 0.0)), workers=1)
     cube = open_frames(truth.paths)
     shifts = find_shifts(cube, star_pos=truth.ref_star, search=60)
     reader, files = frame_reader(cube)

@@ -23,7 +23,7 @@ from .test_progress import FINAL, screen
 def night(tmp_path_factory):
     directory = tmp_path_factory.mktemp("night")
     truth = synthetic.make_frames(directory / "lights", n_frames=4, shape=(96, 128), seed=5,
-                                  ref_isolation=30)
+                                  stars=synthetic.Stars(ref_isolation=30))
     store = directory / "night.zarr"
     bigstack.stack(bigstack.open_frames(truth.paths), store=str(store))
     return truth, store

@@ -147,8 +147,10 @@ def test_bad_combinations_are_refused(files):
 def trails(tmp_path_factory):
     directory = tmp_path_factory.mktemp("trails")
     return synthetic.make_frames(directory, n_frames=24, shape=(96, 128), seed=51,
-                                 trail=[3, 11, 17], trail_peak=3000.0, cosmic_rays=6,
-                                 hot_pixels=0, ref_isolation=30)
+                                 artefacts=synthetic.Artefacts(trail=[3, 11, 17],
+                                                               trail_peak=3000.0, cosmic_rays=6),
+                                 camera=synthetic.Camera(hot_pixels=0),
+                                 stars=synthetic.Stars(ref_isolation=30))
 
 
 def test_sigma_clip_removes_trails_and_cosmic_rays(trails):
@@ -178,7 +180,7 @@ def test_sigma_clip_removes_trails_and_cosmic_rays(trails):
 
 def test_normalisation_and_selection(tmp_path):
     truth = synthetic.make_frames(tmp_path, n_frames=8, shape=(80, 96), seed=52,
-                                  ref_isolation=25)
+                                  stars=synthetic.Stars(ref_isolation=25))
     paths = []
     for i, path in enumerate(truth.paths):  # every frame with its own sky level
         from astropy.io import fits
