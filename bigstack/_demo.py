@@ -54,6 +54,10 @@ def run_demo(directory="bigstack-demo", *, n_frames=60, shape=(1536, 2048), seed
             if os.path.exists(path):
                 raise StoreExistsError(f"{path}: left by an earlier demo; pass --overwrite or "
                                        "choose another folder")
+    os.makedirs(directory, exist_ok=True)  # a read-only place fails here, before any work
+    if not os.access(directory, os.W_OK):
+        raise PermissionError(f"{directory}: cannot write in it (permission denied or a "
+                              "read-only file system)")
     t0 = time.perf_counter()
     truth = synthetic.make_frames(
         os.path.join(directory, "frames"), n_frames=n_frames, shape=shape, seed=seed,

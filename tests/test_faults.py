@@ -454,8 +454,8 @@ def test_every_command_on_a_read_only_folder_is_one_line(command, tmp_path, caps
         "render": ["render", str(store), "-o", str(locked / "out.png")],
         "shifts": ["shifts", str(tmp_path / "lights"), "--star", "20,20", "--search", "10",
                    "-o", str(locked / "shifts.csv"), "--no-progress"],
-        "demo": ["demo", str(locked / "demo"), "--frames", "2", "--width", "64", "--height",
-                 "64", "--no-progress"],
+        "demo": ["demo", str(locked / "demo"), "--frames", "2", "--width", "256", "--height",
+                 "256", "--no-progress"],
     }[command]
     before = checksums(tmp_path)
     _read_only_folder(monkeypatch, locked)
