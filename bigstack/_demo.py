@@ -127,7 +127,8 @@ def run_demo(directory="bigstack-demo", *, n_frames=60, shape=(1536, 2048), seed
 def _picture(path, single, naive, aligned, clipped, star, overwrite):
     import matplotlib
 
-    from ._render import _atomic_output, display
+    from ._files import atomic_output
+    from ._render import display
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
@@ -149,6 +150,6 @@ def _picture(path, single, naive, aligned, clipped, star, overwrite):
         display(image[rows, cols], background="plane", norm_array=aligned[rows, cols],
                 ax=axes[1, column], fig=fig, title=f"{title}: around the reference star")
     fig.tight_layout()
-    with _atomic_output(path, overwrite) as tmp:
+    with atomic_output(path, overwrite) as tmp:
         fig.savefig(tmp, format="png", dpi=80, metadata={"Software": "bigstack"})
     plt.close(fig)

@@ -75,7 +75,6 @@ Primary HDU
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import functools
 import json
@@ -84,12 +83,12 @@ import numbers
 import operator
 import os
 import re
-import uuid
 import warnings
 
 import numpy as np
 
 from ._errors import BigstackWarning, IncompleteStoreError
+from ._files import SOFTWARE, atomic_output, mark_png, refuse_existing
 
 __all__ = ["crop", "display", "save_png", "save_fits"]
 
@@ -785,123 +784,6 @@ def display(image, stretch=None, log_a=None, norm_array=None, min_percent=None,
 
 
 # --------------------------------------------------------------------------
-# writing files: never a half file under the final name
-
-
-_SOFTWARE = "bigstack"
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def _png_text_chunk(key, value):
-    """A PNG ``tEXt`` chunk (length, type, data, CRC)."""
-    import struct
-    import zlib
-
-    data = key.encode("latin-1") + b"\x00" + value.encode("latin-1")
-    return (struct.pack(">I", len(data)) + b"tEXt" + data
-            + struct.pack(">I", zlib.crc32(b"tEXt" + data) & 0xFFFFFFFF))
-
-
-def _mark_png(encoded):
-    """The PNG bytes with a ``Software: bigstack`` text chunk after the header chunk."""
-    end_of_header = len(_PNG_SIGNATURE) + 25  # IHDR: 4 length + 4 type + 13 data + 4 CRC
-    return encoded[:end_of_header] + _png_text_chunk("Software", _SOFTWARE) + \
-        encoded[end_of_header:]
-
-
-def made_by_bigstack(path):
-    """True when ``path`` is a PNG or FITS file bigstack wrote.
-
-    PNG: a ``Software`` text chunk saying bigstack (``save_png`` and the
-    demo write it). FITS: ``CREATOR`` in the primary header starting with
-    bigstack (``save_fits`` writes it). Anything else, or a file that cannot
-    be read, is not bigstack's.
-    """
-    import struct
-
-    try:
-        with open(path, "rb") as f:
-            head = f.read(len(_PNG_SIGNATURE))
-            if head == _PNG_SIGNATURE:
-                while True:
-                    length_type = f.read(8)
-                    if len(length_type) < 8:
-                        return False
-                    length, kind = struct.unpack(">I4s", length_type)
-                    if kind in (b"IDAT", b"IEND") or length > 1 << 20:
-                        return False
-                    data = f.read(length)
-                    f.seek(4, os.SEEK_CUR)
-                    if kind == b"tEXt" and data.partition(b"\x00")[::2] == (
-                            b"Software", _SOFTWARE.encode()):
-                        return True
-            if head.startswith(b"SIMPLE"):
-                f.seek(0)
-                block = f.read(2880 * 4).decode("ascii", errors="replace")
-                for start in range(0, len(block), 80):
-                    card = block[start:start + 80]
-                    if card.startswith("CREATOR ="):
-                        return card[10:].strip().strip("'").startswith(_SOFTWARE)
-                    if card.startswith("END     "):
-                        return False
-    except OSError:
-        return False
-    return False
-
-
-def _refuse_existing(path, overwrite, made=made_by_bigstack):
-    """Refuse to replace ``path`` unless ``overwrite`` and bigstack wrote it (``made``)."""
-    if not os.path.lexists(path):
-        return
-    if not overwrite:
-        raise FileExistsError(f"{path}: exists already; pass overwrite=True to replace it")
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"{path}: is a folder; refusing to replace it with a file")
-    if not made(path):
-        raise FileExistsError(f"{path}: exists and is not a file bigstack wrote; refusing to "
-                              "replace it (choose another path)")
-
-
-@contextlib.contextmanager
-def _atomic_output(path, overwrite, made=made_by_bigstack):
-    """Yield a temporary file name next to ``path``; publish it as ``path`` on success.
-
-    The temporary file is written, flushed to disk and then linked (no
-    overwrite) or renamed (overwrite) to ``path``, so a failure at any
-    point leaves ``path`` as it was. The temporary file is always removed.
-    An existing ``path`` is replaced only with ``overwrite`` and when
-    ``made(path)`` says bigstack wrote it.
-    """
-    _refuse_existing(path, overwrite, made)
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"{path}: the folder {folder} does not exist")
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp")
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-    try:
-        yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)  # fails if path appeared meanwhile: never clobbers
-            except FileExistsError:
-                _refuse_existing(path, overwrite, made)
-                raise
-            except OSError:  # file system without hard links
-                _refuse_existing(path, overwrite, made)
-                os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
-# --------------------------------------------------------------------------
 # PNG
 
 
@@ -998,7 +880,7 @@ def save_png(image, path, *, stretch=None, log_a=None, norm_array=None, min_perc
             raise ValueError(
                 f"bits={bits} is for grey PNGs only; cmap={cmap!r} gives an 8-bit colour PNG"
             )
-    _refuse_existing(path, overwrite)
+    refuse_existing(path, overwrite)
     _check_complete(image, allow_incomplete)
 
     picture, _ = _picture(image, "image", max_pixels, decimate_eager=True)
@@ -1020,8 +902,8 @@ def save_png(image, path, *, stretch=None, log_a=None, norm_array=None, min_perc
     else:
         rgba = colormap(levels)
         pixels = np.rint(rgba[..., :3] * 255).astype(np.uint8)
-    encoded = _mark_png(imagecodecs.png_encode(np.ascontiguousarray(pixels[::-1])))
-    with _atomic_output(path, overwrite) as tmp, open(tmp, "wb") as f:
+    encoded = mark_png(imagecodecs.png_encode(np.ascontiguousarray(pixels[::-1])))
+    with atomic_output(path, overwrite) as tmp, open(tmp, "wb") as f:
         f.write(encoded)
     return path
 
@@ -1312,12 +1194,12 @@ def save_fits(data, path, *, overwrite=False, allow_incomplete=False):
                 f"coverage shape {cover_data.shape} differs from the stack's {stack_data.shape}"
             )
     provenance = _provenance_json(attrs) if attrs else None
-    _refuse_existing(path, overwrite)
+    refuse_existing(path, overwrite)
 
     header = _image_header(stack_data.shape, np.float32)
     from . import __version__
 
-    header["CREATOR"] = (f"{_SOFTWARE} {__version__}", "software that wrote this file")
+    header["CREATOR"] = (f"{SOFTWARE} {__version__}", "software that wrote this file")
     offsets = _offset_cards(ycoord, xcoord)
     for card in offsets:
         header.append(card)
@@ -1331,7 +1213,7 @@ def save_fits(data, path, *, overwrite=False, allow_incomplete=False):
         header.add_comment("Written by bigstack; the PROVENANCE table's JSON column holds")
         header.add_comment("the full provenance (json.loads gives the attributes back).")
 
-    with _atomic_output(path, overwrite) as tmp:
+    with atomic_output(path, overwrite) as tmp:
         _stream_image(tmp, header, stack_data, np.float32)
         if cover_data is not None:
             dtype = _fits_dtype(cover_data.dtype)

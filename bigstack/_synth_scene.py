@@ -760,10 +760,12 @@ def write_frame(scene, i, path, date):
         import imagecodecs
 
         rgb = np.ascontiguousarray(np.moveaxis(values, 0, -1))
+        from ._files import mark_jpeg, mark_png
+
         if fmt == "png":
-            payload = imagecodecs.png_encode(rgb, **p["png_options"])
+            payload = mark_png(imagecodecs.png_encode(rgb, **p["png_options"]))
         else:
-            payload = imagecodecs.jpeg8_encode(rgb, level=p["jpeg_quality"])
+            payload = mark_jpeg(imagecodecs.jpeg8_encode(rgb, level=p["jpeg_quality"]))
         _write_bytes(path, bytes(payload), p["overwrite"])
     else:  # dng
         from ._dng import write_dng

@@ -49,11 +49,11 @@ def made_by_bigstack(path):
 
 def write_csv(rows, path, overwrite=False):
     """Write dict rows as CSV, atomically; replace only a table bigstack wrote."""
-    from ._render import _atomic_output
+    from ._files import atomic_output
 
     rows = list(rows)
     path = os.fspath(path)
-    with _atomic_output(path, overwrite, made_by_bigstack) as tmp, \
+    with atomic_output(path, overwrite, made_by_bigstack) as tmp, \
             open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()

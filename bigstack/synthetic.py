@@ -90,6 +90,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from . import _files
 from . import _synth_scene as _scene
 from ._synth_options import (
     FLAT_NAME,
@@ -503,12 +504,18 @@ def _make(directory, n_frames, shape, fmt, dtype, seed, groups, png_options, jpe
     suffix = _scene.FORMATS[p["fmt"]][0]
     directory = os.fspath(directory)
     paths = [os.path.join(directory, f"{p['prefix']}-{i:04d}.{suffix}") for i in range(n_frames)]
-    if not p["overwrite"]:
-        for path in paths:
-            if os.path.lexists(path):
-                raise FileExistsError(
-                    errno.EEXIST, "file exists; pass overwrite=True to replace it", path
-                )
+    for path in paths:
+        if not os.path.lexists(path):
+            continue
+        if not p["overwrite"]:
+            raise FileExistsError(
+                errno.EEXIST, "file exists; pass overwrite=True to replace it", path
+            )
+        if not _files.made_by_bigstack(path):  # overwrite replaces only frames it wrote
+            raise FileExistsError(
+                errno.EEXIST, "file exists and was not written by bigstack; refusing to "
+                "replace it", path
+            )
     if p["fmt"] == "dng":
         from . import _dng
 

@@ -214,7 +214,7 @@ def test_dates_parse_back_with_datetime(tmp_path):
 
 
 def test_outputs_replace_only_files_bigstack_wrote(tmp_path):
-    from bigstack._render import made_by_bigstack
+    from bigstack._files import made_by_bigstack
 
     image = np.random.default_rng(3).gamma(2.0, 100.0, (20, 30)).astype(np.float32)
     png, fit = tmp_path / "a.png", tmp_path / "a.fits"

@@ -1028,3 +1028,19 @@ def test_cases_are_fast(tmp_path):
         elapsed = time.perf_counter() - start
         print(f"{name}: {elapsed:.2f} s for 10 frames")
         assert elapsed < 5.0, name
+
+
+@pytest.mark.parametrize("fmt", ["fits", "png", "jpg", "dng"])
+def test_overwrite_replaces_only_frames_bigstack_wrote(tmp_path, fmt):
+    truth = synthetic.make_frames(tmp_path, n_frames=2, shape=(32, 32), fmt=fmt, seed=1)
+    again = synthetic.make_frames(tmp_path, n_frames=2, shape=(32, 32), fmt=fmt, seed=2,
+                                  overwrite=True)  # its own frames: replaced
+    assert again.paths == truth.paths
+    with open(truth.paths[1], "rb") as f:
+        theirs = f.read()
+    with open(truth.paths[1], "wb") as f:  # someone's own file under the same name
+        f.write(b"a file bigstack did not write" + theirs[:10])
+    with pytest.raises(FileExistsError, match="not written by bigstack"):
+        synthetic.make_frames(tmp_path, n_frames=2, shape=(32, 32), fmt=fmt, overwrite=True)
+    with open(truth.paths[1], "rb") as f:
+        assert f.read().startswith(b"a file bigstack did not write")
