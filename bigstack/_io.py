@@ -12,23 +12,37 @@ FITS
     rows, so a band of rows is one ``pread`` and a box is one ``pread`` a
     row. Integer data are scaled with BSCALE/BZERO as astropy does (16-bit
     camera frames with BZERO=32768 come back as 0..65535) and BLANK becomes
-    NaN. Tile-compressed FITS is refused with a clear error.
+    NaN. Every header value used is checked at open time (whole numbers in
+    range, finite scales, data that fit in the file). Tile-compressed FITS
+    is refused with a clear error.
 PNG / JPEG
-    Decoded whole (these formats cannot be read by rows) and converted to
-    grey with the weights R 0.2126, G 0.7152, B 0.0722, in the file's own
-    integer scale (0..255 for 8-bit, 0..65535 for 16-bit). Note that
-    matplotlib's ``imread`` scales PNG to 0..1 instead.
+    The size comes from the PNG IHDR chunk or the JPEG start-of-frame
+    segment at open time. Pixels are decoded whole (these formats cannot be
+    read by rows) and converted to grey with the weights R 0.2126, G 0.7152,
+    B 0.0722, in the file's own integer scale (0..255 for 8-bit, 0..65535
+    for 16-bit). Note that matplotlib's ``imread`` scales PNG to 0..1
+    instead.
 Camera RAW (NEF, CR2, DNG, ...)
     Through ``rawpy`` (the ``raw`` extra): one plane per Bayer colour, each
     half the sensor size, the two greens averaged, as the tutorial's
     ``load_image`` does. The cube then has a ``channel`` dimension, or pick
     one colour with ``open_frames(..., channel="G")``.
+
+Bad input
+---------
+A file that cannot be used raises :class:`FrameError`, one line naming the
+file and the problem (for FITS, the HDU and the card), never the reader
+library's own exception. A local file whose size or modification time
+changed after ``open_frames`` is refused when a task reads it.
 """
 
 from __future__ import annotations
 
 import glob
+import math
 import os
+import re
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,9 +112,13 @@ def find_files(pattern_or_paths) -> list[str]:
     for path in paths:
         if is_url(path):
             continue  # checked when its header is read
-        if not os.path.exists(path):
-            raise FrameNotFoundError(path, "no such file")
-        if os.path.isdir(path):
+        try:
+            mode = os.stat(path).st_mode
+        except FileNotFoundError:
+            raise FrameNotFoundError(path, "no such file") from None
+        except OSError as err:
+            raise FrameError(path, f"cannot open: {err.strerror or err}") from err
+        if stat.S_ISDIR(mode):
             raise FrameError(path, "is a folder, not a frame file")
     return paths
 
@@ -133,9 +151,14 @@ def _find_remote(pattern):
 
 
 class _File:
-    """A file opened for reading at offsets: a local descriptor, or an fsspec file."""
+    """A file opened for reading at offsets: a local descriptor, or an fsspec file.
 
-    def __init__(self, path):
+    ``stamp`` is the file's ``(size, mtime)`` when its header was read; a
+    local file that no longer matches it is refused (its header may no
+    longer describe its bytes).
+    """
+
+    def __init__(self, path, stamp=None):
         self.path = path
         self.remote = None
         if is_url(path):
@@ -144,8 +167,16 @@ class _File:
                 self.remote = fs.open(inner, "rb")
             except FileNotFoundError as err:
                 raise FrameNotFoundError(path, "no such file") from err
+            except OSError as err:
+                raise FrameError(path, f"cannot open: {err.strerror or err}") from err
         else:
             self.fd = _open_for_read(path)
+            if stamp is not None:
+                try:
+                    _check_unchanged(path, stamp, os.fstat(self.fd))
+                except BaseException:
+                    os.close(self.fd)
+                    raise
 
     def __enter__(self):
         return self
@@ -162,28 +193,50 @@ class _File:
             _pread_into(self.fd, array, offset, self.path)
             return
         view = memoryview(array.reshape(-1).view(np.uint8))
-        self.remote.seek(offset)
-        data = self.remote.read(len(view))
+        try:
+            self.remote.seek(offset)
+            data = self.remote.read(len(view))
+        except OSError as err:
+            raise FrameError(self.path, f"cannot read: {err.strerror or err}") from err
         if len(data) < len(view):
             raise FrameError(self.path, f"truncated: no data at byte {offset + len(data)}")
         view[:] = data
 
 
-def _file_size(path):
-    if is_url(path):
-        fs, inner = _fs(path)
+def _stat(path):
+    """``(size, stamp)`` of a file; ``stamp`` is ``(size, mtime_ns)``, None for a URL."""
+    try:
+        if is_url(path):
+            fs, inner = _fs(path)
+            return fs.size(inner), None
+        st = os.stat(path)
+    except FileNotFoundError as err:
+        raise FrameNotFoundError(path, "no such file") from err
+    except OSError as err:
+        raise FrameError(path, f"cannot open: {err.strerror or err}") from err
+    return st.st_size, (st.st_size, st.st_mtime_ns)
+
+
+def _check_unchanged(path, stamp, st=None):
+    """Refuse a local file whose size or modification time differ from ``stamp``.
+
+    (Not the inode: workers of a cluster may see the same files through
+    other mounts or copies.)
+    """
+    if stamp is None:
+        return
+    if st is None:
         try:
-            return fs.size(inner)
+            st = os.stat(path)
         except FileNotFoundError as err:
-            raise FrameNotFoundError(path, "no such file") from err
-    return os.path.getsize(path)
-
-
-def _file_bytes(path):
-    if is_url(path):
-        fs, inner = _fs(path)
-        return fs.cat_file(inner)
-    return path
+            raise FrameNotFoundError(path, "no such file (was it moved after opening?)") from err
+        except OSError as err:
+            raise FrameError(path, f"cannot open: {err.strerror or err}") from err
+    if st.st_size != stamp[0]:
+        raise FrameError(path, f"changed since it was opened (now {st.st_size} bytes, was "
+                               f"{stamp[0]}); open the frames again")
+    if st.st_mtime_ns != stamp[1]:
+        raise FrameError(path, "changed since it was opened (modified); open the frames again")
 
 
 def file_kind(path) -> str:
@@ -218,6 +271,7 @@ class FitsSource:
     bzero: float = 0.0
     blank: int | None = None
     header: dict = field(default_factory=dict, compare=False, repr=False)
+    stamp: tuple | None = field(default=None, compare=False, repr=False)
 
     planes = None
 
@@ -232,7 +286,7 @@ class FitsSource:
         dtype = np.dtype(self.dtype)
         count = (y1 - y0) * nx
         raw = np.empty(count, dtype) if out is None else out[:count]
-        with _File(self.path) as f:
+        with _File(self.path, self.stamp) as f:
             f.read_into(raw, self.offset + y0 * nx * dtype.itemsize)
         return raw.reshape(y1 - y0, nx)
 
@@ -240,7 +294,7 @@ class FitsSource:
         ny, nx = self.shape
         dtype = np.dtype(self.dtype)
         raw = np.empty((y1 - y0, x1 - x0), dtype=dtype)
-        with _File(self.path) as f:
+        with _File(self.path, self.stamp) as f:
             if x0 == 0 and x1 == nx:
                 f.read_into(raw, self.offset + y0 * nx * dtype.itemsize)
             else:
@@ -256,11 +310,15 @@ class ImageSource:
     path: str
     shape: tuple[int, int]
     header: dict = field(default_factory=dict, compare=False, repr=False)
+    stamp: tuple | None = field(default=None, compare=False, repr=False)
 
     planes = None
 
     def read(self, y0, y1, x0, x1, plane=None):
-        return read_image_grey(self.path)[y0:y1, x0:x1]
+        _check_unchanged(self.path, self.stamp)
+        grey = read_image_grey(self.path)
+        _check_decoded(self.path, grey.shape, self.shape)
+        return grey[y0:y1, x0:x1]
 
 
 @dataclass(frozen=True)
@@ -276,6 +334,7 @@ class RawSource:
     colours: tuple[str, ...] = ("R", "G", "B")
     channel: str | None = None
     header: dict = field(default_factory=dict, compare=False, repr=False)
+    stamp: tuple | None = field(default=None, compare=False, repr=False)
 
     @property
     def planes(self):
@@ -283,9 +342,19 @@ class RawSource:
 
     def read(self, y0, y1, x0, x1, plane=None):
         colour = plane if plane is not None else self.channel
+        _check_unchanged(self.path, self.stamp)
+        planes = read_raw_planes(self.path, self.colours if colour is None else (colour,))
+        _check_decoded(self.path, planes.shape[1:], self.shape)
         if colour is None:
-            return read_raw_planes(self.path, self.colours)[:, y0:y1, x0:x1]
-        return read_raw_planes(self.path, (colour,))[0, y0:y1, x0:x1]
+            return planes[:, y0:y1, x0:x1]
+        return planes[0, y0:y1, x0:x1]
+
+
+def _check_decoded(path, shape, expected):
+    """Refuse pixels whose shape is not the one the header announced at open time."""
+    if tuple(shape) != tuple(expected):
+        raise FrameError(path, f"decodes to {shape[0]}x{shape[1]} pixels, not the "
+                               f"{expected[0]}x{expected[1]} its header announced when opened")
 
 
 def _open_for_read(path):
@@ -302,7 +371,10 @@ def _pread_into(fd, array, offset, path):
     view = memoryview(array.reshape(-1).view(np.uint8))
     done = 0
     while done < len(view):
-        n = os.preadv(fd, [view[done:]], offset + done)
+        try:
+            n = os.preadv(fd, [view[done:]], offset + done)
+        except OSError as err:
+            raise FrameError(path, f"cannot read: {err.strerror or err}") from err
         if n == 0:
             raise FrameError(path, f"truncated: no data at byte {offset + done}")
         done += n
@@ -323,14 +395,14 @@ def _scale(raw, bscale, bzero, blank):
 def read_image_grey(path, weights=GREY_WEIGHTS) -> np.ndarray:
     """Decode a PNG/JPEG and return float32 grey in the file's integer scale.
 
-    ``weights`` are the R, G, B weights (a grey file is returned as is).
+    ``weights`` are the R, G, B weights (a grey file is returned as is; an
+    alpha channel is dropped). The decoder is chosen from the file's first
+    bytes, and its errors become :class:`FrameError` naming the file.
     """
-    import imagecodecs
-
-    try:
-        data = imagecodecs.imread(_file_bytes(path))
-    except Exception as err:  # imagecodecs raises its own error classes per codec
-        raise FrameError(path, f"cannot decode image: {err}") from err
+    data = _read_bytes(path)
+    data = _decode_image(path, data)
+    if data.ndim == 3 and data.shape[2] in (1, 2):  # grey, grey + alpha
+        data = data[..., 0]
     if data.ndim == 2:
         return data.astype(np.float32)
     if data.ndim != 3 or data.shape[2] not in (3, 4):
@@ -339,6 +411,45 @@ def read_image_grey(path, weights=GREY_WEIGHTS) -> np.ndarray:
     grey = rgb[..., 0] * weights[0] + rgb[..., 1] * weights[1]
     grey += rgb[..., 2] * weights[2]
     return grey.astype(np.float32)
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _read_bytes(path) -> bytes:
+    """The whole file, local or fsspec URL; read errors name the file."""
+    try:
+        if is_url(path):
+            fs, inner = _fs(path)
+            return fs.cat_file(inner)
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError as err:
+        raise FrameNotFoundError(path, "no such file (was it moved after opening?)") from err
+    except OSError as err:
+        raise FrameError(path, f"cannot read: {err.strerror or err}") from err
+
+
+def _decode_image(path, data) -> np.ndarray:
+    """Decode PNG or JPEG bytes with imagecodecs' decoder for the format."""
+    import imagecodecs
+
+    if data.startswith(_PNG_SIGNATURE):
+        name, decoders = "PNG", [(imagecodecs.png_decode, imagecodecs.PngError)]
+    elif data.startswith(b"\xff\xd8"):
+        name, decoders = "JPEG", [(imagecodecs.jpeg8_decode, imagecodecs.Jpeg8Error)]
+        if imagecodecs.LJPEG.available:  # lossless JPEG, which libjpeg cannot read
+            decoders.append((imagecodecs.ljpeg_decode, imagecodecs.LjpegError))
+    else:
+        raise FrameError(path, "not a PNG or JPEG file (unknown signature)")
+    first = None
+    for decode, error in decoders:
+        try:
+            return decode(data)
+        except (error, ValueError) as err:  # the codec's own class, or bad arguments
+            first = first or err
+    problem = " ".join(str(first).split()) or type(first).__name__
+    raise FrameError(path, f"cannot decode {name} image ({problem})") from first
 
 
 def _import_rawpy(path):
@@ -351,20 +462,45 @@ def _import_rawpy(path):
     return rawpy
 
 
+def _raw_error(path, err):
+    problem = err.args[0] if len(err.args) == 1 else str(err)  # LibRaw's message is bytes
+    if isinstance(problem, bytes):
+        problem = problem.decode("ascii", "replace")
+    problem = " ".join(str(problem).split()) or type(err).__name__
+    return FrameError(path, f"cannot read as camera RAW: {problem}")
+
+
+def _bayer(path, pattern, desc) -> tuple[np.ndarray, str]:
+    """Check LibRaw's Bayer cell and colour names; return them as an array and a str."""
+    try:
+        desc = desc.decode("ascii")
+    except (AttributeError, UnicodeDecodeError):
+        raise FrameError(path, f"cannot read as camera RAW: colour names {desc!r}") from None
+    pattern = None if pattern is None else np.asarray(pattern)
+    if pattern is None or pattern.ndim != 2 or pattern.size == 0:
+        raise FrameError(path, "not a Bayer-pattern RAW file")
+    if pattern.min() < 0 or pattern.max() >= len(desc):
+        raise FrameError(path, f"cannot read as camera RAW: Bayer cell {pattern.tolist()} "
+                               f"names colours beyond {desc!r}")
+    return pattern, desc
+
+
 def raw_layout(path) -> tuple[tuple[int, int], tuple[str, ...]]:
     """Return the per-colour plane shape and the Bayer colours of a RAW file."""
     rawpy = _import_rawpy(path)
     try:
         with rawpy.imread(os.fspath(path)) as raw:
-            pattern = np.asarray(raw.raw_pattern)
+            pattern = raw.raw_pattern
             sizes = raw.sizes
-            desc = raw.color_desc.decode("ascii")
-    except Exception as err:  # LibRaw raises several unrelated classes
-        raise FrameError(path, f"cannot read as camera RAW: {err}") from err
-    if pattern is None or pattern.ndim != 2:
-        raise FrameError(path, "not a Bayer-pattern RAW file")
+            desc = raw.color_desc
+    except (rawpy.LibRawError, rawpy.NotSupportedError, OSError, ValueError) as err:
+        raise _raw_error(path, err) from err
+    pattern, desc = _bayer(path, pattern, desc)
     prow, pcol = pattern.shape
     shape = (sizes.raw_height // prow, sizes.raw_width // pcol)
+    if min(shape) < 1:
+        raise FrameError(path, f"cannot read as camera RAW: sensor of {sizes.raw_height}x"
+                               f"{sizes.raw_width} pixels")
     colours = tuple(dict.fromkeys(desc[i] for i in np.unique(pattern)))
     return shape, tuple(c for c in ("R", "G", "B") if c in colours) or colours
 
@@ -373,21 +509,25 @@ def read_raw_planes(path, colours=("R", "G", "B"), filtered=True) -> np.ndarray:
     """Read a RAW file into one float32 plane per colour in ``colours``.
 
     Each colour's plane takes one pixel per Bayer cell (half the sensor
-    size for a 2x2 pattern); a colour present more than once in the cell
-    (the two greens) is the mean of its planes. With ``filtered=False`` the
-    planes keep the sensor size with zeros at other colours' pixels (the
-    tutorial's ``return_filtered_raw=False``).
+    size for a 2x2 pattern; whole cells only); a colour present more than
+    once in the cell (the two greens) is the mean of its planes. With
+    ``filtered=False`` the planes keep the sensor size with zeros at other
+    colours' pixels (the tutorial's ``return_filtered_raw=False``).
     """
     rawpy = _import_rawpy(path)
     try:
         with rawpy.imread(os.fspath(path)) as raw:
             image = np.array(raw.raw_image, dtype=np.float32)
-            pattern = np.array(raw.raw_pattern)
-            desc = np.array(list(raw.color_desc.decode("ascii")))
+            pattern, desc = raw.raw_pattern, raw.color_desc
             raw_colors = np.array(raw.raw_colors) if not filtered else None
-    except Exception as err:
-        raise FrameError(path, f"cannot read as camera RAW: {err}") from err
+    except (rawpy.LibRawError, rawpy.NotSupportedError, OSError, ValueError) as err:
+        raise _raw_error(path, err) from err
+    pattern, desc = _bayer(path, pattern, desc)
+    if image.ndim != 2 or (raw_colors is not None and raw_colors.shape != image.shape):
+        raise FrameError(path, f"cannot read as camera RAW: raw image of shape {image.shape}")
     prow, pcol = pattern.shape
+    ny, nx = image.shape[0] // prow, image.shape[1] // pcol
+    desc = np.array(list(desc))
     out = []
     for colour in colours:
         indices = np.flatnonzero(desc == colour)
@@ -399,7 +539,7 @@ def read_raw_planes(path, colours=("R", "G", "B"), filtered=True) -> np.ndarray:
         for index in indices:
             if filtered:
                 row, col = np.argwhere(pattern == index)[0]
-                planes.append(image[row::prow, col::pcol])
+                planes.append(image[row::prow, col::pcol][:ny, :nx])
             else:
                 planes.append(image * (raw_colors == index))
         out.append(np.mean(planes, axis=0, dtype=np.float32))
@@ -414,81 +554,195 @@ def inspect_fits(path) -> FitsSource:
     """Locate the first 2-D image HDU of a FITS file from its headers alone.
 
     Walks the HDUs by reading only their headers and seeking over their
-    data; checks that the file is long enough for the data the header
-    announces, so a truncated frame is reported before any work starts.
+    data. Every header value used is checked (:func:`_hdu_layout`), and the
+    file must be long enough for the data the header announces, so a
+    corrupt or truncated frame is reported before any work starts, as a
+    :class:`FrameError` naming the file, the HDU and the card.
     """
-    from astropy.io import fits
-
-    size = _file_size(path)
+    size, stamp = _stat(path)
     if size == 0:
         raise FrameError(path, "not a FITS file (the file is empty)")
-    if is_url(path):
-        fs, inner = _fs(path)
-        opened = fs.open(inner, "rb", block_size=_FITS_BLOCK)
-    else:
-        opened = open(path, "rb", buffering=0)  # unbuffered: read header blocks only
+    try:
+        if is_url(path):
+            fs, inner = _fs(path)
+            opened = fs.open(inner, "rb", block_size=_FITS_BLOCK)
+        else:
+            opened = open(path, "rb", buffering=0)  # unbuffered: read header blocks only
+    except OSError as err:
+        raise FrameError(path, f"cannot open: {err.strerror or err}") from err
     with opened as f:
         pos = 0
         index = 0
         while pos < size:
-            f.seek(pos)
             try:
-                header = _quick_header(f)
-                if header is None:  # anything unusual: let astropy read it
+                f.seek(pos)
+                cards = _quick_header(f, path, index)
+                if cards is None:  # a header quick reading does not cover: astropy reads it
                     f.seek(pos)
-                    header = fits.Header.fromfile(f)
-            except (ValueError, OSError, EOFError) as err:
-                if index == 0:
-                    raise FrameError(path, f"not a FITS file ({err or 'empty'})") from err
-                raise FrameError(path, f"HDU {index} has a corrupt header ({err})") from err
-            if index == 0 and header.get("SIMPLE") is not True:
-                raise FrameError(path, "not a FITS file (no SIMPLE = T card)")
-            data_start = f.tell()
-            naxis = int(header.get("NAXIS", 0))
-            axes = [int(header.get(f"NAXIS{i}", 0)) for i in range(1, naxis + 1)]
-            bitpix = int(header.get("BITPIX", 8))
-            nbytes = 0
-            if naxis:
-                count = int(np.prod(axes, dtype=np.int64)) + int(header.get("PCOUNT", 0))
-                nbytes = abs(bitpix) // 8 * int(header.get("GCOUNT", 1)) * count
-            is_image = index == 0 or str(header.get("XTENSION", "")).strip() == "IMAGE"
-            if header.get("ZIMAGE") is True:
-                raise FrameError(
-                    path,
-                    f"HDU {index} is a tile-compressed image, which bigstack cannot read "
-                    "by rows; decompress it first (e.g. with funpack)",
-                )
-            if is_image and naxis >= 1 and nbytes > 0:
-                if naxis != 2:
-                    extra = [n for n in axes[2:] if n != 1]
-                    if naxis == 1 or extra:
-                        raise FrameError(
-                            path,
-                            f"HDU {index} holds a {naxis}-D image of shape "
-                            f"{tuple(reversed(axes))}; bigstack needs one 2-D frame per file",
-                        )
-                if bitpix not in _BITPIX_DTYPES:
-                    raise FrameError(path, f"HDU {index} has invalid BITPIX = {bitpix}")
-                if data_start + nbytes > size:
+                    cards = _astropy_header(f, path, index)
+                data_start = f.tell()
+            except OSError as err:
+                raise FrameError(path, f"cannot read HDU {index}: {err.strerror or err}") from err
+            layout = _hdu_layout(path, index, cards)
+            if layout.image:
+                if data_start + layout.nbytes > size:
                     raise FrameError(
                         path,
-                        f"truncated: the header announces {nbytes} bytes of image data but "
-                        f"only {size - data_start} follow it",
+                        f"truncated: the header announces {layout.nbytes} bytes of image data "
+                        f"but only {size - data_start} follow it",
                     )
-                blank = header.get("BLANK") if bitpix > 0 else None
                 return FitsSource(
                     path=os.fspath(path),
-                    shape=(axes[1], axes[0]),
+                    shape=layout.shape,
                     offset=data_start,
-                    dtype=_BITPIX_DTYPES[bitpix],
-                    bscale=float(header.get("BSCALE", 1.0)),
-                    bzero=float(header.get("BZERO", 0.0)),
-                    blank=None if blank is None else int(blank),
-                    header=_frame_metadata(header),
+                    dtype=_BITPIX_DTYPES[layout.bitpix],
+                    bscale=layout.bscale,
+                    bzero=layout.bzero,
+                    blank=layout.blank,
+                    header=_frame_metadata(cards),
+                    stamp=stamp,
                 )
-            pos = data_start + -(-nbytes // _FITS_BLOCK) * _FITS_BLOCK
+            if data_start + layout.nbytes > size:
+                raise FrameError(
+                    path,
+                    f"truncated: HDU {index} announces {layout.nbytes} bytes of data but only "
+                    f"{size - data_start} follow its header",
+                )
+            pos = data_start + -(-layout.nbytes // _FITS_BLOCK) * _FITS_BLOCK
             index += 1
     raise FrameError(path, "no image HDU (no HDU holds a 2-D image)")
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """What one HDU's header says about its data, checked."""
+
+    bitpix: int
+    nbytes: int  # bytes of data after the header (unpadded)
+    image: bool = False  # a 2-D image with pixels: the frame
+    shape: tuple[int, int] = (0, 0)
+    bscale: float = 1.0
+    bzero: float = 0.0
+    blank: int | None = None
+
+
+_MISSING = object()
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_INT_RANGE = {8: (0, 255), 16: (-(2**15), 2**15 - 1), 32: (-(2**31), 2**31 - 1),
+              64: (-(2**63), 2**63 - 1)}
+
+
+class _Unparsable:
+    """A card value that is not a FITS value (kept to be named in an error)."""
+
+    def __init__(self, text=None):
+        self.text = None if text is None else text.strip()
+
+    def __repr__(self):
+        return "<unparsable>" if self.text is None else repr(self.text)
+
+
+def _shown(value) -> str:
+    """A card value as an error message shows it."""
+    if isinstance(value, bool):
+        return "T" if value else "F"
+    return repr(value)
+
+
+def _whole(path, hdu, cards, key, default=_MISSING, low=0, high=None) -> int:
+    """Card ``key`` as an int in ``[low, high]``; ``default`` when absent (else an error)."""
+    value = cards.get(key, _MISSING)
+    if type(value) is int and low <= value and (high is None or value <= high):
+        return value  # the common case, first
+    if value is _MISSING:
+        if default is _MISSING:
+            raise FrameError(path, f"HDU {hdu}: no {key} card")
+        return default
+    if value is None:
+        raise FrameError(path, f"HDU {hdu}: {key} has no value")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+            isinstance(value, float) and not value.is_integer()):
+        raise FrameError(path, f"HDU {hdu}: {key} = {_shown(value)} is not a whole number")
+    value = int(value)
+    if value < low or (high is not None and value > high):
+        allowed = f"at least {low}" if high is None else f"in {low}..{high}"
+        raise FrameError(path, f"HDU {hdu}: {key} = {value} is not {allowed}")
+    return value
+
+
+def _real(path, hdu, cards, key, default) -> float:
+    """Card ``key`` as a finite float; ``default`` when absent."""
+    value = cards.get(key, _MISSING)
+    if value is _MISSING:
+        return default
+    if value is None:
+        raise FrameError(path, f"HDU {hdu}: {key} has no value")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise FrameError(path, f"HDU {hdu}: {key} = {_shown(value)} is not a number")
+    value = float(value)
+    if not math.isfinite(value):
+        raise FrameError(path, f"HDU {hdu}: {key} = {value} is not a finite number")
+    return value
+
+
+def _hdu_layout(path, hdu, cards) -> _Layout:
+    """Check the cards that place HDU ``hdu``'s data and say how to read it.
+
+    ``cards`` maps keywords to values as :func:`_quick_header` or
+    :func:`_astropy_header` give them. Every value is checked before it is
+    used: whole numbers in range for BITPIX, NAXIS, NAXISn, PCOUNT, GCOUNT
+    and BLANK, finite numbers for BSCALE and BZERO; sizes are Python ints,
+    so they cannot overflow. Raises :class:`FrameError` naming the HDU and
+    the card.
+    """
+    if hdu == 0:
+        if cards.get("SIMPLE") is not True:
+            raise FrameError(path, "not a FITS file (no SIMPLE = T card)")
+        kind = "IMAGE"
+    else:
+        kind = cards.get("XTENSION")
+        if not isinstance(kind, str):
+            raise FrameError(path, f"HDU {hdu}: no XTENSION card where an extension should "
+                                   "start (corrupt file?)")
+        kind = kind.strip()
+    if cards.get("ZIMAGE") is True:
+        raise FrameError(
+            path,
+            f"HDU {hdu} is a tile-compressed image, which bigstack cannot read "
+            "by rows; decompress it first (e.g. with funpack)",
+        )
+    bitpix = _whole(path, hdu, cards, "BITPIX", low=-64, high=64)
+    if bitpix not in _BITPIX_DTYPES:
+        raise FrameError(path, f"HDU {hdu}: BITPIX = {bitpix} is not one of "
+                               f"{', '.join(map(str, _BITPIX_DTYPES))}")
+    naxis = _whole(path, hdu, cards, "NAXIS", high=999)
+    axes = [_whole(path, hdu, cards, f"NAXIS{i}") for i in range(1, naxis + 1)]
+    pcount = _whole(path, hdu, cards, "PCOUNT", default=0)
+    gcount = _whole(path, hdu, cards, "GCOUNT", default=1)
+    itemsize = abs(bitpix) // 8
+    nbytes = itemsize * gcount * (pcount + math.prod(axes)) if naxis else 0
+    if kind != "IMAGE" or naxis == 0 or 0 in axes:
+        return _Layout(bitpix, nbytes)  # no pixels here
+    if naxis == 1 or any(n != 1 for n in axes[2:]):
+        raise FrameError(
+            path,
+            f"HDU {hdu} holds a {naxis}-D image of shape {tuple(reversed(axes))}; "
+            "bigstack needs one 2-D frame per file",
+        )
+    bscale = _real(path, hdu, cards, "BSCALE", 1.0)
+    bzero = _real(path, hdu, cards, "BZERO", 0.0)
+    blank = None
+    if bitpix > 0:
+        low, high = _INT_RANGE[bitpix]
+        blank = _whole(path, hdu, cards, "BLANK", None, low, high)
+        reach = abs(bzero) + abs(bscale) * max(-low, high)
+    else:
+        reach = max(abs(bzero), abs(bscale))
+    if reach > _FLOAT32_MAX:
+        raise FrameError(path, f"HDU {hdu}: BSCALE = {bscale} and BZERO = {bzero} take "
+                               f"BITPIX = {bitpix} values beyond the float32 range")
+    return _Layout(bitpix, itemsize * math.prod(axes), True, (axes[1], axes[0]),
+                   bscale, bzero, blank)
 
 
 # the cards open_frames needs; _quick_header reads only these
@@ -498,117 +752,274 @@ _NEEDED_CARDS = {
 }
 
 
-def _quick_header(f, max_blocks=100):
+_NEEDED = frozenset(_NEEDED_CARDS | {f"NAXIS{i}" for i in range(1, 1000)})
+
+
+def _quick_header(f, path, index, max_blocks=100):
     """Read one FITS header (whole 2880-byte blocks) and parse only the cards bigstack uses.
 
     Returns a dict of those keywords' values, with ``f`` left at the start
-    of the data, or None when anything is unusual (not ASCII, a value it
-    does not understand, no END within ``max_blocks``); then the caller
-    reads the header with astropy instead. Opening thousands of frames is
-    dominated by header parsing, and astropy parses every card.
+    of the data. A value that is not a FITS value is kept as
+    :class:`_Unparsable` for :func:`_hdu_layout` to name; a string value
+    continued on CONTINUE cards is joined. Returns None when there is no
+    END card within ``max_blocks`` (a very long header: astropy reads it);
+    raises :class:`FrameError` when the file ends before the END card.
+    Opening thousands of frames is dominated by header parsing, and
+    astropy parses every card.
     """
     cards = {}
-    for _ in range(max_blocks):
+    continued = None  # the card whose string value ends with '&'
+    for block_index in range(max_blocks):
         block = f.read(_FITS_BLOCK)
+        if block_index == 0 and not block.startswith(b"XTENSION= " if index else b"SIMPLE  ="):
+            if index == 0:
+                raise FrameError(path, "not a FITS file (no SIMPLE = T card)")
+            raise FrameError(path, f"HDU {index}: no XTENSION card where an extension should "
+                                   "start (corrupt file?)")
         if len(block) < _FITS_BLOCK:
-            return None
-        try:
-            text = block.decode("ascii")
-        except UnicodeDecodeError:
-            return None
+            raise FrameError(path, f"truncated: HDU {index}'s header ends without an END card")
+        text = block.decode("latin-1")  # never fails; only the cards used must be ASCII
         for start in range(0, _FITS_BLOCK, 80):
             key = text[start:start + 8].rstrip()
+            if continued is not None:
+                value = _card_value(text[start + 10:start + 80]) if key == "CONTINUE" else None
+                if isinstance(value, str):
+                    cards[continued] = cards[continued][:-1] + value
+                    continued = continued if value.endswith("&") else None
+                    continue
+                continued = None
             if key == "END":
-                return cards if "SIMPLE" in cards or "XTENSION" in cards else None
-            if (key in _NEEDED_CARDS or key.startswith("NAXIS")) and \
-                    text[start + 8:start + 10] == "= ":
-                value = _card_value(text[start + 10:start + 80])
-                if value is None:
-                    return None
+                return cards
+            if key in _NEEDED:
+                if text[start + 8:start + 10] == "= ":
+                    value = _card_value(text[start + 10:start + 80])
+                else:  # a keyword without a value indicator: the card has no value
+                    value = None
+                if isinstance(value, str) and value.endswith("&"):
+                    continued = key
                 cards[key] = value
     return None
 
 
+_INTEGER = re.compile(r"[+-]?\d+")
+_REAL = re.compile(r"[+-]? *(?:\.\d+|\d+(?:\.\d*)?)(?: *[DEde] *[+-]? *\d+)?")
+
+
 def _card_value(field):
-    """The value of a fixed-format card (the 70 characters after ``= ``), or None."""
-    field = field.strip()
-    if field.startswith("'"):
+    """The value of a card from the 70 characters after ``= ``.
+
+    A string, bool, int or float; None for no value; :class:`_Unparsable`
+    for anything else (non-ASCII bytes, an unclosed string, text that is
+    not a number).
+    """
+    if not field.isascii():
+        return _Unparsable(field)
+    stripped = field.strip()
+    if stripped.startswith("'"):
         end, chars = 1, []
         while True:
-            quote = field.find("'", end)
+            quote = stripped.find("'", end)
             if quote < 0:
-                return None
-            chars.append(field[end:quote])
-            if field[quote + 1:quote + 2] == "'":  # a doubled quote stands for one
+                return _Unparsable(field)
+            chars.append(stripped[end:quote])
+            if stripped[quote + 1:quote + 2] == "'":  # a doubled quote stands for one
                 chars.append("'")
                 end = quote + 2
                 continue
-            return "".join(chars).rstrip()
-    field = field.split("/", 1)[0].strip()
-    if field in ("T", "F"):
-        return field == "T"
-    try:
-        return int(field)
-    except ValueError:
-        pass
-    try:
-        return float(field.replace("D", "E"))
-    except ValueError:
+            value = "".join(chars).rstrip()
+            return value if value.isprintable() else _Unparsable(field)
+    value = stripped.split("/", 1)[0].rstrip()
+    if value.isdigit():  # the common case, first (ASCII only: checked above)
+        return int(value)
+    if not value:
         return None
+    if value in ("T", "F"):
+        return value == "T"
+    if _INTEGER.fullmatch(value):
+        return int(value)
+    if _REAL.fullmatch(value):
+        return float(value.replace(" ", "").replace("D", "E").replace("d", "e"))
+    return _Unparsable(value)
+
+
+def _astropy_header(f, path, index) -> dict:
+    """Read one header with astropy; return the cards bigstack uses, as :func:`_quick_header`."""
+    from astropy.io import fits
+    from astropy.io.fits.verify import VerifyError
+
+    try:
+        header = fits.Header.fromfile(f)
+    except (VerifyError, ValueError, OSError, EOFError) as err:
+        problem = " ".join(str(err).split()) or type(err).__name__
+        if index == 0:
+            raise FrameError(path, f"not a FITS file ({problem})") from err
+        raise FrameError(path, f"HDU {index} has a corrupt header ({problem})") from err
+    cards = {}
+    for key in header:
+        if key in _NEEDED and key not in cards:
+            try:
+                cards[key] = header[key]
+            except (VerifyError, ValueError):  # an unparsable card
+                cards[key] = _Unparsable()
+    return cards
 
 
 def inspect_image(path) -> ImageSource:
-    """Read a PNG/JPEG's size from its header without decoding pixels."""
-    import io
+    """Read a PNG/JPEG's size from its header without decoding pixels.
 
-    from PIL import Image, UnidentifiedImageError
-
+    The size is checked against what the file can hold (a header that
+    announces more pixels than the file's bytes could encode is corrupt),
+    so no decode of an absurd size is ever attempted.
+    """
+    size, stamp = _stat(path)
     try:
-        source = io.BytesIO(_file_bytes(path)) if is_url(path) else path
-        with Image.open(source) as image:
-            width, height = image.size
-    except (UnidentifiedImageError, OSError) as err:
-        raise FrameError(path, f"not a readable PNG/JPEG image ({err})") from err
-    return ImageSource(path=os.fspath(path), shape=(height, width))
+        if is_url(path):
+            fs, inner = _fs(path)
+            opened = fs.open(inner, "rb")
+        else:
+            opened = open(path, "rb")
+        with opened as f:
+            head = f.read(8)
+            if head == _PNG_SIGNATURE:
+                shape = _png_shape(path, f.read(25), size)
+            elif head.startswith(b"\xff\xd8"):
+                f.seek(2)
+                shape = _jpeg_shape(path, f, size)
+            else:
+                raise FrameError(path, "not a readable PNG/JPEG image (unknown signature)")
+    except OSError as err:
+        raise FrameError(path, f"cannot read: {err.strerror or err}") from err
+    return ImageSource(path=os.fspath(path), shape=shape, stamp=stamp)
+
+
+# PNG bit depths allowed per colour type, and the samples per pixel of each
+_PNG_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
+_PNG_SAMPLES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+_DEFLATE_RATIO = 1032  # deflate's largest expansion: 258 bytes from about 2 bits
+
+
+def _png_shape(path, ihdr, size) -> tuple[int, int]:
+    """``(height, width)`` from the IHDR chunk that follows the PNG signature."""
+    import struct
+    import zlib
+
+    def bad(problem):
+        return FrameError(path, f"not a readable PNG/JPEG image (PNG {problem})")
+
+    if len(ihdr) < 25 or ihdr[:8] != b"\x00\x00\x00\x0dIHDR":
+        raise bad("does not start with an IHDR chunk")
+    width, height, depth, colour, compression, filtering, interlace, crc = \
+        struct.unpack(">IIBBBBBI", ihdr[8:])
+    if zlib.crc32(ihdr[4:21]) != crc:
+        raise bad("IHDR chunk fails its CRC check")
+    if not (0 < width < 2**31 and 0 < height < 2**31):
+        raise bad(f"size {width}x{height}")
+    if depth not in _PNG_DEPTHS.get(colour, ()) or compression or filtering or interlace > 1:
+        raise bad(f"IHDR: bit depth {depth}, colour type {colour}, methods "
+                  f"{compression}/{filtering}/{interlace}")
+    raw = height * (1 + -(-width * _PNG_SAMPLES[colour] * depth // 8))
+    if raw > _DEFLATE_RATIO * size:
+        raise bad(f"header announces {width}x{height} pixels, more than a file of {size} "
+                  "bytes can hold")
+    return height, width
+
+
+# JPEG start-of-frame markers: C0..CF but for DHT (C4), JPG (C8) and DAC (CC)
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_JPEG_HUFFMAN_SOF = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7))
+
+
+def _jpeg_shape(path, f, size) -> tuple[int, int]:
+    """``(height, width)`` from the first start-of-frame segment of a JPEG (``f`` after SOI)."""
+    def bad(problem):
+        return FrameError(path, f"not a readable PNG/JPEG image (JPEG {problem})")
+
+    while True:
+        byte = f.read(1)
+        if byte != b"\xff":
+            raise bad("segment does not start with a marker" if byte else
+                      "file ends before a start-of-frame segment")
+        marker = f.read(1)
+        while marker == b"\xff":  # fill bytes
+            marker = f.read(1)
+        if not marker:
+            raise bad("file ends before a start-of-frame segment")
+        code = marker[0]
+        if code == 0x01 or 0xD0 <= code <= 0xD7:  # markers without a segment
+            continue
+        if code in (0xD8, 0xD9, 0xDA):
+            raise bad(f"marker {code:02X} before a start-of-frame segment")
+        length = f.read(2)
+        if len(length) < 2 or int.from_bytes(length, "big") < 2:
+            raise bad(f"segment {code:02X} has a bad length")
+        length = int.from_bytes(length, "big") - 2
+        if code not in _JPEG_SOF:
+            f.seek(length, os.SEEK_CUR)
+            continue
+        frame = f.read(length)
+        if length < 6 or len(frame) < 6:
+            raise bad("start-of-frame segment is cut short")
+        height, width, components = (int.from_bytes(frame[1:3], "big"),
+                                     int.from_bytes(frame[3:5], "big"), frame[5])
+        if not (height and width and 1 <= components <= 4):
+            raise bad(f"start-of-frame: {width}x{height} pixels, {components} components")
+        # a Huffman-coded 8x8 block takes at least one bit: 512 pixels a byte at
+        # most; allow eight times that
+        if code in _JPEG_HUFFMAN_SOF and height * width > 4096 * size:
+            raise bad(f"header announces {width}x{height} pixels, more than a file of "
+                      f"{size} bytes can hold")
+        return height, width
 
 
 def inspect_raw(path, channel=None) -> RawSource:
+    _size, stamp = _stat(path)
     shape, colours = raw_layout(path)
     if channel is not None and channel not in colours:
         raise FrameError(path, f"channel {channel!r} not in the Bayer pattern {colours}")
-    return RawSource(path=os.fspath(path), shape=shape, colours=colours, channel=channel)
+    return RawSource(path=os.fspath(path), shape=shape, colours=colours, channel=channel,
+                     stamp=stamp)
 
 
-def _frame_metadata(header) -> dict:
-    """The per-frame header values the cube carries as coordinates."""
+def _frame_metadata(cards) -> dict:
+    """The per-frame header values the cube carries as coordinates.
+
+    ``cards`` as :func:`_quick_header` gives them; a value of the wrong kind
+    (an EXPTIME that is not a finite number, a DATE-OBS that is not a date
+    within datetime64[ns]) is left out rather than refused: these are
+    labels, not what the pixels depend on.
+    """
     meta = {}
-    for key, name in (("EXPTIME", "exptime"), ("EXPOSURE", "exptime")):
-        if name not in meta and key in header:
-            try:
-                meta[name] = float(header[key])
-            except (TypeError, ValueError):
-                pass
-    if "DATE-OBS" in header:
-        value = str(header["DATE-OBS"]).strip()
-        if "T" not in value and "TIME-OBS" in header:
-            value = f"{value}T{str(header['TIME-OBS']).strip()}"
+    for key in ("EXPTIME", "EXPOSURE"):
+        value = cards.get(key)
+        if "exptime" not in meta and isinstance(value, (int, float)) \
+                and not isinstance(value, bool) and math.isfinite(value):
+            meta["exptime"] = float(value)
+    date, time = cards.get("DATE-OBS"), cards.get("TIME-OBS")
+    if isinstance(date, str):
+        value = date.strip()
+        if "T" not in value and isinstance(time, str):
+            value = f"{value}T{time.strip()}"
         try:
-            meta["time"] = np.datetime64(value.rstrip("Z"), "ns")
-        except ValueError:
-            pass
-    if "FILTER" in header:
-        meta["filter"] = str(header["FILTER"]).strip()
+            stamp = np.datetime64(value.rstrip("Z"))
+        except (ValueError, OverflowError):
+            stamp = None
+        if stamp is not None and _TIME_RANGE[0] <= stamp <= _TIME_RANGE[1]:
+            meta["time"] = stamp.astype("datetime64[ns]")
+    value = cards.get("FILTER")
+    if value is not None and not isinstance(value, _Unparsable):
+        meta["filter"] = str(value).strip()
     return meta
+
+
+# the dates datetime64[ns] holds (beyond them numpy wraps around silently)
+_TIME_RANGE = (np.datetime64("1678-01-01"), np.datetime64("2262-04-11"))
 
 
 def inspect(path, channel=None):
     """Return the source description of one frame file (headers only)."""
     kind = file_kind(path)
-    if is_url(path):
-        if kind == "raw":
-            raise FrameError(path, "camera RAW is read from local files only")
-    elif not os.path.exists(path):
-        raise FrameNotFoundError(path, "no such file")
+    if is_url(path) and kind == "raw":
+        raise FrameError(path, "camera RAW is read from local files only")
     if channel is not None and kind != "raw":
         raise FrameError(path, f"channel={channel!r} applies to camera RAW files only")
     if kind == "fits":
@@ -731,9 +1142,12 @@ def open_frames(pattern_or_paths, *, rows: int | None = None, channel: str | Non
     FrameNotFoundError
         An empty pattern or a missing file.
     FrameError
-        A file that is not a readable image, a truncated FITS, a FITS with no
-        2-D image, or a frame whose shape differs from the first frame's.
-        The message names the file.
+        A file that is not a readable image, a corrupt header (a FITS card
+        with a value out of range names the HDU and the card), a truncated
+        FITS, a FITS with no 2-D image, or a frame whose shape differs from
+        the first frame's. The message names the file. Tasks reading the
+        pixels later raise it too, for a file that cannot be decoded or that
+        changed since it was opened.
 
     Examples
     --------

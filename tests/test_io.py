@@ -452,7 +452,7 @@ def test_quick_header_matches_astropy(tmp_path, monkeypatch):
 
     paths = _headers_cases(tmp_path)
     quick = [_io.inspect_fits(str(p)) for p in paths]
-    monkeypatch.setattr(_io, "_quick_header", lambda f: None)
+    monkeypatch.setattr(_io, "_quick_header", lambda *args: None)
     slow = [_io.inspect_fits(str(p)) for p in paths]
     for a, b in zip(quick, slow, strict=True):
         assert a == b
@@ -462,3 +462,262 @@ def test_quick_header_matches_astropy(tmp_path, monkeypatch):
     assert quick[0].header["time"] == np.datetime64("2026-02-03T04:05:06.500")
     assert (quick[1].bscale, quick[1].bzero, quick[1].blank) == (2.5, -10.0, -1)
     assert quick[1].header["exptime"] == 7.0
+
+
+# --------------------------------------------------------------------------
+# corrupt headers: one line that names the file, the HDU and the card
+
+
+def _with_card(path, key, field):
+    """Rewrite card ``key`` of the primary header as ``key = field`` (``field`` raw bytes)."""
+    data = bytearray(path.read_bytes())
+    for offset in range(0, 2880, 80):
+        if data[offset:offset + 8].rstrip() == key.encode():
+            card = key.encode().ljust(8) + (b"= " + field if field is not None else b"")
+            data[offset:offset + 80] = card.ljust(80)[:80]
+            path.write_bytes(bytes(data))
+            return path
+    raise AssertionError(f"no card {key}")
+
+
+@pytest.mark.parametrize("key, field, problem", [
+    ("NAXIS1", b"$ 32768", r"HDU 0: NAXIS1 = '\$ 32768' is not a whole number"),
+    ("NAXIS1", b"                3.5", "HDU 0: NAXIS1 = 3.5 is not a whole number"),
+    ("NAXIS1", b"'32'", "HDU 0: NAXIS1 = '32' is not a whole number"),
+    ("NAXIS2", b"                 -5", r"HDU 0: NAXIS2 = -5 is not at least 0"),
+    # NAXIS = 10**9 once made open_frames look up a billion NAXISn cards
+    ("NAXIS", b"         1000000000", r"HDU 0: NAXIS = 1000000000 is not in 0\.\.999"),
+    ("NAXIS", b"                  3", "HDU 0: no NAXIS3 card"),
+    ("NAXIS2", b"99999999999999999999", "truncated: the header announces"),
+    ("BITPIX", b"                 12", "HDU 0: BITPIX = 12 is not one of 8, 16, 32, 64, -32, -64"),
+    ("BITPIX", b"                  T", "HDU 0: BITPIX = T is not a whole number"),
+    ("BITPIX", None, "HDU 0: BITPIX has no value"),
+    ("BZERO", b"$ 32768", "HDU 0: BZERO = '\\$ 32768' is not a number"),
+    ("BZERO", b"                NaN", "HDU 0: BZERO = 'NaN' is not a number"),
+    ("BZERO", b"              1E999", "HDU 0: BZERO = inf is not a finite number"),
+    ("BZERO", b"             1.0E39", "BZERO = 1e\\+39 take BITPIX = 16 values beyond the float32"),
+    ("BSCALE", b"", "HDU 0: BSCALE has no value"),
+    ("BSCALE", b"      1.0\xb0", "HDU 0: BSCALE = '1.0\xb0' is not a number"),
+    ("BLANK", b"                3.5", "HDU 0: BLANK = 3.5 is not a whole number"),
+    ("BLANK", b"              99999", r"HDU 0: BLANK = 99999 is not in -32768\.\.32767"),
+    ("SIMPLE", b"                  F", "not a FITS file"),
+])
+def test_corrupt_header_card_names_the_card(tmp_path, key, field, problem):
+    data = np.arange(12, dtype=np.uint16).reshape(3, 4)  # astropy: BITPIX=16, BZERO=32768
+    good = write_fits(tmp_path / "good.fit", data)
+    path = write_fits(tmp_path / "bad.fit", data, BSCALE=1.0, BLANK=-1)
+    _with_card(path, key, field)
+    with pytest.raises(FrameError, match=problem) as err:
+        open_frames([good, path])
+    assert str(err.value).startswith(f"{path}: ") and "\n" not in str(err.value)
+
+
+def test_corrupt_extension_header(tmp_path):
+    table = fits.BinTableHDU.from_columns([fits.Column(name="a", format="E", array=[1.0])])
+    image = fits.ImageHDU(np.ones((4, 6), np.float32))
+    path = tmp_path / "ext.fits"
+    fits.HDUList([fits.PrimaryHDU(), table, image]).writeto(path)
+    data = bytearray(path.read_bytes())
+    at = data.index(b"PCOUNT  =")
+    data[at:at + 80] = b"PCOUNT  =                   -7".ljust(80)
+    path.write_bytes(bytes(data))
+    with pytest.raises(FrameError, match="HDU 1: PCOUNT = -7 is not at least 0"):
+        open_frames([path])
+    data[at:at + 80] = b"PCOUNT  =               100000".ljust(80)
+    path.write_bytes(bytes(data))
+    with pytest.raises(FrameError, match="truncated: HDU 1 announces 100004 bytes"):
+        open_frames([path])
+    data[2880:2888] = b"XTENSIOM"
+    path.write_bytes(bytes(data))
+    with pytest.raises(FrameError, match="HDU 1: no XTENSION card"):
+        open_frames([path])
+
+
+def test_header_without_end_card(tmp_path):
+    path = write_fits(tmp_path / "f.fit", np.zeros((3, 4), np.uint16))
+    data = path.read_bytes().replace(b"END" + b" " * 77, b"FND" + b" " * 77)
+    path.write_bytes(data[:2880])
+    with pytest.raises(FrameError, match="truncated: HDU 0's header ends without an END card"):
+        open_frames([path])
+
+
+def test_tile_compressed_fits_refused(tmp_path):
+    path = tmp_path / "c.fits"
+    fits.HDUList([fits.PrimaryHDU(),
+                  fits.CompImageHDU(np.zeros((8, 8), np.int16))]).writeto(path)
+    with pytest.raises(FrameError, match="HDU 1 is a tile-compressed image") as err:
+        open_frames([path])
+    assert str(path) in str(err.value)
+
+
+def test_non_ascii_comment_is_not_an_error(tmp_path):
+    """Capture software writes units such as degrees in comments; only used cards must parse."""
+    data = np.arange(12, dtype=np.uint16).reshape(3, 4)
+    path = write_fits(tmp_path / "f.fit", data, CCD_TEMP=-10.0, FILTER="L")
+    raw = bytearray(path.read_bytes())
+    at = raw.index(b"CCD-TEMP")
+    raw[at + 40:at + 46] = "/ [°C]".encode("latin-1")
+    path.write_bytes(bytes(raw))
+    cube = open_frames([path])
+    np.testing.assert_array_equal(cube.values[0], data)
+    assert cube["filter"].values[0] == "L"
+
+
+@pytest.mark.parametrize("key, field", [
+    ("EXPTIME", b"$ 30"), ("EXPTIME", b"INF"), ("DATE-OBS", b"'1000'"),
+    ("DATE-OBS", b"'yesterday'"), ("FILTER", b"'unterminated"),
+])
+def test_bad_label_cards_drop_the_label(tmp_path, key, field):
+    """EXPTIME, DATE-OBS and FILTER label frames; a bad one is left out, not an error."""
+    data = np.zeros((3, 4), np.uint16)
+    path = write_fits(tmp_path / "f.fit", data, EXPTIME=30.0, DATE_OBS="2026-01-02T03:04:05",
+                      FILTER="L")
+    _with_card(path, key, field.ljust(20) if field.startswith(b"'") else field.rjust(20))
+    cube = open_frames([path])
+    name = {"EXPTIME": "exptime", "DATE-OBS": "time", "FILTER": "filter"}[key]
+    assert name not in cube.coords
+    assert {"exptime", "time", "filter"} - {name} <= set(cube.coords)
+
+
+def test_valid_invalid_pixels_keep_working(tmp_path):
+    """NaN pixels in float FITS and BLANK pixels in integer FITS are holes, not errors."""
+    floats = np.arange(12, dtype=np.float32).reshape(3, 4)
+    floats[1, 2] = np.nan
+    a = write_fits(tmp_path / "a.fit", floats)
+    ints = np.arange(12, dtype=np.int16).reshape(3, 4)
+    ints[0, 0] = -99
+    b = write_fits(tmp_path / "b.fit", ints, BLANK=-99)
+    out = bigstack.stack(open_frames([a, b]))
+    expected = np.nanmean([floats, np.where(ints == -99, np.nan, ints)], axis=0)
+    np.testing.assert_allclose(out["stack"].values, expected)
+    np.testing.assert_array_equal(out["coverage"].values, 2 - np.isnan(floats) - (ints == -99))
+
+
+def test_long_string_on_continue_cards_matches_astropy(tmp_path):
+    path = write_fits(tmp_path / "f.fit", np.zeros((3, 4), np.uint16),
+                      FILTER="a very long filter name " * 5)
+    assert b"CONTINUE" in path.read_bytes()
+    cube = open_frames([path])
+    assert cube["filter"].values[0] == fits.getheader(path)["FILTER"].strip()
+
+
+# --------------------------------------------------------------------------
+# a file that changes after open_frames is named when a task reads it
+
+
+def test_fits_changed_after_open(tmp_path):
+    data = np.arange(600, dtype=np.uint16).reshape(20, 30)
+    a = write_fits(tmp_path / "a.fit", data)
+    b = write_fits(tmp_path / "b.fit", data)
+    cube = open_frames([a, b])
+    with open(b, "r+b") as f:  # shrinks
+        f.truncate(2880 + 100)
+    with pytest.raises(FrameError, match="changed since it was opened") as err:
+        bigstack.stack(cube)["stack"].load()
+    assert str(b) in str(err.value)
+    cube = open_frames([a])
+    opened = os.stat(a).st_mtime_ns
+    write_fits(tmp_path / "c.fit", data + 1)  # same size, new content
+    os.replace(tmp_path / "c.fit", a)
+    os.utime(a, ns=(opened + 10**9, opened + 10**9))  # a later time, whatever the clock
+    with pytest.raises(FrameError, match=f"{a}: changed since it was opened"):
+        cube.load()
+
+
+def test_image_and_raw_changed_after_open(tmp_path):
+    png = [_write_image(tmp_path / f"p{i}.png", np.full((6, 8), i, np.uint8)) for i in range(2)]
+    cube = open_frames(png)
+    _write_image(png[1], np.zeros((7, 8), np.uint8))
+    with pytest.raises(FrameError, match="changed since it was opened") as err:
+        cube.load()
+    assert str(png[1]) in str(err.value)
+    pytest.importorskip("rawpy")
+    from bigstack._dng import write_dng
+
+    raw = [write_dng(tmp_path / f"r{i}.dng", np.full((24, 32), i, np.uint16)) for i in range(2)]
+    cube = open_frames(raw, channel="G")
+    raw[0].write_bytes(raw[0].read_bytes()[:500])
+    with pytest.raises(FrameError, match="changed since it was opened") as err:
+        cube.load()
+    assert str(raw[0]) in str(err.value)
+
+
+def test_decoded_shape_is_checked(tmp_path, monkeypatch):
+    """Pixels that do not match the header's size are refused, not cut to fit."""
+    from bigstack import _io
+
+    paths = [_write_image(tmp_path / f"p{i}.png", np.zeros((6, 8), np.uint8)) for i in range(2)]
+    cube = open_frames(paths)
+    monkeypatch.setattr(_io, "_decode_image", lambda path, data: np.zeros((5, 8), np.uint8))
+    with pytest.raises(FrameError, match="decodes to 5x8 pixels, not the 6x8"):
+        cube.load()
+
+
+# --------------------------------------------------------------------------
+# corrupt PNG / JPEG headers
+
+
+def _png_with_ihdr(path, width=None, height=None, fix_crc=True):
+    import struct
+    import zlib
+
+    data = bytearray(path.read_bytes())
+    if width is not None:
+        struct.pack_into(">I", data, 16, width)
+    if height is not None:
+        struct.pack_into(">I", data, 20, height)
+    if fix_crc:
+        struct.pack_into(">I", data, 29, zlib.crc32(data[12:29]))
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_png_header_checks(tmp_path):
+    path = _write_image(tmp_path / "p.png", np.zeros((6, 8), np.uint8))
+    _png_with_ihdr(path, width=60000, height=60000)
+    with pytest.raises(FrameError, match="announces 60000x60000 pixels, more than a file of"):
+        open_frames([path])
+    _png_with_ihdr(path, width=0)
+    with pytest.raises(FrameError, match="PNG size 0x60000"):
+        open_frames([path])
+    _png_with_ihdr(path, width=8, fix_crc=False)
+    with pytest.raises(FrameError, match="IHDR chunk fails its CRC check"):
+        open_frames([path])
+
+
+def test_jpeg_header_checks(tmp_path):
+    path = _write_image(tmp_path / "j.jpg", np.zeros((16, 24, 3), np.uint8))
+    good = path.read_bytes()
+    sof = good.index(b"\xff\xc0") + 5
+    path.write_bytes(good[:sof] + b"\x00\x00" + good[sof + 2:])  # height 0
+    with pytest.raises(FrameError, match="start-of-frame: 24x0 pixels"):
+        open_frames([path])
+    path.write_bytes(good[:sof] + b"\xff\xff\xff\xff" + good[sof + 4:])
+    with pytest.raises(FrameError, match="announces 65535x65535 pixels"):
+        open_frames([path])
+    path.write_bytes(good[:good.index(b"\xff\xc0")])
+    with pytest.raises(FrameError, match="file ends before a start-of-frame segment"):
+        open_frames([path])
+    path.write_bytes(good[:len(good) // 2])  # the header is whole: the decode fails
+    cube = open_frames([path])
+    with pytest.raises(FrameError, match="cannot decode JPEG image") as err:
+        cube.load()
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_png_grey_with_alpha(tmp_path):
+    grey_alpha = np.random.default_rng(8).integers(0, 255, (6, 8, 2)).astype(np.uint8)
+    path = tmp_path / "ga.png"
+    path.write_bytes(imagecodecs.png_encode(grey_alpha))
+    np.testing.assert_array_equal(open_frames([path]).values[0], grey_alpha[..., 0])
+
+
+def test_raw_truncated_found_at_open(tmp_path):
+    pytest.importorskip("rawpy")
+    from bigstack._dng import write_dng
+
+    path = write_dng(tmp_path / "r.dng", np.zeros((24, 32), np.uint16))
+    path.write_bytes(path.read_bytes()[:600])  # the IFD is whole, the pixels are cut
+    with pytest.raises(FrameError, match="cannot read as camera RAW: Input/output error$") as err:
+        open_frames([path], channel="G")
+    assert str(err.value).startswith(f"{path}: ")
