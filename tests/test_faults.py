@@ -31,10 +31,10 @@ from .helpers import write_fits
 SHAPE = (48, 40)
 
 
-def make_lights(folder, n=6, seed=0):
+def make_lights(folder, n=6, seed=0, shape=SHAPE):
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    cube = rng.integers(100, 60000, (n, *SHAPE)).astype(np.uint16)
+    cube = rng.integers(100, 60000, (n, *shape)).astype(np.uint16)
     return [str(write_fits(folder / f"light-{i:02d}.fit", frame)) for i, frame in enumerate(cube)]
 
 
@@ -181,6 +181,7 @@ CASES = {
     "mixed shapes": (_mixed_shapes, r"light-99.fit: frame shape \(49, 40\)"),
     "3-D cube": (_cube_3d, "light-99.fit: .*3-D image"),
     "tile-compressed FITS": (_tile_compressed, "light-99.fit: .*tile-compressed"),
+    "gzipped FITS": (_gzipped, "light-00.fit: .*not a FITS file"),
     "existing store": (_existing_store, "out.zarr: holds a finished stack; pass --overwrite"),
     "overwrite of a non-store": (_overwrite_non_store, "out.zarr: exists and is not a bigstack"),
     "overwrite of .": (_overwrite_current_folder, r"\.: is the current folder"),
@@ -344,7 +345,7 @@ def _wait_for_tiles(store, proc, at_least=1, timeout=180):
 
 @pytest.mark.parametrize("workers", [None, 2])
 def test_sigint_is_one_line_naming_resume(tmp_path, workers):
-    make_lights(tmp_path / "lights", n=8)
+    make_lights(tmp_path / "lights", n=8, shape=(400, 40))  # many tiles: still running at SIGINT
     before = checksums(tmp_path)
     store = tmp_path / "out.zarr"
     argv = ["stack", str(tmp_path / "lights"), "-o", str(store), "--memory", "8KB",

@@ -115,8 +115,8 @@ def _pair(kind):
     if fmt == "dng":
         pytest.importorskip("rawpy")
     with tempfile.TemporaryDirectory() as folder:
-        truth = synthetic.make_frames(folder, n_frames=2, shape=SHAPE, fmt=fmt,
-                                               dtype=dtype, seed=3, n_stars=5)
+        truth = synthetic.make_frames(folder, n_frames=2, shape=SHAPE, fmt=fmt, dtype=dtype,
+                                      seed=3, stars=synthetic.Stars(n_stars=5))
         frames = [Path(p).read_bytes() for p in truth.paths]
         suffix = Path(truth.paths[0]).suffix
     if fmt == "fits":
