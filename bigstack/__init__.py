@@ -4,6 +4,7 @@ The public API is small:
 
 - :func:`open_frames` opens a set of frame files as a lazy
   ``xarray.DataArray`` with dims ``(frame, y, x)``.
+- :func:`find_transforms` registers frames on many stars (rotation, flips).
 - :mod:`bigstack.synthetic` writes frames with known truth (tests, demo).
 - :mod:`bigstack.imaging` is the tutorial-compatible facade.
 
@@ -22,6 +23,7 @@ from ._errors import (
 from ._io import open_frames
 from ._register import StarNotFoundError, find_shifts, find_star
 from ._render import crop, display, save_fits, save_png
+from ._transforms import find_transforms
 
 __version__ = "0.1.0"
 
@@ -35,6 +37,7 @@ __all__ = [
     "crop",
     "display",
     "find_shifts",
+    "find_transforms",
     "find_star",
     "stack",
     "open_frames",

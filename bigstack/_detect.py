@@ -250,7 +250,7 @@ def detect_stars(bands, *, fwhm=None, n_stars=100, threshold=5.0):
     window = max(fwhm, 2.0) / FWHM_PER_SIGMA
     margin = 1.5 * fwhm
     xs, ys, fl, sn, fw = [], [], [], [], []
-    for (r0, data), r, (cy, cx, snr) in zip(bands, resids, found, strict=True):
+    for (r0, _), r, (cy, cx, snr) in zip(bands, resids, found, strict=True):
         if cy.size == 0:
             continue
         x, y, flux, m2 = windowed_centroids(r, cx, cy, window)
