@@ -174,7 +174,8 @@ def refine(src, dst, matrix, model="similarity", flip=None, *, radius=3.0, toler
     pairs), fits ``model``, drops pairs further than 3 sigma (sigma the
     robust scatter of the distances, at least ``tolerance / 3``) and
     shrinks the radius to ``max(4 sigma, tolerance)``; it stops when the
-    pairs no longer change.
+    pairs no longer change. The radius never grows past its start, so a
+    wrong start cannot gather pairs by widening its net.
 
     Returns
     -------
@@ -186,6 +187,7 @@ def refine(src, dst, matrix, model="similarity", flip=None, *, radius=3.0, toler
         flip = bool(np.linalg.det(matrix[:, :2]) < 0)
     tree = cKDTree(dst) if tree is None else tree
     previous = None
+    start = radius
     i = j = np.empty(0, int)
     for _ in range(iterations):
         i, j = _pairs(tree, apply(matrix, src), radius)
@@ -200,7 +202,7 @@ def refine(src, dst, matrix, model="similarity", flip=None, *, radius=3.0, toler
             i, j = i[keep], j[keep]
             w = None if weights is None else weights[i]
             matrix = fit(src[i], dst[j], model, flip, w)
-        radius = max(4.0 * sigma, tolerance)
+        radius = min(max(4.0 * sigma, tolerance), start)
         key = (i.tobytes(), j.tobytes())
         if key == previous:
             break
