@@ -8,11 +8,11 @@ pattern of the sensor, hot pixels and cosmic rays, and faint, wide
 
 Stages, per call (all bands of a frame together):
 
-1. **Background and noise**: :func:`bigstack._measure.background_map`
-   (cells of 64 pixels) is subtracted from each band; the noise is the
-   median of the cells' clipped MAD sigma.
-2. **Fixed pattern**: the median of every column over all the band rows,
-   then of every row, is subtracted. A sensor's column or row structure
+1. **Background**: :func:`bigstack._measure.background_map` (cells of 64
+   pixels) is subtracted from each band.
+2. **Fixed pattern**: the clipped mean of every column over all the band
+   rows, then of every row, is subtracted; the pixel noise is then the MAD
+   sigma of a sample of the bands. A sensor's column or row structure
    does not move with the sky and would otherwise give "stars" that match
    at zero shift.
 3. **Sharp peaks**: a pixel more than 4 sigma above the background that
@@ -20,13 +20,17 @@ Stages, per call (all bands of a frame together):
    value is a hot pixel or a cosmic ray (a star of FWHM >= 2 px spreads
    at least 40% of its peak into its neighbours): it is replaced by that
    median. This is a test of shape, not of brightness.
-4. **Matched filter**: the band is binned (``b`` x ``b`` sums, ``b =
-   fwhm // 2.5``) and smoothed with a Gaussian of the expected FWHM. The
-   FWHM is given, or chosen per frame from a ladder of 2.5, 5, 10 and 20
-   px as the one that yields the most detections (a matched filter gives a
-   star its highest signal to noise at its own width, so faint wide stars
-   are found at the wide rungs). Detections are the local maxima of the
-   filtered image more than ``threshold`` times its own (MAD) noise.
+4. **Matched filter**: the band is binned (``b`` x ``b`` sums, ``b`` a
+   power of two near ``fwhm / 2.5``, at least 2) and smoothed with a
+   Gaussian of the expected FWHM. The FWHM is given, or chosen per frame
+   from a ladder of 2.5, 5, 10 and 20 px as the rung whose ten best
+   detections have the highest summed signal to noise (a matched filter
+   gives a star its highest signal to noise at its own width, so faint
+   wide stars are found at the wide rungs); then the FWHM of the 25 best
+   is measured, and the band filtered again at that FWHM when it is off
+   the rung by more than a factor of two. Detections are the local maxima
+   of the filtered image more than ``threshold`` times its noise (the
+   pixel noise through the filter).
 5. **Shape**: the curvature of the filtered image at a detection along x,
    y and both diagonals must be alike (``|2 (h1 - h2) / (h1 + h2)| <= 1``
    for both pairs): a round star passes; a trail, a column or a row, at
@@ -34,19 +38,24 @@ Stages, per call (all bands of a frame together):
 6. **Positions**: an iterated Gaussian-windowed centroid at native
    resolution on the cleaned, background-free band
    (:func:`bigstack._measure.windowed_centroids`, window sigma from the
-   filter's FWHM). Stars within 1.5 FWHM of a band's cut or the frame's
-   edge are dropped (their window is truncated), and two detections that
-   end on the same star count once.
+   stars' measured FWHM, which converges in a few steps). Stars within 1.5
+   FWHM of a band's cut or the frame's edge are dropped (their window is
+   truncated), and two detections that end on the same star count once.
+   Only the ``2 * n_stars`` detections of highest signal to noise are
+   centroided.
 7. The ``n_stars`` brightest by windowed flux are returned.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
 from ._measure import (
     FWHM_PER_SIGMA,
     background_map,
+    fwhm_from_m2,
     subsample,
     window_max,
     windowed_centroids,
@@ -80,25 +89,43 @@ def _clean_sharp(resid, sigma):
     return int(sharp.sum())
 
 
-def _bin(data, b):
-    if b == 1:
-        return data
-    ny, nx = data.shape
-    h, w = ny // b, nx // b
-    return data[:h * b, :w * b].reshape(h, b, w, b).sum(axis=(1, 3), dtype=np.float32)
+def _half(data):
+    """2 x 2 sums (odd last row or column dropped)."""
+    h, w = data.shape[0] // 2 * 2, data.shape[1] // 2 * 2
+    out = data[0:h:2, 0:w:2] + data[1:h:2, 0:w:2]
+    out += data[0:h:2, 1:w:2]
+    out += data[1:h:2, 1:w:2]
+    return out
 
 
-def _filtered(resid, fwhm, sigma):
+def _binned(pyramid, b):
+    """``b`` x ``b`` sums of the band (``pyramid[1]``), from the next finer level."""
+    if b not in pyramid:
+        pyramid[b] = _half(_binned(pyramid, b // 2))
+    return pyramid[b]
+
+
+def bin_factor(fwhm):
+    """Binning before the matched filter: a power of two, at least 2, about ``fwhm / 2.5``."""
+    return max(2, 1 << int(math.log2(max(fwhm / 2.5, 1.0))))
+
+
+def _filtered(pyramid, fwhm, sigma):
     """``(snr map, bin factor)``: the band matched-filtered at ``fwhm``, in noise units.
 
-    The noise of the filtered image follows from the pixel noise ``sigma``
-    (white after the pattern is removed): a sum of ``b * b`` pixels has
-    ``b * sigma``, and the Gaussian kernel scales it by its L2 norm.
+    The band is binned by :func:`bin_factor` first (a star of FWHM 2.5 px
+    or more keeps its shape at that sampling; the position comes from the
+    native pixels later). The noise of the filtered image follows from the
+    pixel noise ``sigma`` (white once the pattern is removed): a sum of ``b
+    * b`` pixels has ``b * sigma``, and the Gaussian kernel scales it by
+    its L2 norm.
     """
     from scipy.ndimage import gaussian_filter
 
-    b = max(1, int(fwhm // 2.5))
-    binned = _bin(resid, b)
+    b = bin_factor(fwhm)
+    while b > 1 and min(pyramid[1].shape) // b < 8:
+        b //= 2
+    binned = _binned(pyramid, b)
     if min(binned.shape) < 3:
         return None, b
     s = fwhm / FWHM_PER_SIGMA / b
@@ -178,11 +205,11 @@ def _prepare(bands):
     return resids, float(np.median(levels)), sigma, cleaned
 
 
-def _candidates(resids, fwhm, threshold, sigma):
+def _candidates(pyramids, fwhm, threshold, sigma):
     """Per band, the ``(y, x, snr)`` of detections at ``fwhm`` (native pixel coordinates)."""
     out = []
-    for r in resids:
-        snr, b = _filtered(r, fwhm, sigma)
+    for pyramid in pyramids:
+        snr, b = _filtered(pyramid, fwhm, sigma)
         if snr is None:
             out.append((np.empty(0), np.empty(0), np.empty(0)))
             continue
@@ -223,8 +250,10 @@ def detect_stars(bands, *, fwhm=None, n_stars=100, threshold=5.0):
         values: ``background`` (median of the background map), ``noise``
         (pixel sigma), ``fwhm`` is per star; ``frame_fwhm`` (median over
         the stars with snr >= 10, else over all; NaN without stars),
-        ``filter_fwhm`` (the matched filter's), ``n_found`` (stars that
-        passed every test, before the cut to ``n_stars``), ``cleaned``
+        ``filter_fwhm`` (the matched filter's), ``n_found`` (round
+        detections clear of the edges, before the cut to ``n_stars``;
+        only the ``2 * n_stars`` of highest signal to noise are
+        centroided), ``cleaned``
         (sharp pixels replaced), ``rows`` (rows examined).
     """
     bands = [(int(r0), np.asarray(data)) for r0, data in bands]
@@ -235,50 +264,96 @@ def detect_stars(bands, *, fwhm=None, n_stars=100, threshold=5.0):
                n_found=0, cleaned=cleaned, rows=nrows)
     if not sigma > 0:
         return out
-    if fwhm is None:
+    pyramids = [{1: r} for r in resids]
+    given = fwhm is not None
+    if given:
+        fwhm = float(fwhm)
+        found = _candidates(pyramids, fwhm, threshold, sigma)
+    else:
         best = None
         for f in LADDER:
-            found = _candidates(resids, f, threshold, sigma)
+            found = _candidates(pyramids, f, threshold, sigma)
             score = _score(found)
             if best is None or score > best[0]:
                 best = (score, f, found)
         _, fwhm, found = best
-    else:
-        fwhm = float(fwhm)
-        found = _candidates(resids, fwhm, threshold, sigma)
-    out["filter_fwhm"] = fwhm
+    cand = _clear(bands, resids, found, 1.5 * fwhm)
+    # the stars' own FWHM from the brightest; filter again if the rung was far off
+    star_fwhm = _measure_fwhm(resids, cand[:25], fwhm)
+    if not given and np.isfinite(star_fwhm) and not 0.5 <= star_fwhm / fwhm <= 2.0:
+        fwhm = max(star_fwhm, 2.0)
+        found = _candidates(pyramids, fwhm, threshold, sigma)
+        cand = _clear(bands, resids, found, 1.5 * fwhm)
+        star_fwhm = _measure_fwhm(resids, cand[:25], fwhm)
+    out.update(filter_fwhm=fwhm, frame_fwhm=star_fwhm, n_found=len(cand))
+    # positions: a window of the stars' own width converges in a few steps
+    window = max(star_fwhm if np.isfinite(star_fwhm) else fwhm, 2.0) / FWHM_PER_SIGMA
+    margin = 1.5 * max(fwhm, star_fwhm if np.isfinite(star_fwhm) else 0.0)
+    x, y, flux, snr, fw = _positions(bands, resids, cand[:2 * int(n_stars)], window, margin)
+    if x.size == 0:
+        return out
+    order = np.argsort(-flux, kind="stable")
+    x, y, flux, snr, fw = x[order], y[order], flux[order], snr[order], fw[order]
+    keep = _unique(x, y, 0.5 * fwhm)
+    n = int(n_stars)
+    keep = keep[:n]
+    out.update(x=x[keep], y=y[keep], flux=flux[keep], snr=snr[keep], fwhm=fw[keep])
+    return out
+
+
+def _clear(bands, resids, found, margin):
+    """Detections clear of the band edges: ``(snr, band, y, x)``, best first."""
+    cand = []
+    for k, (r, (cy, cx, snr)) in enumerate(zip(resids, found, strict=True)):
+        h, w = r.shape
+        ok = (cx >= margin) & (cx <= w - 1 - margin) & (cy >= margin) & (cy <= h - 1 - margin)
+        cand += [(float(v), k, float(y), float(x)) for v, y, x in
+                 zip(snr[ok], cy[ok], cx[ok], strict=True)]
+    cand.sort(reverse=True)
+    return cand
+
+
+def _measure_fwhm(resids, cand, fwhm):
+    """Median FWHM of the candidates (windowed second moments); NaN if none measures."""
+    if not cand:
+        return np.nan
     window = max(fwhm, 2.0) / FWHM_PER_SIGMA
-    margin = 1.5 * fwhm
+    values = []
+    for k in {c[1] for c in cand}:
+        mine = [c for c in cand if c[1] == k]
+        _, _, _, m2 = windowed_centroids(resids[k], [c[3] for c in mine],
+                                         [c[2] for c in mine], window, iterations=12,
+                                         tol=1e-2)
+        values.append(fwhm_from_m2(m2, window))
+    values = np.concatenate(values)
+    values = values[np.isfinite(values)]
+    return float(np.median(values)) if values.size else np.nan
+
+
+def _positions(bands, resids, cand, window, margin):
+    """Windowed centroids of the candidates at native resolution; those that hold up."""
     xs, ys, fl, sn, fw = [], [], [], [], []
-    for (r0, _), r, (cy, cx, snr) in zip(bands, resids, found, strict=True):
-        if cy.size == 0:
+    for k, ((r0, _), r) in enumerate(zip(bands, resids, strict=True)):
+        mine = [c for c in cand if c[1] == k]
+        if not mine:
             continue
+        snr = np.array([c[0] for c in mine])
+        cy = np.array([c[2] for c in mine])
+        cx = np.array([c[3] for c in mine])
         x, y, flux, m2 = windowed_centroids(r, cx, cy, window)
         h, w = r.shape
         keep = (np.isfinite(x) & (x >= margin) & (x <= w - 1 - margin) & (y >= margin)
                 & (y <= h - 1 - margin)
-                & (np.hypot(x - cx, y - cy) <= fwhm) & (flux > 0))
+                & (np.hypot(x - cx, y - cy) <= 2.5 * window * FWHM_PER_SIGMA / 2)
+                & (flux > 0))
         xs.append(x[keep])
         ys.append(y[keep] + r0)
         fl.append(flux[keep])
         sn.append(snr[keep])
-        with np.errstate(invalid="ignore", divide="ignore"):
-            s2 = m2[keep] * window**2 / (window**2 - m2[keep])
-        fw.append(np.where(s2 > 0, FWHM_PER_SIGMA * np.sqrt(np.abs(s2)), np.nan))
+        fw.append(fwhm_from_m2(m2[keep], window))
     if not xs:
-        return out
-    x, y, flux, snr, fw = (np.concatenate(v) for v in (xs, ys, fl, sn, fw))
-    order = np.argsort(-flux, kind="stable")
-    x, y, flux, snr, fw = x[order], y[order], flux[order], snr[order], fw[order]
-    keep = _unique(x, y, 0.5 * fwhm)
-    x, y, flux, snr, fw = x[keep], y[keep], flux[keep], snr[keep], fw[keep]
-    out["n_found"] = int(x.size)
-    bright = np.isfinite(fw) & (snr >= 10)
-    pool = fw[bright] if bright.sum() >= 3 else fw[np.isfinite(fw)]
-    out["frame_fwhm"] = float(np.median(pool)) if pool.size else np.nan
-    n = int(n_stars)
-    out.update(x=x[:n], y=y[:n], flux=flux[:n], snr=snr[:n], fwhm=fw[:n])
-    return out
+        return (np.empty(0),) * 5
+    return tuple(np.concatenate(v) for v in (xs, ys, fl, sn, fw))
 
 
 def _unique(x, y, radius):

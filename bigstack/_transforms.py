@@ -147,8 +147,6 @@ def _read_plan(source, i, plan, buffers, have=()):
 def _stars(source, i, plan, opts, n_stars, whole=False):
     """Detect on the bands of ``plan``; bands too short for the stars found are made taller.
 
-    When the stars' measured FWHM is far (over 40%) from the ladder rung
-    the matched filter chose, detection is run again at the measured FWHM.
     A band needs about 12 FWHM of rows (a star within 1.5 FWHM of a cut is
     not used); for wide stars the bands are extended to that height,
     reading only the new rows.
@@ -159,11 +157,8 @@ def _stars(source, i, plan, opts, n_stars, whole=False):
     bands = _read_plan(source, i, plan, buffers)
     found = detect_stars(bands, fwhm=opts["fwhm"], n_stars=n_stars, threshold=opts["threshold"])
     rows = sum(r1 - r0 for r0, r1 in plan)
-    f = found["filter_fwhm"]
-    measured = found["frame_fwhm"]
-    redo = None
-    if opts["fwhm"] is None and np.isfinite(measured) and not 0.7 <= measured / f <= 1.4:
-        f = redo = max(float(measured), 2.0)  # the ladder's rung was off: filter at the stars'
+    f = max(found["filter_fwhm"], found["frame_fwhm"]) if np.isfinite(found["frame_fwhm"]) \
+        else found["filter_fwhm"]
     height = plan[0][1] - plan[0][0]
     ny = opts["ny"]
     if not whole and np.isfinite(f) and height < 12 * f and len(plan) > 1:
@@ -172,9 +167,8 @@ def _stars(source, i, plan, opts, n_stars, whole=False):
             bands = _read_plan(source, i, taller, buffers, bands)
             rows = sum(r1 - r0 for r0, r1 in taller)
             plan = taller
-            redo = f
-    if redo is not None:
-        found = detect_stars(bands, fwhm=redo, n_stars=n_stars, threshold=opts["threshold"])
+            found = detect_stars(bands, fwhm=found["filter_fwhm"], n_stars=n_stars,
+                                 threshold=opts["threshold"])
     found["rows"] = rows
     found["whole"] = whole or plan == [(0, ny)]
     return found
