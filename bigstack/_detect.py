@@ -8,19 +8,21 @@ pattern of the sensor, hot pixels and cosmic rays, and faint, wide
 
 Stages, per call (all bands of a frame together):
 
-1. **Background**: :func:`bigstack._measure.background_map` (cells of 64
-   pixels) is subtracted from each band.
-2. **Fixed pattern**: the clipped mean of every column over all the band
-   rows, then of every row, is subtracted; the pixel noise is then the MAD
-   sigma of a sample of the bands. A sensor's column or row structure
-   does not move with the sky and would otherwise give "stars" that match
-   at zero shift.
-3. **Sharp peaks**: a pixel more than 4 sigma above the background that
+1. **Fixed pattern and background**: every column's level over all the
+   band rows (a median of a sample of rows, then the mean of the values
+   within 3 sigma of it), then every row's clipped mean, then a coarse
+   :func:`bigstack._measure.background_map` (cells of 128 px) of what is
+   left, are subtracted; the pixel noise is then the MAD sigma of a
+   sample of the bands. A sensor's column or row structure does not move
+   with the sky and would otherwise give "stars" that match at zero
+   shift; removing it before the background cells are measured keeps it
+   from leaving a cell-sized pattern that a wide filter would find.
+2. **Sharp peaks**: a pixel more than 4 sigma above the background that
    stands above the median of its 8 neighbours by more than 70% of its
    value is a hot pixel or a cosmic ray (a star of FWHM >= 2 px spreads
    at least 40% of its peak into its neighbours): it is replaced by that
    median. This is a test of shape, not of brightness.
-4. **Matched filter**: the band is binned (``b`` x ``b`` sums, ``b`` a
+3. **Matched filter**: the band is binned (``b`` x ``b`` sums, ``b`` a
    power of two near ``fwhm / 2.5``, at least 2) and smoothed with a
    Gaussian of the expected FWHM. The FWHM is given, or chosen per frame
    from a ladder of 2.5, 5, 10 and 20 px as the rung whose ten best
@@ -31,19 +33,20 @@ Stages, per call (all bands of a frame together):
    the rung by more than a factor of two. Detections are the local maxima
    of the filtered image more than ``threshold`` times its noise (the
    pixel noise through the filter).
-5. **Shape**: the curvature of the filtered image at a detection along x,
+4. **Shape**: the curvature of the filtered image at a detection along x,
    y and both diagonals must be alike (``|2 (h1 - h2) / (h1 + h2)| <= 1``
    for both pairs): a round star passes; a trail, a column or a row, at
    any angle, does not.
-6. **Positions**: an iterated Gaussian-windowed centroid at native
+5. **Positions**: an iterated Gaussian-windowed centroid at native
    resolution on the cleaned, background-free band
    (:func:`bigstack._measure.windowed_centroids`, window sigma from the
    stars' measured FWHM, which converges in a few steps). Stars within 1.5
    FWHM of a band's cut or the frame's edge are dropped (their window is
-   truncated), and two detections that end on the same star count once.
+   truncated), and of two detections that end within one FWHM of each
+   other (one star, or a blend) only the brighter is kept.
    Only the ``2 * n_stars`` detections of highest signal to noise are
    centroided.
-7. The ``n_stars`` brightest by windowed flux are returned.
+6. The ``n_stars`` brightest by windowed flux are returned.
 """
 
 from __future__ import annotations
@@ -177,32 +180,41 @@ def _clipped_mean(data, limit, axis):
 def _prepare(bands):
     """Background-free, pattern-free, cleaned bands; frame background and noise.
 
-    The fixed pattern is the clipped mean (values within 3 sigma) of every
-    column over all the band rows, then of every row: a mean of the sky
-    pixels is a less noisy estimate than their median, and the clip keeps
-    stars, hot pixels and cosmic rays out of it.
+    In this order: every column's level over all the band rows (the median
+    of a sample of rows, robust to a strong column, then the mean of the
+    values within 3 sigma of it, less noisy than a median) is subtracted;
+    then every row's clipped mean; then a coarse background map of what
+    is left (cells of 128 px). A column/row pattern and a linear gradient
+    are thus removed exactly, before the cells are measured (a pattern
+    left under the cells would leave a cell-sized pattern that a wide
+    matched filter finds).
     """
-    resids, levels = [], []
-    for _, data in bands:
-        data = _fill(data)
-        background, _ = background_map(data, cell=64, step=4)
-        resids.append(data - background)
-        levels.append(float(np.median(background)))
+    resids = [_fill(data) for _, data in bands]
+    level = float(np.median(subsample(resids, 1 << 12)))
     sigma = _mad_sigma(resids)
     nrows = sum(r.shape[0] for r in resids)
-    if sigma > 0 and nrows >= 16:
-        column = sum(_clipped_mean(r, 3 * sigma, 0) * r.shape[0] for r in resids) / nrows
+    if sigma > 0 and nrows >= 16 and resids[0].shape[1] >= 16:
+        step = max(1, nrows // 32)
+        start = np.median(np.concatenate([r[::step] for r in resids]), axis=0)
+        total = sum(_clipped_mean(r - start, 3 * sigma, 0).astype(np.float64) * r.shape[0]
+                    for r in resids)
+        column = (total / nrows + start).astype(np.float32)
         for r in resids:
-            r -= column.astype(np.float32)
-    for r in resids:
-        if sigma > 0 and r.shape[1] >= 16:
+            r -= column
             r -= _clipped_mean(r, 3 * sigma, 1)[:, None]
+    else:
+        for r in resids:
+            r -= np.float32(level)
+    for r in resids:
+        if min(r.shape) >= 32:
+            background, _ = background_map(r, cell=128, step=2)
+            r -= background
     sigma = _mad_sigma(resids)
     cleaned = 0
     if sigma > 0:
         for r in resids:
             cleaned += _clean_sharp(r, sigma)
-    return resids, float(np.median(levels)), sigma, cleaned
+    return resids, level, sigma, cleaned
 
 
 def _candidates(pyramids, fwhm, threshold, sigma):
@@ -247,14 +259,14 @@ def detect_stars(bands, *, fwhm=None, n_stars=100, threshold=5.0):
         background-free), ``snr`` (matched-filter signal to noise),
         ``fwhm`` (per star, from its windowed second moment; NaN where it
         cannot be measured): float64 arrays, brightest first. Frame
-        values: ``background`` (median of the background map), ``noise``
+        values: ``background`` (median of a sample of the pixels), ``noise``
         (pixel sigma), ``fwhm`` is per star; ``frame_fwhm`` (median over
         the stars with snr >= 10, else over all; NaN without stars),
-        ``filter_fwhm`` (the matched filter's), ``n_found`` (round
-        detections clear of the edges, before the cut to ``n_stars``;
-        only the ``2 * n_stars`` of highest signal to noise are
-        centroided), ``cleaned``
-        (sharp pixels replaced), ``rows`` (rows examined).
+        ``filter_fwhm`` (the matched filter's), ``n_found`` (stars that
+        passed every test, before the cut to ``n_stars``; only the ``2 *
+        n_stars`` detections of highest signal to noise are centroided,
+        any beyond them count as found), ``cleaned`` (sharp pixels
+        replaced), ``rows`` (rows examined).
     """
     bands = [(int(r0), np.asarray(data)) for r0, data in bands]
     nrows = sum(d.shape[0] for _, d in bands)
@@ -285,18 +297,19 @@ def detect_stars(bands, *, fwhm=None, n_stars=100, threshold=5.0):
         found = _candidates(pyramids, fwhm, threshold, sigma)
         cand = _clear(bands, resids, found, 1.5 * fwhm)
         star_fwhm = _measure_fwhm(resids, cand[:25], fwhm)
-    out.update(filter_fwhm=fwhm, frame_fwhm=star_fwhm, n_found=len(cand))
+    out.update(filter_fwhm=fwhm, frame_fwhm=star_fwhm)
     # positions: a window of the stars' own width converges in a few steps
     window = max(star_fwhm if np.isfinite(star_fwhm) else fwhm, 2.0) / FWHM_PER_SIGMA
     margin = 1.5 * max(fwhm, star_fwhm if np.isfinite(star_fwhm) else 0.0)
-    x, y, flux, snr, fw = _positions(bands, resids, cand[:2 * int(n_stars)], window, margin)
+    todo = 2 * int(n_stars)
+    x, y, flux, snr, fw = _positions(bands, resids, cand[:todo], window, margin)
     if x.size == 0:
         return out
     order = np.argsort(-flux, kind="stable")
     x, y, flux, snr, fw = x[order], y[order], flux[order], snr[order], fw[order]
-    keep = _unique(x, y, 0.5 * fwhm)
-    n = int(n_stars)
-    keep = keep[:n]
+    keep = _unique(x, y, fwhm)
+    out["n_found"] = int(keep.size + max(len(cand) - todo, 0))
+    keep = keep[:int(n_stars)]
     out.update(x=x[keep], y=y[keep], flux=flux[keep], snr=snr[keep], fwhm=fw[keep])
     return out
 

@@ -109,9 +109,13 @@ def background_map(data, cell=64, step=2):
     The image is cut into cells of ``cell`` x ``cell`` pixels (the last
     row and column of cells take the remainder); each cell's background
     is the clipped median and its noise the clipped MAD sigma (one
-    3-sigma pass) of every ``step``-th pixel along each axis. The cell grid is median-filtered
-    over 3 x 3 cells (a cell covered by a bright star or galaxy takes its
-    neighbours' level) and interpolated bilinearly between cell centres.
+    3-sigma pass) of every ``step``-th pixel along each axis. A plane is
+    fitted to the cell levels (least squares, cells off by more than 3
+    MAD left out); the cells' departures from it are median-filtered over
+    3 x 3 cells (a cell covered by a bright star or galaxy takes its
+    neighbours' level) and interpolated bilinearly between cell centres,
+    and the plane is added back. A linear gradient is thus followed
+    exactly, up to the frame's edges.
 
     Parameters
     ----------
@@ -138,12 +142,15 @@ def background_map(data, cell=64, step=2):
     xs = np.minimum(np.arange(ncx * hx).reshape(ncx, hx)[:, ::step], nx - 1)
     cells = data[ys[:, None, :, None], xs[None, :, None, :]]  # (ncy, ncx, sy, sx)
     level, sigma = _cell_stats(cells.reshape(ncy, ncx, -1).astype(np.float32, copy=False))
-    if ncy * ncx > 1:
-        level = median_filter(level, size=3, mode="nearest")
-        sigma = median_filter(sigma, size=3, mode="nearest")
+    level = level.astype(np.float64)
     cy = (np.arange(ncy) + 0.5) * hy - 0.5
     cx = (np.arange(ncx) + 0.5) * hx - 0.5
-    rows = np.array([np.interp(np.arange(nx), cx, line) for line in level],
+    plane = _plane(level, cx, cy)
+    resid = level - (plane[0] + plane[1] * cx[None, :] + plane[2] * cy[:, None])
+    if ncy * ncx > 1:
+        resid = median_filter(resid, size=3, mode="nearest")
+        sigma = median_filter(sigma, size=3, mode="nearest")
+    rows = np.array([np.interp(np.arange(nx), cx, line) for line in resid],
                     dtype=np.float32)  # (ncy, nx)
     if ncy == 1:
         background = np.repeat(rows, ny, axis=0)
@@ -153,7 +160,30 @@ def background_map(data, cell=64, step=2):
         f = (iy - i0).astype(np.float32)[:, None]
         background = rows[i0]
         background += f * (rows[i0 + 1] - background)
+    background += (plane[0] + plane[1] * np.arange(nx, dtype=np.float64)).astype(np.float32)
+    background += (plane[2] * np.arange(ny, dtype=np.float64)).astype(np.float32)[:, None]
     return background, sigma.astype(np.float32)
+
+
+def _plane(level, cx, cy):
+    """``(a, b, c)`` of ``level ~ a + b x + c y`` over the cell centres, outlying cells left out."""
+    yy, xx = np.meshgrid(cy, cx, indexing="ij")
+    design = np.column_stack([np.ones(level.size), xx.ravel(), yy.ravel()])
+    use = [len(cx) > 1, len(cx) > 1, len(cy) > 1]
+    design = design[:, [True, use[1], use[2]]]
+    values = level.ravel()
+    keep = np.isfinite(values)
+    coef = np.zeros(design.shape[1])
+    for _ in range(2):
+        if keep.sum() < design.shape[1]:
+            break
+        coef = np.linalg.lstsq(design[keep], values[keep], rcond=None)[0]
+        res = values - design @ coef
+        mad = 1.4826 * np.median(np.abs(res[keep]))
+        keep = np.isfinite(values) & (np.abs(res) <= 3 * mad + 1e-9)
+    out = np.zeros(3)
+    out[[True, use[1], use[2]]] = coef
+    return out
 
 
 # --------------------------------------------------------------------------
