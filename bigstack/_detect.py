@@ -58,10 +58,11 @@ import numpy as np
 from ._measure import (
     FWHM_PER_SIGMA,
     background_map,
+    cut_stamps,
     fwhm_from_m2,
+    iterate_centroids,
     subsample,
     window_max,
-    windowed_centroids,
 )
 
 #: FWHMs (pixels) the matched filter tries when none is given
@@ -163,7 +164,7 @@ def _peaks(snr, threshold):
 
 
 def _mad_sigma(arrays):
-    sample = subsample(arrays, 1 << 14)
+    sample = subsample(arrays, 1 << 13)
     if sample.size == 0:
         return 0.0
     return 1.4826 * float(np.median(np.abs(sample - np.median(sample))))
@@ -194,7 +195,7 @@ def _prepare(bands):
     sigma = _mad_sigma(resids)
     nrows = sum(r.shape[0] for r in resids)
     if sigma > 0 and nrows >= 16 and resids[0].shape[1] >= 16:
-        step = max(1, nrows // 32)
+        step = max(1, nrows // 16)
         start = np.median(np.concatenate([r[::step] for r in resids]), axis=0)
         total = sum(_clipped_mean(r - start, 3 * sigma, 0).astype(np.float64) * r.shape[0]
                     for r in resids)
@@ -207,7 +208,7 @@ def _prepare(bands):
             r -= np.float32(level)
     for r in resids:
         if min(r.shape) >= 32:
-            background, _ = background_map(r, cell=128, step=2)
+            background, _ = background_map(r, cell=128, step=4)
             r -= background
     sigma = _mad_sigma(resids)
     cleaned = 0
@@ -326,47 +327,44 @@ def _clear(bands, resids, found, margin):
     return cand
 
 
+def _stamps(resids, cand, window):
+    """Stamps of the candidates, over all bands: ``(stamps, gx, gy, x0, y0, band)``."""
+    parts = []
+    for k in sorted({c[1] for c in cand}):
+        mine = [c for c in cand if c[1] == k]
+        cx = np.array([c[3] for c in mine])
+        cy = np.array([c[2] for c in mine])
+        parts.append((*cut_stamps(resids[k], cx, cy, window), cx, cy, np.full(cx.size, k)))
+    return tuple(np.concatenate(v) for v in zip(*parts, strict=True))
+
+
 def _measure_fwhm(resids, cand, fwhm):
     """Median FWHM of the candidates (windowed second moments); NaN if none measures."""
     if not cand:
         return np.nan
     window = max(fwhm, 2.0) / FWHM_PER_SIGMA
-    values = []
-    for k in {c[1] for c in cand}:
-        mine = [c for c in cand if c[1] == k]
-        _, _, _, m2 = windowed_centroids(resids[k], [c[3] for c in mine],
-                                         [c[2] for c in mine], window, iterations=12,
-                                         tol=1e-2)
-        values.append(fwhm_from_m2(m2, window))
-    values = np.concatenate(values)
+    stamps, gx, gy, cx, cy, _ = _stamps(resids, cand, window)
+    _, _, _, m2 = iterate_centroids(stamps, gx, gy, cx, cy, window, iterations=12, tol=1e-2)
+    values = fwhm_from_m2(m2, window)
     values = values[np.isfinite(values)]
     return float(np.median(values)) if values.size else np.nan
 
 
 def _positions(bands, resids, cand, window, margin):
     """Windowed centroids of the candidates at native resolution; those that hold up."""
-    xs, ys, fl, sn, fw = [], [], [], [], []
-    for k, ((r0, _), r) in enumerate(zip(bands, resids, strict=True)):
-        mine = [c for c in cand if c[1] == k]
-        if not mine:
-            continue
-        snr = np.array([c[0] for c in mine])
-        cy = np.array([c[2] for c in mine])
-        cx = np.array([c[3] for c in mine])
-        x, y, flux, m2 = windowed_centroids(r, cx, cy, window)
-        h, w = r.shape
-        keep = (np.isfinite(x) & (x >= margin) & (x <= w - 1 - margin) & (y >= margin)
-                & (y <= h - 1 - margin)
-                & (np.hypot(x - cx, y - cy) <= 2.5 * window * FWHM_PER_SIGMA / 2)
-                & (flux > 0))
-        xs.append(x[keep])
-        ys.append(y[keep] + r0)
-        fl.append(flux[keep])
-        sn.append(snr[keep])
-        fw.append(fwhm_from_m2(m2[keep], window))
-    if not xs:
+    if not cand:
         return (np.empty(0),) * 5
-    return tuple(np.concatenate(v) for v in (xs, ys, fl, sn, fw))
+    stamps, gx, gy, cx, cy, band = _stamps(resids, cand, window)
+    snr = np.array([c[0] for k in sorted({c[1] for c in cand}) for c in cand if c[1] == k])
+    x, y, flux, m2 = iterate_centroids(stamps, gx, gy, cx, cy, window)
+    h = np.array([r.shape[0] for r in resids])[band]
+    w = np.array([r.shape[1] for r in resids])[band]
+    r0 = np.array([b[0] for b in bands])[band]
+    keep = (np.isfinite(x) & (x >= margin) & (x <= w - 1 - margin) & (y >= margin)
+            & (y <= h - 1 - margin)
+            & (np.hypot(x - cx, y - cy) <= 2.5 * window * FWHM_PER_SIGMA / 2)
+            & (flux > 0))
+    return x[keep], y[keep] + r0[keep], flux[keep], snr[keep], fwhm_from_m2(m2[keep], window)
 
 
 def _unique(x, y, radius):

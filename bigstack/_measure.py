@@ -249,6 +249,71 @@ def windowed_centroid(data, x, y, sigma, iterations=30):
     return x, y, m2
 
 
+def cut_stamps(data, x, y, sigma):
+    """Stamps around ``(x, y)`` for :func:`iterate_centroids`: ``(stamps, gx, gy)``.
+
+    Each stamp reaches ``3.5 sigma`` plus the slack a centroid may move
+    by (``ceil(sigma) + 3`` px) around the rounded start; pixels off the
+    image are 0.
+    """
+    x = np.asarray(x, np.float64)
+    y = np.asarray(y, np.float64)
+    ny, nx = data.shape
+    slack = int(math.ceil(sigma)) + 3
+    r = max(3, int(math.ceil(3.5 * sigma))) + slack
+    offs = np.arange(-r, r + 1)
+    gx = np.rint(np.nan_to_num(x)).astype(np.int64)[:, None] + offs[None, :]
+    gy = np.rint(np.nan_to_num(y)).astype(np.int64)[:, None] + offs[None, :]
+    inside = ((gx >= 0) & (gx < nx))[:, None, :] & ((gy >= 0) & (gy < ny))[:, :, None]
+    stamps = data[np.clip(gy, 0, ny - 1)[:, :, None], np.clip(gx, 0, nx - 1)[:, None, :]]
+    stamps = np.where(inside, stamps, 0.0).astype(np.float64)
+    return stamps, gx.astype(np.float64), gy.astype(np.float64)
+
+
+def iterate_centroids(stamps, gx, gy, x, y, sigma, iterations=20, tol=1e-4):
+    """The iteration of :func:`windowed_centroids` on stamps cut by :func:`cut_stamps`."""
+    x = np.asarray(x, np.float64).copy()
+    y = np.asarray(y, np.float64).copy()
+    m = x.size
+    flux = np.full(m, np.nan)
+    m2 = np.full(m, np.nan)
+    if m == 0:
+        return x, y, flux, m2
+    r = (gx.shape[1] - 1) // 2
+    x0, y0 = gx[:, r].copy(), gy[:, r].copy()
+    slack = int(math.ceil(sigma)) + 3
+    active = np.isfinite(x) & np.isfinite(y)
+    done = np.zeros(m, bool)
+    inv = 1.0 / (2 * sigma * sigma)
+    for _ in range(iterations):
+        idx = np.flatnonzero(active & ~done)
+        if idx.size == 0:
+            break
+        dx = gx[idx] - x[idx][:, None]
+        dy = gy[idx] - y[idx][:, None]
+        wx = np.exp(-dx * dx * inv)
+        wy = np.exp(-dy * dy * inv)
+        cols = np.stack([wx, wx * dx, wx * dx * dx], axis=-1)  # (k, n, 3)
+        rows = stamps[idx] @ cols  # (k, n, 3): sums along x
+        wys = np.stack([wy, wy * dy, wy * dy * dy], axis=1)  # (k, 3, n)
+        sums = wys @ rows  # (k, 3, 3): [y moment, x moment]
+        total = sums[:, 0, 0]
+        ok = total > 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            sx = np.where(ok, 2 * sums[:, 0, 1] / total, 0.0)
+            sy = np.where(ok, 2 * sums[:, 1, 0] / total, 0.0)
+            m2[idx] = (sums[:, 0, 2] + sums[:, 2, 0]) / total / 2
+        flux[idx] = total
+        x[idx] += sx
+        y[idx] += sy
+        bad = ~ok | (np.abs(x[idx] - x0[idx]) > slack) | (np.abs(y[idx] - y0[idx]) > slack)
+        active[idx[bad]] = False
+        done[idx[~bad & (np.abs(sx) < tol) & (np.abs(sy) < tol)]] = True
+    x[~done] = np.nan
+    y[~done] = np.nan
+    return x, y, 2 * flux, m2
+
+
 def windowed_centroids(data, x, y, sigma, iterations=20, tol=1e-4):
     """Gaussian-windowed centroids of many stars at once (see :func:`windowed_centroid`).
 
@@ -278,62 +343,12 @@ def windowed_centroids(data, x, y, sigma, iterations=20, tol=1e-4):
 
     Notes
     -----
-    Each star's stamp (the window's reach, ``3.5 sigma``, plus the slack
-    it may move by) is cut once; every step is then two small matrix
-    products per star on the separable window.
+    Each star's stamp is cut once (:func:`cut_stamps`); every step is then
+    a few small matrix products per star on the separable window
+    (:func:`iterate_centroids`).
     """
-    x = np.asarray(x, np.float64).copy()
-    y = np.asarray(y, np.float64).copy()
-    m = x.size
-    flux = np.full(m, np.nan)
-    m2 = np.full(m, np.nan)
-    if m == 0:
-        return x, y, flux, m2
-    ny, nx = data.shape
-    slack = int(math.ceil(sigma)) + 3
-    r = max(3, int(math.ceil(3.5 * sigma))) + slack
-    offs = np.arange(-r, r + 1)
-    x0 = np.rint(np.nan_to_num(x)).astype(np.int64)
-    y0 = np.rint(np.nan_to_num(y)).astype(np.int64)
-    gx = x0[:, None] + offs[None, :]
-    gy = y0[:, None] + offs[None, :]
-    inside = ((gx >= 0) & (gx < nx))[:, None, :] & ((gy >= 0) & (gy < ny))[:, :, None]
-    stamps = data[np.clip(gy, 0, ny - 1)[:, :, None], np.clip(gx, 0, nx - 1)[:, None, :]]
-    stamps = np.where(inside, stamps, 0.0).astype(np.float64)
-    gx = gx.astype(np.float64)
-    gy = gy.astype(np.float64)
-    active = np.isfinite(x) & np.isfinite(y)
-    done = np.zeros(m, bool)
-    inv = 1.0 / (2 * sigma * sigma)
-    for _ in range(iterations):
-        idx = np.flatnonzero(active & ~done)
-        if idx.size == 0:
-            break
-        dx = gx[idx] - x[idx][:, None]
-        dy = gy[idx] - y[idx][:, None]
-        wx = np.exp(-dx * dx * inv)
-        wy = np.exp(-dy * dy * inv)
-        cols = np.stack([wx, wx * dx, wx * dx * dx], axis=-1)  # (k, n, 3)
-        rows = stamps[idx] @ cols  # (k, n, 3): sums along x
-        total = np.einsum("ki,ki->k", wy, rows[:, :, 0])
-        sum_x = np.einsum("ki,ki->k", wy, rows[:, :, 1])
-        sum_y = np.einsum("ki,ki->k", wy * dy, rows[:, :, 0])
-        sum_2 = (np.einsum("ki,ki->k", wy, rows[:, :, 2])
-                 + np.einsum("ki,ki->k", wy * dy * dy, rows[:, :, 0]))
-        ok = total > 0
-        with np.errstate(invalid="ignore", divide="ignore"):
-            sx = np.where(ok, 2 * sum_x / total, 0.0)
-            sy = np.where(ok, 2 * sum_y / total, 0.0)
-            m2[idx] = sum_2 / total / 2
-        flux[idx] = total
-        x[idx] += sx
-        y[idx] += sy
-        bad = ~ok | (np.abs(x[idx] - x0[idx]) > slack) | (np.abs(y[idx] - y0[idx]) > slack)
-        active[idx[bad]] = False
-        done[idx[~bad & (np.abs(sx) < tol) & (np.abs(sy) < tol)]] = True
-    x[~done] = np.nan
-    y[~done] = np.nan
-    return x, y, 2 * flux, m2
+    stamps, gx, gy = cut_stamps(data, x, y, sigma)
+    return iterate_centroids(stamps, gx, gy, x, y, sigma, iterations, tol)
 
 
 def fwhm_from_m2(m2, sigma):
