@@ -71,10 +71,11 @@ _STAR_FIELDS = ("x", "y", "flux", "snr", "fwhm")
 
 
 def _fill(data):
-    data = np.asarray(data, dtype=np.float32)
+    """A float32 copy of ``data`` with NaNs replaced by the median (the input is not changed)."""
+    data = np.array(data, dtype=np.float32)
     bad = ~np.isfinite(data)
     if bad.any():
-        data = np.where(bad, np.median(data[~bad]) if (~bad).any() else 0.0, data)
+        data[bad] = np.median(data[~bad]) if (~bad).any() else 0.0
     return data
 
 

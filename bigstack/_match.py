@@ -219,12 +219,16 @@ def vote(src, dst, A, bin_size=4.0):
     """Offset ``t`` with the most pairs ``dst_j - A @ src_i`` in one bin, and its votes.
 
     Two grids, the second offset by half a bin, so that a cluster on a
-    bin edge is not split. Returns ``(t, votes)``.
+    bin edge is not split (the second only when the first has no clear
+    peak). Returns ``(t, votes)``.
     """
     p = src @ A.T
     diff = (dst[None, :, :] - p[:, None, :]).reshape(-1, 2)
     best = (None, 0)
+    enough = max(6, min(len(src), len(dst)) // 4)
     for offset in (0.0, 0.5):
+        if best[1] >= enough:
+            break  # a clear peak on the first grid
         keys = np.floor(diff / bin_size + offset).astype(np.int64)
         code = keys[:, 0] * 1_000_003 + keys[:, 1]
         values, inverse, counts = np.unique(code, return_inverse=True, return_counts=True)

@@ -356,7 +356,7 @@ def fwhm_from_m2(m2, sigma):
     m2 = np.asarray(m2, np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         s2 = m2 * sigma * sigma / (sigma * sigma - m2)
-    return np.where((m2 > 0) & (m2 < sigma * sigma), FWHM_PER_SIGMA * np.sqrt(s2), np.nan)
+        return np.where((m2 > 0) & (m2 < sigma * sigma), FWHM_PER_SIGMA * np.sqrt(s2), np.nan)
 
 
 def fwhm_from_halfmax(data, iy, ix):

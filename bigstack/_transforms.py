@@ -15,7 +15,7 @@ Images are indexed ``[y, x]``.
 Stages
 ------
 1. **Stars, one mapped task per frame.** Each task reads ``bands`` row
-   bands of ``rows`` rows (default 4 x 64), spread evenly and
+   bands of ``rows`` rows (default 4 x 48), spread evenly and
    symmetrically over the frame (a 180 degree turn maps them onto
    themselves), each with one ``source.raw`` call, and runs
    :func:`bigstack._detect.detect_stars` on them (background map, fixed
@@ -56,9 +56,10 @@ the invalid frames; otherwise a :class:`BigstackWarning` lists them.
 
 Reads
 -----
-A frame costs ``bands * rows`` rows (6% of a 2048-row frame with the
-defaults), the reference frame once more in full, and a frame that needs
-it (too few stars in the bands, or no match) once more in full.
+A frame costs ``bands * rows`` rows (9% of a 2048-row frame with the
+defaults; bands of wide stars are made taller, to 12 FWHM), the
+reference frame once more in full, and a frame that needs it (too few
+stars in the bands, or no match) once more in full.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ from ._errors import BigstackWarning
 from ._register import StarNotFoundError
 
 MODELS = ("shift", "similarity", "affine")
-DEFAULTS = {"n_stars": 100, "min_matches": 6, "max_residual": None, "rows": 64, "bands": 4,
+DEFAULTS = {"n_stars": 100, "min_matches": 6, "max_residual": None, "rows": 48, "bands": 4,
             "max_scale": 0.1, "threshold": 5.0}
 _BATCH = 32  # frames matched per task
 _CHUNK = 512  # rows per read when a frame is read whole
@@ -147,9 +148,10 @@ def _read_plan(source, i, plan, buffers, have=()):
 def _stars(source, i, plan, opts, n_stars, whole=False):
     """Detect on the bands of ``plan``; bands too short for the stars found are made taller.
 
-    A band needs about 12 FWHM of rows (a star within 1.5 FWHM of a cut is
-    not used); for wide stars the bands are extended to that height,
-    reading only the new rows.
+    A star within 1.5 FWHM of a band's cut is not used, so a band of fewer
+    than 8 FWHM of rows keeps little; for such wide stars the bands are
+    extended to 12 FWHM, reading only the new rows, and detection is run
+    again on them.
     """
     from ._detect import detect_stars
 
@@ -157,11 +159,10 @@ def _stars(source, i, plan, opts, n_stars, whole=False):
     bands = _read_plan(source, i, plan, buffers)
     found = detect_stars(bands, fwhm=opts["fwhm"], n_stars=n_stars, threshold=opts["threshold"])
     rows = sum(r1 - r0 for r0, r1 in plan)
-    f = max(found["filter_fwhm"], found["frame_fwhm"]) if np.isfinite(found["frame_fwhm"]) \
-        else found["filter_fwhm"]
+    f = found["frame_fwhm"] if np.isfinite(found["frame_fwhm"]) else found["filter_fwhm"]
     height = plan[0][1] - plan[0][0]
     ny = opts["ny"]
-    if not whole and np.isfinite(f) and height < 12 * f and len(plan) > 1:
+    if not whole and np.isfinite(f) and height < 8 * f and len(plan) > 1:
         taller = band_rows(ny, int(math.ceil(12 * f)), len(plan))
         if taller != plan:
             bands = _read_plan(source, i, taller, buffers, bands)
@@ -441,7 +442,7 @@ def _pick(records, reference, opts):
 
 
 def find_transforms(frames, model="similarity", reference="auto", *, n_stars=100,
-                    min_matches=6, max_residual=None, strict=False, compute=True, rows=64,
+                    min_matches=6, max_residual=None, strict=False, compute=True, rows=48,
                     bands=4, fwhm=None, threshold=5.0, max_scale=0.1, min_stars=None,
                     tolerance=None):
     """Find each frame's transform onto a reference frame from many stars.
@@ -475,7 +476,7 @@ def find_transforms(frames, model="similarity", reference="auto", *, n_stars=100
         ``False`` returns the Dataset backed by dask, nothing computed.
     rows, bands : int
         Each frame is searched in ``bands`` bands of ``rows`` rows (default
-        4 x 64), and read whole only when they hold fewer than
+        4 x 48, taller for wide stars), and read whole only when they hold fewer than
         ``min_stars`` stars (default ``3 * min_matches``) or do not match.
     fwhm : float, optional
         Star FWHM in pixels for the matched filter; default chosen per

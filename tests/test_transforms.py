@@ -48,11 +48,17 @@ def test_translation_night_against_truth(night):
     find_transforms(frames[:2], reference=0)  # imports: their reads are not the frames'
     with bytes_read() as counter:
         ds = find_transforms(frames, reference=0)
-    # every frame valid, its shift the truth's, its matrix the identity
+    # every frame valid, its matrix the identity, its transform the truth's over the frame
     assert ds["valid"].all()
-    np.testing.assert_allclose(np.asarray(ds["shift"]), night.shifts, atol=0.03)
     np.testing.assert_allclose(ds["transform"].values[:, :, :2],
-                               np.broadcast_to(np.eye(2), (8, 2, 2)), atol=2e-4)
+                               np.broadcast_to(np.eye(2), (8, 2, 2)), atol=1e-4)
+    # (4 bands of 48 x 256 px hold some 60 stars, most of them faint: the fitted
+    # rotation is good to about 1e-4 rad, 0.05 px at the far corners)
+    gy, gx = np.mgrid[0:1024:9j, 0:256:5j]
+    grid = np.column_stack([gx.ravel(), gy.ravel()])
+    for k in range(8):
+        truth = np.column_stack([np.eye(2), night.shifts[k]])
+        assert transform_error(ds["transform"].values[k], truth, grid).max() < 0.08, k
     assert np.asarray(ds["shift"]).shape == (8, 2)
     assert list(ds["axis"].values) == ["x", "y"]
     assert ds["transform"].dims == ("frame", "row", "col")
@@ -61,10 +67,13 @@ def test_translation_night_against_truth(night):
     assert ds.attrs["reference"] == 0 and ds["reference"].values[0]
     assert ds.attrs["model"] == "similarity"
     assert (ds["n_matched"] >= 6).all() and (ds["residual"] <= ds.attrs["max_residual"]).all()
-    # reads: 4 bands of 64 of the 1024 rows per frame, and the reference once whole
+    # reads: 4 bands of 48 of the 1024 rows per frame, and the reference once whole
     frame_bytes = 1024 * 256 * 2
     assert counter.value < 8 * frame_bytes * 0.25 + 1.2 * frame_bytes
-    assert (ds["rows_read"] == 256).all()
+    assert (ds["rows_read"] == 192).all()
+    # a translation night fitted as such: the tutorial's shifts
+    shifts = find_transforms(frames, model="shift", reference=0)
+    np.testing.assert_allclose(np.asarray(shifts["shift"]), night.shifts, atol=0.05)
 
 
 def test_rotation_flip_mirror_and_scale():
