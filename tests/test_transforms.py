@@ -179,3 +179,16 @@ def test_bad_arguments(kwargs, match):
     frames = np.zeros((3, 64, 64), np.float32)
     with pytest.raises(ValueError, match=match):
         find_transforms(frames, **kwargs)
+
+
+def test_affine_model_follows_a_shear():
+    stars = field(seed=8)
+    shear = np.array([[1.004, 0.003, 5.0], [-0.002, 0.997, -3.0]])
+    frames = cube([similarity(), shear], stars)
+    ds = find_transforms(frames, model="affine", reference=0)
+    assert ds["valid"].all()
+    assert overlap_error(ds["transform"].values[1], shear) < 0.05
+    # a similarity cannot follow it: about 1 px off at the corners
+    with pytest.warns(BigstackWarning, match="residual"):
+        sim = find_transforms(frames, model="similarity", reference=0, max_residual=0.2)
+    assert not sim["valid"].values[1]
