@@ -304,12 +304,15 @@ def _judge(stars, solved, model, opts):
 
 
 def _match_task(source, frames, records, picked, ref_stars, shape, model):
-    """Task body: match a batch of frames (in time order) to the reference."""
+    """Task body: match a batch of frames (in time order) to the reference.
+
+    ``records`` are the batch's own star lists, in the order of ``frames``
+    (a task gets only its batch's, so little moves between workers).
+    """
     ref, _, opts = picked
     out = {}
     hint = None
-    for i in frames:
-        stars = records[i]
+    for i, stars in zip(frames, records, strict=True):
         if i == ref:
             out[i] = _identity(stars)
             continue
@@ -537,16 +540,7 @@ def find_transforms(frames, model="similarity", reference="auto", *, n_stars=100
             raise ValueError(f"reference={reference} but the cube has {n} frames")
         reference = int(reference) % n
     order = _time_order(coords, n)
-    delayed = dask.delayed
-    src = delayed(source, traverse=False)  # one key, shared by every task
-    task = delayed(_frame_task, pure=True)
-    records = [task(src, i, shape, opts) for i in range(n)]
-    picked = delayed(_pick, pure=True)(records, reference, opts)
-    ref_stars = delayed(_reference_task, pure=True)(src, picked, shape, records)
-    match = delayed(_match_task, pure=True)
-    parts = [match(src, [int(i) for i in order[k:k + _BATCH]], records, picked, ref_stars,
-                   shape, model) for k in range(0, n, _BATCH)]
-    table = delayed(_table, pure=True)(parts, n, picked)
+    table = _graph(source, n, shape, opts, reference, model, order)
     attrs = {"model": model, "n_stars": opts["n_stars"], "min_matches": opts["min_matches"],
              "rows": opts["rows"], "bands": opts["bands"],
              "threshold": opts["threshold"], "max_scale": opts["max_scale"]}
@@ -561,6 +555,35 @@ def find_transforms(frames, model="similarity", reference="auto", *, n_stars=100
         return ds
     attrs.update(reference=reference if reference == "auto" else int(reference))
     return _dataset(_lazy(table, n), n, coords, attrs)
+
+
+def _graph(source, n, shape, opts, reference, model, order):
+    """The task graph, written out (a few tasks per frame; delayed calls on lists of
+    thousands of delayed objects take seconds to build). Returns the table's Delayed."""
+    import uuid
+
+    from dask.delayed import Delayed
+
+    token = uuid.uuid4().hex
+    src = f"find_transforms-source-{token}"
+    pick = f"find_transforms-reference-{token}"
+    ref_stars = f"find_transforms-reference-stars-{token}"
+    table = f"find_transforms-table-{token}"
+    records = [(f"find_transforms-stars-{token}", i) for i in range(n)]
+    dsk = {src: source}
+    for i, key in enumerate(records):
+        dsk[key] = (_frame_task, src, i, shape, opts)
+    dsk[pick] = (_pick, list(records), reference, opts)
+    dsk[ref_stars] = (_reference_task, src, pick, shape, list(records))
+    parts = []
+    for b, k in enumerate(range(0, n, _BATCH)):
+        batch = [int(i) for i in order[k:k + _BATCH]]
+        key = (f"find_transforms-match-{token}", b)
+        dsk[key] = (_match_task, src, batch, [records[i] for i in batch], pick, ref_stars,
+                    shape, model)
+        parts.append(key)
+    dsk[table] = (_table, parts, n, pick)
+    return Delayed(table, dsk)
 
 
 def _time_order(coords, n):
