@@ -28,7 +28,8 @@ Stages, per call (all bands of a frame together):
    from a ladder of 2.5, 5, 10 and 20 px as the rung whose ten best
    detections have the highest summed signal to noise (a matched filter
    gives a star its highest signal to noise at its own width, so faint
-   wide stars are found at the wide rungs); then the FWHM of the 25 best
+   wide stars are found at the wide rungs; the ladder is climbed until
+   the score falls); then the FWHM of the 25 best
    is measured, and the band filtered again at that FWHM when it is off
    the rung by more than a factor of two. Detections are the local maxima
    of the filtered image more than ``threshold`` times its noise (the
@@ -285,11 +286,12 @@ def detect_stars(bands, *, fwhm=None, n_stars=100, threshold=5.0):
         found = _candidates(pyramids, fwhm, threshold, sigma)
     else:
         best = None
-        for f in LADDER:
+        for f in LADDER:  # climb while the score rises (it peaks at the stars' width)
             found = _candidates(pyramids, f, threshold, sigma)
             score = _score(found)
-            if best is None or score > best[0]:
-                best = (score, f, found)
+            if best is not None and score <= best[0]:
+                break
+            best = (score, f, found)
         _, fwhm, found = best
     cand = _clear(bands, resids, found, 1.5 * fwhm)
     # the stars' own FWHM from the brightest; filter again if the rung was far off
