@@ -45,9 +45,10 @@ def baseline(cube):
 
 def main(n_frames=40, size=2048):
     with tempfile.TemporaryDirectory() as folder:
-        truth = synthetic.make_frames(folder, n_frames=n_frames, shape=(size, size),
-                                      n_stars=int(300 * (size / 512) ** 2), subpixel=True,
-                                      drift_step=3.0)
+        truth = synthetic.make_frames(
+            folder, n_frames=n_frames, shape=(size, size),
+            stars=synthetic.Stars(n_stars=int(300 * (size / 512) ** 2)),
+            motion=synthetic.Motion(subpixel=True, drift_step=3.0))
         cube = open_frames(truth.paths)
         file_bytes = size * size * 2
         baseline(cube)  # warm the cache

@@ -517,7 +517,8 @@ def get_frames(n, shape, folder=None, recipe=None, log=print):
         f"({need / 1e9:.2f} GB) in {folder} ...")
     t0 = time.perf_counter()
     params = {k: v for k, v in recipe.items()}
-    truth = synthetic.make_frames(folder, n_frames=n, shape=shape, overwrite=True, **params)
+    truth = synthetic.make_frames(folder, n_frames=n, shape=shape, overwrite=True,
+                                  **synthetic.options_from_dict(params))
     log(f"frames: generated in {time.perf_counter() - t0:.0f} s")
     record = dict(want, files=[os.path.basename(p) for p in truth.paths],
                   shifts=np.asarray(truth.shifts).tolist(), ref_star=list(truth.ref_star))

@@ -12,17 +12,21 @@ Conventions: images are indexed ``[y, x]``; positions and shifts are
 written ``[x, y]``.
 """
 
-from ._combine import stack
 from ._errors import (
     BigstackError,
     BigstackWarning,
     FrameError,
     FrameNotFoundError,
+    IncompleteStoreError,
     StoreExistsError,
 )
 from ._io import open_frames
+from ._quality import frame_quality
 from ._register import StarNotFoundError, find_shifts, find_star
+from ._reject import Rejection
 from ._render import crop, display, save_fits, save_png
+from ._stack import stack
+from ._store import open_stack
 from ._transforms import find_transforms
 
 __version__ = "0.1.0"
@@ -32,6 +36,8 @@ __all__ = [
     "BigstackWarning",
     "FrameError",
     "FrameNotFoundError",
+    "IncompleteStoreError",
+    "Rejection",
     "StarNotFoundError",
     "StoreExistsError",
     "crop",
@@ -39,8 +45,10 @@ __all__ = [
     "find_shifts",
     "find_transforms",
     "find_star",
+    "frame_quality",
     "stack",
     "open_frames",
+    "open_stack",
     "save_fits",
     "save_png",
     "__version__",

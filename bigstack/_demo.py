@@ -43,7 +43,7 @@ def run_demo(directory="bigstack-demo", *, n_frames=60, shape=(1536, 2048), seed
     """Generate, align and stack a synthetic night; return the measured summary (dict)."""
     from . import find_shifts, open_frames, stack, synthetic
     from ._memory import PeakMemory
-    from .cli import write_shifts_csv
+    from ._tables import write_shifts_csv
 
     directory = os.fspath(directory)
     store = os.path.join(directory, "stack.zarr")
@@ -54,10 +54,15 @@ def run_demo(directory="bigstack-demo", *, n_frames=60, shape=(1536, 2048), seed
             if os.path.exists(path):
                 raise StoreExistsError(f"{path}: left by an earlier demo; pass --overwrite or "
                                        "choose another folder")
+    os.makedirs(directory, exist_ok=True)  # a read-only place fails here, before any work
+    if not os.access(directory, os.W_OK):
+        raise PermissionError(f"{directory}: cannot write in it (permission denied or a "
+                              "read-only file system)")
     t0 = time.perf_counter()
     truth = synthetic.make_frames(
         os.path.join(directory, "frames"), n_frames=n_frames, shape=shape, seed=seed,
-        subpixel=True, drift_step=1.2, jitter=0.5, trail=True, ref_isolation=60,
+        motion=synthetic.Motion(subpixel=True, drift_step=1.2, jitter=0.5),
+        artefacts=synthetic.Artefacts(trail=True), stars=synthetic.Stars(ref_isolation=60),
         overwrite=overwrite)
     made = time.perf_counter() - t0
     out(f"generated {n_frames} frames of {shape[1]} x {shape[0]} in {made:.1f} s "
@@ -69,8 +74,8 @@ def run_demo(directory="bigstack-demo", *, n_frames=60, shape=(1536, 2048), seed
             warnings.simplefilter("always", BigstackWarning)
             shifts = find_shifts(cube, star_pos=truth.ref_star, search=100, track=True)
         found = time.perf_counter()
-        result = stack(cube, shifts, store=store, memory=memory, overwrite=overwrite,
-                       progress=progress)
+        result = stack(cube, shifts, store=store, memory=memory,
+                       mode="overwrite" if overwrite else "write", progress=progress)
         stacked = time.perf_counter()
         clip_start = time.perf_counter()
         clipped = stack(cube, shifts, method="sigma_clip", memory=memory).compute()
@@ -122,7 +127,8 @@ def run_demo(directory="bigstack-demo", *, n_frames=60, shape=(1536, 2048), seed
 def _picture(path, single, naive, aligned, clipped, star, overwrite):
     import matplotlib
 
-    from ._render import _atomic_output, display
+    from ._files import atomic_output
+    from ._render import display
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
@@ -133,15 +139,17 @@ def _picture(path, single, naive, aligned, clipped, star, overwrite):
     titles = ("single frame", "naive stack (no alignment)", "aligned stack (mean)",
               "aligned stack (sigma clip)")
     images = (single, naive, aligned, clipped)
+    rows, cols = slice(max(y - zoom, 0), y + zoom), slice(max(x - zoom, 0), x + zoom)
     for column, (title, image) in enumerate(zip(titles, images, strict=True)):
-        display(image, stretch="asinh", min_percent=1, max_percent=99.8, ax=axes[0, column],
-                fig=fig, title=title)
+        # One automatic stretch for all panels, the aligned stack's, with the sky's gradient
+        # taken out: the single frame's noise then shows as it is against the stacks'.
+        display(image, background="plane", norm_array=aligned, ax=axes[0, column], fig=fig,
+                title=title)
         axes[0, column].add_patch(matplotlib.patches.Rectangle(
             (x - zoom, y - zoom), 2 * zoom, 2 * zoom, ec="tab:orange", fc="none"))
-        cut = image[max(y - zoom, 0):y + zoom, max(x - zoom, 0):x + zoom]
-        display(cut, stretch="asinh", min_percent=1, max_percent=99.9, ax=axes[1, column],
-                fig=fig, title=f"{title}: around the reference star")
+        display(image[rows, cols], background="plane", norm_array=aligned[rows, cols],
+                ax=axes[1, column], fig=fig, title=f"{title}: around the reference star")
     fig.tight_layout()
-    with _atomic_output(path, overwrite) as tmp:
-        fig.savefig(tmp, format="png", dpi=80)
+    with atomic_output(path, overwrite) as tmp:
+        fig.savefig(tmp, format="png", dpi=80, metadata={"Software": "bigstack"})
     plt.close(fig)

@@ -212,7 +212,7 @@ def write_dng(
                 rowsperstrip=ny,
                 datetime=datetime,
                 resolution=None,
-                software=False,
+                software="bigstack",
                 metadata=None,
                 extratags=tags,
             )

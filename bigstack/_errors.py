@@ -43,14 +43,18 @@ class IncompleteStoreError(BigstackError):
     ----------
     store : str
         The store.
-    missing, total : int
-        Tiles not yet written, and tiles in all.
+    missing, total : int or None
+        Tiles not yet written, and tiles in all (``None`` when not known).
     """
 
     def __init__(self, store, missing, total):
-        self.store, self.missing, self.total = str(store), int(missing), int(total)
+        self.store = str(store)
+        self.missing = None if missing is None else int(missing)
+        self.total = None if total is None else int(total)
+        count = ("some tiles missing" if self.missing is None or self.total is None
+                 else f"{self.missing} of {self.total} tiles missing")
         super().__init__(
-            f"{self.store}: incomplete stack ({self.missing} of {self.total} tiles missing); "
+            f"{self.store}: incomplete stack ({count}); "
             "finish it with --resume (mode='resume'), or pass --allow-incomplete "
             "(allow_incomplete=True) to use it with the missing area as NaN"
         )

@@ -12,12 +12,12 @@ last; frames smaller than that are read whole. Images are indexed
 The per-frame results are plain dicts of floats; :func:`gather` turns a
 list of them into one table (a dict of ``(N,)`` arrays), which
 :func:`normalisation`, :func:`weights_from` and :func:`select_frames`
-take. :func:`frame_quality` includes :func:`frame_stats`' background and
+take. :func:`measure_frame` includes :func:`frame_stats`' background and
 noise, so one task per frame serves normalisation, weights and selection.
 
 Cost with the defaults (8 bands of 64 rows), per 2048-pixel-wide frame on
 one core: :func:`frame_stats` about 8 ms (a 4 MB read and a clipped
-32768-pixel sample), :func:`frame_quality` about 30 ms, mostly finding the
+32768-pixel sample), :func:`measure_frame` about 30 ms, mostly finding the
 stars in half a million pixels; fewer ``rows`` make it cheaper.
 """
 
@@ -187,7 +187,7 @@ def normalisation(stats, mode, reference=0, keep=None):
     ----------
     stats : list of dict or mapping of arrays
         ``background`` and ``scale`` (or ``noise``) of every frame
-        (:func:`frame_stats` or :func:`frame_quality` results, or a table
+        (:func:`frame_stats` or :func:`measure_frame` results, or a table
         from :func:`gather`).
     mode : {"none", "additive", "multiplicative", "additive+scale"}
     reference : int
@@ -253,7 +253,7 @@ def _require(values, keep, name, positive):
 # quality
 
 
-def frame_quality(read_rows, ny, nx, *, star=None, fwhm=None, flux=None, rows=64, bands=8,
+def measure_frame(read_rows, ny, nx, *, star=None, fwhm=None, flux=None, rows=64, bands=8,
                   threshold=5.0, saturation=None):
     """Quality of one frame, from a subsample of rows (one mapped task per frame).
 
@@ -434,7 +434,7 @@ def weights_from(quality, mode, keep=None):
     Parameters
     ----------
     quality : list of dict or mapping of arrays
-        The frame table (:func:`frame_quality` results or :func:`gather`).
+        The frame table (:func:`measure_frame` results or :func:`gather`).
     mode : {"none", "noise", "fwhm"} or array_like
         ``"none"``: all ones. ``"noise"``: inverse variance ``1 /
         noise**2``. ``"fwhm"``: ``1 / fwhm**2`` (sharper frames count
@@ -511,7 +511,7 @@ def select_frames(quality, select, score="fwhm", keep=None):
     Parameters
     ----------
     quality : list of dict or mapping of arrays
-        The frame table (:func:`frame_quality` results or :func:`gather`).
+        The frame table (:func:`measure_frame` results or :func:`gather`).
     select : None, dict, str or float
         ``None``: keep every frame. A dict of thresholds, e.g.
         ``{"fwhm": 4.0, "stars": 50}``: drop frames whose ``fwhm``,
@@ -585,3 +585,111 @@ def select_frames(quality, select, score="fwhm", keep=None):
     if not keep.any():
         raise ValueError(f"select={select!r} would leave no frame to stack")
     return keep, reasons
+
+
+# --------------------------------------------------------------------------
+# the public step: one task per frame over a cube
+
+
+def frame_quality(frames, shifts=None, *, progress=False, compute=True):
+    """Measure every frame's quality: background, noise, FWHM, roundness, stars, flux.
+
+    One dask task per frame reads a subsample of its rows (eight bands of
+    64 rows; see :func:`frame_stats` and :func:`measure_frame`), so the
+    table costs a small fraction of a read of the night. ``stack`` uses it
+    for ``weights``, ``select`` and ``normalize_frames``; pass it there as
+    ``quality=`` to measure once and keep ``stack`` lazy.
+
+    Parameters
+    ----------
+    frames : xarray.DataArray ``(frame, y, x)``, array, pattern or list of paths
+        Usually the cube from :func:`bigstack.open_frames`.
+    shifts : xarray.Dataset, optional
+        :func:`bigstack.find_shifts`' Dataset: its star positions, FWHM and
+        flux are used instead of being measured again (``flux`` is the
+        reference star's). Frames it flagged invalid are measured all the same.
+    progress : bool
+        Show a progress bar.
+    compute : bool
+        ``False`` returns the same Dataset backed by one dask task a frame.
+
+    Returns
+    -------
+    xarray.Dataset
+        Over ``frame`` (with the cube's per-frame coordinates): ``background``,
+        ``noise``, ``fwhm`` (px), ``roundness`` (0 round, towards 1 elongated),
+        ``stars`` (count) and ``flux``, float64, NaN where not measured.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from bigstack import open_frames, frame_quality, synthetic
+    >>> truth = synthetic.make_frames(tempfile.mkdtemp(), n_frames=2, shape=(128, 128))
+    >>> q = frame_quality(open_frames(truth.paths))
+    >>> sorted(q.data_vars)
+    ['background', 'flux', 'fwhm', 'noise', 'roundness', 'stars']
+    """
+    import dask.array as da
+    import xarray as xr
+
+    from ._io import cube_source
+
+    source, n, shape, coords = cube_source(frames, "frame_quality")
+    table = quality_table(source, n, shape, shifts, np.ones(n, bool), progress=progress,
+                          compute=compute)
+    if compute:
+        columns = table
+    else:
+        columns = {k: da.from_delayed(table[k], (n,), np.float64) for k in QUALITY_FIELDS}
+    all_coords = {"frame": np.arange(n)}
+    all_coords.update({k: v for k, v in coords.items() if k != "frame"})
+    return xr.Dataset({k: ("frame", columns[k]) for k in QUALITY_FIELDS}, coords=all_coords)
+
+
+def quality_table(source, n, shape, shifts, keep, progress=False, compute=True):
+    """The quality table of the kept frames (NaN rows for the others) as numpy columns,
+    or, with ``compute=False``, one delayed dict of those columns."""
+    import dask
+
+    known = {}
+    if hasattr(shifts, "data_vars"):
+        for name in ("fwhm", "flux"):
+            if name in shifts:
+                known[name] = np.asarray(shifts[name].values, float)
+        if "star" in shifts:
+            known["star"] = np.asarray(shifts["star"].transpose(..., "axis").values, float)
+    source_d = dask.delayed(source, traverse=False)
+    task = dask.delayed(_quality_task, pure=True)
+    kept = np.flatnonzero(keep)
+    tasks = [task(source_d, int(i), tuple(shape),
+                  *(known[k][i] if k in known else None for k in ("star", "fwhm", "flux")))
+             for i in kept]
+    gathered = dask.delayed(_table_of, pure=True)(tasks, kept, n)
+    if not compute:
+        return gathered
+    from ._tasks import compute as run
+
+    (table,) = run([gathered], progress)
+    return table
+
+
+def _table_of(records, kept, n):
+    empty = dict.fromkeys(QUALITY_FIELDS, np.nan)
+    table = [empty] * n
+    for i, record in zip(kept, records, strict=True):
+        table[i] = record
+    return gather(table, QUALITY_FIELDS)
+
+
+def _quality_task(source, i, shape, star, fwhm, flux):
+    def read_rows(r0, r1):
+        rows, scale, zero, blank, floating = source.raw(i, r0, r1, {})
+        values = rows.astype(np.float32) * np.float32(scale) + np.float32(zero)
+        if blank is not None:
+            values[rows == blank] = np.nan
+        return values
+
+    star = None if star is None or not np.isfinite(star).all() else star
+    return measure_frame(read_rows, shape[0], shape[1], star=star,
+                         fwhm=None if fwhm is None else float(fwhm),
+                         flux=None if flux is None else float(flux))

@@ -356,8 +356,10 @@ def find_shifts(frames, star_pos=None, search=None, method="centroid", reference
     Returns
     -------
     xarray.Dataset
-        Over ``frame`` (with the cube's per-frame coordinates): ``star`` and
-        ``shift`` ``(frame, axis)`` with ``axis = ["x", "y"]`` (so
+        ``attrs`` say how the shifts were found (``method``, ``star_pos``,
+        ``search``, ``track``, ``reference``); ``stack`` keeps them in the
+        store's provenance. Over ``frame`` (with the cube's per-frame
+        coordinates): ``star`` and ``shift`` ``(frame, axis)`` with ``axis = ["x", "y"]`` (so
         ``np.asarray(ds["shift"])`` is the tutorial's N x 2 array), ``peak``,
         ``flux``, ``fwhm``, ``background``, ``noise``, ``valid`` and
         ``reason``. A frame whose star is lost has ``valid=False``, NaN
@@ -407,12 +409,19 @@ def find_shifts(frames, star_pos=None, search=None, method="centroid", reference
         records = [measure(source, i, star_pos, search, shape, method, saturation, ref_region)
                    for i in range(n)]
     table = dask.delayed(_table, pure=True)(records, reference, jump, _time_order(coords, n))
+    # how the shifts were found: stack() keeps this in the store's provenance
+    provenance = {"registration": "find_shifts", "method": method,
+                  "star_pos": [float(v) for v in star_pos], "search": int(search),
+                  "track": bool(track), "reference": int(reference)}
     if compute:
         (result,) = dask.compute(table)
         ds = _dataset(result, n, coords)
+        ds.attrs.update(provenance)
         _report(ds, reference, strict)
         return ds
-    return _dataset(_lazy_columns(table, n), n, coords)
+    ds = _dataset(_lazy_columns(table, n), n, coords)
+    ds.attrs.update(provenance)
+    return ds
 
 
 def _time_order(coords, n):

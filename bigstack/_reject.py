@@ -108,6 +108,7 @@ rows (:func:`max_rows`), leaving out the caller's own read buffers.
 from __future__ import annotations
 
 import numbers
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -279,6 +280,70 @@ def check_weights(weights, n):
     if not w.any():
         raise ValueError("weights are all zero: no frame would contribute")
     return w
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A combine method and its options, validated once.
+
+    ``stack(..., method=Rejection("sigma_clip", kappa=(2.5, 3)))`` is the same
+    as ``stack(..., method="sigma_clip", kappa=(2.5, 3))``; the object form
+    keeps a night's combine settings in one value. Options the method does
+    not use must be left unset (a ValueError names them); unset options take
+    their defaults (``kappa=(3, 3)``, ``centre="median"``, ``maxiters=5``,
+    ``nlow=nhigh=1``, ``percentile=(10, 90)``).
+
+    Parameters
+    ----------
+    method : {"mean", "average", "sum", "median", "sigma_clip", "winsorized", "minmax",
+              "percentile"}
+        See the module notes for each method's exact algorithm.
+    kappa, centre, maxiters, nlow, nhigh, percentile
+        As for :func:`combine_block`.
+
+    Examples
+    --------
+    >>> Rejection("sigma_clip", kappa=2.5).options
+    {'kappa': (2.5, 2.5), 'centre': 'median', 'maxiters': 5}
+    >>> Rejection("median", kappa=3)
+    Traceback (most recent call last):
+    ...
+    ValueError: method='median' does not use kappa; leave it unset
+    """
+
+    method: str = "sigma_clip"
+    kappa: object = None
+    centre: str | None = None
+    maxiters: int | None = None
+    nlow: int | None = None
+    nhigh: int | None = None
+    percentile: object = None
+
+    def __post_init__(self):
+        name = _method(self.method)
+        given = {k: getattr(self, k) for k in _OPTION_NAMES}
+        resolved = _options(name, given)
+        object.__setattr__(self, "method", name)
+        for key in _OPTION_NAMES:
+            object.__setattr__(self, key, resolved.get(key))
+
+    @property
+    def options(self):
+        """The options this method uses, resolved (a dict, for :func:`combine_block`)."""
+        return {k: getattr(self, k) for k in _OPTION_NAMES if k in _USES[self.method]}
+
+    @property
+    def streaming(self):
+        """True for the methods that add frames one by one (``mean``, ``sum``)."""
+        return self.method in ("mean", "sum")
+
+    @property
+    def weighted(self):
+        """True when the method can weight its frames."""
+        return "weights" in _USES[self.method]
+
+
+_OPTION_NAMES = ("kappa", "centre", "maxiters", "nlow", "nhigh", "percentile")
 
 
 # --------------------------------------------------------------------------

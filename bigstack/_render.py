@@ -18,12 +18,50 @@ smallest factor that brings the picture under ``max_pixels``; edge rows and
 columns that do not fill a whole block are left out; NaNs are ignored in a
 block) and draw that with an ``extent`` in original pixel coordinates.
 
+Automatic stretch
+-----------------
+``stretch="auto"`` (the default of ``display`` and ``save_png``) is set
+from the sky rather than from fixed percentiles, in the manner of the
+"screen transfer function" of desktop stacking programs:
+
+* the sky's level and noise are the median and ``1.4826 x MAD`` of (up to
+  a million, evenly spaced) finite pixels, with stars and dead pixels
+  clipped out at 3 sigma until nothing changes;
+* black is 2.8 sigma below the sky median (but not below the darkest
+  pixel), white twice as far above black as the brightest pixel: no star
+  is clipped, and even in 8 bits no star core is flattened to white;
+* between them the midtones transfer function
+  ``y = (m - 1) x / ((2m - 1) x - m)`` with its balance ``m`` chosen so
+  that the sky median comes out at 0.22: the sky is a dark grey with its
+  noise visible (one sigma is about 15 of 255 levels) and faint stars
+  stand out.
+
+A sky gradient spreads the sky's values and so lowers the black point and
+the contrast of the noise; ``background="plane"`` (or ``"poly2"``)
+subtracts a fit of the sky first, for the picture only: the polynomial is
+fitted to the 3-sigma clipped medians of a grid of up to 16 x 16 cells, so
+stars do not pull it, and cells that stand out from the fit are dropped.
+NaN (uncovered) pixels take no part. An image whose finite pixels all
+have one value is all sky and comes out at 0.22; an image with no finite
+pixel is refused (``ValueError``).
+
+Unfinished stacks
+-----------------
+A Dataset or DataArray whose ``attrs["complete"]`` is false comes from a
+run that stopped early; ``display``, ``save_png`` and ``save_fits`` refuse
+it with :class:`~bigstack.IncompleteStoreError` unless
+``allow_incomplete=True``.
+
 FITS layout written by :func:`save_fits`
 ----------------------------------------
 Primary HDU
     The stack, float32. Short scalar attributes (numbers, booleans,
     one-card strings) as header cards: the name upper-cased, as a plain
     keyword when it has at most 8 characters, else as a ``HIERARCH`` card.
+    ``NCOMBINE`` (frames used), ``EXPTIME`` (their total exposure, s),
+    ``DATE-OBS``/``DATE-END`` (UTC start of the earliest, end of the latest
+    frame used) when the attributes ``frames_used``, ``frame_exptime`` and
+    ``frame_time`` give them for every frame used.
     ``LTV1``/``LTV2`` (IRAF convention, ``physical = logical - LTV``) when
     the ``x``/``y`` coordinates do not start at 0, e.g. for a cropped
     stack, so pixels map back to the reference grid.
@@ -37,23 +75,25 @@ Primary HDU
 
 from __future__ import annotations
 
-import contextlib
+import datetime
+import functools
 import json
 import math
 import numbers
 import operator
 import os
 import re
-import uuid
 import warnings
 
 import numpy as np
 
-from ._errors import BigstackWarning
+from ._errors import BigstackWarning, IncompleteStoreError
+from ._files import SOFTWARE, atomic_output, mark_png, refuse_existing
 
 __all__ = ["crop", "display", "save_png", "save_fits"]
 
-STRETCHES = ("linear", "sqrt", "power", "log", "asinh")
+STRETCHES = ("auto", "linear", "sqrt", "power", "log", "asinh")
+BACKGROUNDS = ("none", "plane", "poly2")
 
 # colormap name -> inverted?  Written as one grey channel by save_png.
 _GREY_CMAPS = {"Greys_r": False, "gray": False, "grey": False,
@@ -128,6 +168,30 @@ def _numeric_coord(array, dim):
     if values.ndim != 1 or values.size == 0 or values.dtype.kind not in "iuf":
         return None
     return values
+
+
+def _check_complete(image, allow_incomplete, stacklevel=3):
+    """Refuse (or warn about) an image whose attributes say its stack is unfinished.
+
+    A Dataset or DataArray with ``attrs["complete"]`` false is the product of
+    a run that stopped early: its missing tiles are NaN. The store's name and
+    the tile counts come from the ``store``, ``tiles_missing`` and
+    ``tiles_total`` attributes when present.
+    """
+    attrs = getattr(image, "attrs", None)
+    if not isinstance(image, _xarray_types()) or not isinstance(attrs, dict):
+        return
+    complete = attrs.get("complete")
+    if not isinstance(complete, (bool, np.bool_)) or complete:
+        return
+    store = attrs.get("store", "<stack>")
+    missing, total = attrs.get("tiles_missing"), attrs.get("tiles_total")
+    if not allow_incomplete:
+        raise IncompleteStoreError(store, missing, total)
+    count = (f"{missing} of {total} tiles" if missing is not None and total is not None
+             else "some tiles")
+    warnings.warn(f"{store}: incomplete stack used as asked ({count} missing, shown as NaN)",
+                  BigstackWarning, stacklevel=stacklevel)
 
 
 # --------------------------------------------------------------------------
@@ -357,26 +421,261 @@ def _picture(image, name, max_pixels, decimate_eager):
 # --------------------------------------------------------------------------
 # stretch
 
+AUTO_TARGET = 0.22  # output level (0..1) of the sky median under stretch="auto"
+AUTO_SHADOWS = 2.8  # black point of stretch="auto": this many sky sigmas below the sky
+AUTO_HEADROOM = 2.0  # white point of stretch="auto": this many times the brightest pixel's
+# height above black. The transfer function squeezes the top of its range
+# (with white at the brightest pixel the top quarter of it is one 8-bit level),
+# so the headroom keeps bright star cores from flattening into white discs.
+_KAPPA = 3.0  # sigma clipping of stars (and dead pixels) out of the sky statistics
+_SKY_SAMPLE = 1_000_000  # pixels the sky statistics are measured on, at most
+_GRID_SAMPLE = 300_000  # pixels the background grid is measured on, about (~1000 a cell)
+_GRID_CELLS = 16  # cells per side of the background grid, at most
+_GRID_CELL_SIZE = 8  # pixels per side of a background cell, at least
+_BACKGROUND_TERMS = {
+    "plane": ((0, 0), (1, 0), (0, 1)),
+    "poly2": ((0, 0), (1, 0), (0, 1), (2, 0), (1, 1), (0, 2)),
+}  # exponents (i, j) of the terms x**i * y**j
 
-def _check_stretch(stretch):
-    if stretch not in STRETCHES:
+
+def _check_stretch(stretch, log_a, min_percent, max_percent):
+    """The stretch to use (``None`` is ``"auto"``); refuses options that auto would ignore."""
+    if stretch is None:
+        stretch = "auto"
+    if not isinstance(stretch, str) or stretch not in STRETCHES:
         raise ValueError(f"stretch={stretch!r} is not one of {', '.join(STRETCHES)}")
+    if stretch == "auto":
+        for name, value in (("log_a", log_a), ("min_percent", min_percent),
+                            ("max_percent", max_percent)):
+            if value is not None:
+                raise ValueError(
+                    f"{name}={value!r} is for the explicit stretches "
+                    f"({', '.join(STRETCHES[1:])}); stretch='auto' sets its range from the sky"
+                )
+    return stretch
+
+
+def _check_background(background):
+    if background is None:
+        background = "none"
+    if not isinstance(background, str) or background not in BACKGROUNDS:
+        raise ValueError(f"background={background!r} is not one of {', '.join(BACKGROUNDS)}")
+    return background
 
 
 def _norm(values, stretch, log_a, min_percent, max_percent, name):
-    """astropy ``simple_norm`` computed from the finite values only."""
+    """The normalisation of ``stretch`` computed from the finite ``values`` only."""
+    if stretch == "auto":
+        return _auto_norm(values, name)
     from astropy.visualization import simple_norm
 
     finite = values[np.isfinite(values)]
     if finite.size == 0:
         raise ValueError(f"{name} has no finite pixel values to set the display range from")
-    return simple_norm(finite, stretch=stretch, log_a=log_a,
-                       min_percent=min_percent, max_percent=max_percent)
+    return simple_norm(finite, stretch=stretch, log_a=1000 if log_a is None else log_a,
+                       min_percent=0 if min_percent is None else min_percent,
+                       max_percent=100 if max_percent is None else max_percent)
 
 
-def display(image, stretch="log", log_a=1000, norm_array=None, min_percent=0, max_percent=100,
-            cmap="Greys_r", fig=None, ax=None, title=None, xlim=None, ylim=None,
-            max_pixels=4_000_000):
+def _sample(values, size):
+    """About ``size`` finite values of the 2-D ``values`` on an even grid, as float64."""
+    ny, nx = values.shape
+    step = max(1, math.ceil(math.sqrt(ny * nx / size)))
+    sample = np.asarray(values[::step, ::step], dtype=np.float64).ravel()
+    sample = sample[np.isfinite(sample)]
+    if step > 1 and sample.size < 1000:  # mostly uncovered: take every finite pixel
+        sample = np.asarray(values, dtype=np.float64)
+        sample = sample[np.isfinite(sample)]
+    return sample
+
+
+def _clipped_sky(sample):
+    """Median and noise sigma (1.4826 x MAD) of ``sample`` with outliers clipped.
+
+    Values beyond ``_KAPPA`` sigmas of the median (stars, hot and dead
+    pixels) are left out and the two are measured again, until nothing
+    changes.
+    """
+    kept = sample
+    for _ in range(10):
+        median = float(np.median(kept))
+        sigma = 1.4826 * float(np.median(np.abs(kept - median)))
+        if sigma == 0:
+            break
+        inside = sample[np.abs(sample - median) <= _KAPPA * sigma]
+        if inside.size == kept.size:
+            break
+        kept = inside
+    return median, sigma
+
+
+def _mtf(midtone, x):
+    """Midtones transfer function: maps 0 -> 0, ``midtone`` -> 0.5, 1 -> 1.
+
+    ``(m - 1) x / ((2m - 1) x - m)``; ``_mtf(t, x)`` is also the balance
+    ``m`` that maps ``x`` to ``t``, and ``_mtf(1 - m, .)`` undoes ``_mtf(m, .)``.
+    """
+    return (midtone - 1.0) * x / ((2.0 * midtone - 1.0) * x - midtone)
+
+
+def _auto_levels(values, name):
+    """``(black, white, midtone)`` of the automatic stretch of the 2-D ``values``.
+
+    Black a little below the sky (``AUTO_SHADOWS`` sky sigmas, not below
+    the darkest pixel), white ``AUTO_HEADROOM`` times as far above black as
+    the brightest pixel, and the midtones balance that puts the sky median
+    at ``AUTO_TARGET``. A constant image is
+    all sky: it comes out at ``AUTO_TARGET``.
+    """
+    sample = _sample(values, _SKY_SAMPLE)
+    if sample.size == 0:
+        raise ValueError(f"{name} has no finite pixel values to set the display range from")
+    finite = np.isfinite(values)
+    low = float(np.min(values, where=finite, initial=np.inf))
+    high = float(np.max(values, where=finite, initial=-np.inf))
+    if high == low:
+        half = max(abs(high), 1.0) * 1e-3
+        return high - half, high + half, _mtf(AUTO_TARGET, 0.5)
+    median, sigma = _clipped_sky(sample)
+    if sigma == 0:  # over half the pixels share one value (e.g. quantised): use the spread
+        sigma = float(np.std(sample))
+    if sigma == 0:
+        sigma = float(np.std(np.asarray(values, dtype=np.float64)[finite]))
+    black = median - AUTO_SHADOWS * sigma
+    if black < low < median:
+        black = low
+    white = black + AUTO_HEADROOM * (max(high, median + sigma) - black)
+    sky = (median - black) / (white - black)
+    return black, white, _mtf(AUTO_TARGET, sky)
+
+
+@functools.cache
+def _midtones_stretch():
+    """astropy stretch class of the midtones transfer function (made on first use)."""
+    from astropy.visualization import BaseStretch
+
+    class MidtonesStretch(BaseStretch):
+        """Midtones transfer function with balance ``midtone`` on values in 0..1."""
+
+        def __init__(self, midtone):
+            super().__init__()
+            self.midtone = float(midtone)
+
+        def __call__(self, values, clip=True, out=None):
+            if out is None:
+                out = np.array(values, dtype=np.float64)
+            elif out is not values:
+                out[...] = values
+            if clip:
+                np.clip(out, 0.0, 1.0, out=out)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out[...] = _mtf(self.midtone, out)
+            return out
+
+        @property
+        def inverse(self):
+            return MidtonesStretch(1.0 - self.midtone)
+
+    return MidtonesStretch
+
+
+def _auto_norm(values, name):
+    from astropy.visualization import ImageNormalize
+
+    black, white, midtone = _auto_levels(values, name)
+    return ImageNormalize(vmin=black, vmax=white, stretch=_midtones_stretch()(midtone),
+                          clip=True)
+
+
+# --------------------------------------------------------------------------
+# background flattening (for display only)
+
+
+def _sky_grid(values):
+    """Clipped sky medians on a coarse grid of cells: ``(y, x, level)`` of the usable cells.
+
+    ``y``, ``x`` are the cells' centres in pixels of ``values``. Each cell's
+    stars are clipped (``_KAPPA`` sigmas, repeated); a cell less than half
+    covered by finite pixels is not used.
+    """
+    ny, nx = values.shape
+    step = max(1, math.ceil(math.sqrt(ny * nx / _GRID_SAMPLE)))
+    sub = np.asarray(values[::step, ::step], dtype=np.float64)
+    sy, sx = sub.shape
+    gy = max(1, min(_GRID_CELLS, sy // _GRID_CELL_SIZE))
+    gx = max(1, min(_GRID_CELLS, sx // _GRID_CELL_SIZE))
+    cy, cx = sy // gy, sx // gx
+    cells = sub[:gy * cy, :gx * cx].reshape(gy, cy, gx, cx).transpose(0, 2, 1, 3)
+    cells = cells.reshape(gy * gx, cy * cx).copy()
+    covered = np.isfinite(cells).sum(axis=1) >= cells.shape[1] / 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cells give NaN, as wanted
+        for _ in range(10):
+            median = np.nanmedian(cells, axis=1, keepdims=True)
+            sigma = 1.4826 * np.nanmedian(np.abs(cells - median), axis=1, keepdims=True)
+            out = np.abs(cells - median) > _KAPPA * sigma
+            if not out.any():
+                break
+            cells[out] = np.nan
+        level = np.nanmedian(cells, axis=1)
+    iy, ix = np.divmod(np.arange(gy * gx), gx)
+    y = (iy * cy + (cy - 1) / 2) * step
+    x = (ix * cx + (cx - 1) / 2) * step
+    use = covered & np.isfinite(level)
+    return y[use], x[use], level[use]
+
+
+def _flatten(picture, background):
+    """``picture`` minus a robust polynomial fit of its sky, plus the fit's value at the centre.
+
+    The polynomial (``"plane"`` or ``"poly2"``, in ``x`` and ``y``) is fitted
+    by least squares to the clipped medians of a coarse grid of cells
+    (:func:`_sky_grid`); cells that stand out from the fit by more than
+    ``_KAPPA`` times the residuals' MAD sigma (a galaxy, a bright star's halo)
+    are dropped and the fit repeated. NaN pixels stay NaN.
+    """
+    if background == "none":
+        return picture
+    powers = _BACKGROUND_TERMS[background]
+    ny, nx = picture.shape
+
+    def scaled(y, x):  # coordinates in -1..1 over the picture keep the fit well conditioned
+        return (x - (nx - 1) / 2) / max(nx / 2, 1), (y - (ny - 1) / 2) / max(ny / 2, 1)
+
+    y, x, level = _sky_grid(picture)
+    u, v = scaled(y, x)
+    design = np.stack([u**i * v**j for i, j in powers], axis=1)
+    need = len(powers) + 1
+    use = np.ones(level.size, bool)
+    if level.size < need:
+        if not np.isfinite(picture).any():
+            return picture  # nothing to flatten; the stretch reports the empty image
+        raise ValueError(
+            f"background={background!r}: only {level.size} covered sky cells in a "
+            f"{nx} x {ny} picture; fitting needs at least {need}"
+        )
+    for _ in range(10):
+        coef = np.linalg.lstsq(design[use], level[use], rcond=None)[0]
+        residual = level - design @ coef
+        spread = 1.4826 * float(np.median(np.abs(residual[use] - np.median(residual[use]))))
+        keep = np.abs(residual) <= _KAPPA * spread if spread > 0 else use
+        if keep.sum() < need or np.array_equal(keep, use):
+            break
+        use = keep
+    dtype = np.result_type(picture.dtype, np.float32)
+    out = np.array(picture, dtype=dtype)
+    u = scaled(0.0, np.arange(nx, dtype=np.float64))[0]
+    rows = max(1, 4_000_000 // max(nx, 1))
+    for y0 in range(0, ny, rows):  # the model a band at a time: no full-size float64 copy
+        v = scaled(np.arange(y0, min(ny, y0 + rows), dtype=np.float64)[:, None], 0.0)[1]
+        model = sum(c * u**i * v**j for c, (i, j) in zip(coef[1:], powers[1:], strict=True))
+        out[y0:y0 + rows] -= model.astype(dtype, copy=False)
+    return out
+
+
+def display(image, stretch=None, log_a=None, norm_array=None, min_percent=None,
+            max_percent=None, cmap="Greys_r", fig=None, ax=None, title=None, xlim=None,
+            ylim=None, max_pixels=4_000_000, background="none", allow_incomplete=False):
     """Show an image with matplotlib, origin at the lower left.
 
     Parameters
@@ -386,16 +685,21 @@ def display(image, stretch="log", log_a=1000, norm_array=None, min_percent=0, ma
         shows its ``stack``). A numpy image is drawn in full, as the
         tutorial does; a lazy one over ``max_pixels`` pixels is drawn as a
         block mean (see the module notes) computed without loading it.
-    stretch : {"log", "linear", "sqrt", "power", "asinh"}
-        Stretch of astropy's :func:`~astropy.visualization.simple_norm`.
-    log_a : float
-        Exponent of the ``log`` stretch.
+    stretch : {None, "auto", "log", "linear", "sqrt", "power", "asinh"}
+        ``None`` or ``"auto"``: the automatic stretch set from the sky's
+        level and noise (see the module notes). The others are the
+        stretches of astropy's :func:`~astropy.visualization.simple_norm`.
+    log_a : float, optional
+        Exponent of the ``log`` stretch (default 1000).
     norm_array : array-like, optional
         Image that the display range is computed from instead of
         ``image`` (e.g. a single frame, free of the dark uncovered edges of
         a stack). Decimated like ``image`` when lazy and large.
-    min_percent, max_percent : float
-        Percentiles of the finite pixel values that map to black and white.
+    min_percent, max_percent : float, optional
+        Explicit stretches: percentiles of the finite pixel values that map
+        to black and white (default 0 and 100). ``log_a`` and the
+        percentiles are refused with the automatic stretch, which would
+        not use them.
     cmap : str or matplotlib.colors.Colormap
         Colormap.
     fig, ax : matplotlib Figure and Axes, optional
@@ -408,6 +712,17 @@ def display(image, stretch="log", log_a=1000, norm_array=None, min_percent=0, ma
         Axis limits, in pixel coordinates of the image.
     max_pixels : int or None
         Largest lazy image drawn pixel for pixel; ``None`` never decimates.
+    background : {"none", "plane", "poly2"}
+        Subtract a robust fit of the sky (a plane, or a polynomial of
+        degree 2 in ``x`` and ``y``) before stretching, so that a sky
+        gradient does not hide faint detail. For the picture only: the
+        data are not changed; the values drawn keep the fitted sky's level
+        at the picture's centre.
+        A ``norm_array`` is flattened too (with its own fit) before the
+        range is taken from it.
+    allow_incomplete : bool
+        Show a stack whose attributes say it is unfinished (its missing
+        tiles are NaN), with a :class:`~bigstack.BigstackWarning`.
 
     Returns
     -------
@@ -419,8 +734,12 @@ def display(image, stretch="log", log_a=1000, norm_array=None, min_percent=0, ma
     Raises
     ------
     ValueError
-        An unknown stretch (the allowed ones are listed), an image that is
-        not 2-D, or one with no finite values.
+        An unknown stretch or background (the allowed ones are listed), an
+        option the stretch would not use, an image that is not 2-D, or one
+        with no finite values.
+    bigstack.IncompleteStoreError
+        An unfinished stack (``attrs["complete"]`` false) without
+        ``allow_incomplete``.
 
     Examples
     --------
@@ -429,17 +748,21 @@ def display(image, stretch="log", log_a=1000, norm_array=None, min_percent=0, ma
     >>> import numpy as np
     >>> from bigstack import display
     >>> image = np.random.default_rng(0).gamma(2.0, 100.0, (64, 96))
-    >>> img = display(image, stretch="log", title="a noisy frame")
+    >>> img = display(image, title="a noisy frame")
     >>> img.origin, img.get_array().shape
     ('lower', (64, 96))
     """
-    _check_stretch(stretch)
+    stretch = _check_stretch(stretch, log_a, min_percent, max_percent)
+    background = _check_background(background)
     _check_max_pixels(max_pixels)
+    _check_complete(image, allow_incomplete)
     picture, extent = _picture(image, "image", max_pixels, decimate_eager=False)
+    picture = _flatten(picture, background)
     if norm_array is None:
         norm = _norm(picture, stretch, log_a, min_percent, max_percent, "image")
     else:
         norm_values, _ = _picture(norm_array, "norm_array", max_pixels, decimate_eager=False)
+        norm_values = _flatten(norm_values, background)
         norm = _norm(norm_values, stretch, log_a, min_percent, max_percent, "norm_array")
 
     import matplotlib.pyplot as plt
@@ -461,54 +784,6 @@ def display(image, stretch="log", log_a=1000, norm_array=None, min_percent=0, ma
 
 
 # --------------------------------------------------------------------------
-# writing files: never a half file under the final name
-
-
-def _refuse_existing(path, overwrite):
-    if not overwrite and os.path.lexists(path):
-        err = FileExistsError(f"{path}: exists already; pass overwrite=True to replace it")
-        err.filename = path
-        raise err
-
-
-@contextlib.contextmanager
-def _atomic_output(path, overwrite):
-    """Yield a temporary file name next to ``path``; publish it as ``path`` on success.
-
-    The temporary file is written, flushed to disk and then linked (no
-    overwrite) or renamed (overwrite) to ``path``, so a failure at any
-    point leaves ``path`` as it was. The temporary file is always removed.
-    """
-    _refuse_existing(path, overwrite)
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"{path}: the folder {folder} does not exist")
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp")
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-    try:
-        yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)  # fails if path appeared meanwhile: never clobbers
-            except FileExistsError:
-                _refuse_existing(path, overwrite)
-                raise
-            except OSError:  # file system without hard links
-                _refuse_existing(path, overwrite)
-                os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
-# --------------------------------------------------------------------------
 # PNG
 
 
@@ -521,17 +796,18 @@ def _grey_inversion(cmap):
     return None
 
 
-def save_png(image, path, *, stretch="log", log_a=1000, norm_array=None, min_percent=0,
-             max_percent=100, cmap="Greys_r", max_pixels=None, overwrite=False, bits=8):
+def save_png(image, path, *, stretch=None, log_a=None, norm_array=None, min_percent=None,
+             max_percent=None, cmap="Greys_r", max_pixels=None, overwrite=False, bits=8,
+             background="none", allow_incomplete=False):
     """Write an image as a PNG, one image pixel per PNG pixel, origin at the lower left.
 
-    The image is stretched exactly as :func:`display` does (astropy's
-    ``simple_norm`` on the finite values of ``norm_array`` or the image),
-    clipped to 0..1 and written with row ``y = 0`` at the bottom of the
-    picture. Grey colormaps (``"Greys_r"``, ``"gray"``, ``"grey"`` and
-    their inverses ``"Greys"``, ``"gray_r"``, ``"grey_r"``) give a one-channel
-    grey PNG; any other matplotlib colormap an 8-bit RGB PNG. NaN (uncovered)
-    pixels get the lowest level.
+    The image is stretched exactly as :func:`display` does (by default the
+    automatic stretch; else astropy's ``simple_norm`` on the finite values
+    of ``norm_array`` or the image), clipped to 0..1 and written with row
+    ``y = 0`` at the bottom of the picture. Grey colormaps (``"Greys_r"``,
+    ``"gray"``, ``"grey"`` and their inverses ``"Greys"``, ``"gray_r"``,
+    ``"grey_r"``) give a one-channel grey PNG; any other matplotlib colormap
+    an 8-bit RGB PNG. NaN (uncovered) pixels get the lowest level.
 
     Parameters
     ----------
@@ -540,7 +816,7 @@ def save_png(image, path, *, stretch="log", log_a=1000, norm_array=None, min_per
         writes its ``stack``.
     path : str or path-like
         The PNG file to write.
-    stretch, log_a, norm_array, min_percent, max_percent, cmap
+    stretch, log_a, norm_array, min_percent, max_percent, cmap, background
         As for :func:`display`.
     max_pixels : int, optional
         Write at most this many pixels: a larger image (lazy or not) is
@@ -551,6 +827,9 @@ def save_png(image, path, *, stretch="log", log_a=1000, norm_array=None, min_per
         name and renamed, so a failure never leaves a partial PNG.
     bits : {8, 16}
         Levels per channel; 16 is for grey colormaps only.
+    allow_incomplete : bool
+        Write a stack whose attributes say it is unfinished (its missing
+        tiles are NaN, drawn black), with a :class:`~bigstack.BigstackWarning`.
 
     Returns
     -------
@@ -563,8 +842,12 @@ def save_png(image, path, *, stretch="log", log_a=1000, norm_array=None, min_per
         ``path`` exists and ``overwrite`` is false (checked before any
         computing).
     ValueError
-        An unknown stretch or colormap, ``bits`` not 8 or 16, 16 bits with a
-        colour map, or an image that is not 2-D.
+        An unknown stretch, background or colormap, an option the stretch
+        would not use, ``bits`` not 8 or 16, 16 bits with a colour map, or
+        an image that is not 2-D.
+    bigstack.IncompleteStoreError
+        An unfinished stack (``attrs["complete"]`` false) without
+        ``allow_incomplete`` (checked before any computing).
 
     Examples
     --------
@@ -579,7 +862,8 @@ def save_png(image, path, *, stretch="log", log_a=1000, norm_array=None, min_per
     import imagecodecs
 
     path = os.fspath(path)
-    _check_stretch(stretch)
+    stretch = _check_stretch(stretch, log_a, min_percent, max_percent)
+    background = _check_background(background)
     _check_max_pixels(max_pixels)
     if bits not in (8, 16):
         raise ValueError(f"bits must be 8 or 16, got {bits!r}")
@@ -596,13 +880,16 @@ def save_png(image, path, *, stretch="log", log_a=1000, norm_array=None, min_per
             raise ValueError(
                 f"bits={bits} is for grey PNGs only; cmap={cmap!r} gives an 8-bit colour PNG"
             )
-    _refuse_existing(path, overwrite)
+    refuse_existing(path, overwrite)
+    _check_complete(image, allow_incomplete)
 
     picture, _ = _picture(image, "image", max_pixels, decimate_eager=True)
+    picture = _flatten(picture, background)
     if norm_array is None:
         norm = _norm(picture, stretch, log_a, min_percent, max_percent, "image")
     else:
         norm_values, _ = _picture(norm_array, "norm_array", max_pixels, decimate_eager=True)
+        norm_values = _flatten(norm_values, background)
         norm = _norm(norm_values, stretch, log_a, min_percent, max_percent, "norm_array")
     levels = np.ma.getdata(norm(picture, clip=True)).astype(np.float64)
     levels[~np.isfinite(levels)] = 0.0
@@ -615,8 +902,8 @@ def save_png(image, path, *, stretch="log", log_a=1000, norm_array=None, min_per
     else:
         rgba = colormap(levels)
         pixels = np.rint(rgba[..., :3] * 255).astype(np.uint8)
-    encoded = imagecodecs.png_encode(np.ascontiguousarray(pixels[::-1]))
-    with _atomic_output(path, overwrite) as tmp, open(tmp, "wb") as f:
+    encoded = mark_png(imagecodecs.png_encode(np.ascontiguousarray(pixels[::-1])))
+    with atomic_output(path, overwrite) as tmp, open(tmp, "wb") as f:
         f.write(encoded)
     return path
 
@@ -645,11 +932,14 @@ def _provenance_json(attrs) -> str:
     return json.dumps(attrs, default=_json_default, ensure_ascii=True)
 
 
-def _attribute_cards(attrs):
-    """Header cards for the short scalar attributes (the rest live in the JSON only)."""
+def _attribute_cards(attrs, taken=()):
+    """Header cards for the short scalar attributes (the rest live in the JSON only).
+
+    Names in ``taken`` (cards written already) are left out.
+    """
     from astropy.io import fits
 
-    cards, used = [], set()
+    cards, used = [], set(taken)
     for key, value in attrs.items():
         if isinstance(value, np.generic):
             value = value.item()
@@ -671,6 +961,64 @@ def _attribute_cards(attrs):
             continue
         used.add(name)
         cards.append(card)
+    return cards
+
+
+def _used_values(attrs, key, used):
+    """``attrs[key][i]`` for each frame ``i`` in ``used``, or ``None`` if any is missing."""
+    values = attrs.get(key)
+    if not isinstance(values, (list, tuple, np.ndarray)) or len(values) <= max(used):
+        return None
+    picked = [values[i] for i in used]
+    return None if any(v is None for v in picked) else picked
+
+
+def _utc(text, frame):
+    """An ISO date-time as a naive UTC ``datetime``, or ``None`` (with a warning) if unreadable."""
+    try:
+        moment = datetime.datetime.fromisoformat(str(text))
+    except ValueError:
+        warnings.warn(f"frame {frame}: start time {text!r} is not an ISO date-time; DATE-OBS "
+                      "and DATE-END are left out", BigstackWarning, stacklevel=4)
+        return None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+    return moment
+
+
+def _observation_cards(attrs):
+    """``NCOMBINE``, ``EXPTIME``, ``DATE-OBS``, ``DATE-END`` from the per-frame attributes.
+
+    ``frames_used`` (indices into ``inputs``) gives ``NCOMBINE``. The
+    per-frame lists ``frame_exptime`` (seconds) and ``frame_time`` (ISO
+    start times, UTC), aligned with ``inputs``, give the total exposure, the
+    earliest start and the latest end (start plus exposure) of the frames
+    used; a card whose values are not known for every frame used is left
+    out.
+    """
+    used = attrs.get("frames_used")
+    if not isinstance(used, (list, tuple, np.ndarray)):
+        return []
+    used = [int(i) for i in used]
+    cards = [("NCOMBINE", len(used), "number of frames combined")]
+    if not used:
+        return cards
+    exptimes = _used_values(attrs, "frame_exptime", used)
+    if exptimes is not None:
+        exptimes = [float(e) for e in exptimes]
+        if all(math.isfinite(e) for e in exptimes):
+            cards.append(("EXPTIME", math.fsum(exptimes), "[s] total exposure of the frames"))
+        else:
+            exptimes = None
+    starts = _used_values(attrs, "frame_time", used)
+    if starts is not None:
+        starts = [_utc(text, i) for text, i in zip(starts, used, strict=True)]
+    if starts is not None and all(start is not None for start in starts):
+        cards.append(("DATE-OBS", min(starts).isoformat(), "UTC start of the first frame"))
+        if exptimes is not None:
+            end = max(start + datetime.timedelta(seconds=e)
+                      for start, e in zip(starts, exptimes, strict=True))
+            cards.append(("DATE-END", end.isoformat(), "UTC end of the last frame"))
     return cards
 
 
@@ -759,12 +1107,14 @@ def _stream_image(path, header, data, dtype):
         hdu.close()
 
 
-def save_fits(data, path, *, overwrite=False):
+def save_fits(data, path, *, overwrite=False, allow_incomplete=False):
     """Write a stack, its coverage and its provenance to a FITS file.
 
     The primary HDU holds the stack (float32), a ``COVERAGE`` image
     extension the coverage, and a ``PROVENANCE`` binary table the
-    attributes as JSON; see the module notes for the layout. Lazy data are
+    attributes as JSON; see the module notes for the layout and the
+    observation cards (``NCOMBINE``, ``EXPTIME``, ``DATE-OBS``,
+    ``DATE-END``) taken from the attributes. Lazy data are
     computed and written one row band at a time, so the stack never has to
     fit in memory.
 
@@ -782,6 +1132,9 @@ def save_fits(data, path, *, overwrite=False):
         Replace an existing file. The file is written under a temporary
         name and renamed, so a failure never leaves a partial file and a
         refused write leaves the old one intact.
+    allow_incomplete : bool
+        Write a stack whose attributes say it is unfinished (its missing
+        tiles are NaN), with a :class:`~bigstack.BigstackWarning`.
 
     Returns
     -------
@@ -797,6 +1150,9 @@ def save_fits(data, path, *, overwrite=False):
         another shape than the stack.
     TypeError
         An attribute that cannot be written as JSON (named).
+    bigstack.IncompleteStoreError
+        An unfinished stack (``attrs["complete"]`` false) without
+        ``allow_incomplete``.
 
     Examples
     --------
@@ -819,6 +1175,7 @@ def save_fits(data, path, *, overwrite=False):
 
     dataarray, dataset = _xarray_types()
     path = os.fspath(path)
+    _check_complete(data, allow_incomplete)
     coverage = None
     if isinstance(data, dataset):
         attrs = dict(data.attrs)
@@ -837,20 +1194,26 @@ def save_fits(data, path, *, overwrite=False):
                 f"coverage shape {cover_data.shape} differs from the stack's {stack_data.shape}"
             )
     provenance = _provenance_json(attrs) if attrs else None
-    _refuse_existing(path, overwrite)
+    refuse_existing(path, overwrite)
 
     header = _image_header(stack_data.shape, np.float32)
+    from . import __version__
+
+    header["CREATOR"] = (f"{SOFTWARE} {__version__}", "software that wrote this file")
     offsets = _offset_cards(ycoord, xcoord)
     for card in offsets:
         header.append(card)
-    for card in _attribute_cards(attrs):
+    observation = _observation_cards(attrs)
+    for card in observation:
+        header.append(card)
+    for card in _attribute_cards(attrs, taken={card[0] for card in observation}):
         header.append(card)
     if provenance is not None:
         header["PROVHDU"] = ("PROVENANCE", "extension with all attributes as JSON")
         header.add_comment("Written by bigstack; the PROVENANCE table's JSON column holds")
         header.add_comment("the full provenance (json.loads gives the attributes back).")
 
-    with _atomic_output(path, overwrite) as tmp:
+    with atomic_output(path, overwrite) as tmp:
         _stream_image(tmp, header, stack_data, np.float32)
         if cover_data is not None:
             dtype = _fits_dtype(cover_data.dtype)

@@ -4,21 +4,25 @@
 
     bigstack shifts "lights/*.fit" --star 400,500 --search 200 -o shifts.csv
     bigstack stack "lights/*.fit" -o night.zarr --star 400,500 --search 200 --png night.png
-    bigstack render night.zarr -o night.png --stretch asinh --crop 0,3100,2100,0
+    bigstack render night.zarr -o night.png --crop 0,3100,2100,0
     bigstack info night.zarr
     bigstack demo
 
-Errors about the user's input are printed as one line naming the file and
-the problem (exit status 2), not as a traceback.
+Every failure the user can act on (bad input, an output that cannot be
+written, a full disk, an interrupted run) is printed as one line naming the
+file and the problem, with exit status 2 (130 when interrupted), never as a
+traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
+import errno
 import json
+import logging
 import os
+import signal
 import sys
 import warnings
 
@@ -26,7 +30,7 @@ import numpy as np
 
 from ._errors import BigstackError, BigstackWarning
 
-_STRETCHES = ("linear", "sqrt", "power", "log", "asinh")
+_STRETCHES = ("auto", "linear", "sqrt", "power", "log", "asinh")
 
 
 # --------------------------------------------------------------------------
@@ -74,7 +78,13 @@ def _add_cluster_options(parser):
 
 @contextlib.contextmanager
 def _cluster(args):
-    """Connect to the scheduler asked for, or start a local cluster, for the command's run."""
+    """Connect to the scheduler asked for, or start a local cluster, for the command's run.
+
+    Local workers are started with SIGINT ignored, so Ctrl-C reaches this
+    process only (which stops the run and reports it in one line) instead of
+    every worker printing its own traceback; distributed's shutdown chatter
+    is kept to errors.
+    """
     if not (getattr(args, "scheduler", None) or getattr(args, "workers", None)):
         yield
         return
@@ -83,19 +93,39 @@ def _cluster(args):
     except ImportError as err:
         raise BigstackError("--scheduler/--workers need dask.distributed: "
                             "pip install 'bigstack[distributed]'") from err
-    if args.scheduler:
+    quiet = logging.getLogger("distributed")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    # an interrupted gather leaves asyncio tasks whose "exception was never
+    # retrieved" reports come when they are collected, after this block: this
+    # command's process has no other use for asyncio's log
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    try:
+        if args.scheduler:
+            try:
+                client = Client(args.scheduler, timeout="10s")
+            except OSError as err:
+                raise BigstackError(f"cannot reach the scheduler at {args.scheduler}: "
+                                    f"{err}") from err
+            with client:
+                yield
+            return
+        if args.workers < 1:
+            raise BigstackError(f"--workers must be at least 1, got {args.workers}")
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited by the workers
         try:
-            client = Client(args.scheduler, timeout="10s")
-        except OSError as err:
-            raise BigstackError(f"cannot reach the scheduler at {args.scheduler}: {err}") from err
-        with client:
+            with warnings.catch_warnings():
+                # e.g. "Port 8787 is already in use": the scheduler then picks another port
+                warnings.simplefilter("ignore", UserWarning)
+                cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1,
+                                       processes=True, dashboard_address=None,
+                                       silence_logs=logging.CRITICAL)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        with cluster, Client(cluster):
             yield
-        return
-    if args.workers < 1:
-        raise BigstackError(f"--workers must be at least 1, got {args.workers}")
-    with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as cluster, Client(cluster):
-        yield
+    finally:
+        quiet.setLevel(level)
 
 
 def _show_progress(args):
@@ -107,6 +137,12 @@ def _add_progress(parser):
     group.add_argument("--progress", dest="progress", action="store_true", default=None,
                        help="show a progress bar (default: when on a terminal)")
     group.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def _add_input_options(parser):
+    parser.add_argument("pattern", help="frame files: a glob pattern (quote it), or a folder")
+    parser.add_argument("--channel", choices=("R", "G", "B"),
+                        help="camera RAW frames: stack this Bayer colour's plane")
 
 
 def _add_star_options(parser, required):
@@ -121,79 +157,68 @@ def _add_star_options(parser, required):
                              "(for drifts larger than the box)")
 
 
+def _open(args):
+    from . import open_frames
+
+    return open_frames(args.pattern, channel=args.channel)
+
+
+def _report_warnings(caught, skip=()):
+    for w in caught:
+        text = str(w.message)
+        if not any(s in text for s in skip):
+            print(f"bigstack: warning: {text}", file=sys.stderr)
+
+
 # --------------------------------------------------------------------------
 # shifts
 
 
-def _shift_rows(ds):
-    for i in range(ds.sizes["frame"]):
-        yield {
-            "frame": int(ds["frame"].values[i]),
-            "path": str(ds["path"].values[i]) if "path" in ds.coords else "",
-            "dx": float(ds["shift"].values[i, 0]),
-            "dy": float(ds["shift"].values[i, 1]),
-            "star_x": float(ds["star"].values[i, 0]),
-            "star_y": float(ds["star"].values[i, 1]),
-            "peak": float(ds["peak"].values[i]),
-            "flux": float(ds["flux"].values[i]),
-            "fwhm": float(ds["fwhm"].values[i]),
-            "background": float(ds["background"].values[i]),
-            "valid": bool(ds["valid"].values[i]),
-            "reason": str(ds["reason"].values[i]),
-        }
-
-
 def _print_shift_table(ds, out=None):
+    from ._tables import shift_rows
+
     out = out or sys.stdout
     print(f"{'frame':>5}  {'dx':>8} {'dy':>8} {'peak':>9} {'fwhm':>6} {'valid':>5}  file / reason",
           file=out)
-    for row in _shift_rows(ds):
+    for row in shift_rows(ds):
         note = os.path.basename(row["path"]) + ("" if row["valid"] else f"  ({row['reason']})")
         print(f"{row['frame']:>5}  {row['dx']:>8.2f} {row['dy']:>8.2f} {row['peak']:>9.1f} "
               f"{row['fwhm']:>6.2f} {'yes' if row['valid'] else 'NO':>5}  {note}", file=out)
 
 
-def write_shifts_csv(ds, path, overwrite=False):
-    """Write find_shifts' table as CSV (one row a frame)."""
-    if os.path.exists(path) and not overwrite:
+def _check_file_output(path, overwrite, inputs=()):
+    """Refuse, before any work, a file output that exists (unless asked) or is an input."""
+    if not path:
+        return
+    real = os.path.realpath(path)
+    for frame in inputs:
+        if os.path.realpath(frame) == real:
+            raise FileExistsError(f"{path}: is an input frame; choose another output path")
+    if os.path.lexists(path) and not overwrite:
         raise FileExistsError(f"{path}: exists already; pass --overwrite to replace it")
-    rows = list(_shift_rows(ds))
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def read_shifts_csv(path, n_frames):
-    """Read a shifts CSV written by ``bigstack shifts``: ``(shifts (N, 2), valid (N,))``."""
-    try:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-    except FileNotFoundError as err:
-        raise FileNotFoundError(f"{path}: no such shifts file") from err
-    if len(rows) != n_frames:
-        raise BigstackError(f"{path}: holds shifts for {len(rows)} frames, but {n_frames} "
-                            "frames were given")
-    try:
-        shifts = np.array([[float(r["dx"]), float(r["dy"])] for r in rows])
-        valid = np.array([r.get("valid", "True") == "True" for r in rows])
-    except (KeyError, ValueError) as err:
-        raise BigstackError(f"{path}: not a bigstack shifts file ({err})") from err
-    return shifts, valid
+    if os.path.isdir(path):
+        raise IsADirectoryError(errno.EISDIR, "is a folder, not a file", path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise PermissionError(f"{path}: cannot write in {folder} (permission denied or a "
+                              "read-only file system)")
 
 
 def _cmd_shifts(args):
-    from . import find_shifts, open_frames
+    from . import find_shifts
+    from ._tables import write_shifts_csv
 
-    cube = open_frames(args.pattern)
+    cube = _open(args)
+    _check_file_output(args.output, args.overwrite, cube["path"].values)
     with _cluster(args), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", BigstackWarning)
         ds = _with_progress(args, lambda: find_shifts(
             cube, star_pos=args.star, search=args.search, method=args.method,
             reference=args.reference, track=args.track))
     _print_shift_table(ds)
-    for w in caught:
-        print(f"bigstack: warning: {w.message}", file=sys.stderr)
+    _report_warnings(caught)
     if args.output:
         write_shifts_csv(ds, args.output, overwrite=args.overwrite)
         print(f"wrote {args.output}")
@@ -203,9 +228,9 @@ def _cmd_shifts(args):
 def _with_progress(args, run):
     if not _show_progress(args):
         return run()
-    from dask.diagnostics import ProgressBar
+    from ._progress import progress_bar
 
-    with ProgressBar(out=sys.stderr):
+    with progress_bar(sys.stderr):
         return run()
 
 
@@ -213,20 +238,37 @@ def _with_progress(args, run):
 # stack
 
 
-def _cmd_stack(args):
-    from . import find_shifts, open_frames, save_png, stack
-    from ._memory import PeakMemory
-
-    if args.star is not None and args.shifts is not None:
-        raise BigstackError("give either --star (measure shifts) or --shifts FILE, not both")
+def _stack_mode(args):
     if args.resume and args.overwrite:
         raise BigstackError("--resume continues the store that --overwrite would replace; "
                             "give one of them")
-    store_in_use = args.resume or args.append
-    for path in ((args.png,) if store_in_use else (args.output, args.png)):
-        if path and os.path.exists(path) and not args.overwrite:  # refuse before any work
-            raise FileExistsError(f"{path}: exists already; pass --overwrite to replace it")
-    cube = open_frames(args.pattern)
+    if args.append and args.overwrite:
+        raise BigstackError("--append adds to the store that --overwrite would replace; "
+                            "give one of them")
+    if args.resume:
+        return "resume"
+    if args.append:
+        return "append"
+    return "overwrite" if args.overwrite else "write"
+
+
+def _cmd_stack(args):
+    from . import find_shifts, save_png, stack
+    from ._memory import PeakMemory
+    from ._stack import check_budget
+    from ._store import check_target
+    from ._tables import read_shifts_csv
+
+    if args.star is not None and args.shifts is not None:
+        raise BigstackError("give either --star (measure shifts) or --shifts FILE, not both")
+    mode = _stack_mode(args)
+    cube = _open(args)
+    inputs = [str(p) for p in cube["path"].values]
+    # everything that can be refused is refused before any pixel is read
+    check_target(args.output, mode, inputs)
+    _check_file_output(args.png, args.overwrite, inputs)
+    check_budget(cube.shape[-2:], cube.sizes["frame"], method=args.method, memory=args.memory,
+                 weighted=args.weights != "none", kappa=args.kappa)
     if args.star is None and args.shifts is None:
         print("bigstack: note: no --star or --shifts given; stacking without alignment",
               file=sys.stderr)
@@ -240,31 +282,28 @@ def _cmd_stack(args):
                 shifts = find_shifts(cube, star_pos=args.star, search=args.search,
                                      method=args.align, reference=args.reference,
                                      track=args.track)
-            for w in caught:
-                print(f"bigstack: warning: {w.message}", file=sys.stderr)
+            _report_warnings(caught)
         elif args.shifts is not None:
             values, valid = read_shifts_csv(args.shifts, cube.sizes["frame"])
             cube = cube.isel(frame=np.flatnonzero(valid))
             shifts = values[valid]
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", BigstackWarning)
-            ds = stack(cube, shifts, method=args.method, store=args.output,
+            args.store_begun = True
+            ds = stack(cube, shifts, method=args.method, store=args.output, mode=mode,
                        subpixel=args.subpixel, extent=args.extent, normalize=args.divide_by,
                        kappa=args.kappa, normalize_frames=args.normalize,
                        weights=args.weights, select=args.reject_worst,
-                       memory=args.memory, overwrite=args.overwrite and not args.append,
-                       progress=_show_progress(args), resume=args.resume,
-                       mode="append" if args.append else "write")
-        for w in caught:
-            if "flagged by find_shifts" not in str(w.message):  # reported above
-                print(f"bigstack: warning: {w.message}", file=sys.stderr)
+                       memory=args.memory, progress=_show_progress(args))
+            args.store_begun = False
+        _report_warnings(caught, skip=("flagged by find_shifts",))  # reported above
     coverage = ds["coverage"]
     print(f"wrote {args.output}: {ds.sizes['x']} x {ds.sizes['y']} pixels from "
           f"{ds.attrs['n_frames']} frames, coverage {int(coverage.min())}..{int(coverage.max())}, "
           f"{mem.seconds:.1f} s, peak memory {_mib(mem.peak)}")
     if args.png:
-        save_png(ds, args.png, stretch=args.stretch, overwrite=args.overwrite,
-                 min_percent=0.5, max_percent=99.9, max_pixels=16_000_000)
+        save_png(ds, args.png, overwrite=args.overwrite, max_pixels=16_000_000,
+                 **_stretch_options(args.stretch))
         print(f"wrote {args.png}")
     return 0
 
@@ -277,56 +316,86 @@ def _mib(value):
 # render and info
 
 
-def _open_store(path):
-    import xarray as xr
-
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such store")
-    try:
-        return xr.open_zarr(path)
-    except Exception as err:  # zarr/xarray raise several classes for a bad store
-        raise BigstackError(f"{path}: not a bigstack zarr store ({err})") from err
-
-
 def _cmd_render(args):
-    from . import crop, save_png
+    from . import crop, open_stack, save_png
 
-    ds = _open_store(args.store)
-    image = ds["stack"]
+    ds = open_stack(args.store, allow_incomplete=args.allow_incomplete)
+    _check_file_output(args.output, args.overwrite, ds.attrs.get("inputs", ()))
+    image = ds  # the Dataset, so save_png sees whether the stack is finished
     if args.crop:
         left, right, top, bottom = args.crop
         image = crop(image, left=left, right=right, top=top, bottom=bottom)
-    save_png(image, args.output, stretch=args.stretch, log_a=args.log_a,
-             min_percent=args.min_percent, max_percent=args.max_percent, cmap=args.cmap,
-             overwrite=args.overwrite, max_pixels=args.max_pixels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BigstackWarning)  # the unfinished stack: said above
+        save_png(image, args.output, cmap=args.cmap, overwrite=args.overwrite,
+                 max_pixels=args.max_pixels, background=args.background,
+                 allow_incomplete=args.allow_incomplete,
+                 **_stretch_options(args.stretch, args.log_a, args.min_percent,
+                                    args.max_percent))
     print(f"wrote {args.output}")
     return 0
 
 
+def _store_summary(path):
+    """The store's attributes plus what ``info`` derives (completeness, tiles)."""
+    from ._store import read_attrs, tiles_done
+
+    if not os.path.exists(path) and "://" not in path:
+        raise FileNotFoundError(f"{path}: no such store")
+    attrs = read_attrs(path)
+    if attrs is None:
+        raise BigstackError(f"{path}: not a bigstack stack store")
+    done = tiles_done(path)
+    return attrs, int((done == 0).sum()), int(done.size)
+
+
+def _stretch_options(stretch, log_a=None, min_percent=None, max_percent=None):
+    """save_png's stretch keywords: the explicit stretches default to 0.5..99.9 percent."""
+    if stretch == "auto":  # sets its own range; save_png refuses any given option
+        return {"stretch": stretch, "log_a": log_a, "min_percent": min_percent,
+                "max_percent": max_percent}
+    return {"stretch": stretch, "log_a": 1000 if log_a is None else log_a,
+            "min_percent": 0.5 if min_percent is None else min_percent,
+            "max_percent": 99.9 if max_percent is None else max_percent}
+
+
 def _cmd_info(args):
-    ds = _open_store(args.store)
-    attrs = dict(ds.attrs)
-    coverage = ds["coverage"]
+    from ._store import open_stack
+
+    attrs, missing, total = _store_summary(args.store)
+    if args.json:
+        print(json.dumps(dict(attrs, store=args.store, tiles_missing=missing,
+                              tiles_total=total), indent=2))
+        return 0
+    grid = attrs["grid"]
     print(f"store      {args.store}")
-    print(f"size       {ds.sizes['x']} x {ds.sizes['y']} pixels (x by y); "
-          f"x {int(ds['x'][0])}..{int(ds['x'][-1])}, y {int(ds['y'][0])}..{int(ds['y'][-1])} "
+    print(f"size       {grid['x1'] - grid['x0']} x {grid['y1'] - grid['y0']} pixels (x by y); "
+          f"x {grid['x0']}..{grid['x1'] - 1}, y {grid['y0']}..{grid['y1'] - 1} "
           "on the reference grid")
-    print(f"coverage   {int(coverage.min())}..{int(coverage.max())} frames")
-    print(f"complete   {attrs.get('complete', 'unknown')}")
+    if attrs.get("complete"):
+        ds = open_stack(args.store)
+        coverage = ds["coverage"]
+        print(f"coverage   {int(coverage.min())}..{int(coverage.max())} frames")
+        print("complete   yes")
+    else:
+        print(f"complete   NO: {missing} of {total} tiles missing; rerun the stack with "
+              "--resume to finish it")
+        ds = None
     print(f"frames     {attrs.get('n_frames', '?')} used of {len(attrs.get('inputs', []))} inputs")
     for key, value in attrs.get("parameters", {}).items():
         print(f"{key:<10} {value}")
+    registration = attrs.get("registration")
+    if registration:
+        print("registration " + ", ".join(f"{k}={v}" for k, v in registration.items()))
     print(f"version    bigstack {attrs.get('bigstack_version', '?')}, created "
           f"{attrs.get('created', '?')}")
-    if "rejected" in ds:
+    if ds is not None and "rejected" in ds:
         rejected = ds["rejected"]
         print(f"rejected   {int(rejected.sum())} values, at most {int(rejected.max())} "
               "at one pixel")
     quality = attrs.get("quality")
     if quality:
         _print_quality(quality, attrs)
-    if args.json:
-        print(json.dumps(attrs, indent=2))
     return 0
 
 
@@ -367,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("shifts", help="measure each frame's shift from a reference star")
-    p.add_argument("pattern", help="frame files: a glob pattern (quote it), or a folder")
+    _add_input_options(p)
     _add_star_options(p, required=True)
     p.add_argument("--method", choices=("centroid", "peak", "xcorr"), default="centroid")
     p.add_argument("-o", "--output", help="write the table as CSV")
@@ -377,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_shifts)
 
     p = sub.add_parser("stack", help="align and stack frames into a zarr store")
-    p.add_argument("pattern", help="frame files: a glob pattern (quote it), or a folder")
+    _add_input_options(p)
     p.add_argument("-o", "--output", required=True, metavar="STORE.zarr")
     _add_star_options(p, required=False)
     p.add_argument("--shifts", metavar="CSV", help="use shifts from 'bigstack shifts -o'")
@@ -404,8 +473,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "edges like the tutorial")
     p.add_argument("--memory", default="512MB", help="memory budget (default 512MB)")
     p.add_argument("--png", metavar="FILE", help="also write a picture of the stack")
-    p.add_argument("--stretch", choices=_STRETCHES, default="asinh")
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--stretch", choices=_STRETCHES, default="auto",
+                   help="stretch of the --png picture (default auto: set from the sky)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the store (only one bigstack made) and the picture")
     p.add_argument("--resume", action="store_true",
                    help="finish an interrupted run into STORE (same frames and options)")
     p.add_argument("--append", action="store_true",
@@ -418,21 +489,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("render", help="write a PNG of a stack")
     p.add_argument("store")
     p.add_argument("-o", "--output", required=True, metavar="FILE.png")
-    p.add_argument("--stretch", choices=_STRETCHES, default="asinh")
-    p.add_argument("--log-a", type=float, default=1000)
-    p.add_argument("--min-percent", type=float, default=0.5)
-    p.add_argument("--max-percent", type=float, default=99.9)
+    p.add_argument("--stretch", choices=_STRETCHES, default="auto",
+                   help="default auto: black just below the sky, white at the brightest star")
+    p.add_argument("--background", choices=("none", "plane", "poly2"), default="none",
+                   help="subtract a fit of the sky's gradient from the picture")
+    p.add_argument("--log-a", type=float, help="log stretch exponent (default 1000)")
+    p.add_argument("--min-percent", type=float,
+                   help="explicit stretches: percentile drawn black (default 0.5)")
+    p.add_argument("--max-percent", type=float,
+                   help="explicit stretches: percentile drawn white (default 99.9)")
     p.add_argument("--cmap", default="Greys_r")
     p.add_argument("--crop", type=_crop_values, metavar="L,R,T,B",
                    help="keep columns L:R and rows B:T (empty value: to the edge)")
     p.add_argument("--max-pixels", type=int, default=None,
                    help="shrink by block means to at most this many pixels")
+    p.add_argument("--allow-incomplete", action="store_true",
+                   help="render an unfinished stack (missing rows shown as empty)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_render)
 
     p = sub.add_parser("info", help="describe a stack store")
     p.add_argument("store")
-    p.add_argument("--json", action="store_true", help="also print all attributes as JSON")
+    p.add_argument("--json", action="store_true", help="print all attributes as JSON only")
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("demo", help="generate a synthetic night, align and stack it")
@@ -450,17 +528,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# --------------------------------------------------------------------------
+# errors as one line
+
+
+def _one_line(text):
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else ""
+    return f"{lines[0]} (+{len(lines) - 1} more lines: {'; '.join(lines[1:3])}" + \
+        ("; ..." if len(lines) > 3 else "") + ")"
+
+
+def _error_line(err):
+    """One line for an error the user can act on, or None for a bug (a traceback then)."""
+    if isinstance(err, OSError) and not isinstance(err, BigstackError):
+        if err.filename is not None and err.strerror:
+            return f"{err.filename}: {err.strerror}"
+        return _one_line(err) or type(err).__name__
+    if isinstance(err, (BigstackError, ValueError)):
+        return _one_line(err)
+    name = type(err).__name__
+    if name in ("KilledWorker", "CommClosedError", "CancelledError"):
+        return f"the dask cluster failed: {name}: {_one_line(err)}"
+    return None
+
+
+def _interrupted_line(args):
+    store = getattr(args, "output", None)
+    if getattr(args, "store_begun", False) and store:
+        return (f"bigstack: interrupted; {store} is unfinished: run the same command with "
+                "--resume to finish it")
+    return "bigstack: interrupted"
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (BigstackError, FileExistsError, FileNotFoundError, ValueError) as err:
-        print(f"bigstack: error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
-        print("bigstack: interrupted", file=sys.stderr)
+        print(_interrupted_line(args), file=sys.stderr)
         return 130
+    except Exception as err:
+        line = _error_line(err)
+        if line is None:
+            raise
+        print(f"bigstack: error: {line}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

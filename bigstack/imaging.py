@@ -21,6 +21,7 @@ import warnings
 import numpy as np
 
 from . import _combine, _io, _register, _render
+from ._reject import Rejection
 
 __all__ = ["get_files", "load_image", "stack_files", "find_star", "stack", "crop", "display",
            "shift", "flip", "rotate"]
@@ -95,10 +96,8 @@ def load_image(filename, gray_conv=_io.GREY_WEIGHTS, bayer_colors=("R", "G", "B"
     else:
         data = _io.read_raw_planes(path, tuple(bayer_colors), filtered=return_filtered_raw)
     if print_log:
-        from . import _render
-
         shown = data.sum(axis=0) if data.ndim == 3 else data
-        _render.display(shown, cmap=cmap, stretch=stretch, log_a=log_a)
+        display(shown, cmap=cmap, stretch=stretch, log_a=log_a)
     return data.astype(np.float32, copy=False)
 
 
@@ -184,9 +183,10 @@ def stack(array_of_images, shifts=None, stack_type="mean", print_log=False):
                           "Not applying shifts.", UserWarning, stacklevel=2)
             values = np.zeros((n, 2))
     source = _io.ArrayRows(np.asarray(array_of_images))
-    keep = np.ones(n, bool)
-    total, _, _ = _combine.combine_tile(source, n, shape[1:], values, keep, "nearest",
-                                     (0, shape[1], 0, shape[2]), 0, shape[1])
+    plan = _combine.TilePlan(shape=shape[1:], shifts=values, keep=np.ones(n, bool),
+                             subpixel="nearest", grid=(0, shape[1], 0, shape[2]),
+                             combine=Rejection("sum"))
+    total, _, _ = _combine.combine_tile(source, plan, 0, shape[1])
     if print_log and shifts is not None:
         for i in range(n):
             print("Shifted image", i + 1, "by vector", values[i], ".")
@@ -202,7 +202,7 @@ def crop(image_array, left=None, right=None, top=None, bottom=None, origin=None,
     cropped = _render.crop(image_array, left=left, right=right, top=top, bottom=bottom,
                            origin=origin)
     if print_log:
-        _render.display(cropped, fig=fig, ax=ax)
+        display(cropped, fig=fig, ax=ax)
     return cropped
 
 
@@ -211,8 +211,16 @@ def display(image_array, cmap="Greys_r", stretch="log", log_a=1000, norm_array=N
             ax=None):
     """Show a 2-D image with origin lower left and an astropy stretch.
 
-    See :func:`bigstack.display`. Returns the matplotlib ``AxesImage``.
+    The tutorial's defaults (``stretch="log"``, ``log_a=1000``, 0 to 100
+    percent); ``stretch="auto"`` is bigstack's automatic stretch, which sets
+    its own range (``log_a`` and percentiles other than the defaults are
+    then refused). See :func:`bigstack.display`. Returns the matplotlib
+    ``AxesImage``.
     """
+    if stretch == "auto":  # the tutorial's defaults mean "not given" here
+        log_a = None if log_a == 1000 else log_a
+        min_percent = None if min_percent == 0 else min_percent
+        max_percent = None if max_percent == 100 else max_percent
     return _render.display(image_array, stretch=stretch, log_a=log_a, norm_array=norm_array,
                            min_percent=min_percent, max_percent=max_percent, cmap=cmap,
                            fig=fig, ax=ax, title=title, xlim=xlim, ylim=ylim)
@@ -235,7 +243,7 @@ def shift(image_array, displacement, print_log=False):
     if ys.start < ys.stop and xs.start < xs.stop:
         out[ys, xs] = image[ys.start + dy:ys.stop + dy, xs.start + dx:xs.stop + dx]
     if print_log:
-        _render.display(out, norm_array=image)
+        display(out, norm_array=image)
     return out
 
 
@@ -266,5 +274,5 @@ def rotate(image_array, angle, origin=None, expand=False, fill=False, print_log=
         center=None if origin is None else tuple(origin), expand=expand, fillcolor=fillcolor)
     out = np.asarray(rotated, dtype=np.float32)
     if print_log:
-        _render.display(out, norm_array=image)
+        display(out, norm_array=image)
     return out

@@ -50,6 +50,27 @@ def write_fits(path, data, *, bzero=None, bscale=None, **header) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def raise_if_dask_computes(max_computes=0):
+    """Fail when dask computes more than ``max_computes`` times inside the block.
+
+    Proves that building a graph (``stack`` without a store, ``compute=False``)
+    reads no pixels: every dask compute goes through this scheduler.
+    """
+    import dask
+
+    count = [0]
+
+    def scheduler(dsk, keys, **kwargs):
+        count[0] += 1
+        if count[0] > max_computes:
+            raise RuntimeError(f"dask computed {count[0]} time(s) (allowed {max_computes})")
+        return dask.get(dsk, keys, **kwargs)
+
+    with dask.config.set(scheduler=scheduler):
+        yield
+
+
 def render_stars(shape, x, y, flux, fwhm, *, psf="gaussian", beta=2.5, out=None):
     """Add pixel-integrated stars to an image (the reference renderer of the tests).
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import subprocess
 import sys
 
@@ -21,7 +22,8 @@ from bigstack.cli import main
 def night(tmp_path_factory):
     directory = tmp_path_factory.mktemp("night")
     return synthetic.make_frames(directory / "lights", n_frames=8, shape=(120, 160), seed=21,
-                                 subpixel=True, ref_isolation=40)
+                                 motion=synthetic.Motion(subpixel=True),
+                                 stars=synthetic.Stars(ref_isolation=40))
 
 
 def _star_arg(truth):
@@ -77,7 +79,7 @@ def test_stack_store_png_render_info(night, tmp_path, capsys):
     # an existing store is refused, in one line, and left alone
     assert main(["stack", pattern, "-o", str(store), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "exists already" in err[0] and "--overwrite" in err[0]
+    assert len(err) == 1 and "holds a finished stack" in err[0] and "--overwrite" in err[0]
     np.testing.assert_array_equal(xr.open_zarr(store)["stack"].values, got["stack"].values)
 
 
@@ -206,3 +208,55 @@ def test_stack_with_rejection_weights_and_selection(night, tmp_path, capsys):
     assert info.count(" no  frame-") == 2  # the two frames left out are listed as unused
     with pytest.raises(SystemExit):
         main(["stack", pattern, "-o", str(tmp_path / "x.zarr"), "--kappa", "a,b"])
+
+
+# --------------------------------------------------------------------------
+# the smaller gaps: RAW channel, JSON, provenance, early budget checks
+
+
+def test_raw_frames_stack_with_channel(tmp_path, capsys):
+    truth = synthetic.make_frames(tmp_path / "raw", n_frames=3, shape=(64, 80), fmt="dng",
+                                  seed=5)
+    store = tmp_path / "g.zarr"
+    assert main(["stack", str(tmp_path / "raw"), "-o", str(store), "--channel", "G",
+                 "--no-progress"]) == 0
+    got = bigstack.open_stack(store)
+    expected = bigstack.stack(bigstack.open_frames(truth.paths, channel="G")).compute()
+    assert got.sizes == {"y": 32, "x": 40}
+    np.testing.assert_array_equal(got["stack"].values, expected["stack"].values)
+    # without --channel the colour planes cannot be stacked as one: said in one line
+    assert main(["stack", str(tmp_path / "raw"), "-o", str(tmp_path / "x.zarr"),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("bigstack: error:") and "channel" in err
+
+
+def test_info_json_is_only_json_and_has_the_registration(night, tmp_path, capsys):
+    import json
+
+    pattern = night.paths[0].rsplit("/", 1)[0] + "/*.fit"
+    store = tmp_path / "night.zarr"
+    assert main(["stack", pattern, "-o", str(store), "--star", _star_arg(night), "--search",
+                 "40", "--track", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(store), "--json"]) == 0
+    attrs = json.loads(capsys.readouterr().out)  # the whole output parses
+    registration = attrs["registration"]
+    assert registration["method"] == "centroid" and registration["search"] == 40
+    assert registration["track"] is True and registration["reference"] == 0
+    assert registration["star_pos"] == [float(v) for v in _star_arg(night).split(",")]
+    assert attrs["complete"] is True and attrs["tiles_missing"] == 0
+    assert len(attrs["frame_exptime"]) == 8 and len(attrs["frame_time"]) == 8
+    assert main(["info", str(store)]) == 0
+    assert "method=centroid" in capsys.readouterr().out
+
+
+def test_memory_budget_is_refused_before_the_shifts(night, tmp_path, capsys, monkeypatch):
+    pattern = night.paths[0].rsplit("/", 1)[0] + "/*.fit"
+    measured = []
+    monkeypatch.setattr(bigstack, "find_shifts", lambda *a, **k: measured.append(1))
+    assert main(["stack", pattern, "-o", str(tmp_path / "s.zarr"), "--star", _star_arg(night),
+                 "--method", "median", "--memory", "20KB", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "memory='20KB' is too small for method='median'" in err and not measured
+    assert re.search(r"needs about [1-9][0-9.]* MiB with \d threads", err), err

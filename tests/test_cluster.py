@@ -13,7 +13,7 @@ import pytest
 import zarr
 
 import bigstack
-from bigstack import _combine, synthetic
+from bigstack import _tasks, synthetic
 
 distributed = pytest.importorskip("distributed")
 
@@ -22,7 +22,8 @@ distributed = pytest.importorskip("distributed")
 def night(tmp_path_factory):
     directory = tmp_path_factory.mktemp("cluster")
     return synthetic.make_frames(directory, n_frames=10, shape=(160, 120), seed=40,
-                                 subpixel=True, ref_isolation=40)
+                                 motion=synthetic.Motion(subpixel=True),
+                                 stars=synthetic.Stars(ref_isolation=40))
 
 
 def _cluster(**kwargs):
@@ -53,8 +54,8 @@ def test_graph_for_1000_frames_is_light(tmp_path):
 
 def test_store_tasks_return_counts_not_pixels(night, tmp_path, monkeypatch):
     results = []
-    real = _combine._compute
-    monkeypatch.setattr(_combine, "_compute",
+    real = _tasks.compute
+    monkeypatch.setattr(_tasks, "compute",
                         lambda tasks, progress: results.extend(real(tasks, progress)))
     bigstack.stack(bigstack.open_frames(night.paths), night.shifts, store=tmp_path / "s.zarr")
     assert results and all(isinstance(r, int) for r in results)

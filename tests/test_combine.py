@@ -278,8 +278,8 @@ def test_existing_store_is_not_overwritten(tmp_path):
     cube = _cube(n=2, ny=8, nx=8)
     path = tmp_path / "out.zarr"
     bigstack.stack(cube, store=path)
-    before = bigstack.stack(cube * 0 + 5, store=path, overwrite=True)["stack"].values
-    with pytest.raises(StoreExistsError, match="out.zarr.*exists.*overwrite=True"):
+    before = bigstack.stack(cube * 0 + 5, store=path, mode="overwrite")["stack"].values
+    with pytest.raises(StoreExistsError, match="out.zarr: holds a finished stack.*overwrite"):
         bigstack.stack(cube, store=path)
     after = xr.open_zarr(path)["stack"].values
     np.testing.assert_array_equal(before, after)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from bigstack._quality import (
-    frame_quality,
     frame_stats,
     gather,
+    measure_frame,
     normalisation,
     sample_rows,
     select_frames,
@@ -123,8 +123,9 @@ def test_frame_stats_on_synthetic_frames(tmp_path):
     from bigstack import open_frames, synthetic
     from bigstack._io import frame_reader
 
-    truth = synthetic.make_frames(tmp_path, n_frames=2, shape=(400, 300), noise="gaussian",
-                                  gradient=(0.0, 0.0), seed=3, workers=1)
+    truth = synthetic.make_frames(tmp_path, n_frames=2, shape=(400, 300), seed=3,
+                                  camera=synthetic.Camera(noise="gaussian"),
+                                  sky=synthetic.Sky(gradient=(0.0, 0.0)), workers=1)
     reader, files = frame_reader(open_frames(truth.paths))
     for i in range(2):
         stats = frame_stats(lambda a, b, i=i: reader.read(int(files[i]), a, b), 400, 300,
@@ -255,7 +256,7 @@ def test_star_count_ignores_hot_pixels_and_cosmic_rays():
     for r0, _ in bands:
         frame[r0 + 20, 5:230:37] += 5000.0
     frame[bands[1][0] + 30, 50:52] += 3000.0
-    quality = frame_quality(Rows(frame), *frame.shape, rows=40, bands=4)
+    quality = measure_frame(Rows(frame), *frame.shape, rows=40, bands=4)
     assert quality["stars"] == len(positions)
 
 
@@ -265,7 +266,7 @@ def test_field_fwhm_and_roundness():
     sx, sy = 1.8, 1.35  # axis ratio 0.75
     frame = star_field(7, positions, sx, sy, theta=0.6)
     rows = Rows(frame)
-    quality = frame_quality(rows, *frame.shape, rows=40, bands=5)
+    quality = measure_frame(rows, *frame.shape, rows=40, bands=5)
     assert quality["fwhm"] == pytest.approx(2.3548 * math.sqrt((sx**2 + sy**2) / 2), rel=0.03)
     assert quality["roundness"] == pytest.approx(0.25, abs=0.02)
     assert quality["background"] == pytest.approx(500.0, abs=0.3)
@@ -278,23 +279,23 @@ def test_reference_star_quality():
     frame = star_field(8, [], shape=(400, 200))
     add_star(frame, 101.3, 250.6, 40000.0, 2.0, 1.2, theta=-0.4)
     rows = Rows(frame)
-    quality = frame_quality(rows, 400, 200, star=[101.3, 250.6], rows=32, bands=4)
+    quality = measure_frame(rows, 400, 200, star=[101.3, 250.6], rows=32, bands=4)
     assert quality["roundness"] == pytest.approx(0.4, abs=0.02)
     assert quality["fwhm"] == pytest.approx(2.3548 * math.sqrt((4 + 1.44) / 2), rel=0.03)
     assert quality["flux"] == pytest.approx(40000.0, rel=0.03)
     # only the subsample and the stamp's rows were read
     assert rows.rows_read <= 4 * 32 + 29
     # measurements from find_shifts are used as they are
-    given = frame_quality(Rows(frame), 400, 200, star=[101.3, 250.6], fwhm=3.3, flux=123.0,
+    given = measure_frame(Rows(frame), 400, 200, star=[101.3, 250.6], fwhm=3.3, flux=123.0,
                           rows=32, bands=4)
     assert given["fwhm"] == 3.3 and given["flux"] == 123.0
     assert given["roundness"] == quality["roundness"]
     # NaN measurements (a frame find_shifts lost) are measured here instead
-    unknown = frame_quality(Rows(frame), 400, 200, star=[101.3, 250.6], fwhm=np.nan,
+    unknown = measure_frame(Rows(frame), 400, 200, star=[101.3, 250.6], fwhm=np.nan,
                             flux=np.nan, rows=32, bands=4)
     assert unknown == quality
     # a lost star (NaN position) falls back to the field
-    lost = frame_quality(Rows(frame), 400, 200, star=[np.nan, np.nan], rows=32, bands=4)
+    lost = measure_frame(Rows(frame), 400, 200, star=[np.nan, np.nan], rows=32, bands=4)
     assert np.isnan(lost["flux"])
 
 
@@ -302,13 +303,14 @@ def test_quality_on_synthetic_frames(tmp_path):
     from bigstack import find_shifts, open_frames, synthetic
     from bigstack._io import frame_reader
 
-    truth = synthetic.make_frames(tmp_path, n_frames=3, shape=(512, 384), fwhm=3.0,
-                                  n_stars=400, noise="gaussian", gradient=(0.0, 0.0), seed=9,
-                                  workers=1)
+    truth = synthetic.make_frames(tmp_path, n_frames=3, shape=(512, 384), seed=9,
+                                  stars=synthetic.Stars(fwhm=3.0, n_stars=400),
+                                  camera=synthetic.Camera(noise="gaussian"),
+                                  sky=synthetic.Sky(gradient=(0.0, 0.0)), workers=1)
     cube = open_frames(truth.paths)
     shifts = find_shifts(cube, star_pos=truth.ref_star, search=60)
     reader, files = frame_reader(cube)
-    rows = [gather([frame_quality(lambda a, b, i=i: reader.read(int(files[i]), a, b), 512, 384,
+    rows = [gather([measure_frame(lambda a, b, i=i: reader.read(int(files[i]), a, b), 512, 384,
                                   star=shifts["star"].values[i], fwhm=shifts["fwhm"].values[i],
                                   flux=shifts["flux"].values[i])])
             for i in range(3)]
@@ -317,14 +319,14 @@ def test_quality_on_synthetic_frames(tmp_path):
         assert row["roundness"][0] < 0.05
         assert row["stars"][0] > 20
         assert row["background"][0] == pytest.approx(truth.params["sky"], abs=truth.sky_sigma)
-    field = frame_quality(lambda a, b: reader.read(int(files[0]), a, b), 512, 384)
+    field = measure_frame(lambda a, b: reader.read(int(files[0]), a, b), 512, 384)
     assert field["fwhm"] == pytest.approx(3.0, rel=0.05)
     assert field["roundness"] < 0.05
 
 
 def test_quality_of_a_flat_frame():
     frame = np.full((100, 50), 7.0, np.float32)
-    quality = frame_quality(Rows(frame), 100, 50)
+    quality = measure_frame(Rows(frame), 100, 50)
     assert quality["background"] == 7.0 and quality["noise"] == 0.0
     assert np.isnan(quality["fwhm"]) and np.isnan(quality["stars"])
 

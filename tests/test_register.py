@@ -31,8 +31,10 @@ def tutorial_find_star(image, star_pos=None, search=500):
 def subpixel_night(tmp_path_factory):
     """30 frames with sub-pixel drift; the reference star is alone within 45 px."""
     directory = tmp_path_factory.mktemp("subpixel")
-    return synthetic.make_frames(directory, n_frames=30, shape=(256, 320), subpixel=True,
-                                 seed=11, drift_step=0.8, jitter=0.4, ref_isolation=45)
+    return synthetic.make_frames(directory, n_frames=30, shape=(256, 320), seed=11,
+                                 motion=synthetic.Motion(subpixel=True, drift_step=0.8,
+                                                         jitter=0.4),
+                                 stars=synthetic.Stars(ref_isolation=45))
 
 
 # --------------------------------------------------------------------------
@@ -64,7 +66,9 @@ def test_peak_box_is_clipped_at_the_low_edges():
 
 def test_cosmic_ray_fools_peak_not_centroid(tmp_path):
     truth = synthetic.make_frames(tmp_path, n_frames=1, shape=(128, 128), seed=5,
-                                  subpixel=True, cosmic_rays=0, hot_pixels=0)
+                                  motion=synthetic.Motion(subpixel=True),
+                                  artefacts=synthetic.Artefacts(cosmic_rays=0),
+                                  camera=synthetic.Camera(hot_pixels=0))
     image = fits.getdata(truth.paths[0]).astype(np.float32)
     rx, ry = truth.ref_star
     image[int(ry) + 12, int(rx) - 15] = 60000.0  # one hot hit, brighter than the star's peak
@@ -102,8 +106,9 @@ def test_centroid_and_xcorr_recover_subpixel_truth(subpixel_night):
 
 def test_low_snr_centroid(tmp_path):
     # a faint reference star: peak 600 ADU over the sky, noise ~26 ADU: peak SNR ~ 23
-    truth = synthetic.make_frames(tmp_path, n_frames=12, shape=(160, 160), subpixel=True,
-                                  seed=12, ref_peak=600.0, ref_isolation=40, jitter=0.6)
+    truth = synthetic.make_frames(tmp_path, n_frames=12, shape=(160, 160), seed=12,
+                                  motion=synthetic.Motion(subpixel=True, jitter=0.6),
+                                  stars=synthetic.Stars(ref_peak=600.0, ref_isolation=40))
     cube = bigstack.open_frames(truth.paths)
     ds = find_shifts(cube, star_pos=truth.ref_star, search=40)
     rms = np.sqrt(np.mean((ds["shift"].values - truth.shifts) ** 2))
@@ -143,8 +148,9 @@ def test_compute_false_is_lazy_and_equal(subpixel_night):
 
 def test_tracking_follows_a_drift_larger_than_the_box(tmp_path):
     truth = synthetic.make_frames(tmp_path, n_frames=25, shape=(240, 240), seed=13,
-                                  subpixel=True, drift_step=2.5, jitter=0.2,
-                                  ref_isolation=45)
+                                  motion=synthetic.Motion(subpixel=True, drift_step=2.5,
+                                                          jitter=0.2),
+                                  stars=synthetic.Stars(ref_isolation=45))
     assert np.abs(truth.shifts).max() > 30  # the star leaves a fixed 40 px box
     cube = bigstack.open_frames(truth.paths)
     with warnings.catch_warnings():
@@ -160,7 +166,8 @@ def test_tracking_follows_a_drift_larger_than_the_box(tmp_path):
 
 def test_tracking_from_a_middle_reference(tmp_path):
     truth = synthetic.make_frames(tmp_path, n_frames=12, shape=(200, 200), seed=14,
-                                  subpixel=True, drift_step=2.0, ref_isolation=40)
+                                  motion=synthetic.Motion(subpixel=True, drift_step=2.0),
+                                  stars=synthetic.Stars(ref_isolation=40))
     cube = bigstack.open_frames(truth.paths)
     ref = 6
     ds = find_shifts(cube, star_pos=np.array(truth.ref_star) + truth.shifts[ref], search=40,
@@ -172,8 +179,9 @@ def test_tracking_from_a_middle_reference(tmp_path):
 def test_xcorr_without_an_isolated_star(tmp_path):
     # a crowded field: many stars, none alone; correlate a region of it
     truth = synthetic.make_frames(tmp_path, n_frames=8, shape=(200, 200), seed=15,
-                                  subpixel=True, n_stars=900, protect_ref=False,
-                                  ref_isolation=0.0)
+                                  motion=synthetic.Motion(subpixel=True),
+                                  stars=synthetic.Stars(n_stars=900, ref_isolation=0.0),
+                                  artefacts=synthetic.Artefacts(protect_ref=False))
     cube = bigstack.open_frames(truth.paths)
     ds = find_shifts(cube, star_pos=[100, 100], search=128, method="xcorr")
     assert np.sqrt(np.mean((ds["shift"].values - truth.shifts) ** 2)) <= 0.05
@@ -252,7 +260,8 @@ def test_reference_without_star_is_an_error(tmp_path):
 
 def test_find_shifts_reads_under_5_percent_of_the_bytes(tmp_path):
     truth = synthetic.make_frames(tmp_path / "one", n_frames=1, shape=(2048, 2048), seed=16,
-                                  ref_star=(1000.0, 1100.0), ref_isolation=150)
+                                  stars=synthetic.Stars(ref_star=(1000.0, 1100.0),
+                                                        ref_isolation=150))
     paths = []
     for i in range(100):  # 100 frames: hard links to one generated frame
         path = tmp_path / f"f{i:03d}.fit"

@@ -450,8 +450,10 @@ def test_clipping_removes_synthetic_trails(tmp_path):
 
     from bigstack import synthetic
 
-    truth = synthetic.make_frames(tmp_path, n_frames=15, shape=(96, 128), n_stars=40,
-                                  trail=[3, 9], seed=5, noise="gaussian", hot_pixels=0,
+    truth = synthetic.make_frames(tmp_path, n_frames=15, shape=(96, 128), seed=5,
+                                  stars=synthetic.Stars(n_stars=40),
+                                  artefacts=synthetic.Artefacts(trail=[3, 9]),
+                                  camera=synthetic.Camera(noise="gaussian", hot_pixels=0),
                                   workers=1)
     frames = [fits.getdata(p).astype(np.float32) for p in truth.paths]
     block, trails = aligned_block(truth, frames)

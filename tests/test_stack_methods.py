@@ -16,7 +16,7 @@ from astropy.stats import sigma_clip
 import bigstack
 from bigstack import BigstackError, BigstackWarning, _combine, open_frames, synthetic
 
-from .helpers import write_fits
+from .helpers import raise_if_dask_computes, write_fits
 
 
 def shifted_cube(cube, shifts):
@@ -147,8 +147,10 @@ def test_bad_combinations_are_refused(files):
 def trails(tmp_path_factory):
     directory = tmp_path_factory.mktemp("trails")
     return synthetic.make_frames(directory, n_frames=24, shape=(96, 128), seed=51,
-                                 trail=[3, 11, 17], trail_peak=3000.0, cosmic_rays=6,
-                                 hot_pixels=0, ref_isolation=30)
+                                 artefacts=synthetic.Artefacts(trail=[3, 11, 17],
+                                                               trail_peak=3000.0, cosmic_rays=6),
+                                 camera=synthetic.Camera(hot_pixels=0),
+                                 stars=synthetic.Stars(ref_isolation=30))
 
 
 def test_sigma_clip_removes_trails_and_cosmic_rays(trails):
@@ -178,7 +180,7 @@ def test_sigma_clip_removes_trails_and_cosmic_rays(trails):
 
 def test_normalisation_and_selection(tmp_path):
     truth = synthetic.make_frames(tmp_path, n_frames=8, shape=(80, 96), seed=52,
-                                  ref_isolation=25)
+                                  stars=synthetic.Stars(ref_isolation=25))
     paths = []
     for i, path in enumerate(truth.paths):  # every frame with its own sky level
         from astropy.io import fits
@@ -187,12 +189,21 @@ def test_normalisation_and_selection(tmp_path):
         paths.append(write_fits(tmp_path / f"offset{i}.fit", data))
     frames = open_frames(paths)
     plain = bigstack.stack(frames, truth.shifts)
-    matched = bigstack.stack(frames, truth.shifts, normalize_frames="additive")
+    with raise_if_dask_computes():  # the quality table is measured inside the graph
+        lazy = bigstack.stack(frames, truth.shifts, normalize_frames="additive")
+    quality = bigstack.frame_quality(frames)
+    matched = bigstack.stack(frames, truth.shifts, normalize_frames="additive", quality=quality)
     reference = clean_stack(truth)
     centre = (slice(20, 60), slice(20, 76))
     assert abs(np.median(plain["stack"].values[centre] - reference[centre]) - 350) < 15
     assert abs(np.median(matched["stack"].values[centre] - reference[centre])) < 5
+    np.testing.assert_array_equal(lazy["stack"].values, matched["stack"].values)
     assert "quality" in matched.attrs and len(matched.attrs["quality"]["noise"]) == 8
     with pytest.warns(BigstackWarning, match="leaves out 2 frame"):
-        chosen = bigstack.stack(frames, truth.shifts, select="25%")
+        chosen = bigstack.stack(frames, truth.shifts, select="25%", quality=quality)
     assert chosen.attrs["n_frames"] == 6
+    with raise_if_dask_computes():
+        lazy = bigstack.stack(frames, truth.shifts, select="25%")
+    np.testing.assert_array_equal(lazy["stack"].values, chosen["stack"].values)
+    with pytest.raises(ValueError, match="needs the frame quality first"):
+        bigstack.stack(frames, truth.shifts, select="25%", extent="union")

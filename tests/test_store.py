@@ -38,9 +38,9 @@ def _die_after(n_tiles, paths, shifts, store, extra=""):
     """Run stack in a child process that dies (os._exit) after writing n tiles."""
     script = textwrap.dedent(f"""
         import os, dask, numpy as np, bigstack
-        from bigstack import _combine
+        from bigstack import _combine, _stack
         _combine.plan_tiles = lambda *a, **k: 5
-        real = _combine._tile_to_store
+        real = _stack._tile_task
         written = []
         def dying(*args, **kwargs):
             result = real(*args, **kwargs)
@@ -48,7 +48,7 @@ def _die_after(n_tiles, paths, shifts, store, extra=""):
             if len(written) == {n_tiles}:
                 os._exit(9)
             return result
-        _combine._tile_to_store = dying
+        _stack._tile_task = dying
         dask.config.set(scheduler="synchronous")
         bigstack.stack(bigstack.open_frames({paths!r}), np.array({shifts.tolist()!r}),
                        store={str(store)!r}{extra})
@@ -69,11 +69,11 @@ def test_resume_computes_only_missing_tiles(frames, tmp_path, monkeypatch):
     calls = []
     real = _combine.combine_tile
     monkeypatch.setattr(_combine, "combine_tile",
-                        lambda *a, **k: calls.append(a[-2]) or real(*a, **k))
+                        lambda source, plan, a, b: calls.append(a) or real(source, plan, a, b))
     cube = bigstack.open_frames(paths)
     with pytest.raises(bigstack.StoreExistsError):
         bigstack.stack(cube, shifts, store=store)  # not without resume
-    resumed = bigstack.stack(cube, shifts, store=store, resume=True)
+    resumed = bigstack.stack(cube, shifts, store=store, mode="resume")
     assert sorted(calls) == missing  # the five missing tiles, nothing else
     monkeypatch.setattr(_combine, "plan_tiles", lambda *a, **k: 5)
     whole = bigstack.stack(cube, shifts, store=tmp_path / "whole.zarr")
@@ -88,15 +88,15 @@ def test_resume_refuses_other_inputs(frames, tmp_path):
     _die_after(2, paths, shifts, store)
     cube = bigstack.open_frames(paths)
     with pytest.raises(BigstackError, match="other shifts than this call's"):
-        bigstack.stack(cube, shifts + 1, store=store, resume=True)
+        bigstack.stack(cube, shifts + 1, store=store, mode="resume")
     with pytest.raises(BigstackError, match="other inputs, .*frames_used"):
-        bigstack.stack(cube.isel(frame=slice(0, 6)), shifts[:6], store=store, resume=True)
+        bigstack.stack(cube.isel(frame=slice(0, 6)), shifts[:6], store=store, mode="resume")
     with pytest.raises(BigstackError, match=r"other parameters"):
-        bigstack.stack(cube, shifts, store=store, resume=True, subpixel="bilinear")
+        bigstack.stack(cube, shifts, store=store, mode="resume", subpixel="bilinear")
     assert _done(store).sum() == 2  # nothing was touched
-    bigstack.stack(cube, shifts, store=store, resume=True)
+    bigstack.stack(cube, shifts, store=store, mode="resume")
     with pytest.raises(BigstackError, match="complete; there is nothing to resume"):
-        bigstack.stack(cube, shifts, store=store, resume=True)
+        bigstack.stack(cube, shifts, store=store, mode="resume")
 
 
 @pytest.mark.parametrize("subpixel", ["nearest", "bilinear"])
@@ -136,8 +136,7 @@ def test_interrupted_append_resumes(frames, tmp_path):
     _die_after(4, paths[6:], shifts[6:], store, extra=", mode='append'")
     with pytest.raises(BigstackError, match="did not finish; finish it first with resume"):
         bigstack.stack(cube.isel(frame=slice(6, 12)), shifts[6:], store=store, mode="append")
-    got = bigstack.stack(cube.isel(frame=slice(6, 12)), shifts[6:], store=store, mode="append",
-                         resume=True)
+    got = bigstack.stack(cube.isel(frame=slice(6, 12)), shifts[6:], store=store, mode="resume")
     whole = bigstack.stack(cube, shifts).compute()
     np.testing.assert_array_equal(got["stack"].values, whole["stack"].values)
     np.testing.assert_array_equal(got["coverage"].values, whole["coverage"].values)

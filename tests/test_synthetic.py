@@ -17,6 +17,7 @@ import pytest
 from astropy.io import fits
 
 from bigstack import synthetic
+from bigstack.synthetic import Artefacts, Camera, Motion, Sky, Stars
 
 GREY = np.array([0.2126, 0.7152, 0.0722])
 
@@ -66,7 +67,8 @@ def _centroid(image, guess, half=5, annulus=(12, 20)):
 def test_fits_uint16_as_cameras_write_it(tmp_path):
     # ref_peak above 32767 so that a wrong BZERO would show.
     truth = synthetic.make_frames(
-        tmp_path, n_frames=4, shape=(64, 96), n_stars=30, ref_peak=50000.0, exptime=20.0, gap=3.0
+        tmp_path, n_frames=4, shape=(64, 96), stars=Stars(n_stars=30, ref_peak=50000.0),
+        camera=Camera(exptime=20.0, gap=3.0),
     )
     assert [p.rsplit("/", 1)[1] for p in truth.paths] == [f"frame-{i:04d}.fit" for i in range(4)]
     dates = []
@@ -92,7 +94,8 @@ def test_fits_uint16_as_cameras_write_it(tmp_path):
 
 
 def test_fits_float32(tmp_path):
-    truth = synthetic.make_frames(tmp_path, n_frames=2, shape=(48, 40), dtype="float32", n_stars=10)
+    truth = synthetic.make_frames(tmp_path, n_frames=2, shape=(48, 40), dtype="float32",
+                                  stars=Stars(n_stars=10))
     with fits.open(truth.paths[1]) as hdul:
         assert hdul[0].header["BITPIX"] == -32
         assert "BZERO" not in hdul[0].header
@@ -113,10 +116,8 @@ def test_subpixel_shifts_agree_with_centroids(tmp_path):
         tmp_path,
         n_frames=6,
         shape=(256, 256),
-        subpixel=True,
-        drift_step=2.0,
-        jitter=0.7,
-        ref_star=(120.3, 131.7),
+        motion=Motion(subpixel=True, drift_step=2.0, jitter=0.7),
+        stars=Stars(ref_star=(120.3, 131.7)),
         seed=3,
     )
     shifts = truth.shifts
@@ -139,7 +140,7 @@ def test_subpixel_shifts_agree_with_centroids(tmp_path):
 
 def test_integer_shifts_move_the_peak_exactly(tmp_path):
     truth = synthetic.make_frames(
-        tmp_path, n_frames=6, shape=(200, 220), drift_step=3.0, jitter=1.0, seed=5
+        tmp_path, n_frames=6, shape=(200, 220), motion=Motion(drift_step=3.0, jitter=1.0), seed=5
     )
     shifts = truth.shifts
     np.testing.assert_array_equal(shifts, np.rint(shifts))
@@ -152,15 +153,17 @@ def test_integer_shifts_move_the_peak_exactly(tmp_path):
 
 @pytest.mark.parametrize("psf, atol", [("gaussian", 1e-4), ("moffat", 2e-3)])
 def test_psf_is_unbiased_and_conserves_flux(tmp_path, psf, atol):
-    kw = dict(n_frames=1, shape=(96, 96), gradient=(0, 0), n_stars=0, psf=psf)
-    truth = synthetic.make_frames(tmp_path, ref_star=(47.3, 50.8), **kw)
+    kw = dict(n_frames=1, shape=(96, 96), sky=Sky(gradient=(0, 0)))
+    truth = synthetic.make_frames(
+        tmp_path, stars=Stars(n_stars=0, psf=psf, ref_star=(47.3, 50.8)), **kw
+    )
     star = truth.clean.astype(np.float64) - truth.params["sky"]
     yy, xx = np.indices(star.shape)
     centroid = [(star * xx).sum() / star.sum(), (star * yy).sum() / star.sum()]
     np.testing.assert_allclose(centroid, (47.3, 50.8), atol=atol)
     np.testing.assert_allclose(star.sum(), truth.ref_flux, rtol=3e-3 if psf == "moffat" else 1e-5)
     # centred on a pixel, the peak is ref_peak
-    centred = synthetic.make_frames(tmp_path / "c", **kw)
+    centred = synthetic.make_frames(tmp_path / "c", stars=Stars(n_stars=0, psf=psf), **kw)
     x, y = (int(v) for v in centred.ref_star)
     np.testing.assert_allclose(centred.clean[y, x] - 1000.0, 30000.0, rtol=1e-5)
 
@@ -170,7 +173,8 @@ def test_gaussian_psf_is_integrated_over_the_pixel(tmp_path):
     # by ~10% from the pixel integrals and not conserve the flux.
     fwhm, pos = 1.0, (40.3, 30.8)
     truth = synthetic.make_frames(
-        tmp_path, n_frames=1, shape=(64, 80), gradient=(0, 0), n_stars=0, fwhm=fwhm, ref_star=pos
+        tmp_path, n_frames=1, shape=(64, 80), sky=Sky(gradient=(0, 0)),
+        stars=Stars(n_stars=0, fwhm=fwhm, ref_star=pos),
     )
     star = truth.clean.astype(np.float64) - truth.params["sky"]
     np.testing.assert_allclose(star.sum(), truth.ref_flux, rtol=1e-5)
@@ -187,7 +191,8 @@ def test_gaussian_psf_is_integrated_over_the_pixel(tmp_path):
 
 def test_frame_clean_moves_stars_not_sky(tmp_path):
     truth = synthetic.make_frames(
-        tmp_path, n_frames=3, shape=(128, 160), gradient=(0, 0), drift_step=4.0, seed=2
+        tmp_path, n_frames=3, shape=(128, 160), sky=Sky(gradient=(0, 0)),
+        motion=Motion(drift_step=4.0), seed=2,
     )
     for i in (1, 2):
         dx, dy = (int(v) for v in truth.shifts[i])
@@ -201,7 +206,7 @@ def test_frame_clean_moves_stars_not_sky(tmp_path):
 
 
 def test_star_field(tmp_path):
-    truth = synthetic.make_frames(tmp_path, n_frames=1, shape=(256, 256), n_stars=300)
+    truth = synthetic.make_frames(tmp_path, n_frames=1, shape=(256, 256), stars=Stars(n_stars=300))
     x, y, flux = truth.stars["x"], truth.stars["y"], truth.stars["flux"]
     assert (x[0], y[0]) == truth.ref_star
     inside = (x >= -0.5) & (x < 255.5) & (y >= -0.5) & (y < 255.5)
@@ -215,7 +220,9 @@ def test_star_field(tmp_path):
 
 
 def test_noise_matches_the_stated_model(tmp_path):
-    truth = synthetic.make_frames(tmp_path, n_frames=1, shape=(256, 256), seed=11, trail=False)
+    truth = synthetic.make_frames(
+        tmp_path, n_frames=1, shape=(256, 256), seed=11, artefacts=Artefacts(trail=False)
+    )
     image = _read_fits(truth.paths[0])
     clean = truth.clean.astype(np.float64)
     z = (image - clean) / _sigma(clean, truth.params)
@@ -245,10 +252,9 @@ def test_hot_pixels_cosmic_rays_and_trail_are_where_truth_says(tmp_path):
         tmp_path,
         n_frames=4,
         shape=(160, 192),
-        drift_step=4.0,
-        hot_pixels=12,
-        cosmic_rays=8,
-        trail=[2],
+        motion=Motion(drift_step=4.0),
+        camera=Camera(hot_pixels=12),
+        artefacts=Artefacts(cosmic_rays=8, trail=[2]),
         seed=7,
     )
     assert np.count_nonzero(truth.shifts[1:]) > 0  # stars move, hot pixels must not
@@ -294,7 +300,8 @@ def _bytes(paths):
 
 
 def test_same_seed_same_bytes_and_frames_independent_of_count(tmp_path):
-    kw = dict(shape=(64, 64), n_stars=40, trail=0.5, subpixel=True)
+    kw = dict(shape=(64, 64), stars=Stars(n_stars=40), artefacts=Artefacts(trail=0.5),
+              motion=Motion(subpixel=True))
     a = synthetic.make_frames(tmp_path / "a", n_frames=5, seed=1, **kw)
     b = synthetic.make_frames(tmp_path / "b", n_frames=5, seed=1, workers=1, **kw)
     c = synthetic.make_frames(tmp_path / "c", n_frames=5, seed=2, **kw)
@@ -312,7 +319,9 @@ def test_same_seed_same_bytes_and_frames_independent_of_count(tmp_path):
 
 def test_png_16bit_colour(tmp_path):
     imagecodecs = pytest.importorskip("imagecodecs")
-    truth = synthetic.make_frames(tmp_path, n_frames=2, shape=(96, 128), fmt="png", n_stars=30)
+    truth = synthetic.make_frames(
+        tmp_path, n_frames=2, shape=(96, 128), fmt="png", stars=Stars(n_stars=30)
+    )
     assert truth.paths[0].endswith("frame-0000.png")
     rgb = imagecodecs.imread(truth.paths[0])
     assert rgb.shape == (96, 128, 3) and rgb.dtype == np.uint16
@@ -333,7 +342,7 @@ def test_png_16bit_colour(tmp_path):
 
 def test_grey_of_colour_equals_monochrome_model(tmp_path):
     # star and sky colours have unit luminance: grey(RGB) is the mono frame
-    kw = dict(n_frames=2, shape=(64, 64), n_stars=40, seed=9)
+    kw = dict(n_frames=2, shape=(64, 64), stars=Stars(n_stars=40), seed=9)
     mono = synthetic.make_frames(tmp_path / "fits", **kw)
     colour = synthetic.make_frames(tmp_path / "png", fmt="png", **kw)
     np.testing.assert_allclose(colour.clean, mono.clean, rtol=1e-5)
@@ -344,7 +353,7 @@ def test_png_8bit_colour(tmp_path):
     from PIL import Image
 
     truth = synthetic.make_frames(
-        tmp_path, n_frames=1, shape=(64, 64), fmt="png", dtype="uint8", n_stars=20
+        tmp_path, n_frames=1, shape=(64, 64), fmt="png", dtype="uint8", stars=Stars(n_stars=20)
     )
     with Image.open(truth.paths[0]) as img:
         assert img.mode == "RGB"
@@ -358,7 +367,9 @@ def test_png_8bit_colour(tmp_path):
 
 def test_jpg_colour(tmp_path):
     imagecodecs = pytest.importorskip("imagecodecs")
-    truth = synthetic.make_frames(tmp_path, n_frames=2, shape=(64, 80), fmt="jpg", n_stars=20)
+    truth = synthetic.make_frames(
+        tmp_path, n_frames=2, shape=(64, 80), fmt="jpg", stars=Stars(n_stars=20)
+    )
     assert truth.paths[1].endswith("frame-0001.jpg")
     rgb = imagecodecs.imread(truth.paths[1])
     assert rgb.shape == (64, 80, 3) and rgb.dtype == np.uint8
@@ -373,7 +384,8 @@ def test_dng_bayer_mosaic(tmp_path):
     pytest.importorskip("tifffile")
     pytest.importorskip("bigstack._dng")
     truth = synthetic.make_frames(
-        tmp_path, n_frames=2, shape=(64, 96), fmt="dng", n_stars=20, drift_step=4.0, seed=4
+        tmp_path, n_frames=2, shape=(64, 96), fmt="dng", stars=Stars(n_stars=20),
+        motion=Motion(drift_step=4.0), seed=4,
     )
     assert truth.paths[0].endswith("frame-0000.dng")
     for i, path in enumerate(truth.paths):
@@ -416,12 +428,9 @@ def test_tutorial_box_stays_clear_in_a_crowded_field(tmp_path):
     truth = synthetic.make_tutorial_frames(
         tmp_path,
         shape=(700, 640),
-        n_stars=1000,
-        flux_min=2e5,
-        hot_pixels=4000,
-        hot_level=(60000.0, 65000.0),
-        cosmic_rays=500,
-        cosmic_level=(60000.0, 65000.0),
+        stars=Stars(n_stars=1000, flux_min=2e5),
+        camera=Camera(hot_pixels=4000, hot_level=(60000.0, 65000.0)),
+        artefacts=Artefacts(cosmic_rays=500, cosmic_level=(60000.0, 65000.0)),
     )
     box = (slice(400, 600), slice(300, 500))
     for i, (path, star) in enumerate(zip(truth.paths, synthetic.TUTORIAL_STARS, strict=True)):
@@ -438,10 +447,11 @@ def test_tutorial_box_stays_clear_in_a_crowded_field(tmp_path):
 
 
 def test_refuses_to_overwrite(tmp_path):
-    synthetic.make_frames(tmp_path, n_frames=3, shape=(32, 32), n_stars=5)
+    few = Stars(n_stars=5)
+    synthetic.make_frames(tmp_path, n_frames=3, shape=(32, 32), stars=few)
     with pytest.raises(FileExistsError, match="frame-0000.fit"):
-        synthetic.make_frames(tmp_path, n_frames=3, shape=(32, 32), n_stars=5)
-    synthetic.make_frames(tmp_path, n_frames=3, shape=(32, 32), n_stars=5, overwrite=True)
+        synthetic.make_frames(tmp_path, n_frames=3, shape=(32, 32), stars=few)
+    synthetic.make_frames(tmp_path, n_frames=3, shape=(32, 32), stars=few, overwrite=True)
 
     # checked before anything is written
     other = tmp_path / "other"
@@ -454,7 +464,9 @@ def test_refuses_to_overwrite(tmp_path):
 
 
 def test_creates_the_directory(tmp_path):
-    truth = synthetic.make_frames(tmp_path / "a" / "b", n_frames=1, shape=(32, 32), n_stars=5)
+    truth = synthetic.make_frames(
+        tmp_path / "a" / "b", n_frames=1, shape=(32, 32), stars=Stars(n_stars=5)
+    )
     assert (tmp_path / "a" / "b" / "frame-0000.fit").is_file()
     assert truth.paths == [str(tmp_path / "a" / "b" / "frame-0000.fit")]
 
@@ -464,21 +476,27 @@ def test_creates_the_directory(tmp_path):
     [
         (dict(fmt="jpg", dtype="uint16"), "dtype"),
         (dict(fmt="tiff"), "fmt"),
-        (dict(shifts=[[1, 0], [2, 0]]), r"shifts\[0\]"),
-        (dict(shifts=[[0, 0], [0.5, 0]]), "whole"),
-        (dict(ref_star=(100, 5)), "outside"),
-        (dict(noise="uniform"), "noise"),
+        (dict(stars=Stars(ref_star=(100, 5))), r"Stars\.ref_star .* outside"),
+        (dict(motion=Motion(shifts=[[0, 0], [1, 0], [2, 0]])), "Motion.shifts has 3 frames"),
+        (dict(motion=Motion(rotation=[0, 1, 2])), "Motion.rotation has 3 frames"),
+        (dict(motion=Motion(scale_rate=-1.0)), "Motion.scale_rate"),
+        (dict(sky=Sky(gradient=(-3, 0))), "Sky.gradient"),
+        (dict(n_frames=0), "n_frames"),
+        (dict(seed=-1), "seed"),
     ],
 )
 def test_rejects_bad_parameters(tmp_path, kwargs, match):
+    kwargs = {"n_frames": 2, **kwargs}
     with pytest.raises(ValueError, match=match):
-        synthetic.make_frames(tmp_path, n_frames=2, shape=(32, 32), **kwargs)
+        synthetic.make_frames(tmp_path, shape=(32, 32), **kwargs)
     assert not list(tmp_path.iterdir())
 
 
 def test_tutorial_frames_refuse_what_they_fix(tmp_path):
     with pytest.raises(ValueError, match="shifts"):
         synthetic.make_tutorial_frames(tmp_path, shifts=[[0, 0]] * 5)
+    with pytest.raises(ValueError, match="Stars.ref_star"):
+        synthetic.make_tutorial_frames(tmp_path, stars=Stars(ref_star=(10, 10)))
     assert not list(tmp_path.iterdir())
 
 
@@ -499,3 +517,530 @@ def test_speed_200_frames_2048(tmp_path_factory):
         assert elapsed < 60
     finally:
         shutil.rmtree(directory)
+
+
+# --------------------------------------------------------------------------
+# option groups: validation and the flat keywords of old
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: Sky(level=-1.0), r"Sky\.level must be >= 0"),
+        (lambda: Sky(gradient=(0.1,)), r"Sky\.gradient"),
+        (lambda: Sky(colour=(1, 0, 1)), r"Sky\.colour"),
+        (lambda: Stars(fwhm=0), r"Stars\.fwhm must be > 0"),
+        (lambda: Stars(fwhm=float("nan")), r"Stars\.fwhm must be a finite number"),
+        (lambda: Stars(psf="airy"), r"Stars\.psf must be one of"),
+        (lambda: Stars(moffat_beta=1.0), r"Stars\.moffat_beta"),
+        (lambda: Stars(n_stars=-3), r"Stars\.n_stars"),
+        (lambda: Stars(n_stars=10, density=0.01), r"Stars\.n_stars or Stars\.density"),
+        (lambda: Stars(flux_min=10.0, flux_max=5.0), r"Stars\.flux_min .* Stars\.flux_max"),
+        (lambda: Stars(ref_star=(1, 2, 3)), r"Stars\.ref_star"),
+        (lambda: Camera(noise="uniform"), r"Camera\.noise"),
+        (lambda: Camera(gain=0), r"Camera\.gain"),
+        (lambda: Camera(hot_level=(500.0, 100.0)), r"Camera\.hot_level"),
+        (lambda: Camera(start="yesterday"), r"Camera\.start"),
+        (lambda: Camera(column_pattern=-1), r"Camera\.column_pattern"),
+        (lambda: Camera(hot_pixels=2.5), r"Camera\.hot_pixels"),
+        (lambda: Motion(shifts=[[1, 0], [2, 0]]), r"Motion\.shifts\[0\]"),
+        (lambda: Motion(shifts=[[0, 0], [0.5, 0]]), r"Motion\.shifts must be whole"),
+        (lambda: Motion(shifts=[0, 1]), r"Motion\.shifts must be \[x, y\]"),
+        (lambda: Motion(shifts=[[0, 0]], drift_step=2.0), r"Motion\.drift_step .* Motion\.shifts"),
+        (lambda: Motion(rotation=[0, 1], rotation_rate=0.5), r"Motion\.rotation_rate"),
+        (lambda: Motion(rotation=[3, 1]), r"Motion\.rotation\[0\] must be 0"),
+        (lambda: Motion(scale=[1, 0]), r"Motion\.scale"),
+        (lambda: Motion(flip_at=0), r"Motion\.flip_at"),
+        (lambda: Motion(transforms=[[[1, 0, 1], [0, 1, 0]]]), r"Motion\.transforms\[0\]"),
+        (lambda: Motion(transforms=[[[1, 0, 0], [0, 1, 0]]], jitter=1.0),
+         r"Motion\.jitter .* Motion\.transforms"),
+        (lambda: Motion(transforms=[[[1, 0, 0], [0, 1, 0]], [[1, 2, 0], [1, 2, 0]]]),
+         r"Motion\.transforms\[1\] is singular"),
+        (lambda: Artefacts(clouds={3: 1.5}), r"Artefacts\.clouds\[3\] must be <= 1"),
+        (lambda: Artefacts(clouds={-1: 0.5}), r"Artefacts\.clouds"),
+        (lambda: Artefacts(trail=1.5), r"Artefacts\.trail must be <= 1"),
+        (lambda: Artefacts(trail="often"), r"Artefacts\.trail"),
+        (lambda: Artefacts(other_field=[1, -2]), r"Artefacts\.other_field"),
+        (lambda: Artefacts(hot_pattern=[0.5]), r"Artefacts\.hot_pattern"),
+        (lambda: Artefacts(trail_through_star="yes"), r"Artefacts\.trail_through_star"),
+        (lambda: Artefacts(quiet_box=(5, 1, 0, 10)), r"Artefacts\.quiet_box"),
+    ],
+)
+def test_option_groups_name_the_bad_field(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_option_groups_are_frozen_and_compare_by_value():
+    a = Motion(shifts=np.array([[0, 0], [1, 2]]), rotation_rate=0.1)
+    assert a == Motion(shifts=[[0.0, 0.0], [1.0, 2.0]], rotation_rate=0.1)
+    assert hash(a) == hash(Motion(shifts=((0, 0), (1, 2)), rotation_rate=0.1))
+    with pytest.raises(AttributeError):
+        a.rotation_rate = 1.0
+    assert Artefacts(clouds={4: 0.2, 1: 0.5}).clouds == ((1, 0.5), (4, 0.2))
+    assert Artefacts(trail=True).trail == 0.2
+
+
+def test_old_keywords_warn_and_give_the_same_frames(tmp_path):
+    common = dict(n_frames=3, shape=(64, 80), seed=4)
+    with pytest.warns(FutureWarning) as record:
+        old = synthetic.make_frames(
+            tmp_path / "old", **common, n_stars=25, fwhm=2.5, sky=800.0, gradient=(0.1, 0.0),
+            drift_step=3.0, subpixel=True, gain=2.0, trail=[1], cosmic_rays=5.0,
+            star_margin=0.1,
+        )
+    messages = [str(w.message) for w in record]
+    assert len(messages) == 10
+    assert all(w.category is FutureWarning for w in record)
+    assert all(w.filename == __file__ for w in record)  # points at the caller
+    assert "make_frames(n_stars=...) is deprecated; use stars=synthetic.Stars(n_stars=...)" in (
+        messages
+    )
+    assert "make_frames(sky=...) is deprecated; use sky=synthetic.Sky(level=...)" in messages
+    assert "make_frames(star_margin=...) is deprecated; use stars=synthetic.Stars(margin=...)" in (
+        messages
+    )
+    new = synthetic.make_frames(
+        tmp_path / "new", **common,
+        stars=Stars(n_stars=25, fwhm=2.5, margin=0.1), sky=Sky(level=800.0, gradient=(0.1, 0.0)),
+        motion=Motion(drift_step=3.0, subpixel=True), camera=Camera(gain=2.0),
+        artefacts=Artefacts(trail=[1], cosmic_rays=5.0),
+    )
+    assert _bytes(old.paths) == _bytes(new.paths)
+    np.testing.assert_array_equal(old.shifts, new.shifts)
+    assert old.options == new.options
+    assert old.params.keys() == new.params.keys()
+
+
+def test_old_keywords_of_the_tutorial_frames_warn(tmp_path):
+    with pytest.warns(FutureWarning, match=r"use camera=synthetic\.Camera\(hot_pixels=\.\.\.\)"):
+        old = synthetic.make_tutorial_frames(tmp_path / "old", shape=(700, 640), n_stars=50,
+                                             hot_pixels=7)
+    new = synthetic.make_tutorial_frames(tmp_path / "new", shape=(700, 640),
+                                         stars=Stars(n_stars=50), camera=Camera(hot_pixels=7))
+    assert _bytes(old.paths) == _bytes(new.paths)
+    again = synthetic.make_frames(tmp_path / "again", **new.options)
+    assert _bytes(again.paths) == _bytes(new.paths)
+
+
+def test_old_and_new_form_of_one_option_clash(tmp_path):
+    with pytest.raises(ValueError, match=r"n_stars= and stars=Stars\(n_stars=\.\.\.\) both"):
+        synthetic.make_frames(tmp_path, n_frames=1, shape=(32, 32), n_stars=4,
+                              stars=Stars(n_stars=5))
+    with pytest.raises(TypeError, match="n_star"):
+        synthetic.make_frames(tmp_path, n_frames=1, shape=(32, 32), n_star=4)
+    with pytest.raises(ValueError, match="stars must be a synthetic.Stars"):
+        synthetic.make_frames(tmp_path, n_frames=1, shape=(32, 32), stars=Camera())
+    assert not list(tmp_path.iterdir())
+
+
+def test_options_from_a_flat_record(tmp_path):
+    record = {"n_stars": 30, "drift_step": 2.0, "subpixel": True, "sky": 500.0,
+              "noise": "gaussian", "cosmic_rays": 0, "seed": 3, "prefix": "r"}
+    kwargs = synthetic.options_from_dict(record)
+    assert kwargs == {"seed": 3, "prefix": "r", "stars": Stars(n_stars=30),
+                      "motion": Motion(drift_step=2.0, subpixel=True), "sky": Sky(level=500.0),
+                      "camera": Camera(noise="gaussian"), "artefacts": Artefacts(cosmic_rays=0)}
+    truth = synthetic.make_frames(tmp_path, n_frames=2, shape=(48, 48), **kwargs)
+    assert truth.params["sky"] == 500.0 and truth.params["n_stars"] == 30
+
+
+def test_options_make_the_same_frames_again(tmp_path):
+    truth = synthetic.make_frames(
+        tmp_path / "a", n_frames=3, shape=(64, 64), seed=None,
+        motion=Motion(rotation_rate=0.3, subpixel=True), artefacts=Artefacts(clouds={1: 0.5}),
+    )
+    again = synthetic.make_frames(tmp_path / "b", **truth.options)
+    assert _bytes(truth.paths) == _bytes(again.paths)
+
+
+# --------------------------------------------------------------------------
+# transforms: rotation, flip, scale
+
+
+def _rot(deg, s=1.0):
+    a = np.radians(deg)
+    return s * np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+
+
+TURNED = dict(
+    rotation=[0.0, 0.7, -12.5, 180.0, 90.0, 33.0],
+    scale=[1.0, 1.03, 0.95, 1.0, 1.05, 1.0],
+    shifts=[[0, 0], [2.5, -1.25], [7.1, 3.3], [-4.2, 1.9], [0.6, 0.4], [1.0, -2.0]],
+    centre=(101.3, 95.8),
+)
+
+
+@pytest.fixture(scope="module")
+def turned(tmp_path_factory):
+    """A noiseless float32 night with rotation, scale, drift and a cloud in frame 5."""
+    return synthetic.make_frames(
+        tmp_path_factory.mktemp("turned"), n_frames=6, shape=(200, 240), dtype="float32", seed=8,
+        sky=Sky(gradient=(0.0, 0.0)), stars=Stars(n_stars=40, ref_star=(120.0, 90.0)),
+        camera=Camera(noise="none", hot_pixels=0),
+        motion=Motion(subpixel=True, **TURNED),
+        artefacts=Artefacts(cosmic_rays=0, clouds={5: 0.2}),
+    )
+
+
+def _isolated(xy, shape, near=20.0, edge=13):
+    """Indices of positions at least ``edge`` inside the frame with no other within ``near``."""
+    ny, nx = shape
+    d = np.hypot(xy[:, None, 0] - xy[None, :, 0], xy[:, None, 1] - xy[None, :, 1])
+    np.fill_diagonal(d, np.inf)
+    inside = (xy[:, 0] >= edge) & (xy[:, 0] <= nx - 1 - edge)
+    inside &= (xy[:, 1] >= edge) & (xy[:, 1] <= ny - 1 - edge)
+    return np.flatnonzero(inside & (d.min(axis=1) > near))
+
+
+def _window(image, xy, half):
+    x0, y0 = round(xy[0]), round(xy[1])
+    win = image[y0 - half : y0 + half + 1, x0 - half : x0 + half + 1]
+    wy, wx = np.mgrid[y0 - half : y0 + half + 1, x0 - half : x0 + half + 1]
+    return win, wx, wy
+
+
+def test_transforms_follow_the_convention(turned):
+    c = np.array(TURNED["centre"])
+    for i, (deg, s, d) in enumerate(zip(TURNED["rotation"], TURNED["scale"], TURNED["shifts"],
+                                        strict=True)):
+        a = _rot(deg, s)
+        np.testing.assert_allclose(turned.transforms[i, :, :2], a, atol=1e-12)
+        np.testing.assert_allclose(turned.transforms[i, :, 2], c + np.array(d) - a @ c,
+                                   atol=1e-9)
+    np.testing.assert_array_equal(turned.transforms[0], [[1, 0, 0], [0, 1, 0]])
+    np.testing.assert_array_equal(turned.transforms[3, :, :2], [[-1, 0], [0, -1]])  # exact
+    np.testing.assert_allclose(turned.rotation, TURNED["rotation"], atol=1e-9)
+    np.testing.assert_allclose(turned.scale, TURNED["scale"], atol=1e-12)
+    # shifts: where the reference star went
+    ref = np.array(turned.ref_star)
+    moved = np.einsum("nij,j->ni", turned.transforms[:, :, :2], ref) + turned.transforms[:, :, 2]
+    np.testing.assert_allclose(turned.shifts, moved - ref, atol=1e-9)
+    np.testing.assert_allclose(turned.star_positions(2)[0], moved[2], atol=1e-9)
+
+
+def test_stars_sit_where_the_transform_puts_them(turned):
+    # plain numpy centroids of the written noiseless frames against A @ p + t
+    p = np.stack([turned.stars["x"], turned.stars["y"]])
+    sky = turned.params["sky"]
+    checked = 0
+    for i in range(turned.n_frames):
+        image = _read_fits(turned.paths[i]) - sky
+        predicted = (turned.transforms[i, :, :2] @ p).T + turned.transforms[i, :, 2]
+        stars = _isolated(predicted, image.shape)
+        assert stars.size >= 4, i
+        for k in stars:
+            win, wx, wy = _window(image, predicted[k], 10)
+            centroid = [(win * wx).sum() / win.sum(), (win * wy).sum() / win.sum()]
+            np.testing.assert_allclose(centroid, predicted[k], atol=0.01, err_msg=f"{i}, {k}")
+            checked += 1
+    assert checked > 30
+
+
+def test_scale_keeps_the_flux_of_a_star_and_clouds_dim_it(turned):
+    p = np.stack([turned.stars["x"], turned.stars["y"]])
+    sky = turned.params["sky"]
+    for i, factor in ((1, 1.0), (2, 1.0), (4, 1.0), (5, 0.2)):  # scales 1.03, 0.95, 1.05; cloud
+        image = _read_fits(turned.paths[i]) - sky
+        predicted = (turned.transforms[i, :, :2] @ p).T + turned.transforms[i, :, 2]
+        stars = _isolated(predicted, image.shape)
+        assert stars.size >= 4
+        for k in stars:
+            win, _, _ = _window(image, predicted[k], 8)
+            np.testing.assert_allclose(win.sum(), factor * turned.stars["flux"][k], rtol=1e-4)
+    assert turned.transmission.tolist() == [1, 1, 1, 1, 1, 0.2]
+    # the cloud dims the stars, not the sky
+    assert np.median(_read_fits(turned.paths[5])) == pytest.approx(sky, abs=1e-3)
+    np.testing.assert_allclose(turned.frame_stars(5)["flux"], 0.2 * turned.stars["flux"])
+
+
+def test_clouds_in_a_noisy_frame(tmp_path):
+    truth = synthetic.make_frames(tmp_path, n_frames=3, shape=(128, 128), seed=6,
+                                  sky=Sky(gradient=(0, 0)), stars=Stars(n_stars=10),
+                                  artefacts=Artefacts(clouds={1: 0.2}, cosmic_rays=0))
+    fluxes = []
+    for i, path in enumerate(truth.paths):
+        image = _read_fits(path)
+        xy = np.array(truth.ref_star) + truth.shifts[i]
+        win, _, _ = _window(image, xy, 10)
+        fluxes.append(win.sum() - win.size * np.median(image))
+    # noise of the sum ~ sqrt(441 * 1525) / 1.5 ~ 550 ADU, on 3.4e5 and 6.8e4
+    assert fluxes[1] / fluxes[0] == pytest.approx(0.2, abs=0.01)
+    assert fluxes[2] / fluxes[0] == pytest.approx(1.0, abs=0.01)
+
+
+def test_meridian_flip(tmp_path):
+    shape = (96, 128)
+    truth = synthetic.make_frames(
+        tmp_path, n_frames=5, shape=shape, seed=2, stars=Stars(n_stars=30),
+        motion=Motion(flip_at=3, flip_offset=(6.0, -4.0), shifts=[[0, 0], [1, 0], [2, 1],
+                                                                    [3, 1], [4, 2]]),
+    )
+    assert truth.rotation.tolist() == [0, 0, 0, 180, 180]
+    c = np.array([(shape[1] - 1) / 2, (shape[0] - 1) / 2])
+    for i, d in ((3, [3, 1]), (4, [4, 2])):
+        np.testing.assert_array_equal(truth.transforms[i, :, :2], -np.eye(2))
+        np.testing.assert_allclose(truth.transforms[i, :, 2], 2 * c + np.array(d) + [6, -4])
+    # the brightest pixel near the reference star's predicted place is the star
+    for i, path in enumerate(truth.paths):
+        image = _read_fits(path)
+        xy = truth.star_positions(i)[0]
+        peak = _disc_argmax(image, xy, 6)
+        assert np.abs(peak - xy).max() <= 0.5, i
+
+
+def test_explicit_transforms(tmp_path):
+    a = _rot(5.0, 1.02)
+    tr = np.array([[[1, 0, 0], [0, 1, 0]], np.hstack([a, [[3.0], [-2.0]]])])
+    truth = synthetic.make_frames(tmp_path, n_frames=2, shape=(96, 96), seed=1,
+                                  motion=Motion(transforms=tr))
+    np.testing.assert_allclose(truth.transforms, tr)
+    assert truth.rotation[1] == pytest.approx(5.0)
+    assert truth.scale[1] == pytest.approx(1.02)
+
+
+def test_sky_hot_pixels_and_pattern_stay_on_the_sensor(tmp_path):
+    # stars turn and drift; what is fixed on the sensor must not move
+    truth = synthetic.make_frames(
+        tmp_path, n_frames=4, shape=(128, 160), seed=3, stars=Stars(n_stars=0),
+        camera=Camera(noise="none", column_pattern=10.0, row_pattern=4.5, hot_pixels=6),
+        motion=Motion(rotation_rate=20.0, drift_step=5.0, subpixel=True),
+        artefacts=Artefacts(cosmic_rays=0),
+    )
+    images = [_read_fits(p) for p in truth.paths]
+    yy, xx = np.indices(images[0].shape)
+    away = np.ones(images[0].shape, bool)
+    for i in range(truth.n_frames):  # mask the reference star in every frame
+        x, y = truth.star_positions(i)[0]
+        away &= np.hypot(xx - x, yy - y) > 15
+    for i in range(1, truth.n_frames):
+        np.testing.assert_array_equal(images[i][away], images[0][away])
+    pattern = truth.fixed_pattern.astype(np.float64)
+    sky = 1000.0 * (1 + 0.2 * np.linspace(-0.5, 0.5, 160)[None, :]
+                    + 0.1 * np.linspace(-0.5, 0.5, 128)[:, None])
+    residual = images[0] - sky
+    no_hot = away.copy()
+    no_hot[truth.hot_pixels] = False
+    assert np.abs(residual - pattern)[no_hot].max() <= 0.5 + 1e-3  # rounding to integers
+    # columns plus rows, of the stated size
+    cols, rows = pattern.mean(axis=0), pattern.mean(axis=1)
+    np.testing.assert_allclose(pattern, rows[:, None] + cols[None, :] - pattern.mean(), atol=1e-4)
+    assert 8.0 < cols.std() < 12.0 and 3.3 < rows.std() < 5.7
+    assert np.all(residual[truth.hot_pixels] > 250)  # hot pixels on the same pixels in every frame
+    for image in images[1:]:
+        np.testing.assert_array_equal(image[truth.hot_pixels], images[0][truth.hot_pixels])
+
+
+def test_saturation(tmp_path):
+    truth = synthetic.make_frames(tmp_path, n_frames=1, shape=(64, 64), seed=1,
+                                  camera=Camera(saturation=20000.0))
+    data = fits.getdata(truth.paths[0])
+    assert data.max() == 20000
+    x, y = (int(v) for v in truth.ref_star)
+    assert data[y, x] == 20000 and truth.clean[y, x] == 20000
+    assert fits.getheader(truth.paths[0])["SATURATE"] == 20000
+
+
+# --------------------------------------------------------------------------
+# artefacts of real nights
+
+
+def test_trail_through_the_brightest_star(tmp_path):
+    truth = synthetic.make_frames(
+        tmp_path, n_frames=3, shape=(160, 192), seed=9,
+        motion=Motion(rotation_rate=2.0, subpixel=True, drift_step=3.0),
+        artefacts=Artefacts(trail=[1, 2], trail_through_star=True, trail_peak=5000.0),
+    )
+    p = np.stack([truth.stars["x"], truth.stars["y"]])
+    for i in (1, 2):
+        line = truth.trail_lines[i]
+        xy = (truth.transforms[i, :, :2] @ p).T + truth.transforms[i, :, 2]
+        inside = np.flatnonzero((xy[:, 0] >= 0) & (xy[:, 0] <= 191) & (xy[:, 1] >= 0)
+                                & (xy[:, 1] <= 159))
+        brightest = inside[np.argmax(truth.stars["flux"][inside])]
+        assert line["star"] == brightest
+        # the star lies on the line (distance from the line through x, y at angle)
+        sx, sy = xy[brightest]
+        dist = -(sx - line["x"]) * np.sin(line["angle"]) + (sy - line["y"]) * np.cos(line["angle"])
+        assert abs(dist) < 1e-9
+        # and the written frame is raised along the line far from the star
+        image = _read_fits(truth.paths[i]) - truth.frame_clean(i)
+        for r in (-40, -30, 30, 40):
+            px = sx + r * np.cos(line["angle"])
+            py = sy + r * np.sin(line["angle"])
+            if 0 <= px <= 191 and 0 <= py <= 159:
+                assert image[round(py), round(px)] > 0.5 * 5000
+    assert truth.trail_lines[0] is None
+
+
+def test_other_field_frame_shares_no_stars(tmp_path):
+    truth = synthetic.make_frames(tmp_path, n_frames=3, shape=(160, 160), seed=12,
+                                  stars=Stars(n_stars=120),
+                                  artefacts=Artefacts(other_field=[1], cosmic_rays=0))
+    assert truth.other_field.tolist() == [False, True, False]
+    sigma = truth.sky_sigma
+    lit = []
+    for i, path in enumerate(truth.paths):
+        image = _read_fits(path)
+        xy = truth.star_positions(i)
+        inside = np.flatnonzero((xy[:, 0] > 3) & (xy[:, 0] < 156) & (xy[:, 1] > 3)
+                                & (xy[:, 1] < 156))
+        brightest = inside[np.argsort(truth.stars["flux"][inside])[-15:]]
+        background = np.median(image)
+        values = image[np.rint(xy[brightest, 1]).astype(int), np.rint(xy[brightest, 0]).astype(int)]
+        lit.append(int((values > background + 8 * sigma).sum()))
+    assert lit[0] == 15 and lit[2] == 15
+    assert lit[1] <= 2  # another field: the reference field's stars are not there
+    # the other field's stars are where frame_stars says, and are other positions
+    other = truth.frame_stars(1)
+    np.testing.assert_array_equal(other["x"], truth.other_stars["x"] + truth.shifts[1][0])
+    ref = truth.stars
+    d = np.hypot(ref["x"][:, None] - truth.other_stars["x"][None, :],
+                 ref["y"][:, None] - truth.other_stars["y"][None, :])
+    assert (d.min(axis=1) < 0.5).sum() <= 2  # chance coincidences only
+
+
+def test_hot_pixel_pattern_in_some_frames(tmp_path):
+    truth = synthetic.make_frames(tmp_path, n_frames=4, shape=(100, 120), seed=5,
+                                  artefacts=Artefacts(hot_pattern=[1, 3], cosmic_rays=0))
+    assert truth.hot_pattern_frames.tolist() == [False, True, False, True]
+    assert truth.hot_pattern[0].size == 12  # one per 1000 pixels
+    fixed = set(zip(*truth.hot_pixels, strict=True))
+    pattern = set(zip(*truth.hot_pattern, strict=True))
+    assert not fixed & pattern
+    for i, path in enumerate(truth.paths):
+        image = _read_fits(path)
+        clean = truth.frame_clean(i).astype(np.float64)
+        z = (image - clean) / _sigma(clean, truth.params)
+        if truth.hot_pattern_frames[i]:
+            assert np.all(z[truth.hot_pattern] > 8), i
+        else:
+            assert np.all(np.abs(z[truth.hot_pattern]) < 6), i
+        hot = truth.hot_pixels_in(i)
+        mask = np.ones(image.shape, bool)
+        mask[hot] = False
+        assert np.abs(z[mask]).max() < 6, i
+
+
+def test_new_features_keep_frames_independent_of_the_count(tmp_path):
+    kw = dict(shape=(64, 64), seed=3, stars=Stars(n_stars=30),
+              motion=Motion(rotation_rate=1.5, flip_at=2, scale_rate=0.01, subpixel=True),
+              camera=Camera(column_pattern=3.0),
+              artefacts=Artefacts(clouds={1: 0.4}, hot_pattern=0.5, other_field=[2], trail=0.5,
+                                  trail_through_star=True))
+    a = synthetic.make_frames(tmp_path / "a", n_frames=5, **kw)
+    b = synthetic.make_frames(tmp_path / "b", n_frames=3, **kw)
+    assert _bytes(a.paths[:3]) == _bytes(b.paths)
+    np.testing.assert_array_equal(a.transforms[:3], b.transforms)
+
+
+def test_reference_stars_peak_snr(tmp_path):
+    truth = synthetic.make_frames(tmp_path, n_frames=1, shape=(128, 128), seed=2,
+                                  sky=Sky(gradient=(0, 0)), stars=Stars(n_stars=20))
+    ref = truth.reference_stars()
+    assert ref["x"][0] == truth.ref_star[0] and ref["flux"][0] == truth.ref_flux
+    x, y = (int(v) for v in truth.ref_star)
+    np.testing.assert_allclose(ref["peak"][0], truth.clean[y, x] - 1000.0, rtol=1e-5)
+    np.testing.assert_allclose(ref["snr"], ref["peak"] / _sigma(1000.0, truth.params))
+
+
+# --------------------------------------------------------------------------
+# the named hard cases
+
+
+def _blended_fraction(xy, fwhm):
+    d = np.hypot(xy[:, None, 0] - xy[None, :, 0], xy[:, None, 1] - xy[None, :, 1])
+    np.fill_diagonal(d, np.inf)
+    return float((d.min(axis=1) < 2 * fwhm).mean())
+
+
+@pytest.mark.parametrize("name", synthetic.CASES)
+def test_cases(tmp_path, name):
+    n, shape = 6, (192, 224)
+    truth = synthetic.make_case(name, tmp_path, n_frames=n, shape=shape, seed=1)
+    assert len(truth.paths) == n and fits.getdata(truth.paths[0]).shape == shape
+    np.testing.assert_array_equal(truth.transforms[0], [[1, 0, 0], [0, 1, 0]])
+    mid = n // 2
+    inside = (truth.stars["x"] >= 0) & (truth.stars["x"] < shape[1]) & (truth.stars["y"] >= 0)
+    inside &= truth.stars["y"] < shape[0]
+    xy = np.stack([truth.stars["x"], truth.stars["y"]], -1)[inside]
+    if name == "crowded":
+        assert inside.sum() / (shape[0] * shape[1]) == pytest.approx(0.012, rel=0.01)
+        assert _blended_fraction(xy, truth.params["fwhm"]) > 0.5
+    elif name == "faint_defocused":
+        assert truth.params["fwhm"] == 11.0
+        snr = truth.reference_stars()["snr"][1:][inside[1:]]
+        assert snr.min() >= 2.2 and 2.8 < np.median(snr) < 4.5
+        # the file's noise about the noiseless frame (pattern included) is the stated sigma,
+        # so the stars really peak about 3 sigma above the sky
+        image = _read_fits(truth.paths[0])
+        sky = truth.clean < np.percentile(truth.clean, 30)
+        sky[truth.hot_pixels] = False
+        sky[truth.cosmic_rays[0]] = False
+        noise = (image - truth.clean)[sky].std()
+        assert noise == pytest.approx(truth.sky_sigma, rel=0.05)
+        pattern = truth.fixed_pattern
+        assert 9.5 < pattern.std() < 12.5  # about 11 ADU
+        assert np.abs(np.diff(truth.shifts, axis=0)).max() < 16
+        steps = np.hypot(*np.diff(truth.shifts, axis=0).T)
+        assert 8 < steps.mean() < 14  # about 12 px a frame
+        assert truth.hot_pixels[0].size == round(shape[0] * shape[1] / 1000)
+    elif name == "trail_through_star":
+        assert [line is not None for line in truth.trail_lines] == [i in (1, mid) for i in range(n)]
+        assert all("star" in truth.trail_lines[i] for i in (1, mid))
+    elif name == "cloud":
+        assert truth.transmission[mid] == 0.2 and np.sum(truth.transmission == 1) == n - 1
+    elif name == "meridian_flip":
+        assert truth.rotation.tolist() == [0.0] * mid + [180.0] * (n - mid)
+    elif name.startswith("rotation_"):
+        total = float(name.split("_")[1])
+        np.testing.assert_allclose(truth.rotation, np.linspace(0, total, n), atol=1e-12)
+    elif name == "scale":
+        assert truth.scale.max() == pytest.approx(1.05, abs=0.01)
+        assert truth.scale.min() == pytest.approx(0.95, abs=0.01)
+    elif name == "other_field":
+        assert truth.other_field.tolist() == [i == mid for i in range(n)]
+    elif name == "big_drift":
+        assert np.hypot(*truth.shifts[-1]) > 0.5 * max(shape)
+        for i in range(n):  # stars fill every frame
+            fx, fy = truth.star_positions(i).T
+            seen = (fx >= 0) & (fx < shape[1]) & (fy >= 0) & (fy < shape[0])
+            assert seen.sum() > 0.8 * truth.params["n_stars"], i
+    elif name == "hot_pattern":
+        assert truth.hot_pattern_frames.sum() == round(0.3 * n) and not truth.hot_pattern_frames[0]
+    else:
+        raise AssertionError(f"no check for case {name}")
+
+
+def test_make_case_refuses_unknown_names(tmp_path):
+    with pytest.raises(ValueError, match="unknown case 'windy'; choose from crowded"):
+        synthetic.make_case("windy", tmp_path)
+    with pytest.raises(ValueError, match="n_frames >= 2"):
+        synthetic.make_case("cloud", tmp_path, n_frames=1)
+
+
+@pytest.mark.slow
+def test_cases_are_fast(tmp_path):
+    """Every case: 10 frames of 512 x 512 in well under a second a frame."""
+    for name in synthetic.CASES:
+        start = time.perf_counter()
+        synthetic.make_case(name, tmp_path / name)
+        elapsed = time.perf_counter() - start
+        print(f"{name}: {elapsed:.2f} s for 10 frames")
+        assert elapsed < 5.0, name
+
+
+@pytest.mark.parametrize("fmt", ["fits", "png", "jpg", "dng"])
+def test_overwrite_replaces_only_frames_bigstack_wrote(tmp_path, fmt):
+    truth = synthetic.make_frames(tmp_path, n_frames=2, shape=(32, 32), fmt=fmt, seed=1)
+    again = synthetic.make_frames(tmp_path, n_frames=2, shape=(32, 32), fmt=fmt, seed=2,
+                                  overwrite=True)  # its own frames: replaced
+    assert again.paths == truth.paths
+    with open(truth.paths[1], "rb") as f:
+        theirs = f.read()
+    with open(truth.paths[1], "wb") as f:  # someone's own file under the same name
+        f.write(b"a file bigstack did not write" + theirs[:10])
+    with pytest.raises(FileExistsError, match="not written by bigstack"):
+        synthetic.make_frames(tmp_path, n_frames=2, shape=(32, 32), fmt=fmt, overwrite=True)
+    with open(truth.paths[1], "rb") as f:
+        assert f.read().startswith(b"a file bigstack did not write")

@@ -39,8 +39,9 @@ def overlap_error(found, truth):
 @pytest.fixture(scope="module")
 def night(tmp_path_factory):
     folder = tmp_path_factory.mktemp("night")
-    return synthetic.make_frames(folder, n_frames=8, shape=(1024, 256), n_stars=700,
-                                 subpixel=True, drift_step=2.0, seed=3)
+    return synthetic.make_frames(folder, n_frames=8, shape=(1024, 256), seed=3,
+                                 stars=synthetic.Stars(n_stars=700),
+                                 motion=synthetic.Motion(subpixel=True, drift_step=2.0))
 
 
 def test_translation_night_against_truth(night):
