@@ -140,6 +140,49 @@ def describe(matrix):
     return math.degrees(math.atan2(b, a)), math.hypot(a, b) * 1.0, flip
 
 
+def _design(src, model, flip):
+    """Rows of the linear least-squares problem of :func:`fit` (x rows, then y rows)."""
+    x, y = src[:, 0], src[:, 1]
+    if model == "similarity" and flip:
+        x = -x
+    one, zero = np.ones_like(x), np.zeros_like(x)
+    if model == "shift":
+        return np.stack([one, zero], 1), np.stack([zero, one], 1)
+    if model == "similarity":
+        return np.stack([x, -y, one, zero], 1), np.stack([y, x, zero, one], 1)
+    return (np.stack([x, y, one, zero, zero, zero], 1),
+            np.stack([zero, zero, zero, x, y, one], 1))
+
+
+def predicted_error(src, dst, matrix, model, flip, weights, points):
+    """Largest 1-sigma error (px) of the fitted transform at ``points`` (reference pixels).
+
+    From the covariance of the weighted least-squares fit, scaled by the
+    fit's own reduced chi-square (so it holds whatever the weights' scale):
+    the position of each point under the fitted transform is uncertain by
+    ``sqrt(J C J^T)`` per axis; the returned value is the largest over the
+    points of the two axes' quadrature sum.
+    """
+    src = np.asarray(src, np.float64)
+    w = np.ones(len(src)) if weights is None else np.asarray(weights, np.float64)
+    centre = src.mean(axis=0)
+    gx, gy = _design(src - centre, model, flip)
+    design = np.vstack([gx, gy])
+    ww = np.concatenate([w, w])
+    d = apply(matrix, src) - dst
+    dof = design.shape[0] - design.shape[1]
+    if dof <= 0:
+        return np.inf
+    chi2 = float(np.sum(w * (d * d).sum(axis=1))) / dof
+    try:
+        cov = np.linalg.inv(design.T @ (design * ww[:, None])) * chi2
+    except np.linalg.LinAlgError:
+        return np.inf
+    px, py = _design(np.asarray(points, np.float64) - centre, model, flip)
+    var = np.einsum("ij,jk,ik->i", px, cov, px) + np.einsum("ij,jk,ik->i", py, cov, py)
+    return float(np.sqrt(np.max(var))) if len(var) else np.nan
+
+
 def n_params(model):
     return {"shift": 2, "similarity": 4, "affine": 6}[model]
 

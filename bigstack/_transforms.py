@@ -34,19 +34,30 @@ Stages
    :func:`bigstack._match.match_stars`: votes of pair differences under a
    few orientation hypotheses (the previous frame's, identity, 180
    degrees, mirrors: translation nights and meridian flips cost no more),
-   then triangles of like shape with RANSAC. A frame that still matches
-   fewer than ``min_matches`` stars is read whole (the only second read)
-   and matched again. The search fits a similarity (with mirror images);
+   then triangles of like shape with RANSAC. A frame whose match is not
+   convincing (fewer than ``min_matches`` pairs or ``min_fraction`` of its
+   stars on the reference) is read whole (the only second read) and
+   matched again, triangles then having the whole field on both sides
+   (this is what finds a scale change of a few percent, which spreads the
+   votes); so is a frame whose transform from the bands has a predicted
+   error over ``max_error`` (0.05 px: few stars in the overlap), to fit
+   it on all its stars. The search fits a similarity (with mirror images);
    then ``model`` is fitted by least squares to the matched pairs.
 
 Validity
 --------
-A frame is valid when at least ``min_matches`` stars (default 6) match
-and the RMS distance of the matched pairs after the fit of ``model``
-(``residual``) is at most ``max_residual`` (default: 0.5 px or a tenth
-of the frames' median FWHM, whichever is larger); a transform ``model``
-cannot describe (a rotated frame with ``model="shift"``) fails the
-residual test. Nothing else: no comparison with other frames' drift.
+A frame is valid when at least ``min_matches`` stars (default 6) match,
+they are at least ``min_fraction`` (default half) of the frame's listed
+stars that the transform puts on the reference frame, and the RMS
+distance of the matched pairs after the fit of ``model`` (``residual``,
+weighted by the stars' signal to noise) is at most ``max_residual``
+(default: 0.5 px or a tenth of the frames' median FWHM, whichever is
+larger). A right transform pairs 80-95% of those stars; the best of the
+many transforms a search tries by chance on another field pairs 10-20%
+of them at residuals under 0.5 px, so the share is what rejects it. A
+transform ``model`` cannot describe (a rotated frame with
+``model="shift"``) fails the residual test. Nothing else: no comparison
+with other frames' drift.
 Reasons say what was found: ``"12 stars detected, 3 matched (need 6)"``,
 ``"residual 2.4 px (limit 0.5)"``, ``"frame is not of this field: ..."`` (no
 transform matches more than 2 of its stars, or 5% of them); a valid frame turned by more than 90
@@ -246,7 +257,7 @@ def choose_reference(records):
 
 def _solve(ref_stars, stars, model, opts, hints):
     """Match a frame's stars to the reference's; the pairs and the fitted model."""
-    from ._match import describe, fit, match_stars, refine
+    from ._match import describe, fit, match_stars, predicted_error, refine
 
     src = np.column_stack([ref_stars["x"], ref_stars["y"]])
     dst = np.column_stack([stars["x"], stars["y"]])
@@ -259,19 +270,45 @@ def _solve(ref_stars, stars, model, opts, hints):
             found = m
     out = {"n_matched": found.n_matched, "matrix": np.full((2, 3), np.nan),
            "residual": np.nan, "rotation": np.nan, "scale": np.nan, "flip": False,
-           "search": found}
+           "search": found, "expected": len(dst), "error": np.nan}
     if found.n_matched < 3:
         return out
+    out["expected"] = _on_reference(found.matrix, dst, opts["shape"])
     i, j = found.src_index, found.dst_index
     rotation, scale, flip = describe(found.matrix)
     w = _weights(ref_stars, i, stars, j)
     matrix = fit(src[i], dst[j], model, flip, w)
     d2 = np.sum((src[i] @ matrix[:, :2].T + matrix[:, 2] - dst[j]) ** 2, axis=1)
     out.update(matrix=matrix, residual=float(np.sqrt(np.sum(w * d2) / np.sum(w))),
-               rotation=rotation, scale=scale, flip=flip)
+               rotation=rotation, scale=scale, flip=flip,
+               error=predicted_error(src[i], dst[j], matrix, model, flip, w,
+                                     _overlap(matrix, opts["shape"])))
     if model != "shift":
         out["rotation"], out["scale"], out["flip"] = describe(matrix)
     return out
+
+
+def _overlap(matrix, shape, n=9):
+    """Reference pixels on an ``n x n`` grid that the transform puts inside the frame."""
+    ny, nx = shape
+    gy, gx = np.mgrid[0:ny - 1:n * 1j, 0:nx - 1:n * 1j]
+    grid = np.column_stack([gx.ravel(), gy.ravel()])
+    p = grid @ matrix[:, :2].T + matrix[:, 2]
+    inside = (p[:, 0] >= 0) & (p[:, 0] <= nx - 1) & (p[:, 1] >= 0) & (p[:, 1] <= ny - 1)
+    return grid[inside]
+
+
+def _on_reference(matrix, dst, shape, margin=2.0):
+    """How many of the frame's stars ``matrix`` puts on the reference frame (off its edges)."""
+    A, t = matrix[:, :2], matrix[:, 2]
+    try:
+        p = np.linalg.solve(A, (dst - t).T).T
+    except np.linalg.LinAlgError:
+        return len(dst)
+    ny, nx = shape
+    inside = ((p[:, 0] >= margin) & (p[:, 0] <= nx - 1 - margin) & (p[:, 1] >= margin)
+              & (p[:, 1] <= ny - 1 - margin))
+    return int(inside.sum())
 
 
 def _weights(ref_stars, i, stars, j, floor=0.005):
@@ -282,6 +319,12 @@ def _weights(ref_stars, i, stars, j, floor=0.005):
         return (fwhm / snr) ** 2
 
     return 1.0 / (var(ref_stars, i) + var(stars, j) + floor**2)
+
+
+def _convincing(solved, opts):
+    """Enough pairs, and most of the stars the transform puts on the reference paired."""
+    n = solved["n_matched"]
+    return n >= opts["min_matches"] and n >= opts["min_fraction"] * solved["expected"]
 
 
 def _judge(stars, solved, model, opts):
@@ -295,11 +338,11 @@ def _judge(stars, solved, model, opts):
                        f"its {n_found} stars")
     if n < need:
         return False, f"{n_found} stars detected, {n} matched (need {need})"
+    if not _convincing(solved, opts):
+        return False, (f"frame is not of this field: the best transform pairs only {n} of the "
+                       f"{solved['expected']} stars it puts on the reference frame (need "
+                       f"{opts['min_fraction']:.0%})")
     rotation, flip = solved["rotation"], solved["flip"]
-    if not solved["residual"] <= 2 * limit and n < 0.25 * n_found and model != "shift":
-        return False, (f"frame is not of this field: the best transform pairs {n} of its "
-                       f"{n_found} stars, at a residual of {solved['residual']:.2f} px "
-                       f"(limit {limit:g})")
     if not solved["residual"] <= limit:
         what = ""
         if model == "shift" and (abs(rotation) > 0.01 or flip):
@@ -329,11 +372,16 @@ def _match_task(source, frames, records, picked, ref_stars, shape, model):
             continue
         solved = _solve(ref_stars, stars, model, opts, [hint] if hint is not None else [])
         rows = stars["rows"]
-        if solved["n_matched"] < opts["min_matches"] and not stars["whole"]:
+        if not stars["whole"] and (not _convincing(solved, opts)
+                                   or not solved["error"] <= opts["max_error"]):
             found = _stars(source, i, _whole(shape[0]), opts, opts["n_stars"] * 4, whole=True)
             found["rows"] += rows
+            first = (dict(stars, rows=found["rows"]), solved)
             stars = _record(found, True)
             solved = _solve(ref_stars, stars, model, opts, [hint] if hint is not None else [])
+            if _convincing(first[1], opts) and not (
+                    _convincing(solved, opts) and solved["error"] <= first[1]["error"]):
+                stars, solved = first  # the bands' answer was the better one
         valid, reason = _judge(stars, solved, model, opts)
         if valid:
             hint = solved["search"].matrix[:, :2]
@@ -347,12 +395,13 @@ def _row(stars, solved, valid, reason):
             "n_matched": solved["n_matched"], "residual": solved["residual"],
             "fwhm": stars["frame_fwhm"], "background": stars["background"],
             "noise": stars["noise"], "rows_read": stars["rows"], "valid": valid,
-            "reason": reason}
+            "reason": reason, "error": solved.get("error", np.nan)}
 
 
 def _identity(stars):
     solved = {"matrix": np.column_stack([np.eye(2), np.zeros(2)]), "rotation": 0.0,
-              "scale": 1.0, "flip": False, "n_matched": stars["n_found"], "residual": 0.0}
+              "scale": 1.0, "flip": False, "n_matched": stars["n_found"], "residual": 0.0,
+              "error": 0.0}
     return _row(stars, solved, True, "reference frame")
 
 
@@ -363,7 +412,8 @@ def _identity(stars):
 _COLUMNS = {"transform": ((2, 3), np.float64), "shift": ((2,), np.float64),
             "rotation": ((), np.float64), "scale": ((), np.float64), "flip": ((), bool),
             "n_stars": ((), np.int64), "n_matched": ((), np.int64),
-            "residual": ((), np.float64), "fwhm": ((), np.float64),
+            "residual": ((), np.float64), "error": ((), np.float64),
+            "fwhm": ((), np.float64),
             "background": ((), np.float64), "noise": ((), np.float64),
             "rows_read": ((), np.int64), "valid": ((), bool), "reason": ((), object),
             "reference": ((), bool)}
@@ -401,6 +451,9 @@ def _dataset(columns, n, coords, attrs):
     ds["shift"].attrs["description"] = "t, [x, y] in pixels (star_i - star_reference for a shift)"
     ds["rotation"].attrs["units"] = "degrees"
     ds["residual"].attrs["units"] = "pixels"
+    ds["error"].attrs["units"] = "pixels"
+    ds["error"].attrs["description"] = (
+        "predicted 1-sigma error of the transform, largest over the overlap with the reference")
     return ds
 
 
@@ -416,7 +469,7 @@ def _lazy(table, n):
 
 
 def _options(n_stars, min_matches, max_residual, rows, bands, fwhm, threshold, max_scale,
-             min_stars, tolerance):
+             min_stars, tolerance, min_fraction, max_error):
     if int(n_stars) < 3:
         raise ValueError(f"n_stars must be at least 3, got {n_stars!r}")
     if int(min_matches) < 3:
@@ -425,13 +478,16 @@ def _options(n_stars, min_matches, max_residual, rows, bands, fwhm, threshold, m
         raise ValueError(f"max_residual must be a positive number of pixels, got {max_residual!r}")
     if fwhm is not None and not float(fwhm) >= 2:
         raise ValueError(f"fwhm must be at least 2 pixels, got {fwhm!r}")
+    if not 0 < float(min_fraction) <= 1:
+        raise ValueError(f"min_fraction must be in (0, 1], got {min_fraction!r}")
     return {"n_stars": int(n_stars), "min_matches": int(min_matches),
             "max_residual": None if max_residual is None else float(max_residual),
             "rows": int(rows), "bands": int(bands),
             "fwhm": None if fwhm is None else float(fwhm), "threshold": float(threshold),
             "max_scale": float(max_scale),
             "min_stars": 3 * int(min_matches) if min_stars is None else int(min_stars),
-            "tolerance": None if tolerance is None else float(tolerance), "ny": None}
+            "tolerance": None if tolerance is None else float(tolerance), "ny": None,
+            "shape": None, "min_fraction": float(min_fraction), "max_error": float(max_error)}
 
 
 def _finish(opts, records):
@@ -458,7 +514,7 @@ def _pick(records, reference, opts):
 def find_transforms(frames, model="similarity", reference="auto", *, n_stars=100,
                     min_matches=6, max_residual=None, strict=False, compute=True, rows=48,
                     bands=4, fwhm=None, threshold=5.0, max_scale=0.1, min_stars=None,
-                    tolerance=None):
+                    tolerance=None, min_fraction=0.5, max_error=0.05):
     """Find each frame's transform onto a reference frame from many stars.
 
     Parameters
@@ -502,6 +558,14 @@ def find_transforms(frames, model="similarity", reference="auto", *, n_stars=100
     tolerance : float, optional
         Distance (px) within which two stars are the same star once
         fitted; default the larger of 1 px and a quarter of the FWHM.
+    min_fraction : float
+        Share of the frame's listed stars that the transform puts on the
+        reference frame which must be matched (default 0.5; right
+        transforms pair 80-95% of them, chance ones 10-20%).
+    max_error : float
+        A frame whose transform from its bands has a predicted error
+        (``error``) above this many pixels is read whole and fitted on
+        all its stars (default 0.05). Not a validity test.
 
     Returns
     -------
@@ -540,9 +604,10 @@ def find_transforms(frames, model="similarity", reference="auto", *, n_stars=100
     if model not in MODELS:
         raise ValueError(f"model must be one of {MODELS}, got {model!r}")
     opts = _options(n_stars, min_matches, max_residual, rows, bands, fwhm, threshold,
-                    max_scale, min_stars, tolerance)
+                    max_scale, min_stars, tolerance, min_fraction, max_error)
     source, n, shape, coords = cube_source(frames, "find_transforms")
     opts["ny"] = int(shape[0])
+    opts["shape"] = (int(shape[0]), int(shape[1]))
     if isinstance(reference, str):
         if reference != "auto":
             raise ValueError(f"reference must be 'auto' or a frame index, got {reference!r}")
@@ -553,6 +618,7 @@ def find_transforms(frames, model="similarity", reference="auto", *, n_stars=100
     order = _time_order(coords, n)
     table = _graph(source, n, shape, opts, reference, model, order)
     attrs = {"model": model, "n_stars": opts["n_stars"], "min_matches": opts["min_matches"],
+             "min_fraction": opts["min_fraction"], "max_error": opts["max_error"],
              "rows": opts["rows"], "bands": opts["bands"],
              "threshold": opts["threshold"], "max_scale": opts["max_scale"]}
     if compute:

@@ -193,3 +193,32 @@ def test_affine_model_follows_a_shear():
     with pytest.warns(BigstackWarning, match="residual"):
         sim = find_transforms(frames, model="similarity", reference=0, max_residual=0.2)
     assert not sim["valid"].values[1]
+
+
+@pytest.mark.parametrize("name", synthetic.CASES)
+def test_hard_cases_of_the_generator(name, tmp_path):
+    """Every frame of the generator's hard cases is registered, or flagged if it cannot be.
+
+    Valid frames must be within 0.1 px of the truth everywhere they overlap the
+    reference (0.3 px for faint defocused frames); only the frame of another field
+    may be invalid.
+    """
+    truth = synthetic.make_case(name, tmp_path, n_frames=8, shape=(512, 512))
+    frames = open_frames(truth.paths)
+    if truth.other_field.any():
+        with pytest.warns(BigstackWarning, match="not of this field"):
+            ds = find_transforms(frames, reference=0)
+    else:
+        ds = find_transforms(frames, reference=0)
+    np.testing.assert_array_equal(ds["valid"].values, ~truth.other_field)
+    limit = 0.3 if name == "faint_defocused" else 0.1
+    gy, gx = np.mgrid[0:511:17j, 0:511:17j]
+    grid = np.column_stack([gx.ravel(), gy.ravel()])
+    for k in np.flatnonzero(ds["valid"].values):
+        t = truth.transforms[k]
+        p = grid @ t[:, :2].T + t[:, 2]
+        inside = ((p >= 0) & (p <= 511)).all(axis=1)
+        assert transform_error(ds["transform"].values[k], t, grid[inside]).max() < limit, k
+    if name == "meridian_flip":
+        flipped = np.abs(truth.rotation) > 90
+        assert all("meridian flip" in str(r) for r in ds["reason"].values[flipped])
