@@ -4,6 +4,10 @@ Run from the repository root::
 
     PYTHONPATH=$PWD python benchmarks/registration.py [case ...]
 
+``generator`` as the case name runs the generator's hard cases instead
+(:func:`bigstack.synthetic.make_case`, 10 FITS frames of 512 x 512 each,
+frame 0 the reference), with the same report.
+
 Each case renders frames in memory (tests/helpers.py: pixel-integrated
 stars seen through a known reference -> frame transform, noise, sensor
 pattern, hot pixels, cosmic rays, trails), runs
@@ -182,11 +186,54 @@ def evaluate(name, n=12, seed=0, **kwargs):
     return ds, rows
 
 
+def generator_cases(n=10, size=512):
+    """The generator's hard cases, against ``truth.transforms``."""
+    import tempfile
+
+    from bigstack import open_frames, synthetic
+
+    gy, gx = np.mgrid[0:size - 1:17j, 0:size - 1:17j]
+    grid = np.column_stack([gx.ravel(), gy.ravel()])
+    for name in synthetic.CASES:
+        with tempfile.TemporaryDirectory() as folder:
+            truth = synthetic.make_case(name, folder, n_frames=n, shape=(size, size))
+            t0 = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", BigstackWarning)
+                ds = find_transforms(open_frames(truth.paths), reference=0)
+            seconds = time.perf_counter() - t0
+        errors, bad, notes = [], 0, []
+        for k in range(n):
+            reason = str(ds["reason"].values[k])
+            if not ds["valid"].values[k]:
+                notes.append(f"frame {k} INVALID {reason}")
+                continue
+            if truth.other_field[k]:
+                bad += 1
+                notes.append(f"frame {k} VALID BUT OTHER FIELD")
+                continue
+            t = truth.transforms[k]
+            p = grid @ t[:, :2].T + t[:, 2]
+            inside = ((p >= 0) & (p <= size - 1)).all(axis=1)
+            e = transform_error(ds["transform"].values[k], t, grid[inside]).max()
+            errors.append(e)
+            bad += e > 0.1
+        print(f"{name:20s} valid {int(ds['valid'].sum()):2d}/{n}  max error on overlap "
+              f"{max(errors):.4f}  median {np.median(errors):.4f}  valid with error > 0.1 px: "
+              f"{bad}  ({seconds / n * 1e3:.0f} ms/frame, predicted error max "
+              f"{np.nanmax(ds['error'].values):.3f})")
+        for line in notes:
+            print("    " + line)
+
+
 CASES = ("snr500", "snr50", "faint_defocused", "crowded", "trail", "cloud", "flip", "mirror",
          "rot0.2", "rot1", "other_field", "big_drift", "hot_pattern")
 
 if __name__ == "__main__":
     names = sys.argv[1:] or CASES
+    if names == ["generator"]:
+        generator_cases()
+        names = []
     for name in names:
         n = 50 if name == "snr500" else 12
         evaluate(name, n=n)
