@@ -57,12 +57,15 @@ many transforms a search tries by chance on another field pairs 10-20%
 of them at residuals under 0.5 px, so the share is what rejects it. A
 transform ``model`` cannot describe (a rotated frame with
 ``model="shift"``) fails the residual test. Nothing else: no comparison
-with other frames' drift.
+with other frames' drift. The column ``error`` (the fit's predicted
+1-sigma error over the overlap) is reported, not tested.
+
 Reasons say what was found: ``"12 stars detected, 3 matched (need 6)"``,
-``"residual 2.4 px (limit 0.5)"``, ``"frame is not of this field: ..."`` (no
-transform matches more than 2 of its stars, or 5% of them); a valid frame turned by more than 90
-degrees notes ``"rotated 179.8° (meridian flip)"`` and a mirrored one
-``"mirrored"``. ``strict=True`` raises :class:`StarNotFoundError` naming
+``"residual 2.4 px (limit 0.5)"``, ``"frame is not of this field: ..."``
+(no transform pairs more than 2 of its stars, or it pairs fewer than
+``min_fraction`` of the stars it puts on the reference); a valid frame
+turned by more than 90 degrees notes ``"rotated 179.8° (meridian
+flip)"`` and a mirrored one ``"mirrored"``. ``strict=True`` raises :class:`StarNotFoundError` naming
 the invalid frames; otherwise a :class:`BigstackWarning` lists them.
 
 Reads
@@ -70,7 +73,8 @@ Reads
 A frame costs ``bands * rows`` rows (9% of a 2048-row frame with the
 defaults; bands of wide stars are made taller, to 12 FWHM), the
 reference frame once more in full, and a frame that needs it (too few
-stars in the bands, or no match) once more in full. Measured
+stars in the bands, no convincing match, or a predicted error over
+``max_error``) once more in full. Measured
 (``benchmarks/registration_speed.py``, 40 synthetic 2048 x 2048 16-bit
 FITS frames, warm cache, 2 shared cores): 1.0 MB read per 8.4 MB frame,
 about 80 ms a frame, 8-12 times the time of reading and adding the
@@ -95,8 +99,6 @@ from ._errors import BigstackWarning
 from ._register import StarNotFoundError
 
 MODELS = ("shift", "similarity", "affine")
-DEFAULTS = {"n_stars": 100, "min_matches": 6, "max_residual": None, "rows": 48, "bands": 4,
-            "max_scale": 0.1, "threshold": 5.0}
 _BATCH = 32  # frames matched per task
 _CHUNK = 512  # rows per read when a frame is read whole
 _MAX_REF_STARS = 3000
