@@ -4,6 +4,7 @@ The public API is small:
 
 - :func:`open_frames` opens a set of frame files as a lazy
   ``xarray.DataArray`` with dims ``(frame, y, x)``.
+- :func:`find_transforms` registers frames on many stars (rotation, flips).
 - :mod:`bigstack.synthetic` writes frames with known truth (tests, demo).
 - :mod:`bigstack.imaging` is the tutorial-compatible facade.
 
@@ -26,6 +27,7 @@ from ._reject import Rejection
 from ._render import crop, display, save_fits, save_png
 from ._stack import stack
 from ._store import open_stack
+from ._transforms import find_transforms
 
 __version__ = "0.1.0"
 
@@ -41,6 +43,7 @@ __all__ = [
     "crop",
     "display",
     "find_shifts",
+    "find_transforms",
     "find_star",
     "frame_quality",
     "stack",

@@ -30,6 +30,11 @@ import warnings
 
 import numpy as np
 
+from ._measure import STATS_SAMPLE as _STATS_SAMPLE  # noqa: F401 (the sample size, for tests)
+from ._measure import adaptive_shapes as _adaptive_shapes
+from ._measure import clipped_stats as _clipped_stats
+from ._measure import window_max as _window_max
+
 NORMALISATIONS = ("none", "additive", "multiplicative", "additive+scale")
 WEIGHTS = ("none", "noise", "fwhm")
 QUALITY_FIELDS = ("background", "noise", "fwhm", "roundness", "stars", "flux")
@@ -37,8 +42,6 @@ QUALITY_FIELDS = ("background", "noise", "fwhm", "roundness", "stars", "flux")
 _LARGER_IS_WORSE = {"background": True, "noise": True, "fwhm": True, "roundness": True,
                     "stars": False, "flux": False}
 
-_FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
-_STATS_SAMPLE = 1 << 15  # pixels the background and noise are computed from
 _DETECT_RADIUS = 3  # local maxima: the highest pixel within 3 px
 _STAMP = 15  # side of the stamps moments are measured on, pixels
 
@@ -72,33 +75,6 @@ def _read(read_rows, ny, nx, rows, bands):
                              f"expected {(r1 - r0, nx)}")
         out.append((r0, band))
     return out
-
-
-def _stats_sample(bands):
-    """At most about ``_STATS_SAMPLE`` finite pixels, an even stride through the bands."""
-    total = sum(b.size for b in bands)
-    step = max(-(-total // _STATS_SAMPLE), 1)
-    values = np.concatenate([b.ravel()[::step] for b in bands]).astype(np.float64)
-    return values[np.isfinite(values)]
-
-
-def _clipped_stats(bands):
-    """Background and noise of the pixels of ``bands`` (see :func:`frame_stats`)."""
-    from astropy.stats import mad_std, sigma_clip
-
-    values = _stats_sample(bands)
-    if values.size == 0:
-        return np.nan, np.nan
-    integers = bool(np.all(values == np.round(values))) and mad_std(values) > 0
-    if integers:  # spread each integer over its unit step (a fixed, seeded dither)
-        values = values + np.random.default_rng(0).uniform(-0.5, 0.5, values.size)
-    kept = sigma_clip(values, sigma=3.0, maxiters=5, cenfunc="median", stdfunc="mad_std",
-                      masked=False, axis=None)
-    background = float(np.median(kept))
-    noise = float(mad_std(kept))
-    if integers:  # take the dither's own variance back out
-        noise = math.sqrt(max(noise * noise - 1.0 / 12.0, 0.0))
-    return background, noise
 
 
 def frame_stats(read_rows, ny, nx, rows=64, bands=8):
@@ -355,32 +331,6 @@ def measure_frame(read_rows, ny, nx, *, star=None, fwhm=None, flux=None, rows=64
     return out
 
 
-def _window_max(data, radius):
-    """Maximum over the ``(2 radius + 1)``-square around each pixel, edges repeated.
-
-    The same as ``scipy.ndimage.maximum_filter(data, 2 * radius + 1,
-    mode="nearest")``, by doubling spans along each axis (a few whole-array
-    ``np.maximum`` calls, much faster than the filter on wide bands).
-    """
-    width = 2 * radius + 1
-    span = 1 << (width.bit_length() - 1)  # the largest power of two <= width
-    ny, nx = data.shape
-    # along x
-    m = np.pad(data, [(0, 0), (radius, radius)], mode="edge")
-    step = 1
-    while step < span:
-        m = np.maximum(m[:, :-step], m[:, step:])
-        step *= 2
-    out = np.maximum(m[:, :nx], m[:, width - span:width - span + nx])
-    # along y
-    m = np.pad(out, [(radius, radius), (0, 0)], mode="edge")
-    step = 1
-    while step < span:
-        m = np.maximum(m[:-step], m[step:])
-        step *= 2
-    return np.maximum(m[:ny], m[width - span:width - span + ny])
-
-
 def _detect(band, r0, ny, background, noise, threshold):
     """``(y, x, peak)`` of the stars in a band: local maxima above ``threshold`` sigmas.
 
@@ -472,63 +422,6 @@ def _reference_star(read_rows, ny, nx, star, background):
     else:
         fwhm = roundness = np.nan
     return fwhm, roundness, float(measured["flux"])
-
-
-def _adaptive_shapes(stamps, iterations=60):
-    """``(fwhm, roundness)`` arrays from adaptive moments of background-free stamps.
-
-    ``stamps`` is ``(m, h, w)``; all stamps are iterated together (see
-    :func:`measure_frame`); a stamp that does not converge gets NaN.
-    """
-    signal = np.where(np.isfinite(stamps), stamps, 0.0)
-    m, h, w = signal.shape
-    yy, xx = np.mgrid[:h, :w].astype(np.float64)
-    fwhm = np.full(m, np.nan)
-    roundness = np.full(m, np.nan)
-    cx = np.full(m, (w - 1) / 2)
-    cy = np.full(m, (h - 1) / 2)
-    # weight covariance [[a, b], [b, c]], from a sigma of 1.4 px
-    a, b, c = np.full(m, 2.0), np.zeros(m), np.full(m, 2.0)
-    todo = signal.reshape(m, -1).sum(axis=1) > 0
-    converged = np.zeros(m, bool)
-    for _ in range(iterations):
-        if not todo.any():
-            break
-        det = a * c - b * b
-        with np.errstate(invalid="ignore", divide="ignore"):
-            ia, ib, ic = c / det, -b / det, a / det
-            dx = xx[None] - cx[:, None, None]
-            dy = yy[None] - cy[:, None, None]
-            q = ia[:, None, None] * dx * dx + 2 * ib[:, None, None] * dx * dy \
-                + ic[:, None, None] * dy * dy
-            weighted = signal * np.exp(-0.5 * np.minimum(q, 700.0))
-            total = weighted.sum(axis=(1, 2))
-            ncx = (weighted * xx).sum(axis=(1, 2)) / total
-            ncy = (weighted * yy).sum(axis=(1, 2)) / total
-            dx = xx[None] - ncx[:, None, None]
-            dy = yy[None] - ncy[:, None, None]
-            na = 2 * (weighted * dx * dx).sum(axis=(1, 2)) / total
-            nb = 2 * (weighted * dx * dy).sum(axis=(1, 2)) / total
-            nc = 2 * (weighted * dy * dy).sum(axis=(1, 2)) / total
-        valid = (total > 0) & (na > 0) & (na * nc - nb * nb > 0)
-        todo &= valid
-        change = np.maximum(np.maximum(np.abs(na - a), np.abs(nb - b)), np.abs(nc - c))
-        done = todo & (change < 1e-6 * (na + nc))
-        a, b, c = (np.where(todo, new, old) for new, old in ((na, a), (nb, b), (nc, c)))
-        cx, cy = np.where(todo, ncx, cx), np.where(todo, ncy, cy)
-        converged |= done
-        todo &= ~done
-    ok = converged & (cx >= 0) & (cx < w) & (cy >= 0) & (cy < h)
-    # the star's covariance, less the pixel's own width; its eigenvalues
-    a, c = a - 1.0 / 12.0, c - 1.0 / 12.0
-    mean = (a + c) / 2
-    spread = np.sqrt(((a - c) / 2) ** 2 + b * b)
-    major, minor = mean + spread, mean - spread
-    ok &= minor > 0
-    with np.errstate(invalid="ignore", divide="ignore"):
-        fwhm[ok] = _FWHM_PER_SIGMA * np.sqrt(mean[ok])
-        roundness[ok] = 1.0 - np.sqrt(minor[ok] / major[ok])
-    return fwhm, roundness
 
 
 # --------------------------------------------------------------------------

@@ -32,6 +32,7 @@ import warnings
 import numpy as np
 
 from ._errors import BigstackError, BigstackWarning
+from ._measure import box_stats, fwhm_from_halfmax, windowed_centroid
 
 METHODS = ("peak", "centroid", "xcorr")
 DEFAULT_SEARCH = 500  # the tutorial's default box size for find_star
@@ -92,55 +93,6 @@ def _peak(box):
     return np.unravel_index(flat, box.shape)
 
 
-def _background(box):
-    """Sky level and noise of a box: median and MAD-based sigma of its pixels."""
-    values = box[::2, ::2] if box.size > 4096 else box  # a quarter of the pixels is plenty
-    values = values[np.isfinite(values)]
-    median = float(np.median(values))
-    noise = 1.4826 * float(np.median(np.abs(values - median)))
-    return median, noise
-
-
-def _windowed_centroid(data, x, y, sigma, iterations=30):
-    """Iterative Gaussian-windowed centroid of background-free ``data`` near ``(x, y)``.
-
-    Returns ``(x, y, second_moment)``; ``x``/``y`` are NaN when the window
-    holds no positive flux.
-    """
-    ny, nx = data.shape
-    radius = max(3, int(np.ceil(4 * sigma)))
-    m2 = np.nan
-    for _ in range(iterations):
-        ix, iy = int(round(x)), int(round(y))
-        y0, y1 = max(iy - radius, 0), min(iy + radius + 1, ny)
-        x0, x1 = max(ix - radius, 0), min(ix + radius + 1, nx)
-        dy = np.arange(y0, y1)[:, None] - y
-        dx = np.arange(x0, x1)[None, :] - x
-        weights = np.exp(-(dx * dx + dy * dy) / (2 * sigma * sigma)) * data[y0:y1, x0:x1]
-        total = weights.sum()
-        if not total > 0:
-            return np.nan, np.nan, np.nan
-        step_x = 2 * float((weights * dx).sum()) / total
-        step_y = 2 * float((weights * dy).sum()) / total
-        m2 = float((weights * (dx * dx + dy * dy)).sum()) / total / 2
-        x += step_x
-        y += step_y
-        if abs(step_x) < 1e-5 and abs(step_y) < 1e-5:
-            break
-    return x, y, m2
-
-
-def _fwhm_from_halfmax(data, iy, ix):
-    """Rough FWHM from the number of pixels above half the peak near ``(iy, ix)``."""
-    peak = data[iy, ix]
-    if not peak > 0:
-        return np.nan
-    r = 10
-    cut = data[max(iy - r, 0):iy + r + 1, max(ix - r, 0):ix + r + 1]
-    area = np.count_nonzero(cut >= peak / 2)
-    return 2 * np.sqrt(area / np.pi)
-
-
 def measure_star(box, method="centroid", saturation=None):
     """Measure the star in ``box`` (a 2-D array); positions relative to the box.
 
@@ -150,7 +102,7 @@ def measure_star(box, method="centroid", saturation=None):
     the star is good, else why it is not).
     """
     box = np.asarray(box, dtype=np.float64)
-    background, noise = _background(box)
+    background, noise = box_stats(box)
     out = dict.fromkeys(_FIELDS, np.nan)
     out.update(background=background, noise=noise, reason="")
     if method == "peak":
@@ -172,9 +124,9 @@ def measure_star(box, method="centroid", saturation=None):
         out["reason"] = "no star above the noise in the box"
         out["x"] = out["y"] = np.nan
         return out
-    fwhm0 = _fwhm_from_halfmax(signal, iy, ix)
+    fwhm0 = fwhm_from_halfmax(signal, iy, ix)
     sigma_w = max(fwhm0, 1.5) / 2.3548
-    cx, cy, m2 = _windowed_centroid(signal, float(ix), float(iy), sigma_w)
+    cx, cy, m2 = windowed_centroid(signal, float(ix), float(iy), sigma_w)
     if method != "peak":
         out["x"], out["y"] = cx, cy
     # windowed second moment of a Gaussian star: m2 = s^2 w^2 / (s^2 + w^2)
@@ -330,7 +282,7 @@ def _xcorr(reference, pixels, box):
     from skimage.registration import phase_cross_correlation
 
     ref_pixels, ref_box = reference
-    background, noise = _background(pixels)
+    background, noise = box_stats(pixels)
     values = dict.fromkeys(_FIELDS, np.nan)
     values.update(background=background, noise=noise, peak=float(np.max(pixels)), reason="")
     if ref_pixels.shape != pixels.shape:

@@ -69,3 +69,119 @@ def raise_if_dask_computes(max_computes=0):
 
     with dask.config.set(scheduler=scheduler):
         yield
+
+
+def render_stars(shape, x, y, flux, fwhm, *, psf="gaussian", beta=2.5, out=None):
+    """Add pixel-integrated stars to an image (the reference renderer of the tests).
+
+    ``x``, ``y`` are ``[x, y]`` pixel coordinates (pixel centres at
+    integers), ``flux`` the total flux of each star, ``fwhm`` in pixels.
+    Gaussian stars are integrated exactly over each pixel (error
+    functions); Moffat stars are sampled on a 5 x 5 grid per pixel.
+    """
+    from scipy.special import erf
+
+    image = np.zeros(shape, np.float64) if out is None else out
+    ny, nx = image.shape
+    x, y, flux = (np.atleast_1d(np.asarray(v, np.float64)) for v in (x, y, flux))
+    fwhm = float(fwhm)
+    if psf == "gaussian":
+        s = fwhm / (2 * np.sqrt(2 * np.log(2)))
+        half = int(np.ceil(5 * s)) + 1
+    else:
+        alpha = fwhm / (2 * np.sqrt(2 ** (1 / beta) - 1))
+        half = int(np.ceil(6 * fwhm)) + 1
+    for xi, yi, fi in zip(x, y, flux, strict=True):
+        ix, iy = int(round(xi)), int(round(yi))
+        xs = np.arange(max(ix - half, 0), min(ix + half + 1, nx))
+        ys = np.arange(max(iy - half, 0), min(iy + half + 1, ny))
+        if xs.size == 0 or ys.size == 0:
+            continue
+        if psf == "gaussian":
+            c = np.sqrt(2) * s
+            px = 0.5 * (erf((xs + 0.5 - xi) / c) - erf((xs - 0.5 - xi) / c))
+            py = 0.5 * (erf((ys + 0.5 - yi) / c) - erf((ys - 0.5 - yi) / c))
+            image[ys[:, None], xs[None, :]] += fi * py[:, None] * px[None, :]
+        else:
+            sub = (np.arange(5) + 0.5) / 5 - 0.5
+            gx = (xs[:, None] + sub[None, :]).ravel() - xi
+            gy = (ys[:, None] + sub[None, :]).ravel() - yi
+            r2 = gx[None, :] ** 2 + gy[:, None] ** 2
+            prof = (beta - 1) / (np.pi * alpha**2) * (1 + r2 / alpha**2) ** -beta / 25
+            stamp = prof.reshape(ys.size, 5, xs.size, 5).sum(axis=(1, 3))
+            image[ys[:, None], xs[None, :]] += fi * stamp
+    return image
+
+
+def similarity(rotation_deg=0.0, scale=1.0, flip=False, shift=(0.0, 0.0), centre=(0.0, 0.0)):
+    """2 x 3 ``[A | t]`` of a turn by ``rotation_deg`` and ``scale`` about ``centre``.
+
+    With ``flip`` the x axis is mirrored first; ``shift`` is added last.
+    Maps reference pixels to frame pixels: ``frame = A @ ref + t``.
+    """
+    th = np.radians(rotation_deg)
+    A = scale * np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
+    if flip:
+        A = A @ np.diag([-1.0, 1.0])
+    c = np.asarray(centre, np.float64)
+    return np.column_stack([A, c - A @ c + np.asarray(shift, np.float64)])
+
+
+def sky_field(seed, n, extent, flux_min=1.0, index=1.0):
+    """Random stars ``(x, y, flux)`` over ``extent = (x0, x1, y0, y1)``; ``N(>F) ~ F**-index``."""
+    rng = np.random.default_rng(seed)
+    x0, x1, y0, y1 = extent
+    x = rng.uniform(x0, x1, n)
+    y = rng.uniform(y0, y1, n)
+    flux = flux_min * rng.uniform(1e-3, 1.0, n) ** (-1.0 / index)
+    return x, y, flux
+
+
+def render_frame(shape, stars, matrix, fwhm, *, seed, noise=10.0, sky=1000.0, gradient=30.0,
+                 pattern=0.0, hot=0, hot_level=(50.0, 5000.0), cosmics=0, sensor_seed=99,
+                 transparency=1.0, trail=None, psf="gaussian"):
+    """A raw frame of the sky ``stars`` seen through ``matrix`` (reference -> frame).
+
+    ``stars`` is ``(x, y, flux)`` in reference pixels. Sensor features
+    (fixed per ``sensor_seed``): a column pattern of ``pattern`` ADU rms
+    (and a row pattern of a third of it), ``hot`` hot pixels. Per frame:
+    Gaussian noise, ``cosmics`` cosmic rays (1-4 pixel blobs), a satellite
+    ``trail = (x, y, angle_deg, peak, fwhm)``. Returns float32 ``[y, x]``.
+    """
+    rng = np.random.default_rng(seed)
+    srng = np.random.default_rng(sensor_seed)
+    ny, nx = shape
+    x, y, flux = (np.asarray(v, np.float64) for v in stars)
+    m = np.asarray(matrix, np.float64)
+    fx = m[0, 0] * x + m[0, 1] * y + m[0, 2]
+    fy = m[1, 0] * x + m[1, 1] * y + m[1, 2]
+    pad = 4 * fwhm
+    inside = (fx > -pad) & (fx < nx + pad) & (fy > -pad) & (fy < ny + pad)
+    image = render_stars(shape, fx[inside], fy[inside], flux[inside] * transparency, fwhm,
+                         psf=psf)
+    image += sky + gradient * (np.linspace(0, 1, nx)[None, :] + np.linspace(0, 1, ny)[:, None])
+    if pattern:
+        image += srng.normal(0, pattern, nx)[None, :] + srng.normal(0, pattern / 3, ny)[:, None]
+    if hot:
+        hy, hx = srng.integers(0, ny, hot), srng.integers(0, nx, hot)
+        image[hy, hx] += np.exp(srng.uniform(np.log(hot_level[0]), np.log(hot_level[1]), hot))
+    if trail is not None:
+        tx, ty, angle, peak, tw = trail
+        yy, xx = np.mgrid[:ny, :nx]
+        th = np.radians(angle)
+        dist = (xx - tx) * np.sin(th) - (yy - ty) * np.cos(th)
+        image += peak * np.exp(-0.5 * (dist / (tw / 2.3548)) ** 2)
+    image += rng.normal(0.0, noise, shape)
+    for _ in range(int(cosmics)):
+        cy, cx = rng.integers(1, ny - 2), rng.integers(1, nx - 2)
+        h, w = rng.integers(1, 3, 2)
+        image[cy:cy + h, cx:cx + w] += rng.uniform(200, 5000)
+    return image.astype(np.float32)
+
+
+def transform_error(found, truth, xy):
+    """Distances (px) between where ``found`` and ``truth`` (2 x 3 each) map points ``xy``."""
+    xy = np.asarray(xy, np.float64).reshape(-1, 2)
+    a = xy @ np.asarray(found)[:, :2].T + np.asarray(found)[:, 2]
+    b = xy @ np.asarray(truth)[:, :2].T + np.asarray(truth)[:, 2]
+    return np.hypot(*(a - b).T)

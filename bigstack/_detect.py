@@ -1,0 +1,384 @@
+"""Star detection on raw frames: a matched filter, shape tests, windowed centroids.
+
+:func:`detect_stars` finds the stars in one or more row bands of a frame
+(or a whole image) and returns the best of them with sub-pixel positions.
+It is made for uncalibrated frames: a sky gradient, a fixed column/row
+pattern of the sensor, hot pixels and cosmic rays, and faint, wide
+(defocused) stars whose peak is only a few sigma above the noise.
+
+Stages, per call (all bands of a frame together):
+
+1. **Fixed pattern and background**: every column's level over all the
+   band rows (a median of a sample of rows, then the mean of the values
+   within 3 sigma of it), then every row's clipped mean, then a coarse
+   :func:`bigstack._measure.background_map` (cells of 128 px) of what is
+   left, are subtracted; the pixel noise is then the MAD sigma of a
+   sample of the bands. A sensor's column or row structure does not move
+   with the sky and would otherwise give "stars" that match at zero
+   shift; removing it before the background cells are measured keeps it
+   from leaving a cell-sized pattern that a wide filter would find.
+2. **Sharp peaks**: a pixel more than 4 sigma above the background that
+   stands above the median of its 8 neighbours by more than 70% of its
+   value is a hot pixel or a cosmic ray (a star of FWHM >= 2 px spreads
+   at least 40% of its peak into its neighbours): it is replaced by that
+   median. This is a test of shape, not of brightness.
+3. **Matched filter**: the band is binned (``b`` x ``b`` sums, ``b`` a
+   power of two near ``fwhm / 2.5``, at least 2) and smoothed with a
+   Gaussian of the expected FWHM. The FWHM is given, or chosen per frame
+   from a ladder of 2.5, 5, 10 and 20 px as the rung whose ten best
+   detections have the highest summed signal to noise (a matched filter
+   gives a star its highest signal to noise at its own width, so faint
+   wide stars are found at the wide rungs; the ladder is climbed until
+   the score falls); then the FWHM of the 25 best
+   is measured, and the band filtered again at that FWHM when it is off
+   the rung by more than a factor of two. Detections are the local maxima
+   of the filtered image more than ``threshold`` times its noise (the
+   pixel noise through the filter).
+4. **Shape**: the curvature of the filtered image at a detection along x,
+   y and both diagonals must be alike (``|2 (h1 - h2) / (h1 + h2)| <= 1``
+   for both pairs): a round star passes; a trail, a column or a row, at
+   any angle, does not.
+5. **Positions**: an iterated Gaussian-windowed centroid at native
+   resolution on the cleaned, background-free band
+   (:func:`bigstack._measure.windowed_centroids`, window sigma from the
+   stars' measured FWHM, which converges in a few steps). Stars within 1.5
+   FWHM of a band's cut or the frame's edge are dropped (their window is
+   truncated), and of two detections that end within one FWHM of each
+   other (one star, or a blend) only the brighter is kept.
+   Only the ``2 * n_stars`` detections of highest signal to noise are
+   centroided.
+6. The ``n_stars`` brightest by windowed flux are returned.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ._measure import (
+    FWHM_PER_SIGMA,
+    background_map,
+    cut_stamps,
+    fwhm_from_m2,
+    iterate_centroids,
+    subsample,
+    window_max,
+)
+
+#: FWHMs (pixels) the matched filter tries when none is given
+LADDER = (2.5, 5.0, 10.0, 20.0)
+_STAR_FIELDS = ("x", "y", "flux", "snr", "fwhm")
+
+
+def _fill(data):
+    """A float32 copy of ``data`` with NaNs replaced by the median (the input is not changed)."""
+    data = np.array(data, dtype=np.float32)
+    bad = ~np.isfinite(data)
+    if bad.any():
+        data[bad] = np.median(data[~bad]) if (~bad).any() else 0.0
+    return data
+
+
+def _clean_sharp(resid, sigma):
+    """Replace hot pixels and cosmic rays (sharp peaks, by shape) in place; return the count."""
+    ny, nx = resid.shape
+    ys, xs = np.nonzero(resid > 4.0 * sigma)
+    if ys.size == 0:
+        return 0
+    near = np.stack([resid[np.clip(ys + dy, 0, ny - 1), np.clip(xs + dx, 0, nx - 1)]
+                     for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx])
+    med = np.median(near, axis=0)
+    value = resid[ys, xs]
+    sharp = value - med > 0.7 * value
+    resid[ys[sharp], xs[sharp]] = med[sharp]
+    return int(sharp.sum())
+
+
+def _half(data):
+    """2 x 2 sums (odd last row or column dropped)."""
+    h, w = data.shape[0] // 2 * 2, data.shape[1] // 2 * 2
+    out = data[0:h:2, 0:w:2] + data[1:h:2, 0:w:2]
+    out += data[0:h:2, 1:w:2]
+    out += data[1:h:2, 1:w:2]
+    return out
+
+
+def _binned(pyramid, b):
+    """``b`` x ``b`` sums of the band (``pyramid[1]``), from the next finer level."""
+    if b not in pyramid:
+        pyramid[b] = _half(_binned(pyramid, b // 2))
+    return pyramid[b]
+
+
+def bin_factor(fwhm):
+    """Binning before the matched filter: a power of two, at least 2, about ``fwhm / 2.5``."""
+    return max(2, 1 << int(math.log2(max(fwhm / 2.5, 1.0))))
+
+
+def _filtered(pyramid, fwhm, sigma):
+    """``(snr map, bin factor)``: the band matched-filtered at ``fwhm``, in noise units.
+
+    The band is binned by :func:`bin_factor` first (a star of FWHM 2.5 px
+    or more keeps its shape at that sampling; the position comes from the
+    native pixels later). The noise of the filtered image follows from the
+    pixel noise ``sigma`` (white once the pattern is removed): a sum of ``b
+    * b`` pixels has ``b * sigma``, and the Gaussian kernel scales it by
+    its L2 norm.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    b = bin_factor(fwhm)
+    while b > 1 and min(pyramid[1].shape) // b < 8:
+        b //= 2
+    binned = _binned(pyramid, b)
+    if min(binned.shape) < 3:
+        return None, b
+    s = fwhm / FWHM_PER_SIGMA / b
+    radius = int(3.0 * s + 0.5)
+    k = np.exp(-0.5 * (np.arange(-radius, radius + 1) / s) ** 2)
+    k /= k.sum()
+    noise = b * sigma * float(np.sum(k * k))  # 2-D kernel norm = (1-D norm)^2
+    smooth = gaussian_filter(binned, s, truncate=3.0, mode="nearest")
+    smooth *= np.float32(1.0 / noise)
+    return smooth, b
+
+
+def _peaks(snr, threshold):
+    """``(iy, ix)`` of the round local maxima of ``snr`` above ``threshold``."""
+    h, w = snr.shape
+    peaks = (snr > threshold) & (snr == window_max(snr, 1))
+    peaks[0] = peaks[-1] = False
+    peaks[:, 0] = peaks[:, -1] = False
+    iy, ix = np.nonzero(peaks)
+    if iy.size == 0:
+        return iy, ix
+    c = 2 * snr[iy, ix]
+    hx = c - snr[iy, ix - 1] - snr[iy, ix + 1]
+    hy = c - snr[iy - 1, ix] - snr[iy + 1, ix]
+    hd = c - snr[iy - 1, ix - 1] - snr[iy + 1, ix + 1]
+    ha = c - snr[iy - 1, ix + 1] - snr[iy + 1, ix - 1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r1 = 2 * (hx - hy) / (hx + hy)
+        r2 = 2 * (hd - ha) / (hd + ha)
+    round_ = (hx > 0) & (hy > 0) & (hd > 0) & (ha > 0) & (np.abs(r1) <= 1) & (np.abs(r2) <= 1)
+    return iy[round_], ix[round_]
+
+
+def _mad_sigma(arrays):
+    sample = subsample(arrays, 1 << 13)
+    if sample.size == 0:
+        return 0.0
+    return 1.4826 * float(np.median(np.abs(sample - np.median(sample))))
+
+
+def _clipped_mean(data, limit, axis):
+    """Mean along ``axis`` of the values within ``limit`` of zero (0 where none)."""
+    inside = np.abs(data) < limit
+    total = np.where(inside, data, 0.0).sum(axis=axis, dtype=np.float64)
+    count = inside.sum(axis=axis)
+    return (total / np.maximum(count, 1)).astype(np.float32)
+
+
+def _prepare(bands):
+    """Background-free, pattern-free, cleaned bands; frame background and noise.
+
+    In this order: every column's level over all the band rows (the median
+    of a sample of rows, robust to a strong column, then the mean of the
+    values within 3 sigma of it, less noisy than a median) is subtracted;
+    then every row's clipped mean; then a coarse background map of what
+    is left (cells of 128 px). A column/row pattern and a linear gradient
+    are thus removed exactly, before the cells are measured (a pattern
+    left under the cells would leave a cell-sized pattern that a wide
+    matched filter finds).
+    """
+    resids = [_fill(data) for _, data in bands]
+    level = float(np.median(subsample(resids, 1 << 12)))
+    sigma = _mad_sigma(resids)
+    nrows = sum(r.shape[0] for r in resids)
+    if sigma > 0 and nrows >= 16 and resids[0].shape[1] >= 16:
+        step = max(1, nrows // 16)
+        start = np.median(np.concatenate([r[::step] for r in resids]), axis=0)
+        total = sum(_clipped_mean(r - start, 3 * sigma, 0).astype(np.float64) * r.shape[0]
+                    for r in resids)
+        column = (total / nrows + start).astype(np.float32)
+        for r in resids:
+            r -= column
+            r -= _clipped_mean(r, 3 * sigma, 1)[:, None]
+    else:
+        for r in resids:
+            r -= np.float32(level)
+    for r in resids:
+        if min(r.shape) >= 32:
+            background, _ = background_map(r, cell=128, step=4)
+            r -= background
+    sigma = _mad_sigma(resids)
+    cleaned = 0
+    if sigma > 0:
+        for r in resids:
+            cleaned += _clean_sharp(r, sigma)
+    return resids, level, sigma, cleaned
+
+
+def _candidates(pyramids, fwhm, threshold, sigma):
+    """Per band, the ``(y, x, snr)`` of detections at ``fwhm`` (native pixel coordinates)."""
+    out = []
+    for pyramid in pyramids:
+        snr, b = _filtered(pyramid, fwhm, sigma)
+        if snr is None:
+            out.append((np.empty(0), np.empty(0), np.empty(0)))
+            continue
+        iy, ix = _peaks(snr, threshold)
+        out.append((iy * b + (b - 1) / 2, ix * b + (b - 1) / 2, snr[iy, ix].astype(np.float64)))
+    return out
+
+
+def _score(found, top=10):
+    """A rung's score: the summed signal to noise of its ``top`` best detections."""
+    snr = np.concatenate([c[2] for c in found])
+    return float(np.sort(snr)[::-1][:top].sum())
+
+
+def detect_stars(bands, *, fwhm=None, n_stars=100, threshold=5.0):
+    """Find the stars in row bands of a frame.
+
+    Parameters
+    ----------
+    bands : list of (int, numpy.ndarray)
+        ``(r0, rows)``: the frame's rows ``[r0, r0 + len(rows))``, all of
+        the frame's width, in value units (BSCALE/BZERO applied); NaNs are
+        ignored. A single image is ``[(0, image)]``.
+    fwhm : float, optional
+        Expected star FWHM in pixels; default: chosen from :data:`LADDER`.
+    n_stars : int
+        Return at most this many stars, the brightest.
+    threshold : float
+        Detection threshold in sigmas of the matched-filtered noise.
+
+    Returns
+    -------
+    dict
+        ``x``, ``y`` (``[x, y]`` frame pixels), ``flux`` (windowed flux,
+        background-free), ``snr`` (matched-filter signal to noise),
+        ``fwhm`` (per star, from its windowed second moment; NaN where it
+        cannot be measured): float64 arrays, brightest first. Frame
+        values: ``background`` (median of a sample of the pixels), ``noise``
+        (pixel sigma), ``fwhm`` is per star; ``frame_fwhm`` (median over
+        the stars with snr >= 10, else over all; NaN without stars),
+        ``filter_fwhm`` (the matched filter's), ``n_found`` (stars that
+        passed every test, before the cut to ``n_stars``; only the ``2 *
+        n_stars`` detections of highest signal to noise are centroided,
+        any beyond them count as found), ``cleaned`` (sharp pixels
+        replaced), ``rows`` (rows examined).
+    """
+    bands = [(int(r0), np.asarray(data)) for r0, data in bands]
+    nrows = sum(d.shape[0] for _, d in bands)
+    resids, background, sigma, cleaned = _prepare(bands)
+    out = {k: np.empty(0) for k in _STAR_FIELDS}
+    out.update(background=background, noise=sigma, frame_fwhm=np.nan, filter_fwhm=np.nan,
+               n_found=0, cleaned=cleaned, rows=nrows)
+    if not sigma > 0:
+        return out
+    pyramids = [{1: r} for r in resids]
+    given = fwhm is not None
+    if given:
+        fwhm = float(fwhm)
+        found = _candidates(pyramids, fwhm, threshold, sigma)
+    else:
+        best = None
+        for f in LADDER:  # climb while the score rises (it peaks at the stars' width)
+            found = _candidates(pyramids, f, threshold, sigma)
+            score = _score(found)
+            if best is not None and score <= best[0]:
+                break
+            best = (score, f, found)
+        _, fwhm, found = best
+    cand = _clear(bands, resids, found, 1.5 * fwhm)
+    # the stars' own FWHM from the brightest; filter again if the rung was far off
+    star_fwhm = _measure_fwhm(resids, cand[:25], fwhm)
+    if not given and np.isfinite(star_fwhm) and not 0.5 <= star_fwhm / fwhm <= 2.0:
+        fwhm = max(star_fwhm, 2.0)
+        found = _candidates(pyramids, fwhm, threshold, sigma)
+        cand = _clear(bands, resids, found, 1.5 * fwhm)
+        star_fwhm = _measure_fwhm(resids, cand[:25], fwhm)
+    out.update(filter_fwhm=fwhm, frame_fwhm=star_fwhm)
+    # positions: a window of the stars' own width converges in a few steps
+    window = max(star_fwhm if np.isfinite(star_fwhm) else fwhm, 2.0) / FWHM_PER_SIGMA
+    margin = 1.5 * max(fwhm, star_fwhm if np.isfinite(star_fwhm) else 0.0)
+    todo = 2 * int(n_stars)
+    x, y, flux, snr, fw = _positions(bands, resids, cand[:todo], window, margin)
+    if x.size == 0:
+        return out
+    order = np.argsort(-flux, kind="stable")
+    x, y, flux, snr, fw = x[order], y[order], flux[order], snr[order], fw[order]
+    keep = _unique(x, y, fwhm)
+    out["n_found"] = int(keep.size + max(len(cand) - todo, 0))
+    keep = keep[:int(n_stars)]
+    out.update(x=x[keep], y=y[keep], flux=flux[keep], snr=snr[keep], fwhm=fw[keep])
+    return out
+
+
+def _clear(bands, resids, found, margin):
+    """Detections clear of the band edges: ``(snr, band, y, x)``, best first."""
+    cand = []
+    for k, (r, (cy, cx, snr)) in enumerate(zip(resids, found, strict=True)):
+        h, w = r.shape
+        ok = (cx >= margin) & (cx <= w - 1 - margin) & (cy >= margin) & (cy <= h - 1 - margin)
+        cand += [(float(v), k, float(y), float(x)) for v, y, x in
+                 zip(snr[ok], cy[ok], cx[ok], strict=True)]
+    cand.sort(reverse=True)
+    return cand
+
+
+def _stamps(resids, cand, window):
+    """Stamps of the candidates, over all bands: ``(stamps, gx, gy, x0, y0, band)``."""
+    parts = []
+    for k in sorted({c[1] for c in cand}):
+        mine = [c for c in cand if c[1] == k]
+        cx = np.array([c[3] for c in mine])
+        cy = np.array([c[2] for c in mine])
+        parts.append((*cut_stamps(resids[k], cx, cy, window), cx, cy, np.full(cx.size, k)))
+    return tuple(np.concatenate(v) for v in zip(*parts, strict=True))
+
+
+def _measure_fwhm(resids, cand, fwhm):
+    """Median FWHM of the candidates (windowed second moments); NaN if none measures."""
+    if not cand:
+        return np.nan
+    window = max(fwhm, 2.0) / FWHM_PER_SIGMA
+    stamps, gx, gy, cx, cy, _ = _stamps(resids, cand, window)
+    _, _, _, m2 = iterate_centroids(stamps, gx, gy, cx, cy, window, iterations=12, tol=1e-2)
+    values = fwhm_from_m2(m2, window)
+    values = values[np.isfinite(values)]
+    return float(np.median(values)) if values.size else np.nan
+
+
+def _positions(bands, resids, cand, window, margin):
+    """Windowed centroids of the candidates at native resolution; those that hold up."""
+    if not cand:
+        return (np.empty(0),) * 5
+    stamps, gx, gy, cx, cy, band = _stamps(resids, cand, window)
+    snr = np.array([c[0] for k in sorted({c[1] for c in cand}) for c in cand if c[1] == k])
+    x, y, flux, m2 = iterate_centroids(stamps, gx, gy, cx, cy, window)
+    h = np.array([r.shape[0] for r in resids])[band]
+    w = np.array([r.shape[1] for r in resids])[band]
+    r0 = np.array([b[0] for b in bands])[band]
+    keep = (np.isfinite(x) & (x >= margin) & (x <= w - 1 - margin) & (y >= margin)
+            & (y <= h - 1 - margin)
+            & (np.hypot(x - cx, y - cy) <= 2.5 * window * FWHM_PER_SIGMA / 2)
+            & (flux > 0))
+    return x[keep], y[keep] + r0[keep], flux[keep], snr[keep], fwhm_from_m2(m2[keep], window)
+
+
+def _unique(x, y, radius):
+    """Indices of points (in priority order) with no earlier point within ``radius``."""
+    from scipy.spatial import cKDTree
+
+    if x.size < 2:
+        return np.arange(x.size)
+    pairs = cKDTree(np.column_stack([x, y])).query_pairs(radius, output_type="ndarray")
+    drop = np.zeros(x.size, bool)
+    for i, j in sorted(map(tuple, pairs)):
+        if not drop[i]:
+            drop[max(i, j)] = True
+    return np.flatnonzero(~drop)

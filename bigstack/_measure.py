@@ -1,0 +1,430 @@
+"""Measurements on pixels: background, noise, local maxima, centroids and FWHM.
+
+The one place where bigstack measures a sky level, a noise, a star's
+position or its width; registration (:mod:`bigstack._register`,
+:mod:`bigstack._detect`) and frame quality (:mod:`bigstack._quality`) call
+these. Images are indexed ``[y, x]``; positions are ``[x, y]``; a pixel's
+centre has integer coordinates.
+
+- :func:`box_stats`: median and MAD sigma of a box (a quarter of its
+  pixels when large); no clipping, for a box around one star.
+- :func:`subsample` and :func:`clipped_stats`: sigma-clipped median and
+  MAD sigma of at most :data:`STATS_SAMPLE` pixels spread over a frame's
+  row bands (integer pixels dithered so the estimate does not step by
+  half an ADU).
+- :func:`background_map`: a coarse background and noise map, one clipped
+  median and MAD sigma per cell, smoothed and interpolated to every pixel;
+  for detection.
+- :func:`window_max`: the maximum over a square window (local maxima).
+- :func:`windowed_centroid` (one star, iterated) and
+  :func:`windowed_centroids` (many stars at once): Gaussian-windowed
+  centroids, unbiased for a symmetric star.
+- :func:`fwhm_from_halfmax` and :func:`adaptive_shapes`: a star's width.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+#: pixels the frame background and noise are computed from
+STATS_SAMPLE = 1 << 15
+FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
+_MAD_TO_SIGMA = 1.4826
+
+
+# --------------------------------------------------------------------------
+# background and noise
+
+
+def box_stats(box):
+    """Sky level and noise of a box: median and MAD-based sigma of its pixels.
+
+    A quarter of the pixels (every other row and column) is used when the
+    box has more than 4096; NaNs are ignored.
+    """
+    values = box[::2, ::2] if box.size > 4096 else box
+    values = values[np.isfinite(values)]
+    median = float(np.median(values))
+    noise = _MAD_TO_SIGMA * float(np.median(np.abs(values - median)))
+    return median, noise
+
+
+def subsample(arrays, size=STATS_SAMPLE):
+    """At most about ``size`` finite pixels of ``arrays``, an even stride through them."""
+    total = sum(a.size for a in arrays)
+    step = max(-(-total // size), 1)
+    values = np.concatenate([np.asarray(a).ravel()[::step] for a in arrays]).astype(np.float64)
+    return values[np.isfinite(values)]
+
+
+def clipped_stats(arrays, size=STATS_SAMPLE):
+    """Background and noise of the pixels of ``arrays`` (a list of arrays).
+
+    The median and MAD-based sigma (:func:`astropy.stats.mad_std`) after
+    3-sigma clipping about the median (at most 5 iterations), on
+    :func:`subsample`'s pixels. When every pixel is an integer, each is
+    first spread over its unit step by a fixed, seeded uniform dither and
+    the dither's variance (1/12) is taken back out of the noise, so the
+    estimates do not move in half-ADU steps. ``(nan, nan)`` when no pixel
+    is finite.
+    """
+    from astropy.stats import mad_std, sigma_clip
+
+    values = subsample(arrays, size)
+    if values.size == 0:
+        return np.nan, np.nan
+    integers = bool(np.all(values == np.round(values))) and mad_std(values) > 0
+    if integers:
+        values = values + np.random.default_rng(0).uniform(-0.5, 0.5, values.size)
+    kept = sigma_clip(values, sigma=3.0, maxiters=5, cenfunc="median", stdfunc="mad_std",
+                      masked=False, axis=None)
+    background = float(np.median(kept))
+    noise = float(mad_std(kept))
+    if integers:
+        noise = math.sqrt(max(noise * noise - 1.0 / 12.0, 0.0))
+    return background, noise
+
+
+def _cell_stats(cells):
+    """Clipped median and MAD sigma along the last axis.
+
+    Median and MAD, then one 3-sigma pass in which values outside are
+    replaced by the median (cheaper than dropping them, and as robust for
+    a coarse map).
+    """
+    centre = np.median(cells, axis=-1, keepdims=True)
+    dev = np.abs(cells - centre)
+    sigma = _MAD_TO_SIGMA * np.median(dev, axis=-1, keepdims=True)
+    cells = np.where(dev <= 3.0 * sigma, cells, centre)
+    centre = np.median(cells, axis=-1, keepdims=True)
+    sigma = _MAD_TO_SIGMA * np.median(np.abs(cells - centre), axis=-1, keepdims=True)
+    return centre[..., 0], sigma[..., 0]
+
+
+def background_map(data, cell=64, step=2):
+    """Coarse background and noise map of ``data``, at every pixel.
+
+    The image is cut into cells of ``cell`` x ``cell`` pixels (the last
+    row and column of cells take the remainder); each cell's background
+    is the clipped median and its noise the clipped MAD sigma (one
+    3-sigma pass) of every ``step``-th pixel along each axis. A plane is
+    fitted to the cell levels (least squares, cells off by more than 3
+    MAD left out); the cells' departures from it are median-filtered over
+    3 x 3 cells (a cell covered by a bright star or galaxy takes its
+    neighbours' level) and interpolated bilinearly between cell centres,
+    and the plane is added back. A linear gradient is thus followed
+    exactly, up to the frame's edges.
+
+    Parameters
+    ----------
+    data : numpy.ndarray
+        2-D ``[y, x]``; NaNs are not allowed (fill them first).
+    cell : int
+        Cell size in pixels.
+    step : int
+        Sampling stride inside a cell.
+
+    Returns
+    -------
+    background : numpy.ndarray
+        float32, the shape of ``data``.
+    noise : numpy.ndarray
+        float32 ``(ncy, ncx)``, the noise of each cell (after the filter).
+    """
+    from scipy.ndimage import median_filter
+
+    ny, nx = data.shape
+    ncy, ncx = max(ny // cell, 1), max(nx // cell, 1)
+    hy, hx = ny // ncy, nx // ncx  # cell sides, remainder to the last cells
+    ys = np.minimum(np.arange(ncy * hy).reshape(ncy, hy)[:, ::step], ny - 1)
+    xs = np.minimum(np.arange(ncx * hx).reshape(ncx, hx)[:, ::step], nx - 1)
+    cells = data[ys[:, None, :, None], xs[None, :, None, :]]  # (ncy, ncx, sy, sx)
+    level, sigma = _cell_stats(cells.reshape(ncy, ncx, -1).astype(np.float32, copy=False))
+    level = level.astype(np.float64)
+    cy = (np.arange(ncy) + 0.5) * hy - 0.5
+    cx = (np.arange(ncx) + 0.5) * hx - 0.5
+    plane = _plane(level, cx, cy)
+    resid = level - (plane[0] + plane[1] * cx[None, :] + plane[2] * cy[:, None])
+    if ncy * ncx > 1:
+        resid = median_filter(resid, size=3, mode="nearest")
+        sigma = median_filter(sigma, size=3, mode="nearest")
+    rows = np.array([np.interp(np.arange(nx), cx, line) for line in resid],
+                    dtype=np.float32)  # (ncy, nx)
+    if ncy == 1:
+        background = np.repeat(rows, ny, axis=0)
+    else:
+        iy = np.interp(np.arange(ny), cy, np.arange(ncy))
+        i0 = np.minimum(iy.astype(int), ncy - 2)
+        f = (iy - i0).astype(np.float32)[:, None]
+        background = rows[i0]
+        background += f * (rows[i0 + 1] - background)
+    background += (plane[0] + plane[1] * np.arange(nx, dtype=np.float64)).astype(np.float32)
+    background += (plane[2] * np.arange(ny, dtype=np.float64)).astype(np.float32)[:, None]
+    return background, sigma.astype(np.float32)
+
+
+def _plane(level, cx, cy):
+    """``(a, b, c)`` of ``level ~ a + b x + c y`` over the cell centres, outlying cells left out."""
+    yy, xx = np.meshgrid(cy, cx, indexing="ij")
+    design = np.column_stack([np.ones(level.size), xx.ravel(), yy.ravel()])
+    use = [len(cx) > 1, len(cx) > 1, len(cy) > 1]
+    design = design[:, [True, use[1], use[2]]]
+    values = level.ravel()
+    keep = np.isfinite(values)
+    coef = np.zeros(design.shape[1])
+    for _ in range(2):
+        if keep.sum() < design.shape[1]:
+            break
+        coef = np.linalg.lstsq(design[keep], values[keep], rcond=None)[0]
+        res = values - design @ coef
+        mad = 1.4826 * np.median(np.abs(res[keep]))
+        keep = np.isfinite(values) & (np.abs(res) <= 3 * mad + 1e-9)
+    out = np.zeros(3)
+    out[[True, use[1], use[2]]] = coef
+    return out
+
+
+# --------------------------------------------------------------------------
+# local maxima
+
+
+def window_max(data, radius):
+    """Maximum over the ``(2 radius + 1)``-square around each pixel, edges repeated.
+
+    The same as ``scipy.ndimage.maximum_filter(data, 2 * radius + 1,
+    mode="nearest")``, by doubling spans along each axis (a few whole-array
+    ``np.maximum`` calls, much faster than the filter on wide bands).
+    """
+    width = 2 * radius + 1
+    span = 1 << (width.bit_length() - 1)  # the largest power of two <= width
+    ny, nx = data.shape
+    m = np.pad(data, [(0, 0), (radius, radius)], mode="edge")
+    step = 1
+    while step < span:
+        m = np.maximum(m[:, :-step], m[:, step:])
+        step *= 2
+    out = np.maximum(m[:, :nx], m[:, width - span:width - span + nx])
+    m = np.pad(out, [(radius, radius), (0, 0)], mode="edge")
+    step = 1
+    while step < span:
+        m = np.maximum(m[:-step], m[step:])
+        step *= 2
+    return np.maximum(m[:ny], m[width - span:width - span + ny])
+
+
+# --------------------------------------------------------------------------
+# centroids
+
+
+def windowed_centroid(data, x, y, sigma, iterations=30):
+    """Iterative Gaussian-windowed centroid of background-free ``data`` near ``(x, y)``.
+
+    Returns ``(x, y, second_moment)``; ``x``/``y`` are NaN when the window
+    holds no positive flux. The window is a Gaussian of ``sigma`` pixels;
+    each step moves by twice the weighted mean offset, which converges to
+    the centre of a symmetric star (as SExtractor's windowed positions).
+    """
+    ny, nx = data.shape
+    radius = max(3, int(np.ceil(4 * sigma)))
+    m2 = np.nan
+    for _ in range(iterations):
+        ix, iy = int(round(x)), int(round(y))
+        y0, y1 = max(iy - radius, 0), min(iy + radius + 1, ny)
+        x0, x1 = max(ix - radius, 0), min(ix + radius + 1, nx)
+        dy = np.arange(y0, y1)[:, None] - y
+        dx = np.arange(x0, x1)[None, :] - x
+        weights = np.exp(-(dx * dx + dy * dy) / (2 * sigma * sigma)) * data[y0:y1, x0:x1]
+        total = weights.sum()
+        if not total > 0:
+            return np.nan, np.nan, np.nan
+        step_x = 2 * float((weights * dx).sum()) / total
+        step_y = 2 * float((weights * dy).sum()) / total
+        m2 = float((weights * (dx * dx + dy * dy)).sum()) / total / 2
+        x += step_x
+        y += step_y
+        if abs(step_x) < 1e-5 and abs(step_y) < 1e-5:
+            break
+    return x, y, m2
+
+
+def cut_stamps(data, x, y, sigma):
+    """Stamps around ``(x, y)`` for :func:`iterate_centroids`: ``(stamps, gx, gy)``.
+
+    Each stamp reaches ``3.5 sigma`` plus the slack a centroid may move
+    by (``ceil(sigma) + 3`` px) around the rounded start; pixels off the
+    image are 0.
+    """
+    x = np.asarray(x, np.float64)
+    y = np.asarray(y, np.float64)
+    ny, nx = data.shape
+    slack = int(math.ceil(sigma)) + 3
+    r = max(3, int(math.ceil(3.5 * sigma))) + slack
+    offs = np.arange(-r, r + 1)
+    gx = np.rint(np.nan_to_num(x)).astype(np.int64)[:, None] + offs[None, :]
+    gy = np.rint(np.nan_to_num(y)).astype(np.int64)[:, None] + offs[None, :]
+    inside = ((gx >= 0) & (gx < nx))[:, None, :] & ((gy >= 0) & (gy < ny))[:, :, None]
+    stamps = data[np.clip(gy, 0, ny - 1)[:, :, None], np.clip(gx, 0, nx - 1)[:, None, :]]
+    stamps = np.where(inside, stamps, 0.0).astype(np.float64)
+    return stamps, gx.astype(np.float64), gy.astype(np.float64)
+
+
+def iterate_centroids(stamps, gx, gy, x, y, sigma, iterations=20, tol=1e-4):
+    """The iteration of :func:`windowed_centroids` on stamps cut by :func:`cut_stamps`."""
+    x = np.asarray(x, np.float64).copy()
+    y = np.asarray(y, np.float64).copy()
+    m = x.size
+    flux = np.full(m, np.nan)
+    m2 = np.full(m, np.nan)
+    if m == 0:
+        return x, y, flux, m2
+    r = (gx.shape[1] - 1) // 2
+    x0, y0 = gx[:, r].copy(), gy[:, r].copy()
+    slack = int(math.ceil(sigma)) + 3
+    active = np.isfinite(x) & np.isfinite(y)
+    done = np.zeros(m, bool)
+    inv = 1.0 / (2 * sigma * sigma)
+    for _ in range(iterations):
+        idx = np.flatnonzero(active & ~done)
+        if idx.size == 0:
+            break
+        dx = gx[idx] - x[idx][:, None]
+        dy = gy[idx] - y[idx][:, None]
+        wx = np.exp(-dx * dx * inv)
+        wy = np.exp(-dy * dy * inv)
+        cols = np.stack([wx, wx * dx, wx * dx * dx], axis=-1)  # (k, n, 3)
+        rows = stamps[idx] @ cols  # (k, n, 3): sums along x
+        wys = np.stack([wy, wy * dy, wy * dy * dy], axis=1)  # (k, 3, n)
+        sums = wys @ rows  # (k, 3, 3): [y moment, x moment]
+        total = sums[:, 0, 0]
+        ok = total > 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            sx = np.where(ok, 2 * sums[:, 0, 1] / total, 0.0)
+            sy = np.where(ok, 2 * sums[:, 1, 0] / total, 0.0)
+            m2[idx] = (sums[:, 0, 2] + sums[:, 2, 0]) / total / 2
+        flux[idx] = total
+        x[idx] += sx
+        y[idx] += sy
+        bad = ~ok | (np.abs(x[idx] - x0[idx]) > slack) | (np.abs(y[idx] - y0[idx]) > slack)
+        active[idx[bad]] = False
+        done[idx[~bad & (np.abs(sx) < tol) & (np.abs(sy) < tol)]] = True
+    x[~done] = np.nan
+    y[~done] = np.nan
+    return x, y, 2 * flux, m2
+
+
+def windowed_centroids(data, x, y, sigma, iterations=20, tol=1e-4):
+    """Gaussian-windowed centroids of many stars at once (see :func:`windowed_centroid`).
+
+    Parameters
+    ----------
+    data : numpy.ndarray
+        Background-free image ``[y, x]`` (float32 or float64, no NaNs).
+    x, y : numpy.ndarray
+        Starting positions, pixels (within about ``sigma + 3`` px of the
+        star).
+    sigma : float
+        Window sigma, pixels (the star's own sigma converges fastest).
+    iterations : int
+        At most this many steps; ``tol`` (pixels) stops a star earlier.
+
+    Returns
+    -------
+    x, y : numpy.ndarray
+        float64 positions; NaN where the window held no positive flux,
+        the star walked off its stamp or did not converge.
+    flux : numpy.ndarray
+        Twice the Gaussian-weighted flux at the final position (the total
+        flux of a Gaussian star of ``sigma``; a ranking for others).
+    m2 : numpy.ndarray
+        Windowed second moment per axis (px^2); for a Gaussian star of
+        sigma ``s``, ``m2 = s^2 w^2 / (s^2 + w^2)`` with ``w = sigma``.
+
+    Notes
+    -----
+    Each star's stamp is cut once (:func:`cut_stamps`); every step is then
+    a few small matrix products per star on the separable window
+    (:func:`iterate_centroids`).
+    """
+    stamps, gx, gy = cut_stamps(data, x, y, sigma)
+    return iterate_centroids(stamps, gx, gy, x, y, sigma, iterations, tol)
+
+
+def fwhm_from_m2(m2, sigma):
+    """FWHM of a Gaussian star from its windowed second moment (see :func:`windowed_centroids`)."""
+    m2 = np.asarray(m2, np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        s2 = m2 * sigma * sigma / (sigma * sigma - m2)
+        return np.where((m2 > 0) & (m2 < sigma * sigma), FWHM_PER_SIGMA * np.sqrt(s2), np.nan)
+
+
+def fwhm_from_halfmax(data, iy, ix):
+    """Rough FWHM from the number of pixels above half the peak near ``(iy, ix)``."""
+    peak = data[iy, ix]
+    if not peak > 0:
+        return np.nan
+    r = 10
+    cut = data[max(iy - r, 0):iy + r + 1, max(ix - r, 0):ix + r + 1]
+    area = np.count_nonzero(cut >= peak / 2)
+    return 2 * np.sqrt(area / np.pi)
+
+
+def adaptive_shapes(stamps, iterations=60):
+    """``(fwhm, roundness)`` arrays from adaptive moments of background-free stamps.
+
+    ``stamps`` is ``(m, h, w)``; all stamps are iterated together: each
+    star's pixels are weighted by an elliptical Gaussian whose covariance
+    is iterated to twice the weighted second moments (Bernstein & Jarvis
+    2002), which converges to a Gaussian star's own covariance. The
+    pixel's own width (1/12 px^2 per axis) is taken off; with eigenvalues
+    ``a^2 >= b^2``, ``fwhm = 2.3548 * sqrt((a^2 + b^2) / 2)`` and
+    ``roundness = 1 - b / a``. A stamp that does not converge gets NaN.
+    """
+    signal = np.where(np.isfinite(stamps), stamps, 0.0)
+    m, h, w = signal.shape
+    yy, xx = np.mgrid[:h, :w].astype(np.float64)
+    fwhm = np.full(m, np.nan)
+    roundness = np.full(m, np.nan)
+    cx = np.full(m, (w - 1) / 2)
+    cy = np.full(m, (h - 1) / 2)
+    a, b, c = np.full(m, 2.0), np.zeros(m), np.full(m, 2.0)
+    todo = signal.reshape(m, -1).sum(axis=1) > 0
+    converged = np.zeros(m, bool)
+    for _ in range(iterations):
+        if not todo.any():
+            break
+        det = a * c - b * b
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ia, ib, ic = c / det, -b / det, a / det
+            dx = xx[None] - cx[:, None, None]
+            dy = yy[None] - cy[:, None, None]
+            q = ia[:, None, None] * dx * dx + 2 * ib[:, None, None] * dx * dy \
+                + ic[:, None, None] * dy * dy
+            weighted = signal * np.exp(-0.5 * np.minimum(q, 700.0))
+            total = weighted.sum(axis=(1, 2))
+            ncx = (weighted * xx).sum(axis=(1, 2)) / total
+            ncy = (weighted * yy).sum(axis=(1, 2)) / total
+            dx = xx[None] - ncx[:, None, None]
+            dy = yy[None] - ncy[:, None, None]
+            na = 2 * (weighted * dx * dx).sum(axis=(1, 2)) / total
+            nb = 2 * (weighted * dx * dy).sum(axis=(1, 2)) / total
+            nc = 2 * (weighted * dy * dy).sum(axis=(1, 2)) / total
+        valid = (total > 0) & (na > 0) & (na * nc - nb * nb > 0)
+        todo &= valid
+        change = np.maximum(np.maximum(np.abs(na - a), np.abs(nb - b)), np.abs(nc - c))
+        done = todo & (change < 1e-6 * (na + nc))
+        a, b, c = (np.where(todo, new, old) for new, old in ((na, a), (nb, b), (nc, c)))
+        cx, cy = np.where(todo, ncx, cx), np.where(todo, ncy, cy)
+        converged |= done
+        todo &= ~done
+    ok = converged & (cx >= 0) & (cx < w) & (cy >= 0) & (cy < h)
+    a, c = a - 1.0 / 12.0, c - 1.0 / 12.0
+    mean = (a + c) / 2
+    spread = np.sqrt(((a - c) / 2) ** 2 + b * b)
+    major, minor = mean + spread, mean - spread
+    ok &= minor > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fwhm[ok] = FWHM_PER_SIGMA * np.sqrt(mean[ok])
+        roundness[ok] = 1.0 - np.sqrt(minor[ok] / major[ok])
+    return fwhm, roundness

@@ -1,0 +1,698 @@
+"""find_transforms: many-star registration with rotation, scale and flips.
+
+Every frame is mapped to a reference frame by a 2 x 3 transform found from
+many stars, with no prior on the shift, the rotation or a flip, and each
+frame's transform is judged valid on that frame's own evidence only.
+
+Convention
+----------
+A transform ``M = [A | t]`` maps an output (reference-grid) pixel ``[x,
+y]`` to the frame's pixel: ``[x_i, y_i] = A @ [x, y] + t``. For a pure
+translation ``A = I`` and ``t = star_i - star_reference``, the tutorial's
+shift, so transforms and :func:`bigstack.find_shifts`' shifts agree.
+Images are indexed ``[y, x]``.
+
+Stages
+------
+1. **Stars, one mapped task per frame.** Each task reads ``bands`` row
+   bands of ``rows`` rows (default 4 x 48), spread evenly and
+   symmetrically over the frame (a 180 degree turn maps them onto
+   themselves), each with one ``source.raw`` call, and runs
+   :func:`bigstack._detect.detect_stars` on them (background map, fixed
+   pattern removal, sharp-peak removal by shape, matched filter at a FWHM
+   chosen per frame, round detections only, windowed centroids at native
+   resolution). It returns the ``n_stars`` brightest stars and the frame's
+   background, noise and FWHM: a few kB. Only when fewer than
+   ``min_stars`` stars are found does the task read the rest of the frame.
+2. **Reference.** ``reference="auto"`` takes the frame with the most stars
+   per row read, then the smallest FWHM (within 10%), then the lowest
+   background; the choice and why are in ``attrs``. One more task reads
+   the reference frame whole and lists its brightest stars (enough to
+   cover every star a frame's bands can hold).
+3. **Matching, a task per batch of frames (no pixel reads).** Each
+   frame's stars are matched to the reference's by
+   :func:`bigstack._match.match_stars`: votes of pair differences under a
+   few orientation hypotheses (the previous frame's, identity, 180
+   degrees, mirrors: translation nights and meridian flips cost no more),
+   then triangles of like shape with RANSAC. A frame whose match is not
+   convincing (fewer than ``min_matches`` pairs or ``min_fraction`` of its
+   stars on the reference) is read whole (the only second read) and
+   matched again, triangles then having the whole field on both sides
+   (this is what finds a scale change of a few percent, which spreads the
+   votes); so is a frame whose transform from the bands has a predicted
+   error over ``max_error`` (0.05 px: few stars in the overlap), to fit
+   it on all its stars. The search fits a similarity (with mirror images);
+   then ``model`` is fitted by least squares to the matched pairs.
+
+Validity
+--------
+A frame is valid when at least ``min_matches`` stars (default 6) match,
+they are at least ``min_fraction`` (default half) of the frame's listed
+stars that the transform puts on the reference frame, and the RMS
+distance of the matched pairs after the fit of ``model`` (``residual``,
+weighted by the stars' signal to noise) is at most ``max_residual``
+(default: 0.5 px or a tenth of the frames' median FWHM, whichever is
+larger). A right transform pairs 80-95% of those stars; the best of the
+many transforms a search tries by chance on another field pairs 10-20%
+of them at residuals under 0.5 px, so the share is what rejects it. A
+transform ``model`` cannot describe (a rotated frame with
+``model="shift"``) fails the residual test. Nothing else: no comparison
+with other frames' drift. The column ``error`` (the fit's predicted
+1-sigma error over the overlap) is reported, not tested.
+
+Reasons say what was found: ``"12 stars detected, 3 matched (need 6)"``,
+``"residual 2.4 px (limit 0.5)"``, ``"frame is not of this field: ..."``
+(no transform pairs more than 2 of its stars, or it pairs fewer than
+``min_fraction`` of the stars it puts on the reference); a valid frame
+turned by more than 90 degrees notes ``"rotated 179.8° (meridian
+flip)"`` and a mirrored one ``"mirrored"``. ``strict=True`` raises :class:`StarNotFoundError` naming
+the invalid frames; otherwise a :class:`BigstackWarning` lists them.
+
+Reads
+-----
+A frame costs ``bands * rows`` rows (9% of a 2048-row frame with the
+defaults; bands of wide stars are made taller, to 12 FWHM), the
+reference frame once more in full, and a frame that needs it (too few
+stars in the bands, no convincing match, or a predicted error over
+``max_error``) once more in full. Measured
+(``benchmarks/registration_speed.py``, 40 synthetic 2048 x 2048 16-bit
+FITS frames, warm cache, 2 shared cores): 1.0 MB read per 8.4 MB frame,
+about 80 ms a frame, 8-12 times the time of reading and adding the
+frame; the matched filter and the centroids are most of it.
+
+Tasks
+-----
+One task per frame (stars), one that picks the reference, one that
+lists the reference's stars, one per batch of 32 frames (matching) and
+one that builds the table; the graph is written out as a dict (2000
+frames: 0.6 s to build).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+
+from ._errors import BigstackWarning
+from ._register import StarNotFoundError
+
+MODELS = ("shift", "similarity", "affine")
+_BATCH = 32  # frames matched per task
+_CHUNK = 512  # rows per read when a frame is read whole
+_MAX_REF_STARS = 3000
+
+
+# --------------------------------------------------------------------------
+# reading
+
+
+def band_rows(ny, rows, bands):
+    """``[(r0, r1), ...]``: ``bands`` bands of ``rows`` rows, centred in equal slices.
+
+    Band ``k`` is centred on ``(k + 0.5) * ny / bands``, so the set is
+    symmetric about the frame's middle row. One band of all rows when they
+    do not fit.
+    """
+    rows, bands = int(rows), int(bands)
+    if rows < 1 or bands < 1:
+        raise ValueError(f"rows and bands must be >= 1, got rows={rows}, bands={bands}")
+    if rows * bands >= ny:
+        return [(0, int(ny))]
+    out = []
+    for k in range(bands):
+        r0 = int(round((k + 0.5) * ny / bands - rows / 2))
+        r0 = min(max(r0, 0), ny - rows)
+        out.append((r0, r0 + rows))
+    return out
+
+
+def _read(source, i, r0, r1, buffers):
+    """Rows ``[r0, r1)`` of frame ``i`` as float32 values (BSCALE/BZERO applied, BLANK NaN)."""
+    rows, scale, zero, blank, _ = source.raw(i, r0, r1, buffers)
+    values = rows.astype(np.float32)
+    if scale != 1:
+        values *= np.float32(scale)
+    if zero != 0:
+        values += np.float32(zero)
+    if blank is not None:
+        values[rows == blank] = np.nan
+    return values
+
+
+def _whole(ny, fwhm_margin=48):
+    """Overlapping chunks that cover a frame, for reading it whole."""
+    out = []
+    r0 = 0
+    while r0 < ny:
+        r1 = min(r0 + _CHUNK, ny)
+        out.append((max(r0 - fwhm_margin, 0), min(r1 + fwhm_margin, ny)))
+        r0 = r1
+    return out
+
+
+def _read_plan(source, i, plan, buffers, have=()):
+    """Read the bands of ``plan``, reusing rows already read (``have``: ``(r0, values)``)."""
+    out = []
+    for r0, r1 in plan:
+        old = next(((a, v) for a, v in have if a >= r0 and a + len(v) <= r1), None)
+        if old is None:
+            out.append((r0, _read(source, i, r0, r1, buffers)))
+            continue
+        a, v = old
+        parts = [_read(source, i, r0, a, buffers)] if a > r0 else []
+        parts.append(v)
+        if a + len(v) < r1:
+            parts.append(_read(source, i, a + len(v), r1, buffers))
+        out.append((r0, np.concatenate(parts) if len(parts) > 1 else v))
+    return out
+
+
+def _stars(source, i, plan, opts, n_stars, whole=False):
+    """Detect on the bands of ``plan``; bands too short for the stars found are made taller.
+
+    A star within 1.5 FWHM of a band's cut is not used, so a band of fewer
+    than 8 FWHM of rows keeps little; for such wide stars the bands are
+    extended to 12 FWHM, reading only the new rows, and detection is run
+    again on them.
+    """
+    from ._detect import detect_stars
+
+    buffers = {}
+    bands = _read_plan(source, i, plan, buffers)
+    found = detect_stars(bands, fwhm=opts["fwhm"], n_stars=n_stars, threshold=opts["threshold"])
+    rows = sum(r1 - r0 for r0, r1 in plan)
+    f = found["frame_fwhm"] if np.isfinite(found["frame_fwhm"]) else found["filter_fwhm"]
+    height = plan[0][1] - plan[0][0]
+    ny = opts["ny"]
+    if not whole and np.isfinite(f) and height < 8 * f and len(plan) > 1:
+        taller = band_rows(ny, int(math.ceil(12 * f)), len(plan))
+        if taller != plan:
+            bands = _read_plan(source, i, taller, buffers, bands)
+            rows = sum(r1 - r0 for r0, r1 in taller)
+            plan = taller
+            found = detect_stars(bands, fwhm=found["filter_fwhm"], n_stars=n_stars,
+                                 threshold=opts["threshold"])
+    found["rows"] = rows
+    found["whole"] = whole or plan == [(0, ny)]
+    return found
+
+
+def _record(found, whole):
+    out = {k: np.asarray(found[k], np.float64) for k in ("x", "y", "flux", "snr")}
+    out.update({k: float(found[k]) for k in ("background", "noise", "frame_fwhm")})
+    out.update(n_found=int(found["n_found"]), rows=int(found["rows"]), whole=bool(whole))
+    return out
+
+
+def _frame_task(source, i, shape, opts):
+    """Task body: the stars of frame ``i`` from its bands (the whole frame if too few)."""
+    ny = shape[0]
+    found = _stars(source, i, band_rows(ny, opts["rows"], opts["bands"]), opts, opts["n_stars"])
+    if found["n_found"] < opts["min_stars"] and not found["whole"]:
+        rows = found["rows"]
+        found = _stars(source, i, _whole(ny), opts, opts["n_stars"], whole=True)
+        found["rows"] += rows
+    return _record(found, found["whole"])
+
+
+def _reference_task(source, picked, shape, records):
+    """The reference frame's stars over the whole frame (read once more unless it was)."""
+    ref, _, opts = picked
+    record = records[ref]
+    if record["whole"]:
+        return record
+    ny = shape[0]
+    depth = opts["n_stars"] * ny / max(record["rows"], 1) * 1.5
+    n_ref = int(min(max(depth, 4 * opts["n_stars"]), _MAX_REF_STARS))
+    return _record(_stars(source, ref, _whole(ny), opts, n_ref, whole=True), True)
+
+
+# --------------------------------------------------------------------------
+# the reference
+
+
+def choose_reference(records):
+    """``(index, reason)``: most stars per row read, then smallest FWHM, lowest background."""
+    n = len(records)
+    density = np.array([r["n_found"] / max(r["rows"], 1) for r in records])
+    fwhm = np.array([r["frame_fwhm"] for r in records])
+    background = np.array([r["background"] for r in records])
+    fwhm = np.where(np.isfinite(fwhm), fwhm, np.inf)
+    background = np.where(np.isfinite(background), background, np.inf)
+    pool = np.flatnonzero(density >= 0.8 * density.max()) if density.max() > 0 else np.arange(n)
+    best_fwhm = fwhm[pool].min()
+    if np.isfinite(best_fwhm):
+        pool = pool[fwhm[pool] <= 1.1 * best_fwhm]
+    ref = int(pool[np.argmin(background[pool])])
+    r = records[ref]
+    reason = (f"most stars ({r['n_found']} in {r['rows']} rows), smallest FWHM "
+              f"({r['frame_fwhm']:.2f} px) and lowest background ({r['background']:.1f}) among "
+              f"the {pool.size} frame(s) within 20% of the most stars and 10% of the best FWHM")
+    return ref, reason
+
+
+# --------------------------------------------------------------------------
+# matching
+
+
+def _solve(ref_stars, stars, model, opts, hints):
+    """Match a frame's stars to the reference's; the pairs and the fitted model."""
+    from ._match import describe, fit, match_stars, predicted_error, refine
+
+    src = np.column_stack([ref_stars["x"], ref_stars["y"]])
+    dst = np.column_stack([stars["x"], stars["y"]])
+    found = match_stars(src, dst, hints=hints, tolerance=opts["tolerance"],
+                        min_matches=opts["min_matches"], max_scale=opts["max_scale"])
+    if found.n_matched and model == "affine":
+        m = refine(src, dst, found.matrix, "affine", radius=max(3 * opts["tolerance"], 3.0),
+                   tolerance=opts["tolerance"])
+        if m.n_matched >= found.n_matched:
+            found = m
+    out = {"n_matched": found.n_matched, "matrix": np.full((2, 3), np.nan),
+           "residual": np.nan, "rotation": np.nan, "scale": np.nan, "flip": False,
+           "search": found, "expected": len(dst), "error": np.nan}
+    if found.n_matched < 3:
+        return out
+    out["expected"] = _on_reference(found.matrix, dst, opts["shape"])
+    i, j = found.src_index, found.dst_index
+    rotation, scale, flip = describe(found.matrix)
+    w = _weights(ref_stars, i, stars, j)
+    matrix = fit(src[i], dst[j], model, flip, w)
+    d2 = np.sum((src[i] @ matrix[:, :2].T + matrix[:, 2] - dst[j]) ** 2, axis=1)
+    out.update(matrix=matrix, residual=float(np.sqrt(np.sum(w * d2) / np.sum(w))),
+               rotation=rotation, scale=scale, flip=flip,
+               error=predicted_error(src[i], dst[j], matrix, model, flip, w,
+                                     _overlap(matrix, opts["shape"])))
+    if model != "shift":
+        out["rotation"], out["scale"], out["flip"] = describe(matrix)
+    return out
+
+
+def _overlap(matrix, shape, n=9):
+    """Reference pixels on an ``n x n`` grid that the transform puts inside the frame."""
+    ny, nx = shape
+    gy, gx = np.mgrid[0:ny - 1:n * 1j, 0:nx - 1:n * 1j]
+    grid = np.column_stack([gx.ravel(), gy.ravel()])
+    p = grid @ matrix[:, :2].T + matrix[:, 2]
+    inside = (p[:, 0] >= 0) & (p[:, 0] <= nx - 1) & (p[:, 1] >= 0) & (p[:, 1] <= ny - 1)
+    return grid[inside]
+
+
+def _on_reference(matrix, dst, shape, margin=2.0):
+    """How many of the frame's stars ``matrix`` puts on the reference frame (off its edges)."""
+    A, t = matrix[:, :2], matrix[:, 2]
+    try:
+        p = np.linalg.solve(A, (dst - t).T).T
+    except np.linalg.LinAlgError:
+        return len(dst)
+    ny, nx = shape
+    inside = ((p[:, 0] >= margin) & (p[:, 0] <= nx - 1 - margin) & (p[:, 1] >= margin)
+              & (p[:, 1] <= ny - 1 - margin))
+    return int(inside.sum())
+
+
+def _weights(ref_stars, i, stars, j, floor=0.005):
+    """Inverse variances of matched pairs: each star's position error ~ FWHM / SNR."""
+    def var(st, k):
+        fwhm = st["frame_fwhm"] if np.isfinite(st["frame_fwhm"]) else 3.0
+        snr = np.maximum(np.asarray(st["snr"])[k], 1.0)
+        return (fwhm / snr) ** 2
+
+    return 1.0 / (var(ref_stars, i) + var(stars, j) + floor**2)
+
+
+def _convincing(solved, opts):
+    """Enough pairs, and most of the stars the transform puts on the reference paired."""
+    n = solved["n_matched"]
+    return n >= opts["min_matches"] and n >= opts["min_fraction"] * solved["expected"]
+
+
+def _judge(stars, solved, model, opts):
+    """``(valid, reason)`` from the frame's own evidence."""
+    n_found, n = stars["n_found"], solved["n_matched"]
+    need, limit = opts["min_matches"], opts["max_residual"]
+    if n_found < need:
+        return False, f"{n_found} stars detected (need {need})"
+    if n < need and n <= max(2, 0.05 * n_found):
+        return False, (f"frame is not of this field: no transform matches more than {n} of "
+                       f"its {n_found} stars")
+    if n < need:
+        return False, f"{n_found} stars detected, {n} matched (need {need})"
+    if not _convincing(solved, opts):
+        return False, (f"frame is not of this field: the best transform pairs only {n} of the "
+                       f"{solved['expected']} stars it puts on the reference frame (need "
+                       f"{opts['min_fraction']:.0%})")
+    rotation, flip = solved["rotation"], solved["flip"]
+    if not solved["residual"] <= limit:
+        what = ""
+        if model == "shift" and (abs(rotation) > 0.01 or flip):
+            what = f"rotated {rotation:.2f}°{' and mirrored' if flip else ''}: model 'shift' " \
+                   "cannot describe it; "
+        return False, f"{what}residual {solved['residual']:.2f} px (limit {limit:g})"
+    notes = []
+    if abs(rotation) > 90:
+        notes.append(f"rotated {rotation:.1f}° (meridian flip)")
+    if flip:
+        notes.append("mirrored")
+    return True, "; ".join(notes)
+
+
+def _match_task(source, frames, records, picked, ref_stars, shape, model):
+    """Task body: match a batch of frames (in time order) to the reference.
+
+    ``records`` are the batch's own star lists, in the order of ``frames``
+    (a task gets only its batch's, so little moves between workers).
+    """
+    ref, _, opts = picked
+    out = {}
+    hint = None
+    for i, stars in zip(frames, records, strict=True):
+        if i == ref:
+            out[i] = _identity(stars)
+            continue
+        solved = _solve(ref_stars, stars, model, opts, [hint] if hint is not None else [])
+        rows = stars["rows"]
+        if not stars["whole"] and (not _convincing(solved, opts)
+                                   or not solved["error"] <= opts["max_error"]):
+            found = _stars(source, i, _whole(shape[0]), opts, opts["n_stars"] * 4, whole=True)
+            found["rows"] += rows
+            first = (dict(stars, rows=found["rows"]), solved)
+            stars = _record(found, True)
+            solved = _solve(ref_stars, stars, model, opts, [hint] if hint is not None else [])
+            if _convincing(first[1], opts) and not (
+                    _convincing(solved, opts) and solved["error"] <= first[1]["error"]):
+                stars, solved = first  # the bands' answer was the better one
+        valid, reason = _judge(stars, solved, model, opts)
+        if valid:
+            hint = solved["search"].matrix[:, :2]
+        out[i] = _row(stars, solved, valid, reason)
+    return out
+
+
+def _row(stars, solved, valid, reason):
+    return {"transform": solved["matrix"], "rotation": solved["rotation"],
+            "scale": solved["scale"], "flip": solved["flip"], "n_stars": stars["n_found"],
+            "n_matched": solved["n_matched"], "residual": solved["residual"],
+            "fwhm": stars["frame_fwhm"], "background": stars["background"],
+            "noise": stars["noise"], "rows_read": stars["rows"], "valid": valid,
+            "reason": reason, "error": solved.get("error", np.nan)}
+
+
+def _identity(stars):
+    solved = {"matrix": np.column_stack([np.eye(2), np.zeros(2)]), "rotation": 0.0,
+              "scale": 1.0, "flip": False, "n_matched": stars["n_found"], "residual": 0.0,
+              "error": 0.0}
+    return _row(stars, solved, True, "reference frame")
+
+
+# --------------------------------------------------------------------------
+# the table
+
+
+_COLUMNS = {"transform": ((2, 3), np.float64), "shift": ((2,), np.float64),
+            "rotation": ((), np.float64), "scale": ((), np.float64), "flip": ((), bool),
+            "n_stars": ((), np.int64), "n_matched": ((), np.int64),
+            "residual": ((), np.float64), "error": ((), np.float64),
+            "fwhm": ((), np.float64),
+            "background": ((), np.float64), "noise": ((), np.float64),
+            "rows_read": ((), np.int64), "valid": ((), bool), "reason": ((), object),
+            "reference": ((), bool)}
+_DIMS = {"transform": ("frame", "row", "col"), "shift": ("frame", "axis")}
+
+
+def _table(parts, n, picked):
+    ref, ref_reason, opts = picked
+    rows = {}
+    for part in parts:
+        rows.update(part)
+    out = {}
+    for k, (tail, dtype) in _COLUMNS.items():
+        if k in ("shift", "reference"):
+            continue
+        out[k] = np.array([rows[i][k] for i in range(n)], dtype=dtype).reshape(n, *tail)
+    out["shift"] = out["transform"][:, :, 2].copy()
+    out["reference"] = np.arange(n) == ref
+    out["_ref"] = (ref, ref_reason, opts)
+    return out
+
+
+def _dataset(columns, n, coords, attrs):
+    import xarray as xr
+
+    data_vars = {k: (_DIMS.get(k, ("frame",)), columns[k]) for k in _COLUMNS}
+    all_coords = {"frame": np.arange(n), "axis": ["x", "y"]}
+    all_coords.update({k: v for k, v in coords.items() if k != "frame"})
+    if "frame" in coords:
+        all_coords["frame"] = coords["frame"].values
+    ds = xr.Dataset(data_vars, coords=all_coords, attrs=attrs)
+    ds["transform"].attrs["description"] = (
+        "[x_i, y_i] = A @ [x, y] + t maps a reference-grid pixel [x, y] to the frame's pixel; "
+        "transform = [A | t]")
+    ds["shift"].attrs["description"] = "t, [x, y] in pixels (star_i - star_reference for a shift)"
+    ds["rotation"].attrs["units"] = "degrees"
+    ds["residual"].attrs["units"] = "pixels"
+    ds["error"].attrs["units"] = "pixels"
+    ds["error"].attrs["description"] = (
+        "predicted 1-sigma error of the transform, largest over the overlap with the reference")
+    return ds
+
+
+def _lazy(table, n):
+    import dask.array as da
+
+    return {k: da.from_delayed(table[k], shape=(n, *tail), dtype=dtype)
+            for k, (tail, dtype) in _COLUMNS.items()}
+
+
+# --------------------------------------------------------------------------
+# the public function
+
+
+def _options(n_stars, min_matches, max_residual, rows, bands, fwhm, threshold, max_scale,
+             min_stars, tolerance, min_fraction, max_error):
+    if int(n_stars) < 3:
+        raise ValueError(f"n_stars must be at least 3, got {n_stars!r}")
+    if int(min_matches) < 3:
+        raise ValueError(f"min_matches must be at least 3, got {min_matches!r}")
+    if max_residual is not None and not float(max_residual) > 0:
+        raise ValueError(f"max_residual must be a positive number of pixels, got {max_residual!r}")
+    if fwhm is not None and not float(fwhm) >= 2:
+        raise ValueError(f"fwhm must be at least 2 pixels, got {fwhm!r}")
+    if not 0 < float(min_fraction) <= 1:
+        raise ValueError(f"min_fraction must be in (0, 1], got {min_fraction!r}")
+    return {"n_stars": int(n_stars), "min_matches": int(min_matches),
+            "max_residual": None if max_residual is None else float(max_residual),
+            "rows": int(rows), "bands": int(bands),
+            "fwhm": None if fwhm is None else float(fwhm), "threshold": float(threshold),
+            "max_scale": float(max_scale),
+            "min_stars": 3 * int(min_matches) if min_stars is None else int(min_stars),
+            "tolerance": None if tolerance is None else float(tolerance), "ny": None,
+            "shape": None, "min_fraction": float(min_fraction), "max_error": float(max_error)}
+
+
+def _finish(opts, records):
+    """Defaults that depend on the frames (their median FWHM)."""
+    fwhm = np.array([r["frame_fwhm"] for r in records])
+    fwhm = float(np.median(fwhm[np.isfinite(fwhm)])) if np.isfinite(fwhm).any() else 3.0
+    opts = dict(opts)
+    if opts["max_residual"] is None:
+        opts["max_residual"] = round(max(0.5, 0.1 * fwhm), 3)
+    if opts["tolerance"] is None:
+        opts["tolerance"] = max(1.0, 0.25 * fwhm)
+    return opts
+
+
+def _pick(records, reference, opts):
+    """``(reference index, why, options completed from the frames)``."""
+    if reference == "auto":
+        ref, why = choose_reference(records)
+    else:
+        ref, why = int(reference), "given"
+    return ref, why, _finish(opts, records)
+
+
+def find_transforms(frames, model="similarity", reference="auto", *, n_stars=100,
+                    min_matches=6, max_residual=None, strict=False, compute=True, rows=48,
+                    bands=4, fwhm=None, threshold=5.0, max_scale=0.1, min_stars=None,
+                    tolerance=None, min_fraction=0.5, max_error=0.05):
+    """Find each frame's transform onto a reference frame from many stars.
+
+    Parameters
+    ----------
+    frames : xarray.DataArray ``(frame, y, x)``, dask or numpy array, pattern or paths
+        Usually the cube from :func:`bigstack.open_frames`; each task then
+        reads only its frame's row bands from the file.
+    model : {"shift", "similarity", "affine"}
+        The transform fitted to the matched stars: a translation; rotation
+        + uniform scale + translation (a mirrored frame gets a reflection);
+        or a general affine map.
+    reference : "auto" or int
+        The frame the others are mapped to (its transform is the
+        identity). ``"auto"`` picks the frame with the most stars, the
+        smallest FWHM and the lowest background (``attrs`` say which and
+        why).
+    n_stars : int
+        Stars kept per frame, the brightest (default 100).
+    min_matches : int
+        Matched stars a valid frame needs (default 6).
+    max_residual : float, optional
+        Largest RMS distance (px) of the matched stars after the fit for a
+        valid frame; default the larger of 0.5 px and a tenth of the
+        frames' median FWHM.
+    strict : bool
+        Raise :class:`StarNotFoundError` naming the invalid frames instead
+        of warning.
+    compute : bool
+        ``False`` returns the Dataset backed by dask, nothing computed.
+    rows, bands : int
+        Each frame is searched in ``bands`` bands of ``rows`` rows (default
+        4 x 48, taller for wide stars), and read whole only when they hold fewer than
+        ``min_stars`` stars (default ``3 * min_matches``) or do not match.
+    fwhm : float, optional
+        Star FWHM in pixels for the matched filter; default chosen per
+        frame.
+    threshold : float
+        Detection threshold in sigmas of the filtered noise (default 5).
+    max_scale : float
+        Largest relative scale change searched (default 0.1, i.e. 10%).
+    tolerance : float, optional
+        Distance (px) within which two stars are the same star once
+        fitted; default the larger of 1 px and a quarter of the FWHM.
+    min_fraction : float
+        Share of the frame's listed stars that the transform puts on the
+        reference frame which must be matched (default 0.5; right
+        transforms pair 80-95% of them, chance ones 10-20%).
+    max_error : float
+        A frame whose transform from its bands has a predicted error
+        (``error``) above this many pixels is read whole and fitted on
+        all its stars (default 0.05). Not a validity test.
+
+    Returns
+    -------
+    xarray.Dataset
+        Over ``frame`` (with the cube's per-frame coordinates):
+        ``transform`` ``(frame, row, col)`` = ``[A | t]`` (see the module
+        notes for the convention); ``shift`` ``(frame, axis)`` = ``t``,
+        ``axis = ["x", "y"]``; ``rotation`` (degrees), ``scale``, ``flip``
+        (mirrored); ``n_stars`` (detected), ``n_matched``, ``residual``
+        (RMS of the matched stars after the fit, px), ``fwhm``,
+        ``background``, ``noise``, ``rows_read``; ``valid`` and
+        ``reason`` (why a frame is invalid, or a note on a valid one);
+        ``reference`` (True for the reference frame). ``attrs``: the
+        model, the reference index and why it was chosen, the thresholds
+        used.
+
+    Raises
+    ------
+    StarNotFoundError
+        With ``strict``, when a frame is invalid; always, when the
+        reference frame has fewer than ``min_matches`` stars.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from bigstack import find_transforms, open_frames, synthetic
+    >>> truth = synthetic.make_frames(tempfile.mkdtemp(), n_frames=3, shape=(256, 256))
+    >>> ds = find_transforms(open_frames(truth.paths), reference=0)
+    >>> bool(abs(ds["shift"].values - truth.shifts).max() < 0.05)
+    True
+    """
+    import dask
+
+    from ._io import cube_source
+
+    if model not in MODELS:
+        raise ValueError(f"model must be one of {MODELS}, got {model!r}")
+    opts = _options(n_stars, min_matches, max_residual, rows, bands, fwhm, threshold,
+                    max_scale, min_stars, tolerance, min_fraction, max_error)
+    source, n, shape, coords = cube_source(frames, "find_transforms")
+    opts["ny"] = int(shape[0])
+    opts["shape"] = (int(shape[0]), int(shape[1]))
+    if isinstance(reference, str):
+        if reference != "auto":
+            raise ValueError(f"reference must be 'auto' or a frame index, got {reference!r}")
+    else:
+        if not -n <= int(reference) < n:
+            raise ValueError(f"reference={reference} but the cube has {n} frames")
+        reference = int(reference) % n
+    order = _time_order(coords, n)
+    table = _graph(source, n, shape, opts, reference, model, order)
+    attrs = {"model": model, "n_stars": opts["n_stars"], "min_matches": opts["min_matches"],
+             "min_fraction": opts["min_fraction"], "max_error": opts["max_error"],
+             "rows": opts["rows"], "bands": opts["bands"],
+             "threshold": opts["threshold"], "max_scale": opts["max_scale"]}
+    if compute:
+        (columns,) = dask.compute(table)
+        ref, why, used = columns.pop("_ref")
+        attrs.update(reference=int(ref), reference_reason=why,
+                     max_residual=used["max_residual"], tolerance=used["tolerance"],
+                     fwhm=used["fwhm"] if used["fwhm"] is not None else "auto")
+        ds = _dataset(columns, n, coords, attrs)
+        _report(ds, int(ref), strict, opts["min_matches"])
+        return ds
+    attrs.update(reference=reference if reference == "auto" else int(reference))
+    return _dataset(_lazy(table, n), n, coords, attrs)
+
+
+def _graph(source, n, shape, opts, reference, model, order):
+    """The task graph, written out (a few tasks per frame; delayed calls on lists of
+    thousands of delayed objects take seconds to build). Returns the table's Delayed."""
+    import uuid
+
+    from dask.delayed import Delayed
+
+    token = uuid.uuid4().hex
+    src = f"find_transforms-source-{token}"
+    pick = f"find_transforms-reference-{token}"
+    ref_stars = f"find_transforms-reference-stars-{token}"
+    table = f"find_transforms-table-{token}"
+    records = [(f"find_transforms-stars-{token}", i) for i in range(n)]
+    dsk = {src: source}
+    for i, key in enumerate(records):
+        dsk[key] = (_frame_task, src, i, shape, opts)
+    dsk[pick] = (_pick, list(records), reference, opts)
+    dsk[ref_stars] = (_reference_task, src, pick, shape, list(records))
+    parts = []
+    for b, k in enumerate(range(0, n, _BATCH)):
+        batch = [int(i) for i in order[k:k + _BATCH]]
+        key = (f"find_transforms-match-{token}", b)
+        dsk[key] = (_match_task, src, batch, [records[i] for i in batch], pick, ref_stars,
+                    shape, model)
+        parts.append(key)
+    dsk[table] = (_table, parts, n, pick)
+    return Delayed(table, dsk)
+
+
+def _time_order(coords, n):
+    if "time" in coords:
+        return np.argsort(np.asarray(coords["time"].values), kind="stable")
+    return np.arange(n)
+
+
+def _frame_name(ds, i):
+    if "path" in ds.coords:
+        import os
+
+        return os.path.basename(str(ds["path"].values[i]))
+    return f"frame {i}"
+
+
+def _report(ds, ref, strict, min_matches):
+    if int(ds["n_stars"].values[ref]) < min_matches:
+        raise StarNotFoundError(
+            f"reference frame {ref} ({_frame_name(ds, ref)}): "
+            f"{int(ds['n_stars'].values[ref])} stars detected (need {min_matches}); "
+            "choose another reference")
+    bad = np.flatnonzero(~ds["valid"].values)
+    if bad.size == 0:
+        return
+    lines = [f"frame {i} ({_frame_name(ds, i)}): {ds['reason'].values[i]}" for i in bad[:10]]
+    more = f"\n... and {bad.size - 10} more" if bad.size > 10 else ""
+    message = (f"{bad.size} of {ds.sizes['frame']} frames flagged invalid:\n"
+               + "\n".join(lines) + more)
+    if strict:
+        raise StarNotFoundError(message)
+    warnings.warn(message, BigstackWarning, stacklevel=3)
+

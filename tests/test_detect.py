@@ -1,0 +1,138 @@
+"""Star detection (bigstack._detect) and the measurements under it (bigstack._measure).
+
+Truth comes from the reference renderer in tests/helpers.py: pixel-integrated
+Gaussian or Moffat stars at known sub-pixel positions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.spatial import cKDTree
+
+from bigstack._detect import detect_stars
+from bigstack._measure import background_map, windowed_centroids
+from tests.helpers import render_frame, render_stars, similarity
+
+SIGMA = 10.0
+
+
+def grid_stars(shape, spacing, seed, margin=30):
+    """Stars on a jittered grid (isolated), sub-pixel positions."""
+    rng = np.random.default_rng(seed)
+    ny, nx = shape
+    gy, gx = np.mgrid[margin:ny - margin + 1:spacing, margin:nx - margin + 1:spacing]
+    x = gx.ravel() + rng.uniform(-0.5, 0.5, gx.size)
+    y = gy.ravel() + rng.uniform(-0.5, 0.5, gx.size)
+    return x, y
+
+
+def peak_to_flux(peak, fwhm):
+    s = fwhm / 2.3548
+    return peak * 2 * np.pi * s * s
+
+
+def nearest(found, x, y):
+    d, i = cKDTree(np.column_stack([x, y])).query(np.column_stack([found["x"], found["y"]]))
+    err = np.column_stack([found["x"] - x[i], found["y"] - y[i]])
+    return d, i, err
+
+
+@pytest.mark.parametrize("psf", ["gaussian", "moffat"])
+def test_bright_star_positions_and_no_sensor_features(psf):
+    """Sub-pixel positions of bright stars; hot pixels, cosmic rays, pattern are not stars."""
+    shape = (160, 600)
+    x, y = grid_stars(shape, 50, seed=1)
+    flux = np.full(x.size, peak_to_flux(3000.0, 3.0))
+    image = render_frame(shape, (x, y, flux), similarity(), 3.0, seed=2, noise=SIGMA,
+                         pattern=11.0, hot=300, hot_level=(200.0, 20000.0), cosmics=30,
+                         psf=psf)
+    found = detect_stars([(0, image)], n_stars=500)
+    d, _, err = nearest(found, x, y)
+    # every detection is one of the stars: no hot pixel, cosmic ray or column
+    assert d.max() < 0.5
+    inner = (x > 10) & (x < shape[1] - 11) & (y > 10) & (y < shape[0] - 11)
+    assert found["x"].size == inner.sum()
+    # windowed centroids are unbiased for a symmetric star; peak SNR 300
+    assert np.sqrt(np.mean(err**2)) < 0.02
+    assert abs(err.mean(axis=0)).max() < 0.01
+    assert found["frame_fwhm"] == pytest.approx(3.0, rel=0.15 if psf == "gaussian" else 0.3)
+
+
+def test_faint_wide_stars_at_three_sigma():
+    """Defocused stars (FWHM 11) peaking at 3 sigma per pixel are found; sensor features are not."""
+    shape = (300, 1200)
+    x, y = grid_stars(shape, 60, seed=3, margin=40)
+    flux = np.full(x.size, peak_to_flux(3 * SIGMA, 11.0))
+    image = render_frame(shape, (x, y, flux), similarity(), 11.0, seed=4, noise=SIGMA,
+                         pattern=11.0, hot=500, cosmics=30)
+    found = detect_stars([(0, image)], n_stars=500)
+    d, _, err = nearest(found, x, y)
+    assert (d < 3.0).all()  # no false detection
+    usable = (x > 17) & (x < shape[1] - 18) & (y > 17) & (y < shape[0] - 18)
+    assert found["x"].size >= 0.8 * usable.sum()
+    # position error of a Gaussian star of total S/N ~25: about 0.3 px per axis
+    assert np.sqrt(np.mean(err**2)) < 0.6
+    assert found["frame_fwhm"] == pytest.approx(11.0, rel=0.3)
+
+
+def test_no_stars_no_detections():
+    """Only sensor features and a satellite trail: nothing is returned."""
+    shape = (200, 800)
+    image = render_frame(shape, (np.empty(0), np.empty(0), np.empty(0)), similarity(), 3.0,
+                         seed=5, noise=SIGMA, pattern=11.0, hot=400,
+                         hot_level=(100.0, 30000.0), cosmics=60,
+                         trail=(400.0, 100.0, 17.0, 300.0, 3.0))
+    found = detect_stars([(0, image)])
+    assert found["x"].size == 0
+    assert found["n_found"] == 0
+
+
+def test_column_pattern_strong_as_the_noise_makes_no_stars():
+    """Whole columns of +11 ADU (about the noise) in blocks do not become stars."""
+    rng = np.random.default_rng(6)
+    image = rng.normal(1000.0, SIGMA, (256, 1024)).astype(np.float32)
+    image[:, 100:104] += 11.0  # a 4-column block
+    image[:, 500] += 40.0  # one bad column
+    image[60:62, :] += 11.0  # two warm rows
+    for fwhm in (None, 3.0, 11.0):
+        found = detect_stars([(0, image)], fwhm=fwhm)
+        assert found["x"].size == 0, fwhm
+
+
+def test_bands_keep_frame_rows_and_drop_stars_on_the_cuts():
+    shape = (400, 500)
+    x, y = grid_stars(shape, 40, seed=7)
+    flux = np.full(x.size, peak_to_flux(2000.0, 3.0))
+    image = render_frame(shape, (x, y, flux), similarity(), 3.0, seed=8, noise=SIGMA)
+    bands = [(50, image[50:114]), (250, image[250:314])]
+    found = detect_stars(bands, n_stars=500)
+    d, i, _ = nearest(found, x, y)
+    assert d.max() < 0.1
+    # stars found are inside the bands, clear of the cut by 1.5 FWHM
+    ys = y[i]
+    assert (((ys >= 54.5) & (ys <= 109.5)) | ((ys >= 254.5) & (ys <= 309.5))).all()
+    assert found["rows"] == 128
+
+
+def test_background_map_follows_a_gradient():
+    ny, nx = 256, 512
+    yy, xx = np.mgrid[:ny, :nx]
+    plane = 1000.0 + 0.1 * xx + 0.05 * yy
+    image = (plane + np.random.default_rng(9).normal(0, 5.0, (ny, nx))).astype(np.float32)
+    render_stars((ny, nx), [100, 300], [80, 200], [5e5, 5e5], 4.0, out=image)
+    background, noise = background_map(image, cell=64)
+    inner = (slice(32, -32), slice(32, -32))  # between cell centres: interpolated
+    assert np.abs(background - plane)[inner].max() < 2.0
+    assert np.median(noise) == pytest.approx(5.0, rel=0.1)
+
+
+def test_windowed_centroids_of_many_stars():
+    shape = (64, 400)
+    x = np.array([30.3, 90.71, 150.5, 210.02, 270.9, 330.45])
+    y = np.array([20.2, 31.8, 40.5, 25.01, 33.33, 38.9])
+    image = render_stars(shape, x, y, np.full(6, 1e4), 3.5)
+    cx, cy, flux, _ = windowed_centroids(image, np.round(x) + 1, np.round(y) - 1, 3.5 / 2.3548)
+    np.testing.assert_allclose(cx, x, atol=2e-3)
+    np.testing.assert_allclose(cy, y, atol=2e-3)
+    np.testing.assert_allclose(flux, 1e4, rtol=0.02)  # window = star's sigma: 2x weighted flux

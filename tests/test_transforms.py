@@ -1,0 +1,224 @@
+"""find_transforms on frames, against the transforms the frames were made with."""
+
+from __future__ import annotations
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+
+from bigstack import BigstackWarning, StarNotFoundError, find_transforms, open_frames, synthetic
+from tests.helpers import bytes_read, render_frame, similarity, sky_field, transform_error
+
+SHAPE = (512, 512)
+CENTRE = (255.5, 255.5)
+
+
+def field(seed=1, density=800, fwhm=3.0, peak=300.0):
+    """Stars over a sky larger than the frame, faintest peak ``peak / 4`` ADU."""
+    s = fwhm / 2.3548
+    return sky_field(seed, int(density * 9 * SHAPE[0] * SHAPE[1] / 1e6),
+                     (-SHAPE[1], 2 * SHAPE[1], -SHAPE[0], 2 * SHAPE[0]),
+                     flux_min=peak / 4 * 2 * np.pi * s * s)
+
+
+def cube(matrices, stars, fwhm=3.0, **kwargs):
+    return np.stack([render_frame(SHAPE, stars, m, fwhm, seed=10 + k, **kwargs)
+                     for k, m in enumerate(matrices)])
+
+
+def overlap_error(found, truth):
+    """Largest error on a grid of reference pixels that land inside the frame."""
+    gy, gx = np.mgrid[0:SHAPE[0]:17j, 0:SHAPE[1]:17j]
+    grid = np.column_stack([gx.ravel(), gy.ravel()])
+    p = grid @ truth[:, :2].T + truth[:, 2]
+    inside = ((p >= 0) & (p < SHAPE[::-1])).all(axis=1)
+    return transform_error(found, truth, grid[inside]).max()
+
+
+@pytest.fixture(scope="module")
+def night(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("night")
+    return synthetic.make_frames(folder, n_frames=8, shape=(1024, 256), seed=3,
+                                 stars=synthetic.Stars(n_stars=700),
+                                 motion=synthetic.Motion(subpixel=True, drift_step=2.0))
+
+
+def test_translation_night_against_truth(night):
+    frames = open_frames(night.paths)
+    find_transforms(frames[:2], reference=0)  # imports: their reads are not the frames'
+    with bytes_read() as counter:
+        ds = find_transforms(frames, reference=0)
+    # every frame valid, its matrix the identity, its transform the truth's over the frame
+    assert ds["valid"].all()
+    np.testing.assert_allclose(ds["transform"].values[:, :, :2],
+                               np.broadcast_to(np.eye(2), (8, 2, 2)), atol=1e-4)
+    # (4 bands of 48 x 256 px hold some 60 stars, most of them faint: the fitted
+    # rotation is good to about 1e-4 rad, 0.05 px at the far corners)
+    gy, gx = np.mgrid[0:1024:9j, 0:256:5j]
+    grid = np.column_stack([gx.ravel(), gy.ravel()])
+    for k in range(8):
+        truth = np.column_stack([np.eye(2), night.shifts[k]])
+        assert transform_error(ds["transform"].values[k], truth, grid).max() < 0.08, k
+    assert np.asarray(ds["shift"]).shape == (8, 2)
+    assert list(ds["axis"].values) == ["x", "y"]
+    assert ds["transform"].dims == ("frame", "row", "col")
+    assert list(ds["path"].values) == night.paths
+    assert "time" in ds.coords
+    assert ds.attrs["reference"] == 0 and ds["reference"].values[0]
+    assert ds.attrs["model"] == "similarity"
+    assert (ds["n_matched"] >= 6).all() and (ds["residual"] <= ds.attrs["max_residual"]).all()
+    # reads: 4 bands of 48 of the 1024 rows per frame, and the reference once whole
+    frame_bytes = 1024 * 256 * 2
+    assert counter.value < 8 * frame_bytes * 0.25 + 1.2 * frame_bytes
+    assert (ds["rows_read"] == 192).all()
+    # a translation night fitted as such: the tutorial's shifts
+    shifts = find_transforms(frames, model="shift", reference=0)
+    np.testing.assert_allclose(np.asarray(shifts["shift"]), night.shifts, atol=0.05)
+
+
+def test_rotation_flip_mirror_and_scale():
+    stars = field()
+    truths = [similarity(),
+              similarity(0.5, 1.0, False, (20.0, -15.0), CENTRE),
+              similarity(179.8, 1.0, False, (6.0, 4.0), CENTRE),  # meridian flip
+              similarity(-0.3, 1.0, True, (3.0, -2.0), CENTRE),  # mirrored
+              similarity(1.0, 1.01, False, (-30.0, 10.0), CENTRE)]
+    frames = cube(truths, stars, pattern=5.0, hot=100)
+    ds = find_transforms(frames, reference=0)
+    assert ds["valid"].all(), ds["reason"].values
+    for k, truth in enumerate(truths):
+        assert overlap_error(ds["transform"].values[k], truth) < 0.05, k
+    assert "meridian flip" in str(ds["reason"].values[2])
+    assert list(ds["flip"].values) == [False, False, False, True, False]
+    assert "mirrored" in str(ds["reason"].values[3])
+    np.testing.assert_allclose(ds["rotation"].values[[1, 2, 4]], [0.5, 179.8, 1.0], atol=0.01)
+    assert ds["scale"].values[4] == pytest.approx(1.01, abs=1e-4)
+
+    # a model that cannot describe a rotation flags those frames, and says why
+    with pytest.warns(BigstackWarning, match="flagged invalid"):
+        shift_only = find_transforms(frames[[0, 1, 2]], model="shift", reference=0)
+    assert list(shift_only["valid"].values) == [True, False, False]
+    assert "model 'shift' cannot describe it" in str(shift_only["reason"].values[1])
+
+
+def test_other_field_and_empty_frame_are_flagged():
+    stars = field()
+    truths = [similarity(0, 1, False, (k * 3.0, k * 1.0)) for k in range(3)]
+    frames = list(cube(truths, stars))
+    frames.append(render_frame(SHAPE, field(seed=77), similarity(), 3.0, seed=5))
+    frames.append(render_frame(SHAPE, (np.empty(0),) * 3, similarity(), 3.0, seed=6))
+    frames = np.stack(frames)
+    with pytest.warns(BigstackWarning, match="2 of 5 frames flagged invalid") as caught:
+        ds = find_transforms(frames, reference=0)
+    assert list(ds["valid"].values) == [True, True, True, False, False]
+    assert str(ds["reason"].values[3]).startswith("frame is not of this field")
+    assert str(ds["reason"].values[4]) == "0 stars detected (need 6)"
+    assert "frame 3" in str(caught[0].message) and "frame 4" in str(caught[0].message)
+    for k in range(3):
+        assert overlap_error(ds["transform"].values[k], truths[k]) < 0.05
+    with pytest.raises(StarNotFoundError, match="frame 3"):
+        find_transforms(frames, reference=0, strict=True)
+
+
+def test_reference_auto_takes_the_sharpest_frame():
+    stars = field(density=500)
+    frames = np.stack([render_frame(SHAPE, stars, similarity(0, 1, False, (k, -k)),
+                                    2.6 if k == 2 else 3.6, seed=20 + k) for k in range(4)])
+    ds = find_transforms(frames)
+    assert ds.attrs["reference"] == 2
+    assert "FWHM" in ds.attrs["reference_reason"]
+    np.testing.assert_allclose(ds["transform"].values[2], similarity(), atol=0)
+    # transforms are relative to frame 2: frame k is shifted by (k - 2, 2 - k) from it
+    np.testing.assert_allclose(np.asarray(ds["shift"]), [[k - 2, 2 - k] for k in range(4)],
+                               atol=0.05)
+
+
+def test_faint_defocused_raw_frames():
+    """FWHM 11, faintest stars at 3 sigma, column pattern of 11 ADU, hot pixels, 12 px drift."""
+    stars = field(seed=4, density=1200, fwhm=11.0, peak=4 * 30.0)
+    truths = [similarity(0, 1, False, (12.0 * k, 4.0 * k)) for k in range(4)]
+    frames = cube(truths, stars, fwhm=11.0, pattern=11.0, hot=300, cosmics=10)
+    ds = find_transforms(frames, reference=0)
+    assert ds["valid"].all(), ds["reason"].values
+    for k, truth in enumerate(truths):
+        assert overlap_error(ds["transform"].values[k], truth) < 0.3, k
+    assert (ds["fwhm"] > 8).all()
+
+
+def test_compute_false_is_lazy_and_equal():
+    stars = field()
+    frames = cube([similarity(0, 1, False, (k * 2.0, k)) for k in range(3)], stars)
+    reads = []
+
+    def count(block):
+        reads.append(1)
+        return block
+
+    lazy_frames = da.from_array(frames, chunks=(1, 512, 512)).map_blocks(
+        count, dtype=frames.dtype, meta=np.empty((0, 0, 0), frames.dtype))
+    reads.clear()
+    ds = find_transforms(lazy_frames, reference=0, compute=False)
+    assert not reads
+    assert isinstance(ds["transform"].data, da.Array)
+    with dask.config.set(scheduler="synchronous"):
+        computed = ds.compute()
+    assert reads
+    eager = find_transforms(frames, reference=0)
+    np.testing.assert_allclose(computed["transform"].values, eager["transform"].values)
+    assert list(computed["valid"].values) == list(eager["valid"].values)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"model": "rigid"}, "model must be one of"),
+    ({"reference": 7}, "reference=7 but the cube has 3 frames"),
+    ({"reference": "best"}, "reference must be 'auto' or a frame index"),
+    ({"min_matches": 2}, "min_matches must be at least 3"),
+    ({"max_residual": 0}, "max_residual must be a positive"),
+])
+def test_bad_arguments(kwargs, match):
+    frames = np.zeros((3, 64, 64), np.float32)
+    with pytest.raises(ValueError, match=match):
+        find_transforms(frames, **kwargs)
+
+
+def test_affine_model_follows_a_shear():
+    stars = field(seed=8)
+    shear = np.array([[1.004, 0.003, 5.0], [-0.002, 0.997, -3.0]])
+    frames = cube([similarity(), shear], stars)
+    ds = find_transforms(frames, model="affine", reference=0)
+    assert ds["valid"].all()
+    assert overlap_error(ds["transform"].values[1], shear) < 0.05
+    # a similarity cannot follow it: about 1 px off at the corners
+    with pytest.warns(BigstackWarning, match="residual"):
+        sim = find_transforms(frames, model="similarity", reference=0, max_residual=0.2)
+    assert not sim["valid"].values[1]
+
+
+@pytest.mark.parametrize("name", synthetic.CASES)
+def test_hard_cases_of_the_generator(name, tmp_path):
+    """Every frame of the generator's hard cases is registered, or flagged if it cannot be.
+
+    Valid frames must be within 0.1 px of the truth everywhere they overlap the
+    reference (0.3 px for faint defocused frames); only the frame of another field
+    may be invalid.
+    """
+    truth = synthetic.make_case(name, tmp_path, n_frames=8, shape=(512, 512))
+    frames = open_frames(truth.paths)
+    if truth.other_field.any():
+        with pytest.warns(BigstackWarning, match="not of this field"):
+            ds = find_transforms(frames, reference=0)
+    else:
+        ds = find_transforms(frames, reference=0)
+    np.testing.assert_array_equal(ds["valid"].values, ~truth.other_field)
+    limit = 0.3 if name == "faint_defocused" else 0.1
+    gy, gx = np.mgrid[0:511:17j, 0:511:17j]
+    grid = np.column_stack([gx.ravel(), gy.ravel()])
+    for k in np.flatnonzero(ds["valid"].values):
+        t = truth.transforms[k]
+        p = grid @ t[:, :2].T + t[:, 2]
+        inside = ((p >= 0) & (p <= 511)).all(axis=1)
+        assert transform_error(ds["transform"].values[k], t, grid[inside]).max() < limit, k
+    if name == "meridian_flip":
+        flipped = np.abs(truth.rotation) > 90
+        assert all("meridian flip" in str(r) for r in ds["reason"].values[flipped])
