@@ -15,6 +15,7 @@ The tile kernels themselves are in :mod:`bigstack._combine`.
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass, replace
 
@@ -240,10 +241,10 @@ def _inputs(frames, shifts):
 
     source, n, shape, coords = cube_source(frames, "stack")
     paths = [str(p) for p in coords["path"].values] if "path" in coords else None
-    values, keep, reasons = _as_shifts(shifts, n)
+    values, keep, reasons = _as_shifts(shifts, n, tuple(shape))
     if reasons:
         listed = "; ".join(f"frame {i}: {r}" for i, r in list(reasons.items())[:5])
-        warnings.warn(f"leaving out {len(reasons)} frame(s) flagged by find_shifts ({listed})",
+        warnings.warn(f"leaving out {len(reasons)} frame(s) flagged invalid ({listed})",
                       BigstackWarning, stacklevel=3)
     if not keep.any():
         raise BigstackError("no frame left to stack: every frame is flagged invalid")
@@ -254,25 +255,36 @@ def _inputs(frames, shifts):
     return _Inputs(source, n, tuple(shape), coords, paths, values, keep, registration)
 
 
-def _as_shifts(shifts, n):
-    """Return ``(shifts (n, 2) float64, keep (n,) bool, reasons)`` from any form."""
+def _as_shifts(shifts, n, shape=None):
+    """Return ``(shifts (n, 2) float64, keep (n,) bool, reasons)`` from any form.
+
+    ``shifts`` is None, find_shifts' or find_transforms' Dataset, an (N, 2)
+    array of ``[x, y]`` shifts or an (N, 2, 3) array of transforms.
+    """
     if shifts is None:
         return np.zeros((n, 2)), np.ones(n, bool), {}
     keep = np.ones(n, bool)
     reasons = {}
-    if hasattr(shifts, "data_vars"):  # the Dataset from find_shifts
-        if "shift" not in shifts:
-            raise ValueError("shifts Dataset has no 'shift' variable (expected find_shifts output)")
+    if hasattr(shifts, "data_vars"):  # the Dataset from find_shifts or find_transforms
+        if "transform" not in shifts and "shift" not in shifts:
+            raise ValueError("shifts Dataset has neither 'transform' nor 'shift' (expected "
+                             "find_transforms' or find_shifts' output)")
         if "valid" in shifts:
             keep = np.asarray(shifts["valid"].values, bool)
             if "reason" in shifts:
                 reasons = {int(i): str(shifts["reason"].values[i]) for i in np.flatnonzero(~keep)}
-        shift = shifts["shift"]
-        if "axis" in shift.dims:
-            shift = shift.transpose(..., "axis").sel(axis=["x", "y"])
-        values = np.asarray(shift.values, dtype=np.float64)
+        if "transform" in shifts:
+            values = _translations(np.asarray(shifts["transform"].values, np.float64), keep,
+                                   shape, shifts)
+        else:
+            shift = shifts["shift"]
+            if "axis" in shift.dims:
+                shift = shift.transpose(..., "axis").sel(axis=["x", "y"])
+            values = np.asarray(shift.values, dtype=np.float64)
     else:
         values = np.asarray(getattr(shifts, "values", shifts), dtype=np.float64)
+        if values.ndim == 3 and values.shape[1:] == (2, 3):
+            values = _translations(values, keep, shape, None)
     if values.shape != (n, 2):
         raise ValueError(f"shifts must be {n} x 2 ([x, y] per frame) for {n} frames; "
                          f"got shape {values.shape}")
@@ -282,6 +294,44 @@ def _as_shifts(shifts, n):
                          "mark it invalid or drop the frame")
     values = np.where(keep[:, None], values, 0.0)  # left-out frames are never read
     return values, keep, reasons
+
+
+# a transform whose linear part moves no pixel of the frame by more than this
+# (in px) from where its translation alone puts it is applied as a translation
+_TRANSLATION_TOLERANCE = 0.1
+
+
+def _translations(transforms, keep, shape, ds):
+    """The translations of (N, 2, 3) transforms; refuse a rotation, flip or scale change.
+
+    Stacking applies translations only (the warp for rotated frames is the
+    next step); a transform that moves some pixel of the frame by more than
+    ``_TRANSLATION_TOLERANCE`` px beyond its translation is refused, naming
+    the frame and what it is.
+    """
+    if transforms.ndim != 3 or transforms.shape[1:] != (2, 3):
+        raise ValueError(f"transforms must be N x 2 x 3 ([A | t] per frame), got shape "
+                         f"{transforms.shape}")
+    ny, nx = shape if shape is not None else (1, 1)
+    corners = np.array([[0, 0], [nx - 1, 0], [0, ny - 1], [nx - 1, ny - 1]], float).T
+    linear = transforms[:, :, :2] - np.eye(2)
+    moved = np.abs(np.einsum("nij,jk->nik", linear, corners)).max(axis=(1, 2))
+    bad = np.flatnonzero(keep & (moved > _TRANSLATION_TOLERANCE))
+    if bad.size:
+        i = int(bad[0])
+        a = transforms[i, :, :2]
+        angle = float(np.degrees(np.arctan2(a[1, 0] - a[0, 1], a[0, 0] + a[1, 1])))
+        scale = float(np.sqrt(abs(np.linalg.det(a))))
+        name = ""
+        if ds is not None and "path" in ds.coords:
+            name = f" ({os.path.basename(str(ds['path'].values[i]))})"
+        mirrored = " mirrored," if np.linalg.det(a) < 0 else ""
+        raise BigstackError(
+            f"frame {i}{name} is{mirrored} rotated {angle:.3f} deg and scaled {scale:.5f} "
+            f"(moves pixels up to {moved[i]:.2f} px beyond a shift), and {bad.size} frame(s) "
+            "in all are not pure translations: stack applies translations only for now; "
+            "register with model='shift' to stack a translation-only night")
+    return transforms[:, :, 2].copy()
 
 
 @dataclass(frozen=True)

@@ -296,7 +296,7 @@ def _cmd_stack(args):
                        weights=args.weights, select=args.reject_worst,
                        memory=args.memory, progress=_show_progress(args))
             args.store_begun = False
-        _report_warnings(caught, skip=("flagged by find_shifts",))  # reported above
+        _report_warnings(caught, skip=("flagged invalid",))  # reported above
     coverage = ds["coverage"]
     print(f"wrote {args.output}: {ds.sizes['x']} x {ds.sizes['y']} pixels from "
           f"{ds.attrs['n_frames']} frames, coverage {int(coverage.min())}..{int(coverage.max())}, "
