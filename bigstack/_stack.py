@@ -234,6 +234,7 @@ class _Inputs:
     shifts: np.ndarray
     keep: np.ndarray
     registration: dict
+    frames_table: dict | None = None
 
 
 def _inputs(frames, shifts):
@@ -248,11 +249,16 @@ def _inputs(frames, shifts):
                       BigstackWarning, stacklevel=3)
     if not keep.any():
         raise BigstackError("no frame left to stack: every frame is flagged invalid")
+    frames_table = None
     if hasattr(shifts, "data_vars"):
+        from ._report import frame_table
+
         registration = dict(shifts.attrs) or {"registration": "given"}
+        frames_table = frame_table(shifts)
     else:
         registration = {"registration": "none" if shifts is None else "given"}
-    return _Inputs(source, n, tuple(shape), coords, paths, values, keep, registration)
+    return _Inputs(source, n, tuple(shape), coords, paths, values, keep, registration,
+                   frames_table)
 
 
 def _as_shifts(shifts, n, shape=None):
@@ -456,6 +462,8 @@ def _provenance(request, inputs, plan, tile, table, factors):
         **frame_meta,
     }
     attrs["registration"] = inputs.registration
+    if inputs.frames_table is not None:
+        attrs["frames"] = inputs.frames_table  # what registration measured, frame by frame
     if table is not None:
         attrs["quality"] = {k: [None if not np.isfinite(v) else float(v) for v in values]
                             for k, values in table.items()}

@@ -352,6 +352,7 @@ def prepare_append(store, attrs, operation, frame_meta):
     attrs = dict(attrs)
     for key, values in frame_meta.items():
         attrs[key] = list(attrs.get(key) or [None] * offset) + list(values)
+    attrs.pop("frames", None)  # registration tables of two runs do not share a reference
     attrs.update(
         complete=False,
         inputs=attrs["inputs"] + operation["inputs"],

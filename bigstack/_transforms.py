@@ -619,8 +619,9 @@ def find_transforms(frames, model="similarity", reference="auto", *, n_stars=100
         reference = int(reference) % n
     order = _time_order(coords, n)
     table = _graph(source, n, shape, opts, reference, model, order)
-    attrs = {"model": model, "n_stars": opts["n_stars"], "min_matches": opts["min_matches"],
-             "min_fraction": opts["min_fraction"], "max_error": opts["max_error"],
+    attrs = {"registration": "find_transforms", "model": model, "n_stars": opts["n_stars"],
+             "min_matches": opts["min_matches"], "min_fraction": opts["min_fraction"],
+             "max_error": opts["max_error"],
              "rows": opts["rows"], "bands": opts["bands"],
              "threshold": opts["threshold"], "max_scale": opts["max_scale"]}
     if compute:

@@ -150,11 +150,68 @@ def _add_star_options(parser, required):
                         help="rough [x, y] of a bright isolated star in the reference frame")
     parser.add_argument("--search", type=int, default=200, metavar="S",
                         help="search box size in pixels (default 200)")
-    parser.add_argument("--reference", type=int, default=0, metavar="N",
-                        help="index of the reference frame (default 0)")
     parser.add_argument("--track", action="store_true",
                         help="re-centre each frame's box on the previous frame's star "
                              "(for drifts larger than the box)")
+
+
+def _reference(text):
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a frame index, got {text!r}") \
+            from err
+
+
+def _add_reference_option(parser, default):
+    parser.add_argument("--reference", type=_reference, default=default, metavar="auto|N",
+                        help=f"the reference frame: an index, or auto (the best frame) "
+                             f"(default {default})")
+
+
+def _add_registration_options(parser):
+    parser.add_argument("--model", choices=("shift", "similarity", "affine"),
+                        default="similarity",
+                        help="automatic registration: the transform fitted to the matched "
+                             "stars (default similarity: shift, rotation, scale, flips)")
+    parser.add_argument("--min-matches", type=int, default=6, metavar="N",
+                        help="stars a frame must match to be used (default 6)")
+    parser.add_argument("--max-residual", type=float, metavar="PX",
+                        help="largest RMS of the matched stars after the fit (default the "
+                             "larger of 0.5 px and FWHM/10)")
+    parser.add_argument("--report", metavar="FILE.png",
+                        help="also draw the per-frame curves (FWHM, background, stars "
+                             "matched, residual, shift, rotation) with the frames left out")
+
+
+def _register(args, cube):
+    """Automatic registration of ``cube`` as the options say; warnings reported in one line."""
+    from . import find_transforms
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", BigstackWarning)
+        ds = _with_progress(args, lambda: find_transforms(
+            cube, model=args.model, reference=args.reference, min_matches=args.min_matches,
+            max_residual=args.max_residual))
+    _report_warnings(caught, skip=("flagged invalid",))  # the summary groups them
+    return ds
+
+
+def _print_summary(ds):
+    from ._report import frame_table, summary_lines
+
+    for line in summary_lines(frame_table(ds), ds.attrs):
+        print(line, file=sys.stderr)
+
+
+def _write_report(args, ds):
+    from ._report import frame_table, report_picture
+
+    if getattr(args, "report", None):
+        report_picture(frame_table(ds), args.report, ds.attrs, overwrite=args.overwrite)
+        print(f"wrote {args.report}")
 
 
 def _open(args):
@@ -259,19 +316,22 @@ def _cmd_stack(args):
     from ._store import check_target
     from ._tables import read_shifts_csv
 
-    if args.star is not None and args.shifts is not None:
-        raise BigstackError("give either --star (measure shifts) or --shifts FILE, not both")
+    given = [name for name, on in (("--star", args.star is not None),
+                                   ("--shifts", args.shifts is not None),
+                                   ("--no-align", args.no_align)) if on]
+    if len(given) > 1:
+        raise BigstackError(f"give one of {' and '.join(given)}, not both")
     mode = _stack_mode(args)
     cube = _open(args)
     inputs = [str(p) for p in cube["path"].values]
     # everything that can be refused is refused before any pixel is read
     check_target(args.output, mode, inputs)
     _check_file_output(args.png, args.overwrite, inputs)
+    _check_file_output(args.report, args.overwrite, inputs)
     check_budget(cube.shape[-2:], cube.sizes["frame"], method=args.method, memory=args.memory,
                  weighted=args.weights != "none", kappa=args.kappa)
-    if args.star is None and args.shifts is None:
-        print("bigstack: note: no --star or --shifts given; stacking without alignment",
-              file=sys.stderr)
+    if args.no_align:
+        print("bigstack: note: --no-align: stacking the frames as they are", file=sys.stderr)
     print(f"{cube.sizes['frame']} frames of {cube.sizes['x']} x {cube.sizes['y']} pixels",
           file=sys.stderr)
     shifts = None
@@ -280,9 +340,13 @@ def _cmd_stack(args):
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", BigstackWarning)
                 shifts = find_shifts(cube, star_pos=args.star, search=args.search,
-                                     method=args.align, reference=args.reference,
+                                     method=args.align,
+                                     reference=0 if args.reference == "auto" else args.reference,
                                      track=args.track)
             _report_warnings(caught)
+        elif args.shifts is None and not args.no_align:
+            shifts = _register(args, cube)
+            _print_summary(shifts)
         elif args.shifts is not None:
             values, valid = read_shifts_csv(args.shifts, cube.sizes["frame"])
             cube = cube.isel(frame=np.flatnonzero(valid))
@@ -305,6 +369,31 @@ def _cmd_stack(args):
         save_png(ds, args.png, overwrite=args.overwrite, max_pixels=16_000_000,
                  **_stretch_options(args.stretch))
         print(f"wrote {args.png}")
+    if shifts is not None and hasattr(shifts, "data_vars"):
+        _write_report(args, shifts)
+    return 0
+
+
+def _cmd_register(args):
+    from ._tables import write_transforms_csv
+
+    cube = _open(args)
+    inputs = [str(p) for p in cube["path"].values]
+    _check_file_output(args.output, args.overwrite, inputs)
+    _check_file_output(args.report, args.overwrite, inputs)
+    print(f"{cube.sizes['frame']} frames of {cube.sizes['x']} x {cube.sizes['y']} pixels",
+          file=sys.stderr)
+    with _cluster(args):
+        ds = _register(args, cube)
+    _print_summary(ds)
+    if args.output:
+        write_transforms_csv(ds, args.output, overwrite=args.overwrite)
+        print(f"wrote {args.output}")
+    _write_report(args, ds)
+    if args.strict and not ds["valid"].all():
+        bad = int((~ds["valid"]).sum())
+        raise BigstackError(f"{bad} of {ds.sizes['frame']} frames could not be registered "
+                            "(--strict); see the lines above")
     return 0
 
 
@@ -316,12 +405,36 @@ def _mib(value):
 # render and info
 
 
+def _is_frame_file(path):
+    from ._io import SUPPORTED_SUFFIXES
+
+    return os.path.isfile(path) and path.lower().endswith(SUPPORTED_SUFFIXES)
+
+
+def _frame_image(path, channel):
+    """One frame file as a 2-D DataArray (a RAW frame: its green plane unless told)."""
+    from . import open_frames
+    from ._io import RAW_SUFFIXES
+
+    if channel is None and path.lower().endswith(RAW_SUFFIXES):
+        channel = "G"
+    return open_frames([path], channel=channel).isel(frame=0)
+
+
 def _cmd_render(args):
     from . import crop, open_stack, save_png
 
-    ds = open_stack(args.store, allow_incomplete=args.allow_incomplete)
-    _check_file_output(args.output, args.overwrite, ds.attrs.get("inputs", ()))
-    image = ds  # the Dataset, so save_png sees whether the stack is finished
+    if _is_frame_file(args.store):  # a frame: to look at the data or pick a star
+        image = _frame_image(args.store, args.channel)
+        _check_file_output(args.output, args.overwrite, [args.store])
+        inputs = [args.store]
+    else:
+        if args.channel:
+            raise BigstackError("--channel applies to a camera RAW frame, not to a store")
+        ds = open_stack(args.store, allow_incomplete=args.allow_incomplete)
+        inputs = ds.attrs.get("inputs", ())
+        image = ds  # the Dataset, so save_png sees whether the stack is finished
+    _check_file_output(args.output, args.overwrite, inputs)
     if args.crop:
         left, right, top, bottom = args.crop
         image = crop(image, left=left, right=right, top=top, bottom=bottom)
@@ -396,7 +509,26 @@ def _cmd_info(args):
     quality = attrs.get("quality")
     if quality:
         _print_quality(quality, attrs)
+    if attrs.get("frames"):
+        from ._report import summary_lines
+
+        for line in summary_lines(attrs["frames"], attrs.get("registration")):
+            print(line)
+    if args.report:
+        _info_report(args, attrs)
     return 0
+
+
+def _info_report(args, attrs):
+    from ._report import report_picture
+
+    if not attrs.get("frames"):
+        raise BigstackError(f"{args.store}: holds no per-frame registration table (stacked "
+                            "with given shifts or none); nothing to draw")
+    _check_file_output(args.report, args.overwrite, attrs.get("inputs", ()))
+    report_picture(attrs["frames"], args.report, attrs.get("registration"),
+                   overwrite=args.overwrite, title=f"{os.path.basename(args.store)}")
+    print(f"wrote {args.report}")
 
 
 def _print_quality(quality, attrs):
@@ -438,6 +570,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("shifts", help="measure each frame's shift from a reference star")
     _add_input_options(p)
     _add_star_options(p, required=True)
+    p.add_argument("--reference", type=int, default=0, metavar="N",
+                   help="index of the reference frame (default 0)")
     p.add_argument("--method", choices=("centroid", "peak", "xcorr"), default="centroid")
     p.add_argument("-o", "--output", help="write the table as CSV")
     p.add_argument("--overwrite", action="store_true")
@@ -445,13 +579,31 @@ def build_parser() -> argparse.ArgumentParser:
     _add_progress(p)
     p.set_defaults(func=_cmd_shifts)
 
+    p = sub.add_parser("register", help="register frames on many stars: shift, rotation, "
+                                        "scale and flips, no star to pick")
+    _add_input_options(p)
+    _add_reference_option(p, "auto")
+    _add_registration_options(p)
+    p.add_argument("-o", "--output", help="write the table of transforms as CSV")
+    p.add_argument("--strict", action="store_true",
+                   help="fail (exit 2) when any frame cannot be registered")
+    p.add_argument("--overwrite", action="store_true")
+    _add_cluster_options(p)
+    _add_progress(p)
+    p.set_defaults(func=_cmd_register)
+
     p = sub.add_parser("stack", help="align and stack frames into a zarr store")
     _add_input_options(p)
     p.add_argument("-o", "--output", required=True, metavar="STORE.zarr")
+    _add_reference_option(p, "auto")
+    _add_registration_options(p)
     _add_star_options(p, required=False)
-    p.add_argument("--shifts", metavar="CSV", help="use shifts from 'bigstack shifts -o'")
+    p.add_argument("--shifts", metavar="CSV",
+                   help="use the table of 'bigstack register -o' or 'bigstack shifts -o'")
     p.add_argument("--align", choices=("centroid", "peak", "xcorr"), default="centroid",
                    help="how to measure shifts with --star (default centroid)")
+    p.add_argument("--no-align", action="store_true",
+                   help="stack the frames as they are, without registration")
     p.add_argument("--method", default="mean",
                    choices=("mean", "average", "sum", "median", "sigma_clip", "winsorized",
                             "minmax", "percentile"),
@@ -486,8 +638,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_progress(p)
     p.set_defaults(func=_cmd_stack)
 
-    p = sub.add_parser("render", help="write a PNG of a stack")
-    p.add_argument("store")
+    p = sub.add_parser("render", help="write a PNG of a stack, or of one frame")
+    p.add_argument("store", metavar="STORE|FRAME",
+                   help="a stack store, or one frame file (to look at it or pick a star)")
+    p.add_argument("--channel", choices=("R", "G", "B"),
+                   help="a camera RAW frame: this Bayer colour (default G)")
     p.add_argument("-o", "--output", required=True, metavar="FILE.png")
     p.add_argument("--stretch", choices=_STRETCHES, default="auto",
                    help="default auto: black just below the sky, white at the brightest star")
@@ -511,6 +666,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="describe a stack store")
     p.add_argument("store")
     p.add_argument("--json", action="store_true", help="print all attributes as JSON only")
+    p.add_argument("--report", metavar="FILE.png",
+                   help="draw the per-frame registration curves kept in the store")
+    p.add_argument("--overwrite", action="store_true", help="replace the --report picture")
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("demo", help="generate a synthetic night, align and stack it")

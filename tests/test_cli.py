@@ -260,3 +260,97 @@ def test_memory_budget_is_refused_before_the_shifts(night, tmp_path, capsys, mon
     err = capsys.readouterr().err
     assert "memory='20KB' is too small for method='median'" in err and not measured
     assert re.search(r"needs about [1-9][0-9.]* MiB with \d threads", err), err
+
+
+# --------------------------------------------------------------------------
+# automatic registration on the command line
+
+
+@pytest.fixture(scope="module")
+def flip_night(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("flip")
+    return synthetic.make_case("meridian_flip", directory / "lights", n_frames=6,
+                               shape=(320, 320), seed=4)
+
+
+def test_register_writes_the_table_summary_and_report(flip_night, tmp_path, capsys):
+    from bigstack._tables import read_shifts_csv
+
+    folder = flip_night.paths[0].rsplit("/", 1)[0]
+    table, report = tmp_path / "t.csv", tmp_path / "r.png"
+    assert main(["register", folder, "-o", str(table), "--reference", "0", "--report",
+                 str(report), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "registration: 6 of 6 frames usable" in err
+    assert "reference frame 0" in err and "meridian flip" in err
+    transforms, valid = read_shifts_csv(table, 6)
+    assert valid.all() and transforms.shape == (6, 2, 3)
+    # against the generator's truth, on a grid of reference pixels inside each frame
+    gy, gx = np.mgrid[20:300:8j, 20:300:8j]
+    grid = np.column_stack([gx.ravel(), gy.ravel()])
+    for k in range(6):
+        got = grid @ transforms[k, :, :2].T + transforms[k, :, 2]
+        want = grid @ flip_night.transforms[k, :, :2].T + flip_night.transforms[k, :, 2]
+        assert np.abs(got - want).max() < 0.1, k
+    with Image.open(report) as picture:
+        assert picture.size[0] > 400 and picture.info["Software"] == "bigstack"
+    # the same table refused, then replaced with --overwrite (bigstack wrote it)
+    assert main(["register", folder, "-o", str(table), "--no-progress"]) == 2
+    assert "exists already" in capsys.readouterr().err
+
+
+def test_stack_registers_automatically(night, tmp_path, capsys):
+    pattern = night.paths[0].rsplit("/", 1)[0] + "/*.fit"
+    store = tmp_path / "auto.zarr"
+    assert main(["stack", pattern, "-o", str(store), "--model", "shift", "--reference", "0",
+                 "--no-progress", "--report", str(tmp_path / "r.png")]) == 0
+    err = capsys.readouterr().err
+    assert "registration: 8 of 8 frames usable" in err and "ranges of the usable" in err
+    got = bigstack.open_stack(store)
+    cube = bigstack.open_frames(pattern)
+    expected = bigstack.stack(cube, bigstack.find_transforms(cube, model="shift",
+                                                             reference=0)).compute()
+    np.testing.assert_array_equal(got["stack"].values, expected["stack"].values)
+    assert got.attrs["registration"]["registration"] == "find_transforms"
+    assert len(got.attrs["frames"]["valid"]) == 8
+    # info draws the curves kept in the store
+    assert main(["info", str(store), "--report", str(tmp_path / "again.png")]) == 0
+    out = capsys.readouterr().out
+    assert "registration: 8 of 8 frames usable" in out
+    with Image.open(tmp_path / "again.png") as picture:
+        assert picture.info["Software"] == "bigstack"
+    # --no-align stacks as they are, and says so
+    assert main(["stack", pattern, "-o", str(tmp_path / "raw.zarr"), "--no-align",
+                 "--no-progress"]) == 0
+    assert "--no-align" in capsys.readouterr().err
+    plain = bigstack.stack(cube).compute()
+    np.testing.assert_array_equal(bigstack.open_stack(tmp_path / "raw.zarr")["stack"].values,
+                                  plain["stack"].values)
+
+
+def test_stack_with_a_transforms_table(night, tmp_path, capsys):
+    pattern = night.paths[0].rsplit("/", 1)[0] + "/*.fit"
+    table = tmp_path / "t.csv"
+    assert main(["register", pattern, "-o", str(table), "--model", "shift", "--reference",
+                 "0", "--no-progress"]) == 0
+    assert main(["stack", pattern, "-o", str(tmp_path / "s.zarr"), "--shifts", str(table),
+                 "--no-progress"]) == 0
+    cube = bigstack.open_frames(pattern)
+    found = bigstack.find_transforms(cube, model="shift", reference=0)
+    expected = bigstack.stack(cube, found["transform"].values).compute()
+    got = bigstack.open_stack(tmp_path / "s.zarr")
+    np.testing.assert_allclose(got["stack"].values, expected["stack"].values, rtol=1e-6)
+
+
+def test_render_a_single_frame(night, tmp_path):
+    from astropy.io import fits
+
+    out = tmp_path / "frame.png"
+    assert main(["render", night.paths[2], "-o", str(out)]) == 0
+    with Image.open(out) as picture:
+        assert picture.size == (160, 120)
+        pixels = np.asarray(picture)[::-1]  # row 0 at the bottom, as FITS row 0
+    data = fits.getdata(night.paths[2]).astype(float)
+    y, x = np.unravel_index(np.argmax(data), data.shape)
+    assert pixels[y, x] == pixels.max()  # the brightest pixel of the frame is the brightest drawn
+    assert main(["render", night.paths[2], "-o", str(out)]) == 2  # exists: refused
