@@ -1,0 +1,1495 @@
+"""Compiled hot loops: warp one frame into an output band, and reject per pixel.
+
+These are the loops the tile engine runs once per (frame, band) or per
+band; everything else stays numpy. They are compiled by numba with
+``cache=True`` (a second process pays no compile time) and ``nogil=True``
+(dask runs tiles on threads).
+
+Geometry
+--------
+A frame's transform maps an output (reference-grid) pixel ``[x, y]`` to the
+frame's pixel ``[x_i, y_i] = A @ [x, y] + t``; pixel ``[y, x]`` has its centre
+at the integer coordinates ``(x, y)``. The source point of output pixel
+``(x, y)`` is computed in float64 as ``A[0, 0] * x + (A[0, 1] * y + t[0])``
+(and likewise for ``y_i``).
+
+Interpolations and coverage (frame ``ny x nx``):
+
+``"nearest"``
+    The source pixel ``floor(s + 0.5)`` on each axis; the frame covers the
+    output pixel when that pixel is inside the frame.
+``"bilinear"``
+    Weights ``1 - f, f`` (``f = s - floor(s)``) on each axis; covered when
+    the source point lies in ``[0, n - 1]`` on both axes (every tap with a
+    non-zero weight exists).
+``"lanczos3"``, ``"lanczos4"``
+    The separable Lanczos kernel ``sinc(d) sinc(d / a)`` on the ``2a`` taps
+    ``floor(s) - a + 1 .. floor(s) + a`` of each axis, normalised to sum 1
+    (flux is conserved); covered on the same domain as bilinear; taps beyond
+    the frame's edge take the edge pixel. The normalised weights are
+    evaluated as polynomials of the fraction (fitted once at import, max
+    error 1.3e-7 for a = 3, 4e-8 for a = 4; they sum to 1 exactly up to
+    float32 rounding), so no look-up and no division per pixel. With
+    ``clamp`` (the default) the result is clamped to the range of the source
+    pixels bilinear interpolation would use at that point (the 2x2 nearest,
+    only those with a non-zero bilinear weight), which removes Lanczos'
+    ringing around hot pixels and stars (see ``benchmarks/kernels.py
+    --clamp`` for its effect on a star's FWHM and a hot pixel's ringing).
+
+A tap with a non-zero weight that is NaN (or the FITS BLANK value, or
+infinite) makes the output pixel not covered by that frame.
+
+Data flow per (frame, band)
+---------------------------
+1. :func:`source_window` gives the frame rows ``[r0, r1)`` (and columns)
+   the band needs: the band's footprint in the frame (slanted for a
+   rotation, flipped for 180 degrees), widened by the kernel's reach and
+   clipped to the frame; the caller reads those rows as stored.
+2. ``_prepare`` converts the stored rows (big-endian integers are swapped in
+   the loop; ``physical = stored * scale + zero`` in float32; BLANK and
+   non-finite values become NaN) into a native float32 buffer, padded by
+   the kernel's reach with the edge pixels, and oriented so that an output
+   row runs forwards along the buffer's rows: mirrored in x when ``A[0, 0]
+   < 0`` (a 180 degree flip), transposed when the rotation is nearer 90
+   than 0 degrees. Measured (``benchmarks/kernels.py``): converting once
+   costs less than a third of the in-cache floor, while converting inside
+   the interpolation would convert every stored pixel once per tap.
+3. ``_warp_rows`` walks each output row in *segments* along which the
+   source taps are consecutive pixels of fixed buffer rows (for a 1 degree
+   rotation, about 57 pixels); each segment is one vectorised loop with
+   contiguous loads (no gathers), written into a row of values that is then
+   added into the accumulators (or stored). A pure translation (``A`` the
+   identity) skips the per-pixel weights: two 1-D passes with constant
+   weights (``_shift_rows``).
+
+Accumulators: ``total`` float32 or float64 (the kernels are compiled for
+both); float32 is the faster and is exact for sums of up to 256 frames of
+16-bit integers, so callers add into float32 and flush into float64 every
+256 frames, as the tile engine does. ``coverage`` int32; optional per-frame
+``weight`` (``total += weight * value``, ``weight_sum += weight``).
+
+Rejection
+---------
+:func:`reject_block` reduces a gathered block ``(N, h, W)`` float32 (NaN or
+inf: not covered) with ``median``, ``sigma_clip`` or ``winsorized``, with
+exactly the semantics of :func:`bigstack._reject.combine_block` (see its
+module notes): the same values are kept, and the result is the same up to
+float32 rounding of float64 sums taken in another order (the median is
+bit-identical). 64 adjacent pixels are processed together, vectorised
+across pixels over a contiguous copy of their ``N x 64`` values: order
+statistics by counting passes (interpolation search with a bisection
+safeguard, snapping to the data value once the rank is found), clipping
+by value bounds with float64 sums per pass; no sorting.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, types
+from numba.extending import overload
+
+INTERPOLATIONS = ("nearest", "bilinear", "lanczos3", "lanczos4")
+REJECTIONS = ("median", "sigma_clip", "winsorized")
+
+_JIT = dict(cache=True, nogil=True, error_model="numpy")
+_FAST = dict(_JIT, fastmath={"contract"})
+
+_KIND = {"nearest": 0, "bilinear": 1, "lanczos3": 3, "lanczos4": 4}
+# pixels per vector loop: numba's LLVM runs 16 float32 lanes 4 times interleaved,
+# so a loop of fewer than 64 iterations would run scalar
+_LANES = 64
+# segments shorter than this are interpolated pixel by pixel
+_SHORT = 8
+_F0 = np.float32(0.0)
+_F1 = np.float32(1.0)
+_FH = np.float32(0.5)
+_FINF = np.float32(np.inf)
+_FNAN = np.float32(np.nan)
+
+
+# --------------------------------------------------------------------------
+# Lanczos weights
+
+
+def _lanczos_polynomials(a, degree=9, samples=4001):
+    """Polynomials of the normalised Lanczos-``a`` tap weights.
+
+    With ``u = f - 1/2`` (``f`` the fraction), tap ``k = i + 1`` has weight
+    ``ce[i](u**2) + u * co[i](u**2)`` and tap ``1 - k`` has ``ce[i](u**2) -
+    u * co[i](u**2)`` (the kernel is even). Fitted by least squares at
+    Chebyshev points of ``f`` in [0, 1]; the last even part is set so that the
+    weights sum to exactly one.
+    """
+    f = 0.5 - 0.5 * np.cos(np.linspace(0.0, np.pi, samples))
+    taps = np.arange(-a + 1, a + 1)
+    d = f[:, None] - taps[None, :]
+    w = np.sinc(d) * np.sinc(d / a)
+    w /= w.sum(axis=1, keepdims=True)
+    u = f - 0.5
+    powers = np.stack([u**p for p in range(degree + 1)], axis=1)
+    even = np.empty((a, degree // 2 + 1))
+    odd = np.empty((a, degree // 2 + 1))
+    for i in range(a):
+        coef = np.linalg.lstsq(powers, w[:, i + a], rcond=None)[0]
+        even[i], odd[i] = coef[0::2], coef[1::2]
+    even[-1] = -even[:-1].sum(axis=0)
+    even[-1, 0] += 0.5
+    return even.astype(np.float32), odd.astype(np.float32)
+
+
+_LANCZOS = {a: _lanczos_polynomials(a) for a in (3, 4)}
+
+
+def lanczos_weights(f, a):
+    """Normalised Lanczos-``a`` weights of taps ``-a+1 .. a`` at fraction ``f`` (numpy).
+
+    The same polynomials the kernels evaluate; ``f == 0`` gives exactly the
+    centre tap. Returns float32 ``(len(f), 2a)``.
+    """
+    even, odd = _LANCZOS[a]
+    f = np.atleast_1d(np.asarray(f, np.float32))
+    u = f - np.float32(0.5)
+    u2 = u * u
+    out = np.empty((f.size, 2 * a), np.float32)
+    for i in range(a):
+        e = np.polyval(even[i][::-1], u2).astype(np.float32)
+        o = np.polyval(odd[i][::-1], u2).astype(np.float32)
+        out[:, a + i] = e + u * o
+        out[:, a - 1 - i] = e - u * o
+    zero = f == 0
+    out[zero] = 0.0
+    out[zero, a - 1] = 1.0
+    return out
+
+
+# --------------------------------------------------------------------------
+# geometry (Python): which rows of a frame a band needs
+
+
+def _kind(interpolation):
+    try:
+        return _KIND[interpolation]
+    except KeyError:
+        raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, "
+                         f"got {interpolation!r}") from None
+
+
+def _reach(kind):
+    """Taps below and above ``floor(s)`` (nearest: the rounded pixel itself)."""
+    return (0, 0) if kind == 0 else (kind - 1, kind) if kind > 1 else (0, 1)
+
+
+def _transform(A, t):
+    A = np.asarray(A, np.float64)
+    t = np.asarray(t, np.float64)
+    if A.shape != (2, 2) or t.shape != (2,):
+        raise ValueError(f"A must be 2x2 and t of length 2, got shapes {A.shape} and {t.shape}")
+    if not (np.isfinite(A).all() and np.isfinite(t).all()):
+        raise ValueError(f"the transform is not finite: A={A.tolist()}, t={t.tolist()}")
+    if abs(np.linalg.det(A)) < 1e-12:
+        raise ValueError(f"the transform is singular: A={A.tolist()}")
+    return A, t
+
+
+def _clip_polygon(points, axis, value, keep_above):
+    """Sutherland-Hodgman: the part of a convex polygon on one side of a line.
+
+    Points are ``(x, y, exact)``; new points (on the line) are not exact.
+    """
+    out = []
+    n = len(points)
+    for i in range(n):
+        p, q = points[i], points[(i + 1) % n]
+        pin = p[axis] >= value if keep_above else p[axis] <= value
+        qin = q[axis] >= value if keep_above else q[axis] <= value
+        if pin:
+            out.append(p)
+        if pin != qin:
+            w = (value - p[axis]) / (q[axis] - p[axis])
+            point = [p[0] + w * (q[0] - p[0]), p[1] + w * (q[1] - p[1]), False]
+            point[axis] = value
+            out.append(tuple(point))
+    return out
+
+
+def source_window(A, t, shape, rows, cols, interpolation="bilinear"):
+    """Rows and columns of a frame that an output band needs: ``(r0, r1, c0, c1)``.
+
+    Parameters
+    ----------
+    A, t : array_like (2, 2) and (2,)
+        The frame's transform: output ``[x, y]`` -> frame ``A @ [x, y] + t``.
+    shape : (ny, nx)
+        The frame's shape.
+    rows, cols : (start, stop)
+        The band's output rows ``y`` and columns ``x`` (absolute, half-open).
+    interpolation : str
+        One of :data:`INTERPOLATIONS`.
+
+    Returns
+    -------
+    r0, r1, c0, c1 : int
+        Frame rows ``[r0, r1)`` and columns ``[c0, c1)`` holding every tap
+        of every output pixel of the band the frame covers (taps beyond the
+        frame's edge are the edge pixel, so they lie inside too); all 0 when
+        the frame covers none of the band. The footprint is the band's
+        rectangle of pixel centres mapped into the frame (a parallelogram,
+        its corners computed exactly as the kernels compute them) and clipped
+        to the frame's coverage domain, widened by the kernel's reach.
+
+    Examples
+    --------
+    >>> source_window([[1, 0], [0, 1]], [0.5, -2.25], (100, 80), (10, 20), (0, 80))
+    (7, 18, 0, 80)
+    """
+    kind = _kind(interpolation)
+    A, t = _transform(A, t)
+    ny, nx = (int(n) for n in shape)
+    (y0, y1), (x0, x1) = rows, cols
+    if y1 <= y0 or x1 <= x0 or ny < 1 or nx < 1:
+        return 0, 0, 0, 0
+    poly = [(A[0, 0] * x + (A[0, 1] * y + t[0]), A[1, 0] * x + (A[1, 1] * y + t[1]), True)
+            for x, y in ((float(x0), float(y0)), (float(x1 - 1), float(y0)),
+                         (float(x1 - 1), float(y1 - 1)), (float(x0), float(y1 - 1)))]
+    edge = 0.5 if kind == 0 else 0.0
+    for axis, n in ((0, nx), (1, ny)):
+        poly = _clip_polygon(poly, axis, -edge, True)
+        poly = _clip_polygon(poly, axis, n - 1 + edge, False) if poly else poly
+        if not poly:
+            return 0, 0, 0, 0
+    lo, hi = _reach(kind)
+    window = []
+    for axis, n in ((1, ny), (0, nx)):
+        # clipped vertices are computed, not the kernels' own numbers: widen them
+        smin = min(p[axis] - (0 if p[2] else 1e-9 * max(1.0, abs(p[axis]))) for p in poly)
+        smax = max(p[axis] + (0 if p[2] else 1e-9 * max(1.0, abs(p[axis]))) for p in poly)
+        if kind == 0:
+            first, last = math.floor(smin + 0.5), math.floor(smax + 0.5)
+        else:
+            first, last = math.floor(smin) - lo, math.floor(smax) + hi
+        window += [max(first, 0), min(last + 1, n)]
+    r0, r1, c0, c1 = window
+    if r1 <= r0 or c1 <= c0:
+        return 0, 0, 0, 0
+    return r0, r1, c0, c1
+
+
+# --------------------------------------------------------------------------
+# stored rows -> oriented float32 buffer
+
+
+def _physical(raw, swap, signed, nbytes, scale, zero, blank, has_blank):
+    """The physical float32 value of one stored value (compiled per stored type)."""
+
+
+@overload(_physical, jit_options=dict(_JIT))
+def _physical_typed(raw, swap, signed, nbytes, scale, zero, blank, has_blank):
+    if isinstance(raw, types.Float):
+        def floating(raw, swap, signed, nbytes, scale, zero, blank, has_blank):
+            out = np.float32(raw) * scale + zero
+            return out if out - out == 0 else _FNAN
+        return floating
+
+    def integer(raw, swap, signed, nbytes, scale, zero, blank, has_blank):
+        v = np.int64(raw)
+        if swap and nbytes == 2:
+            v = ((v >> 8) & 0xFF) | ((v & 0xFF) << 8)
+        elif swap and nbytes == 4:
+            v = ((v >> 24) & 0xFF) | ((v >> 8) & 0xFF00) | ((v & 0xFF00) << 8) \
+                | ((v & 0xFF) << 24)
+        if signed:
+            half = np.int64(1) << (8 * nbytes - 1)
+            v = v - 2 * half if v >= half else v
+        out = np.float32(v) * scale + zero
+        return _FNAN if has_blank and v == blank else out
+    return integer
+
+
+@njit(**_JIT)
+def _convert_row(stored, swap, signed, nbytes, scale, zero, blank, has_blank, y, x_first,
+                 mirror, out):
+    """``out[i]`` = the physical value of ``stored[y, x_first + i]`` (``x_first - i``
+    mirrored)."""
+    n = out.shape[0]
+    row = stored[y]
+    src = row[x_first - n + 1:x_first + 1][::-1] if mirror else row[x_first:x_first + n]
+    for i in range(n):
+        out[i] = _physical(src[i], swap, signed, nbytes, scale, zero, blank, has_blank)
+
+
+@njit(**_JIT)
+def _prepare(stored, swap, signed, nbytes, scale, zero, blank, has_blank, r_stored, frame_nx,
+             frame_ny, transpose, mirror, u_lo, u_hi, v_lo, v_hi, pad, buf):
+    """Fill ``buf`` with the frame in canonical coordinates ``(u, v)``, padded by ``pad``.
+
+    ``buf[v - v_lo + pad, u - u_lo + pad]`` is the physical value of the
+    frame at canonical ``(u, v)`` clamped to ``[u_lo, u_hi) x [v_lo, v_hi)``
+    (the part the band needs, inside the frame; clamping replicates its
+    edge). Canonical ``u`` is ``x`` (``nx - 1 - x`` mirrored) and ``v`` is
+    ``y``; transposed, ``u`` is ``y`` (``ny - 1 - y`` mirrored) and ``v`` is
+    ``x``. ``stored`` holds frame rows from ``r_stored`` on, every column.
+    """
+    nbv, nbu = buf.shape
+    nu = u_hi - u_lo
+    if not transpose:
+        for vi in range(nbv):
+            y = min(max(v_lo - pad + vi, v_lo), v_hi - 1) - r_stored
+            line = buf[vi]
+            x_first = frame_nx - 1 - u_lo if mirror else u_lo
+            _convert_row(stored, swap, signed, nbytes, scale, zero, blank, has_blank, y,
+                         x_first, mirror, line[pad:pad + nu])
+            for ui in range(pad):
+                line[ui] = line[pad]
+            for ui in range(pad + nu, nbu):
+                line[ui] = line[pad + nu - 1]
+        return
+    # transposed: buffer row = frame column, buffer column = frame row
+    tmp = np.empty(v_hi - v_lo, np.float32)
+    for ui in range(pad, pad + nu):
+        u = u_lo - pad + ui
+        y = (frame_ny - 1 - u if mirror else u) - r_stored
+        _convert_row(stored, swap, signed, nbytes, scale, zero, blank, has_blank, y, v_lo,
+                     False, tmp)
+        for vi in range(v_hi - v_lo):
+            buf[pad + vi, ui] = tmp[vi]
+    for vi in range(nbv):
+        src = min(max(vi, pad), pad + v_hi - v_lo - 1)
+        line = buf[vi]
+        if src != vi:
+            line[pad:pad + nu] = buf[src, pad:pad + nu]
+        for ui in range(pad):
+            line[ui] = line[pad]
+        for ui in range(pad + nu, nbu):
+            line[ui] = line[pad + nu - 1]
+
+
+def _stored_view(rows):
+    """``(view, swap, signed, nbytes, floating)``: stored rows as numba can read them."""
+    rows = np.asarray(rows)
+    dtype = rows.dtype
+    if dtype.kind == "f":
+        if not dtype.isnative or dtype.itemsize not in (4, 8):
+            rows = rows.astype(np.float32 if dtype.itemsize <= 4 else np.float64)
+        return np.ascontiguousarray(rows), False, False, 4, True
+    if dtype.kind not in "iub" or dtype.itemsize not in (1, 2, 4):
+        raise ValueError(f"rows must be 8/16/32-bit integers or floats, got {dtype}")
+    if dtype.kind == "b":
+        rows = rows.view(np.uint8)
+        dtype = rows.dtype
+    rows = np.ascontiguousarray(rows)
+    swap = dtype.itemsize > 1 and not dtype.isnative
+    view = rows.view(np.dtype(f"u{dtype.itemsize}"))
+    return view, swap, dtype.kind == "i", dtype.itemsize, False
+
+
+# --------------------------------------------------------------------------
+# the warp: segments of consecutive taps
+
+
+@njit(inline="always", **_JIT)
+def _tap(s, kind, mirror, n):
+    """The buffer-axis tap index (a float) of frame coordinate ``s``: ``floor(s)`` (nearest:
+    ``floor(s + 0.5)``), or on a mirrored axis of ``n`` pixels the index of the same point
+    counted from the other end. Computed from ``s`` itself so that ties round as documented."""
+    i = np.floor(s + 0.5) if kind == 0 else np.floor(s)
+    if not mirror:
+        return i
+    if kind == 0 or s == i:
+        return n - 1 - i
+    return n - 2 - i
+
+
+@njit(inline="always", **_JIT)
+def _axis_inside(s, kind, n):
+    if kind == 0:
+        i = np.floor(s + 0.5)
+        return i >= 0 and i <= n - 1
+    return s >= 0.0 and s <= n - 1
+
+
+@njit(**_JIT)
+def _covered(tr, bu, bv, x0, w, kind, nu, nv):
+    """Output columns ``[jlo, jhi)`` of one row the frame covers (an interval: the
+    coordinates are monotonic in ``x``). Solved, then moved onto the exact test."""
+    lo = -1e300
+    hi = 1e300
+    edge = 0.5 if kind == 0 else 0.0
+    for axis in range(2):
+        a = tr[axis, 0]
+        b = bu if axis == 0 else bv
+        n = nu if axis == 0 else nv
+        if a == 0.0:  # this coordinate is the same along the row
+            if not _axis_inside(b, kind, n):
+                return 0, 0
+            continue
+        p = (-edge - b) / a
+        q = (n - 1 + edge - b) / a
+        lo = max(lo, min(p, q))
+        hi = min(hi, max(p, q))
+    if hi < lo - 1.0:
+        return 0, 0
+    jlo = int(max(0.0, min(float(w), np.ceil(lo - x0))))
+    jhi = int(max(0.0, min(float(w), np.floor(hi - x0) + 1.0)))
+
+    def inside(j):
+        x = float(x0 + j)
+        return (_axis_inside(tr[0, 0] * x + bu, kind, nu)
+                and _axis_inside(tr[1, 0] * x + bv, kind, nv))
+
+    while jlo < jhi and not inside(jlo):
+        jlo += 1
+    while jhi > jlo and not inside(jhi - 1):
+        jhi -= 1
+    if jhi > jlo:
+        while jlo > 0 and inside(jlo - 1):
+            jlo -= 1
+        while jhi < w and inside(jhi):
+            jhi += 1
+    else:  # the solved interval missed: look once either side of it
+        for j in (jlo - 1, jlo):
+            if 0 <= j < w and inside(j):
+                jlo = j
+                jhi = j + 1
+                while jlo > 0 and inside(jlo - 1):
+                    jlo -= 1
+                while jhi < w and inside(jhi):
+                    jhi += 1
+                break
+    return jlo, jhi
+
+
+@njit(inline="always", **_JIT)
+def _same(tr, bu, bv, x, iu0, iv0, x_start, kind, mirror, nu):
+    iu = _tap(tr[0, 0] * x + bu, kind, mirror, nu)
+    iv = _tap(tr[1, 0] * x + bv, kind, False, 0)
+    return iv == iv0 and iu - x == iu0 - x_start
+
+
+@njit(**_JIT)
+def _segment_end(tr, bu, bv, x0, j, jhi, iu, iv, kind, mirror, nu):
+    """First column after ``j`` (< ``jhi``) whose taps are not consecutive with ``j``'s."""
+    xs = float(x0 + j)
+    good = j + 1
+    bad = jhi
+    step = 16
+    while good < jhi:  # gallop, then bisect
+        probe = min(good + step, jhi) - 1
+        if _same(tr, bu, bv, float(x0 + probe), iu, iv, xs, kind, mirror, nu):
+            good = probe + 1
+            step *= 2
+        else:
+            bad = probe
+            break
+    while good < bad:
+        mid = (good + bad) // 2
+        if _same(tr, bu, bv, float(x0 + mid), iu, iv, xs, kind, mirror, nu):
+            good = mid + 1
+        else:
+            bad = mid
+    return good
+
+
+@njit(inline="always", **_FAST)
+def _w3(f, ce, co):
+    """Lanczos-3 weights of taps -2..3 at fraction ``f`` (exactly the centre tap at 0)."""
+    u = f - _FH
+    u2 = u * u
+    e1 = (((ce[0, 4] * u2 + ce[0, 3]) * u2 + ce[0, 2]) * u2 + ce[0, 1]) * u2 + ce[0, 0]
+    o1 = (((co[0, 4] * u2 + co[0, 3]) * u2 + co[0, 2]) * u2 + co[0, 1]) * u2 + co[0, 0]
+    e2 = (((ce[1, 4] * u2 + ce[1, 3]) * u2 + ce[1, 2]) * u2 + ce[1, 1]) * u2 + ce[1, 0]
+    o2 = (((co[1, 4] * u2 + co[1, 3]) * u2 + co[1, 2]) * u2 + co[1, 1]) * u2 + co[1, 0]
+    e3 = (((ce[2, 4] * u2 + ce[2, 3]) * u2 + ce[2, 2]) * u2 + ce[2, 1]) * u2 + ce[2, 0]
+    o3 = (((co[2, 4] * u2 + co[2, 3]) * u2 + co[2, 2]) * u2 + co[2, 1]) * u2 + co[2, 0]
+    z = f == 0
+    return (_F0 if z else e3 - u * o3, _F0 if z else e2 - u * o2,
+            _F1 if z else e1 - u * o1, _F0 if z else e1 + u * o1,
+            _F0 if z else e2 + u * o2, _F0 if z else e3 + u * o3)
+
+
+@njit(inline="always", **_FAST)
+def _w4(f, ce, co):
+    """Lanczos-4 weights of taps -3..4 at fraction ``f``."""
+    u = f - _FH
+    u2 = u * u
+    e1 = (((ce[0, 4] * u2 + ce[0, 3]) * u2 + ce[0, 2]) * u2 + ce[0, 1]) * u2 + ce[0, 0]
+    o1 = (((co[0, 4] * u2 + co[0, 3]) * u2 + co[0, 2]) * u2 + co[0, 1]) * u2 + co[0, 0]
+    e2 = (((ce[1, 4] * u2 + ce[1, 3]) * u2 + ce[1, 2]) * u2 + ce[1, 1]) * u2 + ce[1, 0]
+    o2 = (((co[1, 4] * u2 + co[1, 3]) * u2 + co[1, 2]) * u2 + co[1, 1]) * u2 + co[1, 0]
+    e3 = (((ce[2, 4] * u2 + ce[2, 3]) * u2 + ce[2, 2]) * u2 + ce[2, 1]) * u2 + ce[2, 0]
+    o3 = (((co[2, 4] * u2 + co[2, 3]) * u2 + co[2, 2]) * u2 + co[2, 1]) * u2 + co[2, 0]
+    e4 = (((ce[3, 4] * u2 + ce[3, 3]) * u2 + ce[3, 2]) * u2 + ce[3, 1]) * u2 + ce[3, 0]
+    o4 = (((co[3, 4] * u2 + co[3, 3]) * u2 + co[3, 2]) * u2 + co[3, 1]) * u2 + co[3, 0]
+    z = f == 0
+    return (_F0 if z else e4 - u * o4, _F0 if z else e3 - u * o3,
+            _F0 if z else e2 - u * o2, _F1 if z else e1 - u * o1,
+            _F0 if z else e1 + u * o1, _F0 if z else e2 + u * o2,
+            _F0 if z else e3 + u * o3, _F0 if z else e4 + u * o4)
+
+
+@njit(inline="always", **_FAST)
+def _dot6(r, i, w):
+    return (w[0] * r[i] + w[1] * r[i + 1] + w[2] * r[i + 2] + w[3] * r[i + 3]
+            + w[4] * r[i + 4] + w[5] * r[i + 5])
+
+
+@njit(inline="always", **_FAST)
+def _dot8(r, i, w):
+    return (w[0] * r[i] + w[1] * r[i + 1] + w[2] * r[i + 2] + w[3] * r[i + 3]
+            + w[4] * r[i + 4] + w[5] * r[i + 5] + w[6] * r[i + 6] + w[7] * r[i + 7])
+
+
+@njit(inline="always", **_JIT)
+def _clamped(acc, a, b, c, d, fx, fy):
+    """Clamp ``acc`` to the range of the taps bilinear would use (NaN stays NaN)."""
+    b = b if fx != 0 else a
+    c = c if fy != 0 else a
+    d = d if fy != 0 else b
+    d = d if fx != 0 else c
+    lo = min(min(a, b), min(c, d))
+    hi = max(max(a, b), max(c, d))
+    acc = lo if acc < lo else acc
+    return hi if acc > hi else acc
+
+
+@njit(inline="always", **_JIT)
+def _fractions(x, i, au, bu, iu, av, bv, iv, mirror, nu):
+    """Lane ``i`` of a segment: the fractions exactly as one pixel computes them (the
+    segment's taps start at ``iu``, ``iv``; the fast axis steps one tap a lane)."""
+    xi = x + i
+    s = au * xi + bu
+    fu = ((nu - 1) - (iu + i)) - s if mirror else s - (iu + i)
+    return np.float32(fu), np.float32(av * xi + bv - iv)
+
+
+@njit(**_FAST)
+def _bilinear_run(r0, r1, out, n, x, au, bu, iu, av, bv, iv, mirror, nu):
+    for i in range(n):
+        fx, fy = _fractions(x, i, au, bu, iu, av, bv, iv, mirror, nu)
+        gx = _F1 - fx
+        top = gx * r0[i] + fx * r0[i + 1]
+        bottom = gx * r1[i] + fx * r1[i + 1]
+        out[i] = (_F1 - fy) * top + fy * bottom
+
+
+@njit(**_FAST)
+def _lanczos3_run(r0, r1, r2, r3, r4, r5, out, n, x, au, bu, iu, av, bv, iv, mirror, nu, ce, co,
+                  clamp):
+    for i in range(n):
+        fx, fy = _fractions(x, i, au, bu, iu, av, bv, iv, mirror, nu)
+        wx = _w3(fx, ce, co)
+        wy = _w3(fy, ce, co)
+        acc = (wy[0] * _dot6(r0, i, wx) + wy[1] * _dot6(r1, i, wx) + wy[2] * _dot6(r2, i, wx)
+               + wy[3] * _dot6(r3, i, wx) + wy[4] * _dot6(r4, i, wx)
+               + wy[5] * _dot6(r5, i, wx))
+        if clamp:
+            acc = _clamped(acc, r2[i + 2], r2[i + 3], r3[i + 2], r3[i + 3], fx, fy)
+        out[i] = acc
+
+
+@njit(**_FAST)
+def _lanczos4_run(r0, r1, r2, r3, r4, r5, r6, r7, out, n, x, au, bu, iu, av, bv, iv, mirror, nu,
+                  ce, co, clamp):
+    for i in range(n):
+        fx, fy = _fractions(x, i, au, bu, iu, av, bv, iv, mirror, nu)
+        wx = _w4(fx, ce, co)
+        wy = _w4(fy, ce, co)
+        acc = (wy[0] * _dot8(r0, i, wx) + wy[1] * _dot8(r1, i, wx) + wy[2] * _dot8(r2, i, wx)
+               + wy[3] * _dot8(r3, i, wx) + wy[4] * _dot8(r4, i, wx)
+               + wy[5] * _dot8(r5, i, wx) + wy[6] * _dot8(r6, i, wx)
+               + wy[7] * _dot8(r7, i, wx))
+        if clamp:
+            acc = _clamped(acc, r3[i + 3], r3[i + 4], r4[i + 3], r4[i + 4], fx, fy)
+        out[i] = acc
+
+
+@njit(**_FAST)
+def _pixel(buf, ub, vb, su, sv, kind, mirror, nu, ce, co, clamp):
+    """One output pixel's value at frame coordinates ``su`` (buffer fast axis, mirrored or
+    not) and ``sv`` (the exact NaN rule: only taps with a non-zero weight count). ``ub``,
+    ``vb``: buffer coordinates of ``buf[0, 0]``."""
+    iu = _tap(su, kind, mirror, nu)
+    iv = _tap(sv, kind, False, 0)
+    if kind == 0:
+        return buf[int(iv) - vb, int(iu) - ub]
+    fx = np.float32(((nu - 1) - iu) - su if mirror else su - iu)
+    fy = np.float32(sv - iv)
+    a = 1 if kind == 1 else kind
+    wx = np.zeros(8, np.float32)
+    wy = np.zeros(8, np.float32)
+    if kind == 1:
+        wx[0], wx[1] = _F1 - fx, fx
+        wy[0], wy[1] = _F1 - fy, fy
+    elif kind == 3:
+        w = _w3(fx, ce, co)
+        for k in range(6):
+            wx[k] = w[k]
+        w = _w3(fy, ce, co)
+        for k in range(6):
+            wy[k] = w[k]
+    else:
+        w = _w4(fx, ce, co)
+        for k in range(8):
+            wx[k] = w[k]
+        w = _w4(fy, ce, co)
+        for k in range(8):
+            wy[k] = w[k]
+    row0 = int(iv) - (a - 1) - vb
+    col0 = int(iu) - (a - 1) - ub
+    # a weight is zero only on an axis with a zero fraction, off its centre tap (polynomial
+    # weights may round to zero near it, the kernel's do not)
+    acc = _F0
+    for s in range(2 * a):
+        if fy == 0 and s != a - 1:
+            continue
+        part = _F0
+        for c in range(2 * a):
+            if fx == 0 and c != a - 1:
+                continue
+            part += wx[c] * buf[row0 + s, col0 + c]
+        acc += wy[s] * part
+    if clamp and kind > 1:
+        r = row0 + a - 1
+        q = col0 + a - 1
+        acc = _clamped(acc, buf[r, q], buf[r, q + 1], buf[r + 1, q], buf[r + 1, q + 1], fx, fy)
+    return acc
+
+
+@njit(**_JIT)
+def _emit(vals, jlo, jhi, mode, trow, crow, wrow, weight, orow):
+    """Add a row of values into the accumulators (mode 0) or store it (mode 1);
+    returns how many were NaN (the caller checks those with the exact NaN rule)."""
+    bad = 0
+    if mode == 1:
+        for j in range(jlo, jhi):
+            v = vals[j]
+            orow[j] = v
+            bad += 0 if v == v else 1
+        return bad
+    if weight < 0:  # unweighted
+        for j in range(jlo, jhi):
+            v = vals[j]
+            ok = v == v
+            trow[j] += v if ok else _F0
+            crow[j] += 1 if ok else 0
+            bad += 0 if ok else 1
+        return bad
+    wt = np.float32(weight)
+    for j in range(jlo, jhi):
+        v = vals[j]
+        ok = v == v
+        trow[j] += wt * v if ok else _F0
+        crow[j] += 1 if ok else 0
+        wrow[j] += weight if ok else 0.0
+        bad += 0 if ok else 1
+    return bad
+
+
+@njit(**_JIT)
+def _repair(vals, jlo, jhi, mode, trow, crow, wrow, weight, orow, buf, ub, vb, tr, bu, bv, x0,
+            kind, mirror, nu, ce, co, clamp):
+    """Recompute the NaN values of a row with the exact NaN rule: a NaN tap whose
+    weight is exactly zero (integer coordinates) does not uncover the pixel."""
+    for j in range(jlo, jhi):
+        if vals[j] == vals[j]:
+            continue
+        x = float(x0 + j)
+        v = _pixel(buf, ub, vb, tr[0, 0] * x + bu, tr[1, 0] * x + bv, kind, mirror, nu, ce, co,
+                   clamp)
+        if v != v:
+            continue
+        if mode == 1:
+            orow[j] = v
+        elif weight < 0:
+            trow[j] += v
+            crow[j] += 1
+        else:
+            trow[j] += np.float32(weight) * v
+            crow[j] += 1
+            wrow[j] += weight
+
+
+@njit(**_JIT)
+def _warp_rows(flat, buf, ub, vb, nu, nv, tr, mirror, y0, x0, kind, ce, co, clamp, mode, total,
+               coverage, wsum, weight, out, vals):
+    """Interpolate every output row of a band from the oriented buffer (see module notes).
+
+    ``buf`` is the start of ``flat``, which has spare values after it (the
+    vector loops run past a segment's end); ``tr`` (2, 3): the rows of
+    ``[A | t]`` for the buffer's fast and slow axes, ``[s_u, s_v] = tr[:, :2]
+    @ [x, y] + tr[:, 2]`` in frame coordinates, the fast axis mirrored in
+    the buffer when ``mirror``; ``ub``, ``vb``: buffer coordinates of
+    ``buf[0, 0]``; ``vals``: a work row of ``w + 2 * _LANES`` floats.
+    """
+    h = total.shape[0] if mode == 0 else out.shape[0]
+    w = total.shape[1] if mode == 0 else out.shape[1]
+    nbv, nbu = buf.shape
+    a = 1 if kind <= 1 else kind
+    below = 0 if kind <= 1 else a - 1
+    for r in range(h):
+        y = float(y0 + r)
+        bu = tr[0, 1] * y + tr[0, 2]
+        bv = tr[1, 1] * y + tr[1, 2]
+        jlo, jhi = _covered(tr, bu, bv, x0, w, kind, nu, nv)
+        j = jlo
+        while j < jhi:
+            x = float(x0 + j)
+            u = tr[0, 0] * x + bu
+            v = tr[1, 0] * x + bv
+            iu = _tap(u, kind, mirror, nu)
+            iv = _tap(v, kind, False, 0)
+            je = _segment_end(tr, bu, bv, x0, j, jhi, iu, iv, kind, mirror, nu)
+            n = je - j
+            row = int(iv) - below - vb
+            col = int(iu) - below - ub
+            taps = 1 if kind == 0 else 2 * a
+            if row < 0 or col < 0 or row + taps > nbv or col + n + taps - 1 > nbu:
+                raise IndexError("bigstack: a tap lies outside the prepared rows (window bug)")
+            seg = vals[j:]
+            if n < _SHORT and kind > 0:
+                for i in range(n):
+                    xi = x + i
+                    seg[i] = _pixel(buf, ub, vb, tr[0, 0] * xi + bu, tr[1, 0] * xi + bv, kind,
+                                    mirror, nu, ce, co, clamp)
+                j = je
+                continue
+            lanes = (n + _LANES - 1) // _LANES * _LANES
+            k = row * nbu + col
+            au = tr[0, 0]
+            av = tr[1, 0]
+            if kind == 0:
+                src = flat[k:k + n]
+                for i in range(n):
+                    seg[i] = src[i]
+            elif kind == 1:
+                _bilinear_run(flat[k:], flat[k + nbu:], seg, lanes, x, au, bu, iu, av, bv, iv,
+                              mirror, nu)
+            elif kind == 3:
+                _lanczos3_run(flat[k:], flat[k + nbu:], flat[k + 2 * nbu:], flat[k + 3 * nbu:],
+                              flat[k + 4 * nbu:], flat[k + 5 * nbu:], seg, lanes, x, au, bu,
+                              iu, av, bv, iv, mirror, nu, ce, co, clamp)
+            else:
+                _lanczos4_run(flat[k:], flat[k + nbu:], flat[k + 2 * nbu:], flat[k + 3 * nbu:],
+                              flat[k + 4 * nbu:], flat[k + 5 * nbu:], flat[k + 6 * nbu:],
+                              flat[k + 7 * nbu:], seg, lanes, x, au, bu, iu, av, bv, iv,
+                              mirror, nu, ce, co, clamp)
+            j = je
+        if jhi <= jlo:
+            continue
+        trow = total[r] if mode == 0 else total[0]
+        crow = coverage[r] if mode == 0 else coverage[0]
+        wrow = wsum[r] if (mode == 0 and weight >= 0) else wsum[0]
+        orow = out[r] if mode == 1 else out[0]
+        if _emit(vals, jlo, jhi, mode, trow, crow, wrow, weight, orow):
+            _repair(vals, jlo, jhi, mode, trow, crow, wrow, weight, orow, buf, ub, vb, tr, bu,
+                    bv, x0, kind, mirror, nu, ce, co, clamp)
+
+
+# --------------------------------------------------------------------------
+# pure translations: constant weights, two 1-D passes
+
+
+@njit(**_FAST)
+def _hpass(src, out, wx, taps, n):
+    """``out[i] = sum_k wx[k] * src[i + k]`` over ``taps`` taps (1, 2, 6 or 8)."""
+    if taps == 1:
+        for i in range(n):
+            out[i] = src[i]
+    elif taps == 2:
+        w0, w1 = wx[0], wx[1]
+        for i in range(n):
+            out[i] = w0 * src[i] + w1 * src[i + 1]
+    elif taps == 6:
+        w = (wx[0], wx[1], wx[2], wx[3], wx[4], wx[5])
+        for i in range(n):
+            out[i] = _dot6(src, i, w)
+    else:
+        w = (wx[0], wx[1], wx[2], wx[3], wx[4], wx[5], wx[6], wx[7])
+        for i in range(n):
+            out[i] = _dot8(src, i, w)
+
+
+@njit(**_FAST)
+def _vpass(rows, first, out, wy, taps, n):
+    """``out[i] = sum_s wy[s] * rows[first + s, i]``."""
+    if taps == 1:
+        src = rows[first]
+        for i in range(n):
+            out[i] = src[i]
+        return
+    src = rows[first]
+    w = wy[0]
+    for i in range(n):
+        out[i] = w * src[i]
+    for s in range(1, taps):
+        src = rows[first + s]
+        w = wy[s]
+        for i in range(n):
+            out[i] += w * src[i]
+
+
+@njit(**_JIT)
+def _range2(rows, first, col, out_lo, out_hi, n, two_rows, two_cols):
+    """Min and max of the bilinear support (1 or 2 rows x 1 or 2 columns) per pixel."""
+    a = rows[first, col:]
+    b = rows[first + (1 if two_rows else 0), col:]
+    dc = 1 if two_cols else 0
+    for i in range(n):
+        lo = min(min(a[i], a[i + dc]), min(b[i], b[i + dc]))
+        hi = max(max(a[i], a[i + dc]), max(b[i], b[i + dc]))
+        out_lo[i] = lo
+        out_hi[i] = hi
+
+
+@njit(**_JIT)
+def _shift_rows(buf, ub, vb, nu, nv, tu, tv, y0, x0, kind, wx, bx, wy, by, clamp, mode, total,
+                coverage, wsum, weight, out, hrows, vals, lo, hi):
+    """Interpolate a band of a purely translated frame: ``[u, v] = [x + tu, y + tv]``.
+
+    Weights are the same for every pixel: ``wx`` on columns ``floor(tu) -
+    bx ...`` and ``wy`` on rows ``floor(tv) - by ...`` (one tap for a zero
+    fraction, so a NaN tap always has a non-zero weight). A horizontal pass
+    over each buffer row the band needs (into ``hrows``), then a vertical
+    pass per output row.
+    """
+    h = total.shape[0] if mode == 0 else out.shape[0]
+    w = total.shape[1] if mode == 0 else out.shape[1]
+    tx = wx.shape[0]
+    ty = wy.shape[0]
+    # covered: u and v in [0, n - 1]
+    jlo = max(0, int(np.ceil(-tu - x0)))
+    jhi = min(w, int(np.floor(nu - 1 - tu)) - x0 + 1)
+    rlo = max(0, int(np.ceil(-tv - y0)))
+    rhi = min(h, int(np.floor(nv - 1 - tv)) - y0 + 1)
+    if jhi <= jlo or rhi <= rlo:
+        return
+    n = jhi - jlo
+    col = int(np.floor(tu)) + x0 + jlo - bx - ub  # buffer column of the first tap
+    first = int(np.floor(tv)) + y0 + rlo - by - vb  # buffer row of the first tap row
+    count = rhi - rlo + ty - 1
+    if first < 0 or first + count > buf.shape[0] or col < 0 or col + n + tx - 1 > buf.shape[1]:
+        raise IndexError("bigstack: a tap lies outside the prepared rows (window bug)")
+    for s in range(count):
+        _hpass(buf[first + s, col:], hrows[s], wx, tx, n)
+    two_cols = tx > 1
+    two_rows = ty > 1
+    for r in range(rlo, rhi):
+        seg = vals[jlo:]
+        _vpass(hrows, r - rlo, seg, wy, ty, n)
+        if clamp and kind > 1:
+            _range2(buf, first + r - rlo + (by if two_rows else 0), col + (bx if two_cols else 0),
+                    lo, hi, n, two_rows, two_cols)
+            for i in range(n):
+                v = seg[i]
+                v = lo[i] if v < lo[i] else v
+                seg[i] = hi[i] if v > hi[i] else v
+        trow = total[r] if mode == 0 else total[0]
+        crow = coverage[r] if mode == 0 else coverage[0]
+        wrow = wsum[r] if (mode == 0 and weight >= 0) else wsum[0]
+        orow = out[r] if mode == 1 else out[0]
+        _emit(vals, jlo, jhi, mode, trow, crow, wrow, weight, orow)
+
+
+# --------------------------------------------------------------------------
+# the public warp entry points
+
+
+def _orientation(A, t, shape):
+    """The buffer's orientation: ``(transpose, mirror, tr (2, 3), nu, nv)``: ``tr`` holds the
+    rows of ``[A | t]`` for the buffer's fast and slow axes (module notes)."""
+    ny, nx = shape
+    transpose = abs(A[1, 0]) > abs(A[0, 0])
+    fast, slow = (1, 0) if transpose else (0, 1)
+    tr = np.empty((2, 3), np.float64)
+    tr[0, :2], tr[0, 2] = A[fast], t[fast]
+    tr[1, :2], tr[1, 2] = A[slow], t[slow]
+    nu, nv = (ny, nx) if transpose else (nx, ny)
+    return transpose, bool(tr[0, 0] < 0), tr, nu, nv
+
+
+def _buffer(work, key, shape, spare=0, dtype=np.float32):
+    """A reused work array of ``shape`` with ``spare`` values after it: ``(array, flat)``."""
+    size = int(np.prod(shape))
+    have = work.get(key)
+    if have is None or have.size < size + spare:
+        have = work[key] = np.empty(max(size + spare, 1), dtype)
+    return have[:size].reshape(shape), have[:size + spare]
+
+
+def _axis_weights(t, kind):
+    """Constant weights along one axis for a shift ``t``: ``(weights, taps below floor(t))``;
+    one tap when the float32 fraction is 0."""
+    f = np.float32(t - math.floor(t))
+    if f == 0:
+        return np.ones(1, np.float32), 0
+    if kind == 1:
+        return np.array([1 - f, f], np.float32), 0
+    return lanczos_weights(f, kind)[0], kind - 1
+
+
+def _warp(mode, rows, r0, shape, A, t, origin, interpolation, scale, zero, blank, clamp, work,
+          total=None, coverage=None, weight=None, weight_sum=None, out=None):
+    kind = _kind(interpolation)
+    A, t = _transform(A, t)
+    ny, nx = (int(n) for n in shape)
+    target = total if mode == 0 else out
+    h, w = target.shape
+    y0, x0 = (int(v) for v in origin)
+    ra, rb, ca, cb = source_window(A, t, (ny, nx), (y0, y0 + h), (x0, x0 + w), interpolation)
+    if rb <= ra:
+        return
+    rows = np.asarray(rows)
+    if rows.ndim != 2 or rows.shape[1] != nx:
+        raise ValueError(f"rows must be full frame rows of {nx} pixels, got shape {rows.shape}")
+    if r0 > ra or r0 + rows.shape[0] < rb:
+        raise ValueError(f"rows [{r0}, {r0 + rows.shape[0]}) do not hold the rows [{ra}, {rb}) "
+                         "this band needs (see source_window)")
+    work = {} if work is None else work
+    view, swap, signed, nbytes, floating = _stored_view(rows)
+    has_blank = blank is not None and not floating
+    pad = max(_reach(kind)) + 1
+    shift = kind > 0 and bool(np.array_equal(A, np.eye(2)))
+    if shift:
+        transpose, mirror, tr, nu, nv = False, False, None, nx, ny
+    else:
+        transpose, mirror, tr, nu, nv = _orientation(A, t, (ny, nx))
+    if transpose:
+        u_lo, u_hi = (ny - rb, ny - ra) if mirror else (ra, rb)
+        v_lo, v_hi = ca, cb
+    else:
+        u_lo, u_hi = (nx - cb, nx - ca) if mirror else (ca, cb)
+        v_lo, v_hi = ra, rb
+    buf, flat = _buffer(work, "buf", (v_hi - v_lo + 2 * pad, u_hi - u_lo + 2 * pad),
+                        spare=4 * _LANES)
+    _prepare(view, swap, signed, nbytes, np.float32(scale), np.float32(zero),
+             np.int64(blank if has_blank else 0), has_blank, int(r0), nx, ny, transpose, mirror,
+             u_lo, u_hi, v_lo, v_hi, pad, buf)
+    ub, vb = u_lo - pad, v_lo - pad
+    vals = _buffer(work, "vals", (w + 2 * _LANES,))[0]
+    if mode == 0:
+        wt = -1.0 if weight is None else float(weight)
+        wsum = weight_sum if weight is not None else np.zeros((1, 1), np.float64)
+        args = (total, coverage, wsum, wt, np.zeros((1, 1), np.float32))
+    else:
+        args = (np.zeros((1, 1), np.float32), np.zeros((1, 1), np.int32),
+                np.zeros((1, 1), np.float64), -1.0, out)
+    if shift:
+        wx, bx = _axis_weights(t[0], kind)
+        wy, by = _axis_weights(t[1], kind)
+        hrows = _buffer(work, "hrows", (h + len(wy), w + _LANES))[0]
+        lo = _buffer(work, "lo", (w + _LANES,))[0]
+        hi = _buffer(work, "hi", (w + _LANES,))[0]
+        _shift_rows(buf, ub, vb, nu, nv, t[0], t[1], y0, x0, kind, wx, bx, wy, by, bool(clamp),
+                    mode, *args, hrows, vals, lo, hi)
+        return
+    ce, co = _LANCZOS[kind if kind > 1 else 3]
+    _warp_rows(flat, buf, ub, vb, nu, nv, tr, mirror, y0, x0, kind, ce, co, bool(clamp), mode,
+               *args, vals)
+
+
+def _check_accumulators(total, coverage, weight, weight_sum):
+    if total.ndim != 2 or total.dtype not in (np.float32, np.float64):
+        raise ValueError(f"total must be a 2-D float32 or float64 array, got {total.dtype} "
+                         f"{total.shape}")
+    if coverage.shape != total.shape or coverage.dtype != np.int32:
+        raise ValueError(f"coverage must be int32 of shape {total.shape}, got "
+                         f"{coverage.dtype} {coverage.shape}")
+    if weight is not None:
+        if not (np.isfinite(weight) and weight >= 0):
+            raise ValueError(f"weight must be finite and >= 0, got {weight!r}")
+        if weight_sum is None or weight_sum.shape != total.shape or \
+                weight_sum.dtype != np.float64:
+            raise ValueError("a weight needs weight_sum, float64 of the shape of total")
+    for name, array in (("total", total), ("coverage", coverage), ("weight_sum", weight_sum)):
+        if array is not None and not array.flags.c_contiguous:
+            raise ValueError(f"{name} must be C-contiguous")
+
+
+def warp_accumulate(rows, r0, shape, A, t, origin, total, coverage, interpolation="bilinear", *,
+                    scale=1.0, zero=0.0, blank=None, weight=None, weight_sum=None, clamp=True,
+                    work=None):
+    """Warp one frame into an output band and add it to the band's accumulators.
+
+    For every output pixel ``(x, y)`` of the band that the frame covers (see
+    the module notes for each interpolation's coverage and the NaN rule),
+    ``total[y - y0, x - x0] += value`` (times ``weight``) and
+    ``coverage[...] += 1`` (and ``weight_sum[...] += weight``), ``value``
+    being the frame interpolated at ``A @ [x, y] + t``.
+
+    Parameters
+    ----------
+    rows : numpy.ndarray (R, nx)
+        Frame rows ``[r0, r0 + R)`` as stored: uint8, int16, int32 (any byte
+        order, as FITS gives them) or float32/float64. They must include
+        the rows :func:`source_window` names for this band.
+    r0 : int
+        The frame row of ``rows[0]``.
+    shape : (ny, nx)
+        The frame's shape.
+    A, t : array_like (2, 2) and (2,)
+        Output ``[x, y]`` -> frame ``A @ [x, y] + t``.
+    origin : (y0, x0)
+        Absolute output coordinates of ``total[0, 0]``.
+    total : numpy.ndarray float32 or float64 (h, w)
+    coverage : numpy.ndarray int32 (h, w)
+    interpolation : {"nearest", "bilinear", "lanczos3", "lanczos4"}
+    scale, zero : float
+        ``physical = stored * scale + zero`` (FITS BSCALE, BZERO).
+    blank : int, optional
+        The stored value of a missing pixel (FITS BLANK, integer rows).
+    weight : float, optional
+        The frame's weight; then ``weight_sum`` (float64 (h, w)) is required.
+    clamp : bool
+        Clamp Lanczos to the bilinear taps' range (module notes).
+    work : dict, optional
+        Scratch buffers kept between calls (one dict per thread).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> frame = np.arange(12, dtype=np.float32).reshape(3, 4)
+    >>> total, coverage = np.zeros((3, 4), np.float32), np.zeros((3, 4), np.int32)
+    >>> warp_accumulate(frame, 0, (3, 4), np.eye(2), [1.0, 0.0], (0, 0), total, coverage)
+    >>> total[0].tolist(), coverage[0].tolist()
+    ([1.0, 2.0, 3.0, 0.0], [1, 1, 1, 0])
+    """
+    _check_accumulators(total, coverage, weight, weight_sum)
+    _warp(0, rows, r0, shape, A, t, origin, interpolation, scale, zero, blank, clamp, work,
+          total=total, coverage=coverage, weight=weight, weight_sum=weight_sum)
+
+
+def warp_values(rows, r0, shape, A, t, origin, out, interpolation="bilinear", *, scale=1.0,
+                zero=0.0, blank=None, clamp=True, work=None):
+    """Like :func:`warp_accumulate`, but store the values: ``out[...] = value``.
+
+    Pixels the frame does not cover are left as they are: fill ``out`` with
+    NaN first to gather a frame's plane for :func:`reject_block`.
+    """
+    if out.ndim != 2 or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous 2-D float32 array, got {out.dtype} "
+                         f"{out.shape}")
+    _warp(1, rows, r0, shape, A, t, origin, interpolation, scale, zero, blank, clamp, work,
+          out=out)
+
+
+# --------------------------------------------------------------------------
+# rejection: 64 pixels at a time, vectorised across pixels
+
+
+@njit(**_JIT)
+def _load_tile(flat, p0, g, tile):
+    """Copy pixels ``[p0, p0 + g)`` of every frame into ``tile`` (N, 64); NaN where
+    not finite or beyond the block."""
+    n = flat.shape[0]
+    for f in range(n):
+        src = flat[f, p0:p0 + g]
+        dst = tile[f]
+        for i in range(g):
+            v = src[i]
+            dst[i] = v if v - v == 0 else _FNAN
+        for i in range(g, _LANES):
+            dst[i] = _FNAN
+
+
+@njit(**_JIT)
+def _stats(tile, lo, hi, st):
+    """Per lane over the values in ``[lo, hi]``: count, count below ``lo``, sum, sum
+    of squares (float64), min and max. ``st`` rows: 0 n, 1 below, 2 s1, 3 s2, 4 min, 5 max."""
+    n = st[0]
+    below = st[1]
+    s1 = st[2]
+    s2 = st[3]
+    mn = st[4]
+    mx = st[5]
+    for i in range(_LANES):
+        n[i] = 0.0
+        below[i] = 0.0
+        s1[i] = 0.0
+        s2[i] = 0.0
+        mn[i] = np.inf
+        mx[i] = -np.inf
+    for f in range(tile.shape[0]):
+        row = tile[f]
+        for i in range(_LANES):
+            v = row[i]
+            inside = (v >= lo[i]) & (v <= hi[i])
+            d = np.float64(v) if inside else 0.0
+            n[i] += 1.0 if inside else 0.0
+            below[i] += 1.0 if v < lo[i] else 0.0
+            s1[i] += d
+            s2[i] += d * d
+            mn[i] = np.float64(v) if (inside & (v < mn[i])) else mn[i]
+            mx[i] = np.float64(v) if (inside & (v > mx[i])) else mx[i]
+
+
+@njit(**_JIT)
+def _count(tile, m, out):
+    """Per lane: values < ``m``, the largest value < ``m`` and the smallest >= ``m``."""
+    c = out[0]
+    under = out[1]
+    over = out[2]
+    for i in range(_LANES):
+        c[i] = 0
+        under[i] = -_FINF
+        over[i] = _FINF
+    for f in range(tile.shape[0]):
+        row = tile[f]
+        for i in range(_LANES):
+            v = row[i]
+            lt = v < m[i]
+            c[i] += _F1 if lt else _F0
+            a = v if lt else -_FINF
+            b = v if v >= m[i] else _FINF
+            under[i] = a if a > under[i] else under[i]
+            over[i] = b if b < over[i] else over[i]
+
+
+@njit(inline="always", **_JIT)
+def _key_mid(a, b, key):
+    """A float32 between ``a`` < ``b`` halfway in the order of float32 values."""
+    key[0] = a
+    ka = np.int64(key.view(np.int32)[0])
+    key[0] = b
+    kb = np.int64(key.view(np.int32)[0])
+    # int32 bits -> an integer order over all float32 (negative values reversed)
+    oa = ka if ka >= 0 else -2147483648 - ka
+    ob = kb if kb >= 0 else -2147483648 - kb
+    om = (oa + ob + 1) // 2
+    key.view(np.int32)[0] = np.int32(om if om >= 0 else -2147483648 - om)
+    return key[0]
+
+
+@njit(**_JIT)
+def _select(tile, rank, active, lo_v, hi_v, guess, out, scratch, key):
+    """The ``rank``-th smallest finite value (0-based, over all finite values) per lane.
+
+    ``[lo_v, hi_v]`` bracket it (data values, ``#(v < lo_v) <= rank``,
+    ``#(v <= hi_v) > rank``), ``guess`` is a first splitter. Passes count the
+    values below a splitter; the bracket snaps to the data values either
+    side of it, and the rank is found when the count equals it (or the
+    bracket holds one value). Splitters interpolate within the bracket,
+    every third pass bisects it in float order, so it ends within 64 passes.
+    """
+    a = scratch[0]
+    b = scratch[1]
+    ca = scratch[2]
+    cb = scratch[3]
+    m = scratch[4]
+    todo = 0
+    for i in range(_LANES):
+        out[i] = np.nan
+        if not active[i]:
+            m[i] = _FINF
+            continue
+        a[i] = lo_v[i]
+        b[i] = hi_v[i]
+        ca[i] = -1.0  # unknown
+        cb[i] = -1.0
+        if a[i] == b[i]:
+            out[i] = a[i]
+            m[i] = _FINF
+            continue
+        g = guess[i]
+        m[i] = g if (g > a[i]) & (g <= b[i]) else _key_mid(a[i], b[i], key)
+        todo += 1
+    counts = np.empty((3, _LANES), np.float32)
+    step = 0
+    while todo:
+        step += 1
+        _count(tile, m, counts)
+        todo = 0
+        for i in range(_LANES):
+            if m[i] == _FINF:
+                continue
+            c = counts[0, i]
+            k = rank[i]
+            if c > k:  # the rank is below m: at most the largest value below m
+                b[i] = counts[1, i]
+                cb[i] = c
+                if c == k + 1 or a[i] == b[i]:
+                    out[i] = b[i]
+                    m[i] = _FINF
+                    continue
+            else:  # at least the smallest value from m on
+                a[i] = counts[2, i]
+                ca[i] = c
+                if c == k or a[i] == b[i]:
+                    out[i] = a[i]
+                    m[i] = _FINF
+                    continue
+            todo += 1
+            if step % 3 == 0 or ca[i] < 0 or cb[i] < 0:
+                m[i] = _key_mid(a[i], b[i], key)
+            else:
+                frac = (k - ca[i] + 0.5) / (cb[i] - ca[i])
+                s = np.float32(a[i] + (np.float64(b[i]) - a[i]) * frac)
+                m[i] = s if (s > a[i]) & (s <= b[i]) else _key_mid(a[i], b[i], key)
+    return step
+
+
+@njit(**_JIT)
+def _next_value(tile, x, active, out):
+    """Per lane: the smallest value > ``x`` (``inf`` if none) and the count of values <= x."""
+    c = out[0]
+    nxt = out[1]
+    for i in range(_LANES):
+        c[i] = 0
+        nxt[i] = _FINF
+    for f in range(tile.shape[0]):
+        row = tile[f]
+        for i in range(_LANES):
+            v = row[i]
+            le = v <= x[i]
+            c[i] += _F1 if le else _F0
+            b = v if v > x[i] else _FINF
+            nxt[i] = b if b < nxt[i] else nxt[i]
+
+
+@njit(**_JIT)
+def _median(tile, lo, hi, st, active, guess, mid, scratch, key):
+    """Median (float64) of each active lane's values in ``[lo, hi]`` (``st`` from
+    :func:`_stats` over that range): the mean of the two middle values for an even count."""
+    n = st[0]
+    rank = np.empty(_LANES, np.float32)
+    a = np.empty(_LANES, np.float32)
+    b = np.empty(_LANES, np.float32)
+    first = np.empty(_LANES, np.float32)
+    for i in range(_LANES):
+        rank[i] = st[1, i] + (n[i] - 1) // 2
+        a[i] = st[4, i] if n[i] > 0 else 0.0
+        b[i] = st[5, i] if n[i] > 0 else 0.0
+    live = active & (n > 0)
+    _select(tile, rank, live, a, b, guess, first, scratch, key)
+    even = live & (n % 2 == 0)
+    if even.any():
+        nxt = np.empty((2, _LANES), np.float32)
+        _next_value(tile, first, even, nxt)
+        for i in range(_LANES):
+            if even[i]:
+                second = first[i] if nxt[0, i] > rank[i] + 1 else nxt[1, i]
+                mid[i] = 0.5 * (np.float64(first[i]) + np.float64(second))
+            elif live[i]:
+                mid[i] = first[i]
+            else:
+                mid[i] = np.nan
+    else:
+        for i in range(_LANES):
+            mid[i] = first[i] if live[i] else np.nan
+
+
+@njit(inline="always", **_JIT)
+def _f32_at_least(x):
+    """The smallest float32 >= ``x`` (float64)."""
+    f = np.float32(x)
+    return f if f >= x else np.float32(np.nextafter(f, _FINF))
+
+
+@njit(inline="always", **_JIT)
+def _f32_at_most(x):
+    f = np.float32(x)
+    return f if f <= x else np.float32(np.nextafter(f, -_FINF))
+
+
+@njit(**_JIT)
+def _winsor_pass(tile, lo, hi, clo, chi, out):
+    """Per lane over values in ``[lo, hi]``: counts below ``clo`` and above ``chi`` and
+    the sums (float64) of the values in ``[clo, chi]``."""
+    na = out[0]
+    nb = out[1]
+    m1 = out[2]
+    m2 = out[3]
+    for i in range(_LANES):
+        na[i] = 0.0
+        nb[i] = 0.0
+        m1[i] = 0.0
+        m2[i] = 0.0
+    for f in range(tile.shape[0]):
+        row = tile[f]
+        for i in range(_LANES):
+            v = row[i]
+            inside = (v >= lo[i]) & (v <= hi[i])
+            na[i] += 1.0 if inside & (v < clo[i]) else 0.0
+            nb[i] += 1.0 if inside & (v > chi[i]) else 0.0
+            mid = inside & (v >= clo[i]) & (v <= chi[i])
+            d = np.float64(v) if mid else 0.0
+            m1[i] += d
+            m2[i] += d * d
+
+
+@njit(**_JIT)
+def _winsorized_sigma(tile, lo, hi, n, middle, sigma, work):
+    """Huber's winsorized sigma of the values in ``[lo, hi]`` (``_reject`` module notes)."""
+    todo = (n >= 2) & (sigma > 0)
+    clo = np.empty(_LANES, np.float32)
+    chi = np.empty(_LANES, np.float32)
+    low = np.empty(_LANES)
+    high = np.empty(_LANES)
+    for _ in range(50):
+        if not todo.any():
+            break
+        for i in range(_LANES):
+            low[i] = middle[i] - 1.5 * sigma[i]
+            high[i] = middle[i] + 1.5 * sigma[i]
+            if todo[i]:
+                clo[i] = _f32_at_least(low[i])
+                chi[i] = _f32_at_most(high[i])
+            else:  # nothing to count
+                clo[i] = _FINF
+                chi[i] = -_FINF
+        _winsor_pass(tile, lo, hi, clo, chi, work)
+        for i in range(_LANES):
+            if not todo[i]:
+                continue
+            w1 = work[0, i] * low[i] + work[2, i] + work[1, i] * high[i]
+            w2 = work[0, i] * low[i] * low[i] + work[3, i] + work[1, i] * high[i] * high[i]
+            mean = w1 / n[i]
+            new = 1.134 * np.sqrt(max(w2 / n[i] - mean * mean, 0.0))
+            if abs(new - sigma[i]) <= 5e-4 * sigma[i]:
+                todo[i] = False
+            sigma[i] = new
+
+
+@njit(**_JIT)
+def _weighted(tile, lo, hi, weights, out):
+    """Per lane: sum of ``weights[f] * v`` and of the weights over values in ``[lo, hi]``."""
+    total = out[0]
+    norm = out[1]
+    for i in range(_LANES):
+        total[i] = 0.0
+        norm[i] = 0.0
+    for f in range(tile.shape[0]):
+        row = tile[f]
+        wf = weights[f]
+        for i in range(_LANES):
+            v = row[i]
+            inside = (v >= lo[i]) & (v <= hi[i])
+            total[i] += wf * np.float64(v) if inside else 0.0
+            norm[i] += wf if inside else 0.0
+
+
+@njit(**_JIT)
+def _reject_tiles(flat, method, kl, kh, centre_median, maxiters, weights, weighted, result,
+                  kept, rejected):
+    """Reduce every pixel of ``flat`` (N, P), 64 pixels at a time (module notes)."""
+    nfr, pixels = flat.shape
+    tile = np.empty((nfr, _LANES), np.float32)
+    st = np.empty((6, _LANES))
+    scratch = np.empty((5, _LANES), np.float32)
+    work = np.empty((4, _LANES))
+    key = np.empty(1, np.float32)
+    lo = np.empty(_LANES, np.float32)
+    hi = np.empty(_LANES, np.float32)
+    mid = np.empty(_LANES)
+    guess = np.empty(_LANES, np.float32)
+    sigma = np.empty(_LANES)
+    for p0 in range(0, pixels, _LANES):
+        g = min(_LANES, pixels - p0)
+        _load_tile(flat, p0, g, tile)
+        for i in range(_LANES):
+            lo[i] = -_FINF
+            hi[i] = _FINF
+        _stats(tile, lo, hi, st)
+        total = st[0].copy()
+        for i in range(_LANES):
+            guess[i] = np.float32(st[2, i] / st[0, i]) if st[0, i] > 0 else _F0
+        if method == 0:
+            _median(tile, lo, hi, st, total > 0, guess, mid, scratch, key)
+            for i in range(g):
+                result[p0 + i] = np.float32(mid[i])
+                kept[p0 + i] = np.int32(total[i])
+                rejected[p0 + i] = 0
+            continue
+        active = total > 1
+        for _ in range(maxiters):
+            if not active.any():
+                break
+            n = st[0]
+            if method == 1 and not centre_median:
+                for i in range(_LANES):
+                    mid[i] = st[2, i] / n[i] if n[i] > 0 else np.nan
+            else:
+                _median(tile, lo, hi, st, active, guess, mid, scratch, key)
+            for i in range(_LANES):
+                mean = st[2, i] / n[i] if n[i] > 0 else 0.0
+                sigma[i] = np.sqrt(max(st[3, i] / n[i] - mean * mean, 0.0)) if n[i] > 0 else 0.0
+            if method == 2:
+                _winsorized_sigma(tile, lo, hi, n.copy(), mid, sigma, work)
+            before = n.copy()
+            for i in range(_LANES):
+                if active[i]:
+                    lo[i] = max(lo[i], _f32_at_least(mid[i] - kl * sigma[i]))
+                    hi[i] = min(hi[i], _f32_at_most(mid[i] + kh * sigma[i]))
+                    guess[i] = np.float32(mid[i])
+            _stats(tile, lo, hi, st)
+            for i in range(_LANES):
+                active[i] = active[i] & (st[0, i] != before[i]) & (st[0, i] > 0)
+        if weighted:
+            _weighted(tile, lo, hi, weights, work)
+        for i in range(g):
+            n = st[0, i]
+            if weighted:
+                value = work[0, i] / work[1, i] if work[1, i] > 0 else np.nan
+            else:
+                value = st[2, i] / n if n > 0 else np.nan
+            result[p0 + i] = np.float32(value)
+            kept[p0 + i] = np.int32(n)
+            rejected[p0 + i] = np.int32(total[i] - n)
+
+
+def reject_block(values, method, *, weights=None, kappa=None, centre=None, maxiters=None):
+    """Combine a gathered block per pixel with rejection, compiled.
+
+    The same contract as :func:`bigstack._reject.combine_block` for
+    ``method`` in :data:`REJECTIONS` (the same options, validation and
+    results; module notes for how it is computed).
+
+    Parameters
+    ----------
+    values : numpy.ndarray float32 (N, h, W)
+        The N frames' values per output pixel, NaN (or inf) where a frame
+        does not cover it. Other dtypes are converted to float32.
+    method : {"median", "sigma_clip", "winsorized"}
+    weights, kappa, centre, maxiters
+        As for :func:`bigstack._reject.combine_block`.
+
+    Returns
+    -------
+    result : float32 (h, W)
+    kept, rejected : int32 (h, W)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> block = np.full((5, 1, 2), 10.0, np.float32)
+    >>> block[2, 0, 0] = 1000.0
+    >>> block[0, 0, 1] = np.nan
+    >>> result, kept, rejected = reject_block(block, "sigma_clip", kappa=1.5)
+    >>> result.tolist(), kept.tolist(), rejected.tolist()
+    ([[10.0, 10.0]], [[4, 4]], [[1, 0]])
+    """
+    from . import _reject
+
+    name = _reject._method(method)
+    if name not in REJECTIONS:
+        raise ValueError(f"reject_block computes {REJECTIONS}, not {method!r}; "
+                         "use _reject.combine_block")
+    opts = _reject._options(name, {"weights": weights, "kappa": kappa, "centre": centre,
+                                   "maxiters": maxiters})
+    values = np.asarray(values)
+    if values.ndim != 3:
+        raise ValueError(f"values must be a (frame, y, x) block, got shape {values.shape}")
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    n, h, w = values.shape
+    weighted = opts.get("weights") is not None
+    wts = _reject.check_weights(opts["weights"], n) if weighted else np.zeros(max(n, 1))
+    kl, kh = opts.get("kappa", (3.0, 3.0))
+    result = np.full(h * w, np.nan, np.float32)
+    kept = np.zeros(h * w, np.int32)
+    rejected = np.zeros(h * w, np.int32)
+    if n and h * w:
+        code = REJECTIONS.index(name)
+        _reject_tiles(values.reshape(n, h * w), code, float(kl), float(kh),
+                      opts.get("centre", "median") == "median", int(opts.get("maxiters", 1)),
+                      wts, weighted, result, kept, rejected)
+    return result.reshape(h, w), kept.reshape(h, w), rejected.reshape(h, w)
