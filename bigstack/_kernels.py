@@ -102,6 +102,8 @@ _KIND = {"nearest": 0, "bilinear": 1, "lanczos3": 3, "lanczos4": 4}
 _LANES = 64
 # segments shorter than this are interpolated pixel by pixel
 _SHORT = 8
+# a selection with this many pixels left finishes them one by one
+_STRAGGLERS = 6
 _F0 = np.float32(0.0)
 _F1 = np.float32(1.0)
 _FH = np.float32(0.5)
@@ -186,32 +188,81 @@ def _transform(A, t):
     t = np.asarray(t, np.float64)
     if A.shape != (2, 2) or t.shape != (2,):
         raise ValueError(f"A must be 2x2 and t of length 2, got shapes {A.shape} and {t.shape}")
-    if not (np.isfinite(A).all() and np.isfinite(t).all()):
+    a, b, c, d = A.ravel().tolist()
+    if not all(map(math.isfinite, (a, b, c, d, *t.tolist()))):
         raise ValueError(f"the transform is not finite: A={A.tolist()}, t={t.tolist()}")
-    if abs(np.linalg.det(A)) < 1e-12:
+    if abs(a * d - b * c) < 1e-12:
         raise ValueError(f"the transform is singular: A={A.tolist()}")
     return A, t
 
 
-def _clip_polygon(points, axis, value, keep_above):
-    """Sutherland-Hodgman: the part of a convex polygon on one side of a line.
-
-    Points are ``(x, y, exact)``; new points (on the line) are not exact.
-    """
-    out = []
-    n = len(points)
+@njit(**_JIT)
+def _clip(pts, n, axis, value, above, out):
+    """Sutherland-Hodgman: the part of a convex polygon (``pts[:n]`` rows ``x, y, exact``)
+    on one side of the line ``pts[:, axis] == value``, into ``out``; returns its size.
+    New points, on the line, are not exact."""
+    m = 0
     for i in range(n):
-        p, q = points[i], points[(i + 1) % n]
-        pin = p[axis] >= value if keep_above else p[axis] <= value
-        qin = q[axis] >= value if keep_above else q[axis] <= value
+        p = pts[i]
+        q = pts[(i + 1) % n]
+        pin = p[axis] >= value if above else p[axis] <= value
+        qin = q[axis] >= value if above else q[axis] <= value
         if pin:
-            out.append(p)
+            out[m, :] = p
+            m += 1
         if pin != qin:
             w = (value - p[axis]) / (q[axis] - p[axis])
-            point = [p[0] + w * (q[0] - p[0]), p[1] + w * (q[1] - p[1]), False]
-            point[axis] = value
-            out.append(tuple(point))
-    return out
+            out[m, 0] = p[0] + w * (q[0] - p[0])
+            out[m, 1] = p[1] + w * (q[1] - p[1])
+            out[m, axis] = value
+            out[m, 2] = 0.0
+            m += 1
+    return m
+
+
+@njit(**_JIT)
+def _footprint(A, t, ny, nx, y0, y1, x0, x1, kind, lo, hi):
+    """:func:`source_window`'s arithmetic: ``(r0, r1, c0, c1)``, all 0 when empty."""
+    pts = np.empty((12, 3))
+    tmp = np.empty((12, 3))
+    corners = ((x0, y0), (x1 - 1, y0), (x1 - 1, y1 - 1), (x0, y1 - 1))
+    for i in range(4):
+        x = float(corners[i][0])
+        y = float(corners[i][1])
+        pts[i, 0] = A[0, 0] * x + (A[0, 1] * y + t[0])
+        pts[i, 1] = A[1, 0] * x + (A[1, 1] * y + t[1])
+        pts[i, 2] = 1.0
+    n = 4
+    edge = 0.5 if kind == 0 else 0.0
+    for axis in range(2):
+        size = nx if axis == 0 else ny
+        n = _clip(pts, n, axis, -edge, True, tmp)
+        n = _clip(tmp, n, axis, size - 1 + edge, False, pts)
+        if n == 0:
+            return 0, 0, 0, 0
+    window = np.zeros(4, np.int64)
+    for k in range(2):
+        axis = 1 - k  # rows first
+        size = ny if axis == 1 else nx
+        smin = np.inf
+        smax = -np.inf
+        for i in range(n):
+            s = pts[i, axis]
+            # clipped vertices are computed, not the kernels' own numbers: widen them
+            slack = 0.0 if pts[i, 2] else 1e-9 * max(1.0, abs(s))
+            smin = min(smin, s - slack)
+            smax = max(smax, s + slack)
+        if kind == 0:
+            first = np.floor(smin + 0.5)
+            last = np.floor(smax + 0.5)
+        else:
+            first = np.floor(smin) - lo
+            last = np.floor(smax) + hi
+        window[2 * k] = max(int(first), 0)
+        window[2 * k + 1] = min(int(last) + 1, size)
+    if window[1] <= window[0] or window[3] <= window[2]:
+        return 0, 0, 0, 0
+    return window[0], window[1], window[2], window[3]
 
 
 def source_window(A, t, shape, rows, cols, interpolation="bilinear"):
@@ -246,82 +297,78 @@ def source_window(A, t, shape, rows, cols, interpolation="bilinear"):
     """
     kind = _kind(interpolation)
     A, t = _transform(A, t)
+    return _window(kind, A, t, shape, rows, cols)
+
+
+def _window(kind, A, t, shape, rows, cols):
     ny, nx = (int(n) for n in shape)
     (y0, y1), (x0, x1) = rows, cols
     if y1 <= y0 or x1 <= x0 or ny < 1 or nx < 1:
         return 0, 0, 0, 0
-    poly = [(A[0, 0] * x + (A[0, 1] * y + t[0]), A[1, 0] * x + (A[1, 1] * y + t[1]), True)
-            for x, y in ((float(x0), float(y0)), (float(x1 - 1), float(y0)),
-                         (float(x1 - 1), float(y1 - 1)), (float(x0), float(y1 - 1)))]
-    edge = 0.5 if kind == 0 else 0.0
-    for axis, n in ((0, nx), (1, ny)):
-        poly = _clip_polygon(poly, axis, -edge, True)
-        poly = _clip_polygon(poly, axis, n - 1 + edge, False) if poly else poly
-        if not poly:
-            return 0, 0, 0, 0
     lo, hi = _reach(kind)
-    window = []
-    for axis, n in ((1, ny), (0, nx)):
-        # clipped vertices are computed, not the kernels' own numbers: widen them
-        smin = min(p[axis] - (0 if p[2] else 1e-9 * max(1.0, abs(p[axis]))) for p in poly)
-        smax = max(p[axis] + (0 if p[2] else 1e-9 * max(1.0, abs(p[axis]))) for p in poly)
-        if kind == 0:
-            first, last = math.floor(smin + 0.5), math.floor(smax + 0.5)
-        else:
-            first, last = math.floor(smin) - lo, math.floor(smax) + hi
-        window += [max(first, 0), min(last + 1, n)]
-    r0, r1, c0, c1 = window
-    if r1 <= r0 or c1 <= c0:
-        return 0, 0, 0, 0
-    return r0, r1, c0, c1
+    return tuple(int(v) for v in _footprint(A, t, ny, nx, int(y0), int(y1), int(x0), int(x1),
+                                            kind, lo, hi))
 
 
 # --------------------------------------------------------------------------
 # stored rows -> oriented float32 buffer
 
 
-def _physical(raw, swap, signed, nbytes, scale, zero, blank, has_blank):
+def _physical(raw, swap, signed, scale, zero, blank, has_blank):
     """The physical float32 value of one stored value (compiled per stored type)."""
 
 
 @overload(_physical, jit_options=dict(_JIT))
-def _physical_typed(raw, swap, signed, nbytes, scale, zero, blank, has_blank):
+def _physical_typed(raw, swap, signed, scale, zero, blank, has_blank):
+    # branch-free (selects), so that the loops calling it vectorise
     if isinstance(raw, types.Float):
-        def floating(raw, swap, signed, nbytes, scale, zero, blank, has_blank):
+        def floating(raw, swap, signed, scale, zero, blank, has_blank):
             out = np.float32(raw) * scale + zero
             return out if out - out == 0 else _FNAN
         return floating
+    bits = raw.bitwidth
+    half = 1 << (bits - 1)
 
-    def integer(raw, swap, signed, nbytes, scale, zero, blank, has_blank):
+    if bits == 8:
+        def swapped(v):
+            return v
+    elif bits == 16:
+        def swapped(v):
+            return ((v >> 8) & 0xFF) | ((v & 0xFF) << 8)
+    else:
+        def swapped(v):
+            return (((v >> 24) & 0xFF) | ((v >> 8) & 0xFF00) | ((v & 0xFF00) << 8)
+                    | ((v & 0xFF) << 24))
+    swapped = njit(inline="always", **_JIT)(swapped)
+
+    def integer(raw, swap, signed, scale, zero, blank, has_blank):
         v = np.int64(raw)
-        if swap and nbytes == 2:
-            v = ((v >> 8) & 0xFF) | ((v & 0xFF) << 8)
-        elif swap and nbytes == 4:
-            v = ((v >> 24) & 0xFF) | ((v >> 8) & 0xFF00) | ((v & 0xFF00) << 8) \
-                | ((v & 0xFF) << 24)
-        if signed:
-            half = np.int64(1) << (8 * nbytes - 1)
-            v = v - 2 * half if v >= half else v
+        v = swapped(v) if swap else v
+        v = v - 2 * half if signed and v >= half else v
         out = np.float32(v) * scale + zero
         return _FNAN if has_blank and v == blank else out
     return integer
 
 
 @njit(**_JIT)
-def _convert_row(stored, swap, signed, nbytes, scale, zero, blank, has_blank, y, x_first,
-                 mirror, out):
+def _convert_row(stored, swap, signed, scale, zero, blank, has_blank, y, x_first, mirror, out):
     """``out[i]`` = the physical value of ``stored[y, x_first + i]`` (``x_first - i``
     mirrored)."""
     n = out.shape[0]
     row = stored[y]
-    src = row[x_first - n + 1:x_first + 1][::-1] if mirror else row[x_first:x_first + n]
-    for i in range(n):
-        out[i] = _physical(src[i], swap, signed, nbytes, scale, zero, blank, has_blank)
+    if mirror:
+        src = row[x_first - n + 1:x_first + 1]
+        for i in range(n):
+            out[i] = _physical(src[n - 1 - i], swap, signed, scale, zero, blank, has_blank)
+    else:
+        src = row[x_first:x_first + n]
+        for i in range(n):
+            out[i] = _physical(src[i], swap, signed, scale, zero, blank, has_blank)
 
 
 @njit(**_JIT)
-def _prepare(stored, swap, signed, nbytes, scale, zero, blank, has_blank, r_stored, frame_nx,
-             frame_ny, transpose, mirror, u_lo, u_hi, v_lo, v_hi, pad, buf):
+def _prepare(stored, swap, signed, scale, zero, blank, has_blank, r_stored, frame_nx, frame_ny,
+             transpose, mirror, u_lo, u_hi, v_lo, v_hi, pad, buf):
     """Fill ``buf`` with the frame in canonical coordinates ``(u, v)``, padded by ``pad``.
 
     ``buf[v - v_lo + pad, u - u_lo + pad]`` is the physical value of the
@@ -338,8 +385,8 @@ def _prepare(stored, swap, signed, nbytes, scale, zero, blank, has_blank, r_stor
             y = min(max(v_lo - pad + vi, v_lo), v_hi - 1) - r_stored
             line = buf[vi]
             x_first = frame_nx - 1 - u_lo if mirror else u_lo
-            _convert_row(stored, swap, signed, nbytes, scale, zero, blank, has_blank, y,
-                         x_first, mirror, line[pad:pad + nu])
+            _convert_row(stored, swap, signed, scale, zero, blank, has_blank, y, x_first, mirror,
+                         line[pad:pad + nu])
             for ui in range(pad):
                 line[ui] = line[pad]
             for ui in range(pad + nu, nbu):
@@ -350,8 +397,7 @@ def _prepare(stored, swap, signed, nbytes, scale, zero, blank, has_blank, r_stor
     for ui in range(pad, pad + nu):
         u = u_lo - pad + ui
         y = (frame_ny - 1 - u if mirror else u) - r_stored
-        _convert_row(stored, swap, signed, nbytes, scale, zero, blank, has_blank, y, v_lo,
-                     False, tmp)
+        _convert_row(stored, swap, signed, scale, zero, blank, has_blank, y, v_lo, False, tmp)
         for vi in range(v_hi - v_lo):
             buf[pad + vi, ui] = tmp[vi]
     for vi in range(nbv):
@@ -366,13 +412,13 @@ def _prepare(stored, swap, signed, nbytes, scale, zero, blank, has_blank, r_stor
 
 
 def _stored_view(rows):
-    """``(view, swap, signed, nbytes, floating)``: stored rows as numba can read them."""
+    """``(view, swap, signed, floating)``: stored rows as numba can read them."""
     rows = np.asarray(rows)
     dtype = rows.dtype
     if dtype.kind == "f":
         if not dtype.isnative or dtype.itemsize not in (4, 8):
             rows = rows.astype(np.float32 if dtype.itemsize <= 4 else np.float64)
-        return np.ascontiguousarray(rows), False, False, 4, True
+        return np.ascontiguousarray(rows), False, False, True
     if dtype.kind not in "iub" or dtype.itemsize not in (1, 2, 4):
         raise ValueError(f"rows must be 8/16/32-bit integers or floats, got {dtype}")
     if dtype.kind == "b":
@@ -381,7 +427,7 @@ def _stored_view(rows):
     rows = np.ascontiguousarray(rows)
     swap = dtype.itemsize > 1 and not dtype.isnative
     view = rows.view(np.dtype(f"u{dtype.itemsize}"))
-    return view, swap, dtype.kind == "i", dtype.itemsize, False
+    return view, swap, dtype.kind == "i", False
 
 
 # --------------------------------------------------------------------------
@@ -468,14 +514,33 @@ def _same(tr, bu, bv, x, iu0, iv0, x_start, kind, mirror, nu):
 
 
 @njit(**_JIT)
-def _segment_end(tr, bu, bv, x0, j, jhi, iu, iv, kind, mirror, nu):
-    """First column after ``j`` (< ``jhi``) whose taps are not consecutive with ``j``'s."""
+def _segment_end(tr, bu, bv, x0, j, jhi, iu, iv, kind, mirror, nu, guess):
+    """First column after ``j`` (< ``jhi``) whose taps are not consecutive with ``j``'s.
+
+    The taps' test is monotonic along a row, so the end is searched: first
+    at ``j + guess`` (the last segment's length: segments of a row have about
+    the same length, so this usually costs two tests), then by galloping
+    and bisecting.
+    """
     xs = float(x0 + j)
-    good = j + 1
-    bad = jhi
+    good = j + 1  # [j, good) known to continue the segment
+    bad = jhi  # known to end it (or the row's end)
+    probe = min(j + max(guess, 1), jhi) - 1
+    if probe >= good:
+        if _same(tr, bu, bv, float(x0 + probe), iu, iv, xs, kind, mirror, nu):
+            good = probe + 1
+            if good < jhi and not _same(tr, bu, bv, float(x0 + good), iu, iv, xs, kind,
+                                        mirror, nu):
+                return good
+        else:
+            bad = probe
+            if not _same(tr, bu, bv, float(x0 + probe - 1), iu, iv, xs, kind, mirror, nu):
+                bad = probe - 1
+            else:
+                return probe
     step = 16
-    while good < jhi:  # gallop, then bisect
-        probe = min(good + step, jhi) - 1
+    while good < bad:  # gallop, then bisect
+        probe = min(good + step, bad) - 1
         if _same(tr, bu, bv, float(x0 + probe), iu, iv, xs, kind, mirror, nu):
             good = probe + 1
             step *= 2
@@ -502,10 +567,12 @@ def _w3(f, ce, co):
     o2 = (((co[1, 4] * u2 + co[1, 3]) * u2 + co[1, 2]) * u2 + co[1, 1]) * u2 + co[1, 0]
     e3 = (((ce[2, 4] * u2 + ce[2, 3]) * u2 + ce[2, 2]) * u2 + ce[2, 1]) * u2 + ce[2, 0]
     o3 = (((co[2, 4] * u2 + co[2, 3]) * u2 + co[2, 2]) * u2 + co[2, 1]) * u2 + co[2, 0]
-    z = f == 0
-    return (_F0 if z else e3 - u * o3, _F0 if z else e2 - u * o2,
-            _F1 if z else e1 - u * o1, _F0 if z else e1 + u * o1,
-            _F0 if z else e2 + u * o2, _F0 if z else e3 + u * o3)
+    # exactly the centre tap at f == 0, by arithmetic: selecting constants here makes LLVM
+    # turn the taps' loads into gathers (ten times slower)
+    m = _F0 if f == 0 else _F1
+    c = _F1 - m
+    return ((e3 - u * o3) * m, (e2 - u * o2) * m, (e1 - u * o1) * m + c, (e1 + u * o1) * m,
+            (e2 + u * o2) * m, (e3 + u * o3) * m)
 
 
 @njit(inline="always", **_FAST)
@@ -521,11 +588,10 @@ def _w4(f, ce, co):
     o3 = (((co[2, 4] * u2 + co[2, 3]) * u2 + co[2, 2]) * u2 + co[2, 1]) * u2 + co[2, 0]
     e4 = (((ce[3, 4] * u2 + ce[3, 3]) * u2 + ce[3, 2]) * u2 + ce[3, 1]) * u2 + ce[3, 0]
     o4 = (((co[3, 4] * u2 + co[3, 3]) * u2 + co[3, 2]) * u2 + co[3, 1]) * u2 + co[3, 0]
-    z = f == 0
-    return (_F0 if z else e4 - u * o4, _F0 if z else e3 - u * o3,
-            _F0 if z else e2 - u * o2, _F1 if z else e1 - u * o1,
-            _F0 if z else e1 + u * o1, _F0 if z else e2 + u * o2,
-            _F0 if z else e3 + u * o3, _F0 if z else e4 + u * o4)
+    m = _F0 if f == 0 else _F1  # see _w3
+    c = _F1 - m
+    return ((e4 - u * o4) * m, (e3 - u * o3) * m, (e2 - u * o2) * m, (e1 - u * o1) * m + c,
+            (e1 + u * o1) * m, (e2 + u * o2) * m, (e3 + u * o3) * m, (e4 + u * o4) * m)
 
 
 @njit(inline="always", **_FAST)
@@ -542,13 +608,14 @@ def _dot8(r, i, w):
 
 @njit(inline="always", **_JIT)
 def _clamped(acc, a, b, c, d, fx, fy):
-    """Clamp ``acc`` to the range of the taps bilinear would use (NaN stays NaN)."""
-    b = b if fx != 0 else a
-    c = c if fy != 0 else a
-    d = d if fy != 0 else b
-    d = d if fx != 0 else c
-    lo = min(min(a, b), min(c, d))
-    hi = max(max(a, b), max(c, d))
+    """Clamp ``acc`` to the range of the taps bilinear would use: ``a`` and, with non-zero
+    fractions, ``b`` (right), ``c`` (below), ``d`` (both). NaN stays NaN. (Selecting
+    between loaded values would make LLVM gather; these select constants.)"""
+    bx = fx != 0
+    by = fy != 0
+    bd = bx & by
+    lo = min(min(a, b if bx else _FINF), min(c if by else _FINF, d if bd else _FINF))
+    hi = max(max(a, b if bx else -_FINF), max(c if by else -_FINF, d if bd else -_FINF))
     acc = lo if acc < lo else acc
     return hi if acc > hi else acc
 
@@ -564,7 +631,10 @@ def _fractions(x, i, au, bu, iu, av, bv, iv, mirror, nu):
 
 
 @njit(**_FAST)
-def _bilinear_run(r0, r1, out, n, x, au, bu, iu, av, bv, iv, mirror, nu):
+def _bilinear_run(flat, k, nb, out, n, x, au, bu, iu, av, bv, iv, mirror, nu):
+    """``n`` lanes of a segment whose first taps are ``flat[k]`` (rows ``nb`` apart)."""
+    r0 = flat[k:]
+    r1 = flat[k + nb:]
     for i in range(n):
         fx, fy = _fractions(x, i, au, bu, iu, av, bv, iv, mirror, nu)
         gx = _F1 - fx
@@ -574,8 +644,13 @@ def _bilinear_run(r0, r1, out, n, x, au, bu, iu, av, bv, iv, mirror, nu):
 
 
 @njit(**_FAST)
-def _lanczos3_run(r0, r1, r2, r3, r4, r5, out, n, x, au, bu, iu, av, bv, iv, mirror, nu, ce, co,
-                  clamp):
+def _lanczos3_run(flat, k, nb, out, n, x, au, bu, iu, av, bv, iv, mirror, nu, ce, co, clamp):
+    r0 = flat[k:]
+    r1 = flat[k + nb:]
+    r2 = flat[k + 2 * nb:]
+    r3 = flat[k + 3 * nb:]
+    r4 = flat[k + 4 * nb:]
+    r5 = flat[k + 5 * nb:]
     for i in range(n):
         fx, fy = _fractions(x, i, au, bu, iu, av, bv, iv, mirror, nu)
         wx = _w3(fx, ce, co)
@@ -589,8 +664,15 @@ def _lanczos3_run(r0, r1, r2, r3, r4, r5, out, n, x, au, bu, iu, av, bv, iv, mir
 
 
 @njit(**_FAST)
-def _lanczos4_run(r0, r1, r2, r3, r4, r5, r6, r7, out, n, x, au, bu, iu, av, bv, iv, mirror, nu,
-                  ce, co, clamp):
+def _lanczos4_run(flat, k, nb, out, n, x, au, bu, iu, av, bv, iv, mirror, nu, ce, co, clamp):
+    r0 = flat[k:]
+    r1 = flat[k + nb:]
+    r2 = flat[k + 2 * nb:]
+    r3 = flat[k + 3 * nb:]
+    r4 = flat[k + 4 * nb:]
+    r5 = flat[k + 5 * nb:]
+    r6 = flat[k + 6 * nb:]
+    r7 = flat[k + 7 * nb:]
     for i in range(n):
         fx, fy = _fractions(x, i, au, bu, iu, av, bv, iv, mirror, nu)
         wx = _w4(fx, ce, co)
@@ -658,30 +740,34 @@ def _pixel(buf, ub, vb, su, sv, kind, mirror, nu, ce, co, clamp):
 
 @njit(**_JIT)
 def _emit(vals, jlo, jhi, mode, trow, crow, wrow, weight, orow):
-    """Add a row of values into the accumulators (mode 0) or store it (mode 1);
-    returns how many were NaN (the caller checks those with the exact NaN rule)."""
+    """Add values ``[jlo, jhi)`` of a row into the accumulators (mode 0) or store them
+    (mode 1); returns how many were NaN (the caller checks those with the exact NaN rule).
+    Loops run over slices from 0 (an index numba cannot prove >= 0 stops vectorising)."""
+    n = jhi - jlo
+    v = vals[jlo:jhi]
     bad = 0
     if mode == 1:
-        for j in range(jlo, jhi):
-            v = vals[j]
-            orow[j] = v
-            bad += 0 if v == v else 1
+        o = orow[jlo:jhi]
+        for i in range(n):
+            o[i] = v[i]
+            bad += 0 if v[i] == v[i] else 1
         return bad
+    t = trow[jlo:jhi]
+    c = crow[jlo:jhi]
     if weight < 0:  # unweighted
-        for j in range(jlo, jhi):
-            v = vals[j]
-            ok = v == v
-            trow[j] += v if ok else _F0
-            crow[j] += 1 if ok else 0
+        for i in range(n):
+            ok = v[i] == v[i]
+            t[i] += v[i] if ok else _F0
+            c[i] += 1 if ok else 0
             bad += 0 if ok else 1
         return bad
     wt = np.float32(weight)
-    for j in range(jlo, jhi):
-        v = vals[j]
-        ok = v == v
-        trow[j] += wt * v if ok else _F0
-        crow[j] += 1 if ok else 0
-        wrow[j] += weight if ok else 0.0
+    ws = wrow[jlo:jhi]
+    for i in range(n):
+        ok = v[i] == v[i]
+        t[i] += wt * v[i] if ok else _F0
+        c[i] += 1 if ok else 0
+        ws[i] += weight if ok else 0.0
         bad += 0 if ok else 1
     return bad
 
@@ -727,6 +813,7 @@ def _warp_rows(flat, buf, ub, vb, nu, nv, tr, mirror, y0, x0, kind, ce, co, clam
     nbv, nbu = buf.shape
     a = 1 if kind <= 1 else kind
     below = 0 if kind <= 1 else a - 1
+    guess = 16
     for r in range(h):
         y = float(y0 + r)
         bu = tr[0, 1] * y + tr[0, 2]
@@ -739,8 +826,9 @@ def _warp_rows(flat, buf, ub, vb, nu, nv, tr, mirror, y0, x0, kind, ce, co, clam
             v = tr[1, 0] * x + bv
             iu = _tap(u, kind, mirror, nu)
             iv = _tap(v, kind, False, 0)
-            je = _segment_end(tr, bu, bv, x0, j, jhi, iu, iv, kind, mirror, nu)
+            je = _segment_end(tr, bu, bv, x0, j, jhi, iu, iv, kind, mirror, nu, guess)
             n = je - j
+            guess = n
             row = int(iv) - below - vb
             col = int(iu) - below - ub
             taps = 1 if kind == 0 else 2 * a
@@ -763,17 +851,13 @@ def _warp_rows(flat, buf, ub, vb, nu, nv, tr, mirror, y0, x0, kind, ce, co, clam
                 for i in range(n):
                     seg[i] = src[i]
             elif kind == 1:
-                _bilinear_run(flat[k:], flat[k + nbu:], seg, lanes, x, au, bu, iu, av, bv, iv,
-                              mirror, nu)
+                _bilinear_run(flat, k, nbu, seg, lanes, x, au, bu, iu, av, bv, iv, mirror, nu)
             elif kind == 3:
-                _lanczos3_run(flat[k:], flat[k + nbu:], flat[k + 2 * nbu:], flat[k + 3 * nbu:],
-                              flat[k + 4 * nbu:], flat[k + 5 * nbu:], seg, lanes, x, au, bu,
-                              iu, av, bv, iv, mirror, nu, ce, co, clamp)
+                _lanczos3_run(flat, k, nbu, seg, lanes, x, au, bu, iu, av, bv, iv, mirror, nu, ce,
+                              co, clamp)
             else:
-                _lanczos4_run(flat[k:], flat[k + nbu:], flat[k + 2 * nbu:], flat[k + 3 * nbu:],
-                              flat[k + 4 * nbu:], flat[k + 5 * nbu:], flat[k + 6 * nbu:],
-                              flat[k + 7 * nbu:], seg, lanes, x, au, bu, iu, av, bv, iv,
-                              mirror, nu, ce, co, clamp)
+                _lanczos4_run(flat, k, nbu, seg, lanes, x, au, bu, iu, av, bv, iv, mirror, nu, ce,
+                              co, clamp)
             j = je
         if jhi <= jlo:
             continue
@@ -842,21 +926,44 @@ def _range2(rows, first, col, out_lo, out_hi, n, two_rows, two_cols):
         out_hi[i] = hi
 
 
+@njit(**_FAST)
+def _shift_weights(f, kind, ce, co, out):
+    """The constant weights along one axis of a shift with float32 fraction ``f``, into
+    ``out``: ``(taps, taps below floor)``; the one tap for a zero fraction, so that a NaN
+    tap always has a non-zero weight."""
+    if f == 0:
+        out[0] = _F1
+        return 1, 0
+    if kind == 1:
+        out[0] = _F1 - f
+        out[1] = f
+        return 2, 0
+    if kind == 3:
+        w = _w3(f, ce, co)
+        for k in range(6):
+            out[k] = w[k]
+        return 6, 2
+    w = _w4(f, ce, co)
+    for k in range(8):
+        out[k] = w[k]
+    return 8, 3
+
+
 @njit(**_JIT)
-def _shift_rows(buf, ub, vb, nu, nv, tu, tv, y0, x0, kind, wx, bx, wy, by, clamp, mode, total,
-                coverage, wsum, weight, out, hrows, vals, lo, hi):
+def _shift_rows(buf, ub, vb, nu, nv, tu, tv, y0, x0, kind, ce, co, clamp, mode, total, coverage,
+                wsum, weight, out, hrows, vals, lo, hi):
     """Interpolate a band of a purely translated frame: ``[u, v] = [x + tu, y + tv]``.
 
-    Weights are the same for every pixel: ``wx`` on columns ``floor(tu) -
-    bx ...`` and ``wy`` on rows ``floor(tv) - by ...`` (one tap for a zero
-    fraction, so a NaN tap always has a non-zero weight). A horizontal pass
-    over each buffer row the band needs (into ``hrows``), then a vertical
-    pass per output row.
+    Weights are the same for every pixel: a horizontal pass over each
+    buffer row the band needs (into ``hrows``, at least ``h + 8`` rows of
+    ``w`` values), then a vertical pass per output row.
     """
     h = total.shape[0] if mode == 0 else out.shape[0]
     w = total.shape[1] if mode == 0 else out.shape[1]
-    tx = wx.shape[0]
-    ty = wy.shape[0]
+    wx = np.empty(8, np.float32)
+    wy = np.empty(8, np.float32)
+    tx, bx = _shift_weights(np.float32(tu - np.floor(tu)), kind, ce, co, wx)
+    ty, by = _shift_weights(np.float32(tv - np.floor(tv)), kind, ce, co, wy)
     # covered: u and v in [0, n - 1]
     jlo = max(0, int(np.ceil(-tu - x0)))
     jhi = min(w, int(np.floor(nu - 1 - tu)) - x0 + 1)
@@ -899,33 +1006,21 @@ def _orientation(A, t, shape):
     """The buffer's orientation: ``(transpose, mirror, tr (2, 3), nu, nv)``: ``tr`` holds the
     rows of ``[A | t]`` for the buffer's fast and slow axes (module notes)."""
     ny, nx = shape
-    transpose = abs(A[1, 0]) > abs(A[0, 0])
-    fast, slow = (1, 0) if transpose else (0, 1)
-    tr = np.empty((2, 3), np.float64)
-    tr[0, :2], tr[0, 2] = A[fast], t[fast]
-    tr[1, :2], tr[1, 2] = A[slow], t[slow]
+    (a, b), (c, d) = A.tolist()
+    tx, ty = t.tolist()
+    transpose = abs(c) > abs(a)
+    rows = [[c, d, ty], [a, b, tx]] if transpose else [[a, b, tx], [c, d, ty]]
     nu, nv = (ny, nx) if transpose else (nx, ny)
-    return transpose, bool(tr[0, 0] < 0), tr, nu, nv
+    return transpose, rows[0][0] < 0, np.array(rows), nu, nv
 
 
 def _buffer(work, key, shape, spare=0, dtype=np.float32):
     """A reused work array of ``shape`` with ``spare`` values after it: ``(array, flat)``."""
-    size = int(np.prod(shape))
+    size = math.prod(shape)
     have = work.get(key)
     if have is None or have.size < size + spare:
         have = work[key] = np.empty(max(size + spare, 1), dtype)
     return have[:size].reshape(shape), have[:size + spare]
-
-
-def _axis_weights(t, kind):
-    """Constant weights along one axis for a shift ``t``: ``(weights, taps below floor(t))``;
-    one tap when the float32 fraction is 0."""
-    f = np.float32(t - math.floor(t))
-    if f == 0:
-        return np.ones(1, np.float32), 0
-    if kind == 1:
-        return np.array([1 - f, f], np.float32), 0
-    return lanczos_weights(f, kind)[0], kind - 1
 
 
 def _warp(mode, rows, r0, shape, A, t, origin, interpolation, scale, zero, blank, clamp, work,
@@ -936,7 +1031,7 @@ def _warp(mode, rows, r0, shape, A, t, origin, interpolation, scale, zero, blank
     target = total if mode == 0 else out
     h, w = target.shape
     y0, x0 = (int(v) for v in origin)
-    ra, rb, ca, cb = source_window(A, t, (ny, nx), (y0, y0 + h), (x0, x0 + w), interpolation)
+    ra, rb, ca, cb = _window(kind, A, t, (ny, nx), (y0, y0 + h), (x0, x0 + w))
     if rb <= ra:
         return
     rows = np.asarray(rows)
@@ -946,10 +1041,11 @@ def _warp(mode, rows, r0, shape, A, t, origin, interpolation, scale, zero, blank
         raise ValueError(f"rows [{r0}, {r0 + rows.shape[0]}) do not hold the rows [{ra}, {rb}) "
                          "this band needs (see source_window)")
     work = {} if work is None else work
-    view, swap, signed, nbytes, floating = _stored_view(rows)
+    ce, co = _LANCZOS[kind if kind > 1 else 3]
+    view, swap, signed, floating = _stored_view(rows)
     has_blank = blank is not None and not floating
     pad = max(_reach(kind)) + 1
-    shift = kind > 0 and bool(np.array_equal(A, np.eye(2)))
+    shift = kind > 0 and A.ravel().tolist() == [1.0, 0.0, 0.0, 1.0]
     if shift:
         transpose, mirror, tr, nu, nv = False, False, None, nx, ny
     else:
@@ -962,7 +1058,7 @@ def _warp(mode, rows, r0, shape, A, t, origin, interpolation, scale, zero, blank
         v_lo, v_hi = ra, rb
     buf, flat = _buffer(work, "buf", (v_hi - v_lo + 2 * pad, u_hi - u_lo + 2 * pad),
                         spare=4 * _LANES)
-    _prepare(view, swap, signed, nbytes, np.float32(scale), np.float32(zero),
+    _prepare(view, swap, signed, np.float32(scale), np.float32(zero),
              np.int64(blank if has_blank else 0), has_blank, int(r0), nx, ny, transpose, mirror,
              u_lo, u_hi, v_lo, v_hi, pad, buf)
     ub, vb = u_lo - pad, v_lo - pad
@@ -975,24 +1071,25 @@ def _warp(mode, rows, r0, shape, A, t, origin, interpolation, scale, zero, blank
         args = (np.zeros((1, 1), np.float32), np.zeros((1, 1), np.int32),
                 np.zeros((1, 1), np.float64), -1.0, out)
     if shift:
-        wx, bx = _axis_weights(t[0], kind)
-        wy, by = _axis_weights(t[1], kind)
-        hrows = _buffer(work, "hrows", (h + len(wy), w + _LANES))[0]
+        hrows = _buffer(work, "hrows", (h + 8, w + _LANES))[0]
         lo = _buffer(work, "lo", (w + _LANES,))[0]
         hi = _buffer(work, "hi", (w + _LANES,))[0]
-        _shift_rows(buf, ub, vb, nu, nv, t[0], t[1], y0, x0, kind, wx, bx, wy, by, bool(clamp),
-                    mode, *args, hrows, vals, lo, hi)
+        _shift_rows(buf, ub, vb, nu, nv, t[0], t[1], y0, x0, kind, ce, co, bool(clamp), mode,
+                    *args, hrows, vals, lo, hi)
         return
-    ce, co = _LANCZOS[kind if kind > 1 else 3]
     _warp_rows(flat, buf, ub, vb, nu, nv, tr, mirror, y0, x0, kind, ce, co, bool(clamp), mode,
                *args, vals)
 
 
+_TOTALS = (np.dtype(np.float32), np.dtype(np.float64))
+_INT32 = np.dtype(np.int32)
+
+
 def _check_accumulators(total, coverage, weight, weight_sum):
-    if total.ndim != 2 or total.dtype not in (np.float32, np.float64):
+    if total.ndim != 2 or total.dtype not in _TOTALS:
         raise ValueError(f"total must be a 2-D float32 or float64 array, got {total.dtype} "
                          f"{total.shape}")
-    if coverage.shape != total.shape or coverage.dtype != np.int32:
+    if coverage.shape != total.shape or coverage.dtype != _INT32:
         raise ValueError(f"coverage must be int32 of shape {total.shape}, got "
                          f"{coverage.dtype} {coverage.shape}")
     if weight is not None:
@@ -1075,12 +1172,34 @@ def warp_values(rows, r0, shape, A, t, origin, out, interpolation="bilinear", *,
 
 # --------------------------------------------------------------------------
 # rejection: 64 pixels at a time, vectorised across pixels
+#
+# A tile holds the N values of 64 adjacent pixels, frame by frame (N rounded
+# up to a multiple of 4 with NaN rows, which every test below rejects). Each
+# pass reads the whole tile once and updates per-pixel state; the loops run
+# over the 64 pixels innermost (vectorised) and over 4 frames at a time, so the
+# state is read and written once per 4 values. Ranks are global: the rank of a
+# value among all the pixel's finite values.
+
+
+@njit(inline="always", **_JIT)
+def _fmax(a, b):
+    return a if a > b else b
+
+
+@njit(inline="always", **_JIT)
+def _fmin(a, b):
+    return a if a < b else b
+
+
+@njit(inline="always", **_JIT)
+def _one(test):
+    return _F1 if test else _F0
 
 
 @njit(**_JIT)
 def _load_tile(flat, p0, g, tile):
-    """Copy pixels ``[p0, p0 + g)`` of every frame into ``tile`` (N, 64); NaN where
-    not finite or beyond the block."""
+    """Copy pixels ``[p0, p0 + g)`` of every frame into ``tile``; NaN where not finite,
+    beyond the block or beyond the frames."""
     n = flat.shape[0]
     for f in range(n):
         src = flat[f, p0:p0 + g]
@@ -1090,42 +1209,105 @@ def _load_tile(flat, p0, g, tile):
             dst[i] = v if v - v == 0 else _FNAN
         for i in range(g, _LANES):
             dst[i] = _FNAN
+    for f in range(n, tile.shape[0]):
+        tile[f, :] = _FNAN
 
 
 @njit(**_JIT)
-def _stats(tile, lo, hi, st):
-    """Per lane over the values in ``[lo, hi]``: count, count below ``lo``, sum, sum
-    of squares (float64), min and max. ``st`` rows: 0 n, 1 below, 2 s1, 3 s2, 4 min, 5 max."""
+def _first_pass(tile, st, sd):
+    """Per pixel over its finite values: count, min, max (``st`` rows 0, 2, 3) and the
+    float64 sum and sum of squares (``sd`` rows 0, 1)."""
     n = st[0]
-    below = st[1]
-    s1 = st[2]
-    s2 = st[3]
-    mn = st[4]
-    mx = st[5]
+    mn = st[2]
+    mx = st[3]
+    s1 = sd[0]
+    s2 = sd[1]
     for i in range(_LANES):
-        n[i] = 0.0
-        below[i] = 0.0
+        n[i] = 0
+        mn[i] = _FINF
+        mx[i] = -_FINF
         s1[i] = 0.0
         s2[i] = 0.0
-        mn[i] = np.inf
-        mx[i] = -np.inf
-    for f in range(tile.shape[0]):
-        row = tile[f]
+    for f in range(0, tile.shape[0], 4):
+        r0 = tile[f]
+        r1 = tile[f + 1]
+        r2 = tile[f + 2]
+        r3 = tile[f + 3]
         for i in range(_LANES):
-            v = row[i]
-            inside = (v >= lo[i]) & (v <= hi[i])
-            d = np.float64(v) if inside else 0.0
-            n[i] += 1.0 if inside else 0.0
-            below[i] += 1.0 if v < lo[i] else 0.0
-            s1[i] += d
-            s2[i] += d * d
-            mn[i] = np.float64(v) if (inside & (v < mn[i])) else mn[i]
-            mx[i] = np.float64(v) if (inside & (v > mx[i])) else mx[i]
+            v0, v1, v2, v3 = r0[i], r1[i], r2[i], r3[i]
+            k0, k1, k2, k3 = v0 == v0, v1 == v1, v2 == v2, v3 == v3
+            n[i] += (_one(k0) + _one(k1)) + (_one(k2) + _one(k3))
+            mn[i] = _fmin(mn[i], _fmin(_fmin(v0 if k0 else _FINF, v1 if k1 else _FINF),
+                                       _fmin(v2 if k2 else _FINF, v3 if k3 else _FINF)))
+            mx[i] = _fmax(mx[i], _fmax(_fmax(v0 if k0 else -_FINF, v1 if k1 else -_FINF),
+                                       _fmax(v2 if k2 else -_FINF, v3 if k3 else -_FINF)))
+            d0 = np.float64(v0 if k0 else _F0)
+            d1 = np.float64(v1 if k1 else _F0)
+            d2 = np.float64(v2 if k2 else _F0)
+            d3 = np.float64(v3 if k3 else _F0)
+            s1[i] += (d0 + d1) + (d2 + d3)
+            s2[i] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+
+
+@njit(**_JIT)
+def _clip_pass(tile, lo, hi, x, st, sd, near):
+    """Per pixel: over its values in ``[lo, hi]`` the count and the count below ``lo``
+    (``st`` rows 0, 1), the float64 sums (``sd``); and around ``x`` over all values
+    (``near`` rows: 0 ``#(v < x)``, 1 ``#(v <= x)``, 2 ``max(v < x)``, 3 ``min(v > x)``)."""
+    n = st[0]
+    below = st[1]
+    s1 = sd[0]
+    s2 = sd[1]
+    lt = near[0]
+    le = near[1]
+    under = near[2]
+    over = near[3]
+    for i in range(_LANES):
+        n[i] = 0
+        below[i] = 0
+        s1[i] = 0.0
+        s2[i] = 0.0
+        lt[i] = 0
+        le[i] = 0
+        under[i] = -_FINF
+        over[i] = _FINF
+    for f in range(0, tile.shape[0], 4):
+        r0 = tile[f]
+        r1 = tile[f + 1]
+        r2 = tile[f + 2]
+        r3 = tile[f + 3]
+        for i in range(_LANES):
+            a = lo[i]
+            b = hi[i]
+            m = x[i]
+            v0, v1, v2, v3 = r0[i], r1[i], r2[i], r3[i]
+            k0 = (v0 >= a) & (v0 <= b)
+            k1 = (v1 >= a) & (v1 <= b)
+            k2 = (v2 >= a) & (v2 <= b)
+            k3 = (v3 >= a) & (v3 <= b)
+            n[i] += (_one(k0) + _one(k1)) + (_one(k2) + _one(k3))
+            below[i] += (_one(v0 < a) + _one(v1 < a)) + (_one(v2 < a) + _one(v3 < a))
+            d0 = np.float64(v0 if k0 else _F0)
+            d1 = np.float64(v1 if k1 else _F0)
+            d2 = np.float64(v2 if k2 else _F0)
+            d3 = np.float64(v3 if k3 else _F0)
+            s1[i] += (d0 + d1) + (d2 + d3)
+            s2[i] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+            lt[i] += (_one(v0 < m) + _one(v1 < m)) + (_one(v2 < m) + _one(v3 < m))
+            le[i] += (_one(v0 <= m) + _one(v1 <= m)) + (_one(v2 <= m) + _one(v3 <= m))
+            under[i] = _fmax(under[i], _fmax(_fmax(v0 if v0 < m else -_FINF,
+                                                   v1 if v1 < m else -_FINF),
+                                             _fmax(v2 if v2 < m else -_FINF,
+                                                   v3 if v3 < m else -_FINF)))
+            over[i] = _fmin(over[i], _fmin(_fmin(v0 if v0 > m else _FINF,
+                                                 v1 if v1 > m else _FINF),
+                                           _fmin(v2 if v2 > m else _FINF,
+                                                 v3 if v3 > m else _FINF)))
 
 
 @njit(**_JIT)
 def _count(tile, m, out):
-    """Per lane: values < ``m``, the largest value < ``m`` and the smallest >= ``m``."""
+    """Per pixel: ``#(v < m)``, ``max(v < m)`` and ``min(v >= m)`` (``out`` rows)."""
     c = out[0]
     under = out[1]
     over = out[2]
@@ -1133,149 +1315,216 @@ def _count(tile, m, out):
         c[i] = 0
         under[i] = -_FINF
         over[i] = _FINF
-    for f in range(tile.shape[0]):
-        row = tile[f]
+    for f in range(0, tile.shape[0], 4):
+        r0 = tile[f]
+        r1 = tile[f + 1]
+        r2 = tile[f + 2]
+        r3 = tile[f + 3]
         for i in range(_LANES):
-            v = row[i]
-            lt = v < m[i]
-            c[i] += _F1 if lt else _F0
-            a = v if lt else -_FINF
-            b = v if v >= m[i] else _FINF
-            under[i] = a if a > under[i] else under[i]
-            over[i] = b if b < over[i] else over[i]
+            s = m[i]
+            v0, v1, v2, v3 = r0[i], r1[i], r2[i], r3[i]
+            l0, l1, l2, l3 = v0 < s, v1 < s, v2 < s, v3 < s
+            c[i] += (_one(l0) + _one(l1)) + (_one(l2) + _one(l3))
+            under[i] = _fmax(under[i], _fmax(_fmax(v0 if l0 else -_FINF, v1 if l1 else -_FINF),
+                                             _fmax(v2 if l2 else -_FINF, v3 if l3 else -_FINF)))
+            over[i] = _fmin(over[i], _fmin(_fmin(v0 if v0 >= s else _FINF,
+                                                 v1 if v1 >= s else _FINF),
+                                           _fmin(v2 if v2 >= s else _FINF,
+                                                 v3 if v3 >= s else _FINF)))
 
 
 @njit(inline="always", **_JIT)
 def _key_mid(a, b, key):
-    """A float32 between ``a`` < ``b`` halfway in the order of float32 values."""
+    """A float32 in ``(a, b]`` (``a < b``) halfway in the order of float32 values."""
+    bits = key.view(np.int32)
     key[0] = a
-    ka = np.int64(key.view(np.int32)[0])
+    ka = np.int64(bits[0])
     key[0] = b
-    kb = np.int64(key.view(np.int32)[0])
+    kb = np.int64(bits[0])
     # int32 bits -> an integer order over all float32 (negative values reversed)
     oa = ka if ka >= 0 else -2147483648 - ka
     ob = kb if kb >= 0 else -2147483648 - kb
     om = (oa + ob + 1) // 2
-    key.view(np.int32)[0] = np.int32(om if om >= 0 else -2147483648 - om)
+    bits[0] = np.int32(om if om >= 0 else -2147483648 - om)
     return key[0]
 
 
 @njit(**_JIT)
-def _select(tile, rank, active, lo_v, hi_v, guess, out, scratch, key):
-    """The ``rank``-th smallest finite value (0-based, over all finite values) per lane.
+def _select(tile, rank, todo, a, ca, b, cb, guess, out, counts, key):
+    """The value of global rank ``rank`` of every pixel with ``todo`` set, into ``out``.
 
-    ``[lo_v, hi_v]`` bracket it (data values, ``#(v < lo_v) <= rank``,
-    ``#(v <= hi_v) > rank``), ``guess`` is a first splitter. Passes count the
-    values below a splitter; the bracket snaps to the data values either
-    side of it, and the rank is found when the count equals it (or the
-    bracket holds one value). Splitters interpolate within the bracket,
-    every third pass bisects it in float order, so it ends within 64 passes.
+    ``a <= value <= b`` bracket it with ``ca = #(v < a) <= rank`` and ``cb =
+    #(v <= b) > rank`` (-1: unknown); ``a`` and ``b`` are overwritten. Each pass
+    counts the values below a splitter; the bracket snaps to the data values
+    either side of it, and the rank is found when the count equals it or the
+    bracket holds one value. Splitters interpolate the rank within the
+    bracket, every third pass bisects it in float32 order (so it ends within
+    96 passes); the first is ``guess`` when inside. Returns the passes made.
     """
-    a = scratch[0]
-    b = scratch[1]
-    ca = scratch[2]
-    cb = scratch[3]
-    m = scratch[4]
-    todo = 0
+    m = np.empty(_LANES, np.float32)
+    left = 0
     for i in range(_LANES):
-        out[i] = np.nan
-        if not active[i]:
-            m[i] = _FINF
+        m[i] = _FNAN  # NaN: not searching (no value is below or above it)
+        if not todo[i]:
             continue
-        a[i] = lo_v[i]
-        b[i] = hi_v[i]
-        ca[i] = -1.0  # unknown
-        cb[i] = -1.0
         if a[i] == b[i]:
             out[i] = a[i]
-            m[i] = _FINF
             continue
         g = guess[i]
         m[i] = g if (g > a[i]) & (g <= b[i]) else _key_mid(a[i], b[i], key)
-        todo += 1
-    counts = np.empty((3, _LANES), np.float32)
-    step = 0
-    while todo:
-        step += 1
+        left += 1
+    passes = 0
+    column = np.empty(tile.shape[0], np.float32)
+    while left:
+        if left <= _STRAGGLERS:  # a few pixels left: one by one, over their own values
+            for i in range(_LANES):
+                if m[i] == m[i]:
+                    for f in range(tile.shape[0]):
+                        column[f] = tile[f, i]
+                    out[i] = _select_one(column, rank[i], a[i], ca[i], b[i], cb[i], m[i],
+                                         passes, key)
+            return passes
+        passes += 1
         _count(tile, m, counts)
-        todo = 0
+        left = 0
         for i in range(_LANES):
-            if m[i] == _FINF:
+            if m[i] != m[i]:
                 continue
-            c = counts[0, i]
-            k = rank[i]
-            if c > k:  # the rank is below m: at most the largest value below m
-                b[i] = counts[1, i]
-                cb[i] = c
-                if c == k + 1 or a[i] == b[i]:
-                    out[i] = b[i]
-                    m[i] = _FINF
-                    continue
-            else:  # at least the smallest value from m on
-                a[i] = counts[2, i]
-                ca[i] = c
-                if c == k or a[i] == b[i]:
-                    out[i] = a[i]
-                    m[i] = _FINF
-                    continue
-            todo += 1
-            if step % 3 == 0 or ca[i] < 0 or cb[i] < 0:
-                m[i] = _key_mid(a[i], b[i], key)
+            done, a[i], ca[i], b[i], cb[i], m[i] = _narrow(
+                counts[0, i], counts[1, i], counts[2, i], rank[i], a[i], ca[i], b[i], cb[i],
+                passes, key)
+            if done:
+                out[i] = m[i]
+                m[i] = _FNAN
             else:
-                frac = (k - ca[i] + 0.5) / (cb[i] - ca[i])
-                s = np.float32(a[i] + (np.float64(b[i]) - a[i]) * frac)
-                m[i] = s if (s > a[i]) & (s <= b[i]) else _key_mid(a[i], b[i], key)
-    return step
+                left += 1
+    return passes
+
+
+@njit(inline="always", **_JIT)
+def _narrow(c, under, over, k, a, ca, b, cb, passes, key):
+    """One step of :func:`_select` for one pixel from a count ``c`` of values below the
+    splitter, the largest value below it and the smallest from it on: ``(done, a, ca, b,
+    cb, m)``, ``m`` the value when done, else the next splitter."""
+    if c > k:  # the rank is below the splitter: at most the largest value below it
+        b = under
+        cb = c
+        if c == k + 1 or a == b:
+            return True, a, ca, b, cb, b
+    else:  # at least the smallest value from the splitter on
+        a = over
+        ca = c
+        if c == k or a == b:
+            return True, a, ca, b, cb, a
+    if passes % 3 == 0 or ca < 0 or cb < 0:
+        return False, a, ca, b, cb, _key_mid(a, b, key)
+    s = np.float32(a + (np.float64(b) - a) * ((k - ca + 0.5) / (cb - ca)))
+    return False, a, ca, b, cb, s if (s > a) & (s <= b) else _key_mid(a, b, key)
 
 
 @njit(**_JIT)
-def _next_value(tile, x, active, out):
-    """Per lane: the smallest value > ``x`` (``inf`` if none) and the count of values <= x."""
-    c = out[0]
-    nxt = out[1]
-    for i in range(_LANES):
-        c[i] = 0
-        nxt[i] = _FINF
-    for f in range(tile.shape[0]):
-        row = tile[f]
-        for i in range(_LANES):
-            v = row[i]
-            le = v <= x[i]
-            c[i] += _F1 if le else _F0
-            b = v if v > x[i] else _FINF
-            nxt[i] = b if b < nxt[i] else nxt[i]
+def _select_one(column, k, a, ca, b, cb, m, passes, key):
+    """:func:`_select` for one pixel, over its own values (``column``)."""
+    while True:
+        passes += 1
+        c = _F0
+        under = -_FINF
+        over = _FINF
+        for f in range(column.shape[0]):
+            v = column[f]
+            if v < m:
+                c += _F1
+                under = _fmax(under, v)
+            elif v >= m:
+                over = _fmin(over, v)
+        done, a, ca, b, cb, m = _narrow(c, under, over, k, a, ca, b, cb, passes, key)
+        if done:
+            return m
+
+
+@njit(inline="always", **_JIT)
+def _nearby(k, x, near, i):
+    """The value of global rank ``k`` if ``near`` (a :func:`_clip_pass` around ``x``)
+    tells it, else NaN."""
+    if near[0, i] <= k < near[1, i]:
+        return x[i]
+    if k == near[1, i] and near[3, i] < _FINF:
+        return near[3, i]
+    if k == near[0, i] - 1 and near[2, i] > -_FINF:
+        return near[2, i]
+    return _FNAN
 
 
 @njit(**_JIT)
-def _median(tile, lo, hi, st, active, guess, mid, scratch, key):
-    """Median (float64) of each active lane's values in ``[lo, hi]`` (``st`` from
-    :func:`_stats` over that range): the mean of the two middle values for an even count."""
-    n = st[0]
+def _medians(tile, st, active, lo, hi, guess, x, near, have_near, mid, work, key):
+    """Median (float64, into ``mid``) of each active pixel's values in ``[lo, hi]``;
+    ``st`` rows 0, 1 hold their count and the count below ``lo``; ``x`` receives the
+    lower middle value. With ``have_near``, ``near`` (around the previous ``x``)
+    often tells the middle values without a pass."""
     rank = np.empty(_LANES, np.float32)
-    a = np.empty(_LANES, np.float32)
-    b = np.empty(_LANES, np.float32)
-    first = np.empty(_LANES, np.float32)
+    upper = np.empty(_LANES, np.float32)
+    todo = np.zeros(_LANES, np.bool_)
+    a = work[0]
+    b = work[1]
+    ca = work[2]
+    cb = work[3]
     for i in range(_LANES):
-        rank[i] = st[1, i] + (n[i] - 1) // 2
-        a[i] = st[4, i] if n[i] > 0 else 0.0
-        b[i] = st[5, i] if n[i] > 0 else 0.0
-    live = active & (n > 0)
-    _select(tile, rank, live, a, b, guess, first, scratch, key)
-    even = live & (n % 2 == 0)
+        n = st[0, i]
+        mid[i] = np.nan
+        upper[i] = _FNAN
+        if not (active[i] and n > 0):
+            continue
+        rank[i] = st[1, i] + (n - 1) // 2
+        value = _nearby(rank[i], x, near, i) if have_near else _FNAN
+        if n % 2 == 0 and have_near:
+            upper[i] = _nearby(rank[i] + 1, x, near, i)
+        if value == value:
+            x[i] = value
+            continue
+        todo[i] = True
+        a[i] = lo[i]
+        b[i] = hi[i]
+        ca[i] = st[1, i]
+        cb[i] = st[1, i] + n
+    if todo.any():
+        _select(tile, rank, todo, a, ca, b, cb, guess, x, work[4:7], key)
+    even = np.zeros(_LANES, np.bool_)
+    for i in range(_LANES):
+        even[i] = active[i] and st[0, i] > 0 and st[0, i] % 2 == 0 and upper[i] != upper[i]
     if even.any():
-        nxt = np.empty((2, _LANES), np.float32)
-        _next_value(tile, first, even, nxt)
+        _count_upper(tile, x, even, upper, rank, work[4:6])
+    for i in range(_LANES):
+        if not (active[i] and st[0, i] > 0):
+            continue
+        second = upper[i] if st[0, i] % 2 == 0 else x[i]
+        mid[i] = 0.5 * (np.float64(x[i]) + np.float64(second))
+
+
+@njit(**_JIT)
+def _count_upper(tile, x, even, upper, rank, out):
+    """For pixels with ``even`` set: the value of rank ``rank + 1`` from the one of
+    ``rank`` (``x``): ``x`` itself when tied, else the smallest value above it."""
+    le = out[0]
+    over = out[1]
+    for i in range(_LANES):
+        le[i] = 0
+        over[i] = _FINF
+    for f in range(0, tile.shape[0], 4):
+        r0 = tile[f]
+        r1 = tile[f + 1]
+        r2 = tile[f + 2]
+        r3 = tile[f + 3]
         for i in range(_LANES):
-            if even[i]:
-                second = first[i] if nxt[0, i] > rank[i] + 1 else nxt[1, i]
-                mid[i] = 0.5 * (np.float64(first[i]) + np.float64(second))
-            elif live[i]:
-                mid[i] = first[i]
-            else:
-                mid[i] = np.nan
-    else:
-        for i in range(_LANES):
-            mid[i] = first[i] if live[i] else np.nan
+            m = x[i]
+            v0, v1, v2, v3 = r0[i], r1[i], r2[i], r3[i]
+            le[i] += (_one(v0 <= m) + _one(v1 <= m)) + (_one(v2 <= m) + _one(v3 <= m))
+            over[i] = _fmin(over[i], _fmin(_fmin(v0 if v0 > m else _FINF,
+                                                 v1 if v1 > m else _FINF),
+                                           _fmin(v2 if v2 > m else _FINF,
+                                                 v3 if v3 > m else _FINF)))
+    for i in range(_LANES):
+        if even[i]:
+            upper[i] = x[i] if le[i] > rank[i] + 1 else over[i]
 
 
 @njit(inline="always", **_JIT)
@@ -1293,8 +1542,8 @@ def _f32_at_most(x):
 
 @njit(**_JIT)
 def _winsor_pass(tile, lo, hi, clo, chi, out):
-    """Per lane over values in ``[lo, hi]``: counts below ``clo`` and above ``chi`` and
-    the sums (float64) of the values in ``[clo, chi]``."""
+    """Per pixel over its values in ``[lo, hi]``: the counts below ``clo`` and above
+    ``chi`` and the float64 sums of the values in ``[clo, chi]``."""
     na = out[0]
     nb = out[1]
     m1 = out[2]
@@ -1304,23 +1553,35 @@ def _winsor_pass(tile, lo, hi, clo, chi, out):
         nb[i] = 0.0
         m1[i] = 0.0
         m2[i] = 0.0
-    for f in range(tile.shape[0]):
-        row = tile[f]
+    for f in range(0, tile.shape[0], 4):
+        r0 = tile[f]
+        r1 = tile[f + 1]
+        r2 = tile[f + 2]
+        r3 = tile[f + 3]
         for i in range(_LANES):
-            v = row[i]
-            inside = (v >= lo[i]) & (v <= hi[i])
-            na[i] += 1.0 if inside & (v < clo[i]) else 0.0
-            nb[i] += 1.0 if inside & (v > chi[i]) else 0.0
-            mid = inside & (v >= clo[i]) & (v <= chi[i])
-            d = np.float64(v) if mid else 0.0
-            m1[i] += d
-            m2[i] += d * d
+            a = lo[i]
+            b = hi[i]
+            ca = clo[i]
+            cb = chi[i]
+            v0, v1, v2, v3 = r0[i], r1[i], r2[i], r3[i]
+            # inside the run and below / above the clip points (NaN: neither)
+            na[i] += ((_one((v0 >= a) & (v0 < ca)) + _one((v1 >= a) & (v1 < ca)))
+                      + (_one((v2 >= a) & (v2 < ca)) + _one((v3 >= a) & (v3 < ca))))
+            nb[i] += ((_one((v0 <= b) & (v0 > cb)) + _one((v1 <= b) & (v1 > cb)))
+                      + (_one((v2 <= b) & (v2 > cb)) + _one((v3 <= b) & (v3 > cb))))
+            d0 = np.float64(v0 if (v0 >= ca) & (v0 <= cb) else _F0)
+            d1 = np.float64(v1 if (v1 >= ca) & (v1 <= cb) else _F0)
+            d2 = np.float64(v2 if (v2 >= ca) & (v2 <= cb) else _F0)
+            d3 = np.float64(v3 if (v3 >= ca) & (v3 <= cb) else _F0)
+            m1[i] += (d0 + d1) + (d2 + d3)
+            m2[i] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
 
 
 @njit(**_JIT)
-def _winsorized_sigma(tile, lo, hi, n, middle, sigma, work):
-    """Huber's winsorized sigma of the values in ``[lo, hi]`` (``_reject`` module notes)."""
-    todo = (n >= 2) & (sigma > 0)
+def _winsorized_sigma(tile, lo, hi, n, active, middle, sigma, work):
+    """Huber's winsorized sigma of the values in ``[lo, hi]`` (``_reject`` module notes) of
+    the active pixels: ``sigma`` (the standard deviation on entry) is updated in place."""
+    todo = active & (n >= 2) & (sigma > 0)
     clo = np.empty(_LANES, np.float32)
     chi = np.empty(_LANES, np.float32)
     low = np.empty(_LANES)
@@ -1331,12 +1592,10 @@ def _winsorized_sigma(tile, lo, hi, n, middle, sigma, work):
         for i in range(_LANES):
             low[i] = middle[i] - 1.5 * sigma[i]
             high[i] = middle[i] + 1.5 * sigma[i]
-            if todo[i]:
-                clo[i] = _f32_at_least(low[i])
-                chi[i] = _f32_at_most(high[i])
-            else:  # nothing to count
-                clo[i] = _FINF
-                chi[i] = -_FINF
+            # the clip points within the run: lo <= clo, chi <= hi, so that values outside
+            # the run are neither counted nor summed
+            clo[i] = max(_f32_at_least(low[i]), lo[i]) if todo[i] else _FINF
+            chi[i] = min(_f32_at_most(high[i]), hi[i]) if todo[i] else -_FINF
         _winsor_pass(tile, lo, hi, clo, chi, work)
         for i in range(_LANES):
             if not todo[i]:
@@ -1352,13 +1611,14 @@ def _winsorized_sigma(tile, lo, hi, n, middle, sigma, work):
 
 @njit(**_JIT)
 def _weighted(tile, lo, hi, weights, out):
-    """Per lane: sum of ``weights[f] * v`` and of the weights over values in ``[lo, hi]``."""
+    """Per pixel: the sum of ``weights[f] * v`` and of the weights over values in
+    ``[lo, hi]``."""
     total = out[0]
     norm = out[1]
     for i in range(_LANES):
         total[i] = 0.0
         norm[i] = 0.0
-    for f in range(tile.shape[0]):
+    for f in range(weights.shape[0]):
         row = tile[f]
         wf = weights[f]
         for i in range(_LANES):
@@ -1371,67 +1631,75 @@ def _weighted(tile, lo, hi, weights, out):
 @njit(**_JIT)
 def _reject_tiles(flat, method, kl, kh, centre_median, maxiters, weights, weighted, result,
                   kept, rejected):
-    """Reduce every pixel of ``flat`` (N, P), 64 pixels at a time (module notes)."""
+    """Reduce every pixel of ``flat`` (N, P), 64 pixels at a time (module notes).
+
+    ``method``: 0 median, 1 sigma_clip, 2 winsorized, as ``_reject`` defines them.
+    """
     nfr, pixels = flat.shape
-    tile = np.empty((nfr, _LANES), np.float32)
-    st = np.empty((6, _LANES))
-    scratch = np.empty((5, _LANES), np.float32)
-    work = np.empty((4, _LANES))
+    tile = np.empty(((nfr + 3) // 4 * 4, _LANES), np.float32)
+    st = np.empty((4, _LANES), np.float32)
+    sd = np.empty((2, _LANES))
+    near = np.zeros((4, _LANES), np.float32)
+    work = np.empty((7, _LANES), np.float32)
+    wsums = np.empty((4, _LANES))
     key = np.empty(1, np.float32)
     lo = np.empty(_LANES, np.float32)
     hi = np.empty(_LANES, np.float32)
-    mid = np.empty(_LANES)
+    x = np.empty(_LANES, np.float32)
     guess = np.empty(_LANES, np.float32)
+    mid = np.empty(_LANES)
     sigma = np.empty(_LANES)
     for p0 in range(0, pixels, _LANES):
         g = min(_LANES, pixels - p0)
         _load_tile(flat, p0, g, tile)
-        for i in range(_LANES):
-            lo[i] = -_FINF
-            hi[i] = _FINF
-        _stats(tile, lo, hi, st)
+        _first_pass(tile, st, sd)
         total = st[0].copy()
         for i in range(_LANES):
-            guess[i] = np.float32(st[2, i] / st[0, i]) if st[0, i] > 0 else _F0
+            st[1, i] = 0  # nothing below the run yet
+            lo[i] = st[2, i]  # the run: every finite value
+            hi[i] = st[3, i]
+            guess[i] = np.float32(sd[0, i] / st[0, i]) if st[0, i] > 0 else _F0
         if method == 0:
-            _median(tile, lo, hi, st, total > 0, guess, mid, scratch, key)
+            _medians(tile, st, total > 0, lo, hi, guess, x, near, False, mid, work, key)
             for i in range(g):
                 result[p0 + i] = np.float32(mid[i])
                 kept[p0 + i] = np.int32(total[i])
                 rejected[p0 + i] = 0
             continue
         active = total > 1
+        have_near = False
         for _ in range(maxiters):
             if not active.any():
                 break
             n = st[0]
             if method == 1 and not centre_median:
                 for i in range(_LANES):
-                    mid[i] = st[2, i] / n[i] if n[i] > 0 else np.nan
+                    mid[i] = sd[0, i] / n[i] if n[i] > 0 else np.nan
             else:
-                _median(tile, lo, hi, st, active, guess, mid, scratch, key)
+                _medians(tile, st, active, lo, hi, guess, x, near, have_near, mid, work, key)
             for i in range(_LANES):
-                mean = st[2, i] / n[i] if n[i] > 0 else 0.0
-                sigma[i] = np.sqrt(max(st[3, i] / n[i] - mean * mean, 0.0)) if n[i] > 0 else 0.0
+                mean = sd[0, i] / n[i] if n[i] > 0 else 0.0
+                sigma[i] = np.sqrt(max(sd[1, i] / n[i] - mean * mean, 0.0)) if n[i] > 0 else 0.0
             if method == 2:
-                _winsorized_sigma(tile, lo, hi, n.copy(), mid, sigma, work)
+                _winsorized_sigma(tile, lo, hi, n.copy(), active, mid, sigma, wsums)
             before = n.copy()
             for i in range(_LANES):
                 if active[i]:
                     lo[i] = max(lo[i], _f32_at_least(mid[i] - kl * sigma[i]))
                     hi[i] = min(hi[i], _f32_at_most(mid[i] + kh * sigma[i]))
-                    guess[i] = np.float32(mid[i])
-            _stats(tile, lo, hi, st)
+                    guess[i] = x[i]
+            _clip_pass(tile, lo, hi, x, st, sd, near)
+            have_near = method != 1 or centre_median
             for i in range(_LANES):
                 active[i] = active[i] & (st[0, i] != before[i]) & (st[0, i] > 0)
         if weighted:
-            _weighted(tile, lo, hi, weights, work)
+            _weighted(tile, lo, hi, weights, wsums)
         for i in range(g):
             n = st[0, i]
             if weighted:
-                value = work[0, i] / work[1, i] if work[1, i] > 0 else np.nan
+                value = wsums[0, i] / wsums[1, i] if wsums[1, i] > 0 else np.nan
             else:
-                value = st[2, i] / n if n > 0 else np.nan
+                value = sd[0, i] / n if n > 0 else np.nan
             result[p0 + i] = np.float32(value)
             kept[p0 + i] = np.int32(n)
             rejected[p0 + i] = np.int32(total[i] - n)
