@@ -204,24 +204,31 @@ def clamp_effect():
     """Lanczos with and without the clamp: a star's FWHM, a hot pixel's ringing."""
     n = 64
     yy, xx = np.mgrid[:n, :n].astype(np.float64)
-    print("clamp: star FWHM after warps (true FWHM; per sigma), hot pixel ringing:")
     A = rotation(1.0)
+    c = np.array([31.5, 31.5])
+    t = c - A @ c + [0.4, 0.3]
+    print("clamp: star FWHM (second moments) after a 1 deg + (0.4, 0.3) px warp, relative to "
+          "the star sampled on the output grid; peak and flux relative to it:")
     for sigma in (0.7, 1.0, 1.5):
-        star = 1000 * np.exp(-((xx - 31.3) ** 2 + (yy - 30.6) ** 2) / (2 * sigma**2))
-        line = [f"  sigma {sigma}: true {2.3548 * sigma:.3f}"]
+        # the star as the warp should give it: sampled at the output pixels
+        sx, sy = 31.3, 30.6
+        cx, cy = np.linalg.solve(A, np.array([sx, sy]) - t)
+        truth = 1000 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * sigma**2))
+        star = 1000 * np.exp(-((xx - sx) ** 2 + (yy - sy) ** 2) / (2 * sigma**2))
+        want = fwhm(truth, cx, cy)
+        line = [f"  sigma {sigma} (FWHM {want:.2f} px):"]
         for interp, clamp in (("bilinear", True), ("lanczos3", False), ("lanczos3", True),
                               ("lanczos4", False), ("lanczos4", True)):
             total = np.zeros((n, n), np.float32)
             cov = np.zeros((n, n), np.int32)
-            c = np.array([31.5, 31.5])
-            t = c - A @ c + [0.4, 0.3]
             _kernels.warp_accumulate(star.astype(np.float32), 0, (n, n), A, t, (0, 0), total,
                                      cov, interp, clamp=clamp)
-            cx, cy = np.linalg.solve(A, np.array([31.3, 30.6]) - t)
-            peak = total.max() / star.max()
-            line.append(f"{interp}{'' if clamp or interp == 'bilinear' else ' raw'} "
-                        f"{fwhm(total, cx, cy):.3f} (peak {peak:.2f})")
-        print(", ".join(line))
+            label = interp if interp == "bilinear" else f"{interp}{'' if clamp else ' raw'}"
+            line.append(f"{label} {fwhm(total, cx, cy) / want:.3f} "
+                        f"(peak {total.max() / truth.max():.2f}, "
+                        f"flux {total.sum() / truth.sum():.3f})")
+        print(line[0])
+        print("    " + ", ".join(line[1:]))
     hot = np.full((n, n), 100.0, np.float32)
     hot[32, 32] = 10000.0
     for interp, clamp in (("bilinear", True), ("lanczos3", False), ("lanczos3", True),

@@ -100,8 +100,9 @@ _KIND = {"nearest": 0, "bilinear": 1, "lanczos3": 3, "lanczos4": 4}
 # pixels per vector loop: numba's LLVM runs 16 float32 lanes 4 times interleaved,
 # so a loop of fewer than 64 iterations would run scalar
 _LANES = 64
-# segments shorter than this are interpolated pixel by pixel
-_SHORT = 8
+# segments shorter than this are interpolated pixel by pixel (a vector loop runs
+# _LANES lanes whatever the segment's length)
+_SHORT = 4
 # a selection with this many pixels left finishes them one by one
 _STRAGGLERS = 6
 _F0 = np.float32(0.0)
@@ -320,34 +321,35 @@ def _physical(raw, swap, signed, scale, zero, blank, has_blank):
 
 @overload(_physical, jit_options=dict(_JIT))
 def _physical_typed(raw, swap, signed, scale, zero, blank, has_blank):
-    # branch-free (selects), so that the loops calling it vectorise
+    # Branch-free, and in the stored width: numba widens integer arithmetic to 64 bits
+    # unless cast back, which halves the vector width (measured 4x slower). ``blank``
+    # is the stored bits of the BLANK value, as ``raw``.
     if isinstance(raw, types.Float):
         def floating(raw, swap, signed, scale, zero, blank, has_blank):
             out = np.float32(raw) * scale + zero
             return out if out - out == 0 else _FNAN
         return floating
-    bits = raw.bitwidth
-    half = 1 << (bits - 1)
+    if raw.bitwidth == 8:
+        def byte(raw, swap, signed, scale, zero, blank, has_blank):
+            out = np.float32(raw) * scale + zero
+            return _FNAN if has_blank and raw == blank else out
+        return byte
+    if raw.bitwidth == 16:
+        def short(raw, swap, signed, scale, zero, blank, has_blank):
+            w = np.uint16((raw >> np.uint16(8)) | (raw << np.uint16(8))) if swap else raw
+            v = np.float32(np.int16(w)) if signed else np.float32(w)
+            out = v * scale + zero
+            return _FNAN if has_blank and raw == blank else out
+        return short
 
-    if bits == 8:
-        def swapped(v):
-            return v
-    elif bits == 16:
-        def swapped(v):
-            return ((v >> 8) & 0xFF) | ((v & 0xFF) << 8)
-    else:
-        def swapped(v):
-            return (((v >> 24) & 0xFF) | ((v >> 8) & 0xFF00) | ((v & 0xFF00) << 8)
-                    | ((v & 0xFF) << 24))
-    swapped = njit(inline="always", **_JIT)(swapped)
-
-    def integer(raw, swap, signed, scale, zero, blank, has_blank):
-        v = np.int64(raw)
-        v = swapped(v) if swap else v
-        v = v - 2 * half if signed and v >= half else v
-        out = np.float32(v) * scale + zero
-        return _FNAN if has_blank and v == blank else out
-    return integer
+    def word(raw, swap, signed, scale, zero, blank, has_blank):
+        w = np.uint32((raw >> np.uint32(24)) | ((raw >> np.uint32(8)) & np.uint32(0xFF00))
+                      | ((raw & np.uint32(0xFF00)) << np.uint32(8)) | (raw << np.uint32(24))) \
+            if swap else raw
+        v = np.float32(np.int32(w)) if signed else np.float32(w)
+        out = v * scale + zero
+        return _FNAN if has_blank and raw == blank else out
+    return word
 
 
 @njit(**_JIT)
@@ -409,6 +411,17 @@ def _prepare(stored, swap, signed, scale, zero, blank, has_blank, r_stored, fram
             line[ui] = line[pad]
         for ui in range(pad + nu, nbu):
             line[ui] = line[pad + nu - 1]
+
+
+def _blank_bits(blank, stored, view):
+    """``(has_blank, bits)``: BLANK as the stored bits of dtype ``stored`` read as ``view``;
+    no BLANK for float rows or a value the stored type cannot hold."""
+    if blank is None or stored.kind not in "iu":
+        return False, view.type(0)
+    info = np.iinfo(stored)
+    if not info.min <= int(blank) <= info.max:
+        return False, view.type(0)
+    return True, np.array(int(blank), stored).view(view)[()]
 
 
 def _stored_view(rows):
@@ -632,11 +645,20 @@ def _fractions(x, i, au, bu, iu, av, bv, iv, mirror, nu):
 
 @njit(**_FAST)
 def _bilinear_run(flat, k, nb, out, n, x, au, bu, iu, av, bv, iv, mirror, nu):
-    """``n`` lanes of a segment whose first taps are ``flat[k]`` (rows ``nb`` apart)."""
+    """``n`` lanes of a segment whose first taps are ``flat[k]`` (rows ``nb`` apart).
+
+    The fractions step by a constant along the segment: they differ from one pixel's
+    own by ~1e-16, which leaves bilinear's values within float32 rounding (a zero
+    fraction still copies the pixel exactly, and NaN decisions are re-checked by
+    :func:`_repair`); Lanczos' clamp needs exact zeros, so it uses :func:`_fractions`.
+    """
     r0 = flat[k:]
     r1 = flat[k + nb:]
+    fx0, fy0 = _fractions(x, 0, au, bu, iu, av, bv, iv, mirror, nu)
+    dfx = np.float64(-au - 1.0 if mirror else au - 1.0)
     for i in range(n):
-        fx, fy = _fractions(x, i, au, bu, iu, av, bv, iv, mirror, nu)
+        fx = np.float32(fx0 + dfx * i)
+        fy = np.float32(fy0 + av * i)
         gx = _F1 - fx
         top = gx * r0[i] + fx * r0[i + 1]
         bottom = gx * r1[i] + fx * r1[i + 1]
@@ -686,11 +708,11 @@ def _lanczos4_run(flat, k, nb, out, n, x, au, bu, iu, av, bv, iv, mirror, nu, ce
         out[i] = acc
 
 
-@njit(**_FAST)
-def _pixel(buf, ub, vb, su, sv, kind, mirror, nu, ce, co, clamp):
+@njit(inline="always", **_FAST)
+def _pixel(buf, ub, vb, su, sv, kind, mirror, nu, ce, co, clamp, wx, wy):
     """One output pixel's value at frame coordinates ``su`` (buffer fast axis, mirrored or
     not) and ``sv`` (the exact NaN rule: only taps with a non-zero weight count). ``ub``,
-    ``vb``: buffer coordinates of ``buf[0, 0]``."""
+    ``vb``: buffer coordinates of ``buf[0, 0]``; ``wx``, ``wy``: scratch for 8 weights."""
     iu = _tap(su, kind, mirror, nu)
     iv = _tap(sv, kind, False, 0)
     if kind == 0:
@@ -698,8 +720,6 @@ def _pixel(buf, ub, vb, su, sv, kind, mirror, nu, ce, co, clamp):
     fx = np.float32(((nu - 1) - iu) - su if mirror else su - iu)
     fy = np.float32(sv - iv)
     a = 1 if kind == 1 else kind
-    wx = np.zeros(8, np.float32)
-    wy = np.zeros(8, np.float32)
     if kind == 1:
         wx[0], wx[1] = _F1 - fx, fx
         wy[0], wy[1] = _F1 - fy, fy
@@ -774,7 +794,7 @@ def _emit(vals, jlo, jhi, mode, trow, crow, wrow, weight, orow):
 
 @njit(**_JIT)
 def _repair(vals, jlo, jhi, mode, trow, crow, wrow, weight, orow, buf, ub, vb, tr, bu, bv, x0,
-            kind, mirror, nu, ce, co, clamp):
+            kind, mirror, nu, ce, co, clamp, wx, wy):
     """Recompute the NaN values of a row with the exact NaN rule: a NaN tap whose
     weight is exactly zero (integer coordinates) does not uncover the pixel."""
     for j in range(jlo, jhi):
@@ -782,7 +802,7 @@ def _repair(vals, jlo, jhi, mode, trow, crow, wrow, weight, orow, buf, ub, vb, t
             continue
         x = float(x0 + j)
         v = _pixel(buf, ub, vb, tr[0, 0] * x + bu, tr[1, 0] * x + bv, kind, mirror, nu, ce, co,
-                   clamp)
+                   clamp, wx, wy)
         if v != v:
             continue
         if mode == 1:
@@ -814,12 +834,24 @@ def _warp_rows(flat, buf, ub, vb, nu, nv, tr, mirror, y0, x0, kind, ce, co, clam
     a = 1 if kind <= 1 else kind
     below = 0 if kind <= 1 else a - 1
     guess = 16
+    wx = np.empty(8, np.float32)
+    wy = np.empty(8, np.float32)
+    # a segment ends where a tap index stops stepping by one: about every
+    # 1 / max(| |A| - 1 |, |slope|) pixels along a row
+    drift = max(abs(abs(tr[0, 0]) - 1.0), abs(tr[1, 0]))
+    pixelwise = drift * 2 * _SHORT > 1.0
     for r in range(h):
         y = float(y0 + r)
         bu = tr[0, 1] * y + tr[0, 2]
         bv = tr[1, 1] * y + tr[1, 2]
         jlo, jhi = _covered(tr, bu, bv, x0, w, kind, nu, nv)
         j = jlo
+        if pixelwise:  # steep rotations: segments of a few pixels cost more than they save
+            for jj in range(jlo, jhi):
+                xi = float(x0 + jj)
+                vals[jj] = _pixel(buf, ub, vb, tr[0, 0] * xi + bu, tr[1, 0] * xi + bv, kind,
+                                  mirror, nu, ce, co, clamp, wx, wy)
+            j = jhi
         while j < jhi:
             x = float(x0 + j)
             u = tr[0, 0] * x + bu
@@ -839,7 +871,7 @@ def _warp_rows(flat, buf, ub, vb, nu, nv, tr, mirror, y0, x0, kind, ce, co, clam
                 for i in range(n):
                     xi = x + i
                     seg[i] = _pixel(buf, ub, vb, tr[0, 0] * xi + bu, tr[1, 0] * xi + bv, kind,
-                                    mirror, nu, ce, co, clamp)
+                                    mirror, nu, ce, co, clamp, wx, wy)
                 j = je
                 continue
             lanes = (n + _LANES - 1) // _LANES * _LANES
@@ -867,7 +899,7 @@ def _warp_rows(flat, buf, ub, vb, nu, nv, tr, mirror, y0, x0, kind, ce, co, clam
         orow = out[r] if mode == 1 else out[0]
         if _emit(vals, jlo, jhi, mode, trow, crow, wrow, weight, orow):
             _repair(vals, jlo, jhi, mode, trow, crow, wrow, weight, orow, buf, ub, vb, tr, bu,
-                    bv, x0, kind, mirror, nu, ce, co, clamp)
+                    bv, x0, kind, mirror, nu, ce, co, clamp, wx, wy)
 
 
 # --------------------------------------------------------------------------
@@ -1042,8 +1074,8 @@ def _warp(mode, rows, r0, shape, A, t, origin, interpolation, scale, zero, blank
                          "this band needs (see source_window)")
     work = {} if work is None else work
     ce, co = _LANCZOS[kind if kind > 1 else 3]
-    view, swap, signed, floating = _stored_view(rows)
-    has_blank = blank is not None and not floating
+    view, swap, signed, _ = _stored_view(rows)
+    has_blank, blank_bits = _blank_bits(blank, rows.dtype, view.dtype)
     pad = max(_reach(kind)) + 1
     shift = kind > 0 and A.ravel().tolist() == [1.0, 0.0, 0.0, 1.0]
     if shift:
@@ -1059,7 +1091,7 @@ def _warp(mode, rows, r0, shape, A, t, origin, interpolation, scale, zero, blank
     buf, flat = _buffer(work, "buf", (v_hi - v_lo + 2 * pad, u_hi - u_lo + 2 * pad),
                         spare=4 * _LANES)
     _prepare(view, swap, signed, np.float32(scale), np.float32(zero),
-             np.int64(blank if has_blank else 0), has_blank, int(r0), nx, ny, transpose, mirror,
+             blank_bits, has_blank, int(r0), nx, ny, transpose, mirror,
              u_lo, u_hi, v_lo, v_hi, pad, buf)
     ub, vb = u_lo - pad, v_lo - pad
     vals = _buffer(work, "vals", (w + 2 * _LANES,))[0]
