@@ -43,6 +43,20 @@ def best(f, repeat=7, number=5):
     return min(times)
 
 
+def interleaved(cases, floor, rounds=10):
+    """Fastest time of each case and of the floor, measured in turns (the machine is
+    shared: a slow spell then hits the floor and the cases alike)."""
+    for f in cases.values():
+        f()
+    fastest = dict.fromkeys(cases, math.inf)
+    floor_time = math.inf
+    for _ in range(rounds):
+        for name, f in cases.items():
+            floor_time = min(floor_time, best(floor, repeat=1, number=5))
+            fastest[name] = min(fastest[name], best(f, repeat=1, number=2))
+    return fastest, floor_time
+
+
 def rotation(degrees):
     th = math.radians(degrees)
     return np.array([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]])
@@ -55,18 +69,23 @@ def stored_frame(seed=0):
     return (physical - 32768).astype(">i2")
 
 
-def warp_case(frame, A, t, interpolation, y0=1000, total=None, work=None):
-    """A callable warping the band of rows [y0, y0 + 64) of ``frame`` (the rows it needs)."""
-    r0, r1, _, _ = _kernels.source_window(A, t, frame.shape, (y0, y0 + ROWS), (0, WIDTH),
-                                          interpolation)
-    rows = frame[r0:r1]
+def warp_case(frame, A, t, interpolation, y0=1000, total=None, work=None, rows=None,
+              zero=32768.0, clamp=True):
+    """A callable warping the band of rows [y0, y0 + 64) of ``frame`` (the rows it needs;
+    ``rows=(r0, r1)``: ``frame`` holds only those)."""
+    if rows is None:
+        r0, r1, _, _ = _kernels.source_window(A, t, frame.shape, (y0, y0 + ROWS), (0, WIDTH),
+                                              interpolation)
+        rows, shape = frame[r0:r1], frame.shape
+    else:
+        r0, shape, rows = rows[0], (FRAME_ROWS, WIDTH), frame
     total = np.zeros((ROWS, WIDTH), np.float32) if total is None else total
     coverage = np.zeros((ROWS, WIDTH), np.int32)
     work = {} if work is None else work
 
     def run():
-        _kernels.warp_accumulate(rows, r0, frame.shape, A, t, (y0, 0), total, coverage,
-                                 interpolation, zero=32768.0, work=work)
+        _kernels.warp_accumulate(rows, r0, shape, A, t, (y0, 0), total, coverage, interpolation,
+                                 zero=zero, clamp=clamp, work=work)
     return run
 
 
@@ -86,96 +105,97 @@ def report(name, seconds, floor, pixels=ROWS * WIDTH):
 
 def warps():
     frame = stored_frame()
-    floor = best(floor_case())
-    print(f"band {ROWS} x {WIDTH}, rows stored >i2 with BZERO; floor (numpy total += >u2 rows): "
-          f"{floor / (ROWS * WIDTH) * 1e9:.3f} ns/px")
     shift = np.array([0.37, -1.62])
-    cases = [("(b) shift, nearest", np.eye(2), shift, "nearest"),
-             ("(b) shift, bilinear", np.eye(2), shift, "bilinear"),
-             ("(b) shift, lanczos3", np.eye(2), shift, "lanczos3"),
-             ("(b) shift, lanczos4", np.eye(2), shift, "lanczos4"),
-             ("(b) 1 deg rotation, nearest", rotation(1.0), shift, "nearest"),
-             ("(b) 1 deg rotation, bilinear", rotation(1.0), shift, "bilinear"),
-             ("(b) 1 deg rotation, lanczos3", rotation(1.0), shift, "lanczos3"),
-             ("(b) 1 deg rotation, lanczos3, no clamp", rotation(1.0), shift, "lanczos3"),
-             ("(b) 1 deg rotation, lanczos4", rotation(1.0), shift, "lanczos4"),
-             ("(b) 180.3 deg (meridian flip), bilinear", rotation(180.3), None, "bilinear"),
-             ("(b) 180.3 deg (meridian flip), lanczos3", rotation(180.3), None, "lanczos3")]
-    for name, A, t, interp in cases:
-        if t is None:  # turn about the band's centre, so that the band stays in the frame
-            c = np.array([WIDTH / 2, 1032.0])
-            t = c - A @ c + shift
-        run = warp_case(frame, A, t, interp)
-        if "no clamp" in name:
-            r0, r1, _, _ = _kernels.source_window(A, t, frame.shape, (1000, 1064), (0, WIDTH),
-                                                  interp)
-            total = np.zeros((ROWS, WIDTH), np.float32)
-            cov = np.zeros((ROWS, WIDTH), np.int32)
-            work = {}
+    centre = np.array([WIDTH / 2, 1032.0])
 
-            def run(rows=frame[r0:r1], r0=r0, A=A, t=t, total=total, cov=cov, work=work):
-                _kernels.warp_accumulate(rows, r0, frame.shape, A, t, (1000, 0), total, cov,
-                                         "lanczos3", zero=32768.0, clamp=False, work=work)
-        report(name, best(run), floor)
-    # the conversion decision: rows already native float32 (the caller converted them)
-    native = (frame.astype(np.float32) + 32768.0)
-    report("(b) 1 deg bilinear, rows given as float32", best(
-        warp_case(native, rotation(1.0), shift, "bilinear")), floor)
-    buf = np.empty((ROWS + 40, WIDTH), np.float32)
-    part = frame[:ROWS + 40]
-    report("    numpy conversion >i2 -> float32 (per px)", best(
-        lambda: np.add(part, np.float32(32768.0), out=buf, casting="unsafe")), floor,
-        pixels=buf.size)
-    # float64 accumulators
-    total64 = np.zeros((ROWS, WIDTH), np.float64)
-    report("(b) 1 deg bilinear into a float64 total", best(
-        warp_case(frame, rotation(1.0), shift, "bilinear", total=total64)), floor)
-    # (c) today's numpy bilinear of a shift
+    def turned(degrees):  # about the band's centre, so that the band stays in the frame
+        A = rotation(degrees)
+        return A, centre - A @ centre + shift
+
+    cases = {}
+    for interp in ("nearest", "bilinear", "lanczos3", "lanczos4"):
+        cases[f"(b) shift, {interp}"] = warp_case(frame, np.eye(2), shift, interp)
+    for interp in ("nearest", "bilinear", "lanczos3", "lanczos4"):
+        cases[f"(b) 1 deg rotation, {interp}"] = warp_case(frame, *turned(1.0), interp)
+    cases["(b) 1 deg rotation, lanczos3 clamp=False"] = warp_case(frame, *turned(1.0),
+                                                                   "lanczos3", clamp=False)
+    cases["(b) 180.3 deg (meridian flip), bilinear"] = warp_case(frame, *turned(180.3),
+                                                                  "bilinear")
+    cases["(b) 90.5 deg (transposed), bilinear"] = warp_case(frame, *turned(90.5), "bilinear")
+    # the conversion decision: the caller converts to native float32 first, or the kernel
+    # reads the stored big-endian integers (the default above)
+    A, t = turned(1.0)
+    r0, r1, _, _ = _kernels.source_window(A, t, frame.shape, (1000, 1064), (0, WIDTH),
+                                          "bilinear")
+    native = np.empty((r1 - r0, WIDTH), np.float32)
+    converted = warp_case(native, A, t, "bilinear", rows=(r0, r1), zero=0.0)
+
+    def caller_converts():
+        np.add(frame[r0:r1], np.float32(32768.0), out=native, casting="unsafe")
+        converted()
+    cases["(b) 1 deg bilinear, caller converts to float32"] = caller_converts
+    cases["(b) 1 deg bilinear into a float64 total"] = warp_case(
+        frame, A, t, "bilinear", total=np.zeros((ROWS, WIDTH), np.float64))
+    # (c) today's numpy bilinear of a shift, and its add
     block = frame[1000:1000 + ROWS + 1, :WIDTH]
     total = np.zeros((ROWS, WIDTH - 1), np.float32)
 
     def numpy_bilinear():
         total[...] += _combine._bilinear(block, None, np.float32(0.37), np.float32(0.38), 1, 1)
-    report("(c) today's numpy bilinear + add (_combine)", best(numpy_bilinear), floor)
+    cases["(c) today's numpy bilinear + add (_combine)"] = numpy_bilinear
     # a library alternative: scipy on the band, from float32 rows
     from scipy import ndimage
 
-    A = rotation(1.0)
-    r0, r1, _, _ = _kernels.source_window(A, shift, frame.shape, (1000, 1064), (0, WIDTH),
-                                          "bilinear")
     src = frame[r0:r1].astype(np.float32) + np.float32(32768)
     matrix = A[::-1, ::-1]
-    offset = (A @ np.array([0.0, 1000.0]) + shift)[::-1] - np.array([r0, 0.0])
-    for order in (1, 3):
-        report(f"    scipy affine_transform order {order}, 1 deg band", best(
-            lambda order=order: ndimage.affine_transform(
-                src, matrix, offset, output_shape=(ROWS, WIDTH), order=order, mode="nearest",
-                prefilter=False), repeat=3, number=1), floor)
+    offset = (A @ np.array([0.0, 1000.0]) + t)[::-1] - np.array([r0, 0.0])
+    cases["    scipy affine_transform order 1, 1 deg"] = lambda: ndimage.affine_transform(
+        src, matrix, offset, output_shape=(ROWS, WIDTH), order=1, mode="nearest")
+    fastest, floor = interleaved(cases, floor_case())
+    print(f"band {ROWS} x {WIDTH}, rows stored >i2 with BZERO; floor (numpy total += >u2 "
+          f"rows): {floor / (ROWS * WIDTH) * 1e9:.3f} ns/px")
+    for name, seconds in fastest.items():
+        report(name, seconds, floor)
+    tiny = np.zeros((1, 16), np.float32), np.zeros((1, 16), np.int32)
+    r0, r1, _, _ = _kernels.source_window(A, t, frame.shape, (1000, 1001), (1000, 1016),
+                                          "bilinear")
+    overhead = best(lambda: _kernels.warp_accumulate(frame[r0:r1], r0, frame.shape, A, t,
+                                                     (1000, 1000), *tiny, "bilinear"))
+    print(f"  per-call overhead (a 1 x 16 band, bilinear): {overhead * 1e6:.1f} us")
     return floor
 
 
-def rejection(floor, frames=400, rows=4):
+def rejection(frames=400, rows=4):
     rng = np.random.default_rng(1)
     block = rng.normal(2000, 30, (frames, rows, WIDTH)).astype(np.float32)
     hits = rng.random(block.shape) < 0.01
     block[hits] += rng.uniform(200, 20000, hits.sum()).astype(np.float32)
     block[rng.random(block.shape) < 0.02] = np.nan
     values = block.size
-    print(f"rejection, block {frames} x {rows} x {WIDTH} float32 (1% outliers, 2% NaN):")
-    for method, options in (("median", {}), ("sigma_clip", {}), ("winsorized", {}),
-                            ("sigma_clip", {"centre": "mean"})):
+    print(f"(d) rejection, block {frames} x {rows} x {WIDTH} float32 (1% outliers, 2% NaN), "
+          "per value:")
+    methods = (("median", {}), ("sigma_clip", {}), ("sigma_clip", {"centre": "mean"}),
+               ("winsorized", {}))
+    cases = {}
+    for method, options in methods:
         label = method + (" centre=mean" if options else "")
-        ours = best(lambda m=method, o=options: _kernels.reject_block(block, m, **o),
-                    repeat=3, number=1)
-        today = best(lambda m=method, o=options: _reject.combine_block(block, m, **o),
-                     repeat=2, number=1)
-        print(f"  {label:22s} kernel {ours / values * 1e9:6.2f} ns/value "
-              f"({ours / values / (floor / (ROWS * WIDTH)):5.2f}x floor per px), "
-              f"combine_block {today / values * 1e9:6.2f} ns/value, {today / ours:5.1f}x faster")
+        cases[label] = lambda m=method, o=options: _kernels.reject_block(block, m, **o)
+        cases[label + " (combine_block)"] = (
+            lambda m=method, o=options: _reject.combine_block(block, m, **o))
+    fastest, floor = interleaved(cases, floor_case(), rounds=3)
+    per_px = floor / (ROWS * WIDTH)
+    for label, seconds in fastest.items():
+        if label.endswith("(combine_block)"):
+            continue
+        today = fastest[label + " (combine_block)"]
+        print(f"  {label:22s} kernel {seconds / values * 1e9:6.2f} ns/value "
+              f"({seconds / values / per_px:5.2f}x floor per px), combine_block "
+              f"{today / values * 1e9:6.2f} ns/value: {today / seconds:4.1f}x faster")
 
 
-def angles(floor):
+def angles():
     frame = stored_frame()
+    floor = best(floor_case())
     print("warp cost against the rotation angle (x floor):")
     print("  angle  " + "  ".join(f"{k:>9s}" for k in ("nearest", "bilinear", "lanczos3")))
     for deg in (0.0, 0.2, 1.0, 3.0, 10.0, 30.0, 45.0, 89.0, 90.0, 180.0):
@@ -274,11 +294,11 @@ def main():
     if args.clamp:
         clamp_effect()
         return
-    floor = warps()
     if args.angles:
-        angles(floor)
+        angles()
         return
-    rejection(floor)
+    warps()
+    rejection()
 
 
 if __name__ == "__main__":

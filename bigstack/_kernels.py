@@ -715,11 +715,16 @@ def _pixel(buf, ub, vb, su, sv, kind, mirror, nu, ce, co, clamp, wx, wy):
     ``vb``: buffer coordinates of ``buf[0, 0]``; ``wx``, ``wy``: scratch for 8 weights."""
     iu = _tap(su, kind, mirror, nu)
     iv = _tap(sv, kind, False, 0)
+    a = 1 if kind <= 1 else kind
+    row0 = int(iv) - (a - 1 if kind > 1 else 0) - vb
+    col0 = int(iu) - (a - 1 if kind > 1 else 0) - ub
+    taps = 1 if kind == 0 else 2 * a
+    if row0 < 0 or col0 < 0 or row0 + taps > buf.shape[0] or col0 + taps > buf.shape[1]:
+        raise IndexError("bigstack: a tap lies outside the prepared rows (window bug)")
     if kind == 0:
-        return buf[int(iv) - vb, int(iu) - ub]
+        return buf[row0, col0]
     fx = np.float32(((nu - 1) - iu) - su if mirror else su - iu)
     fy = np.float32(sv - iv)
-    a = 1 if kind == 1 else kind
     if kind == 1:
         wx[0], wx[1] = _F1 - fx, fx
         wy[0], wy[1] = _F1 - fy, fy
@@ -737,8 +742,6 @@ def _pixel(buf, ub, vb, su, sv, kind, mirror, nu, ce, co, clamp, wx, wy):
         w = _w4(fy, ce, co)
         for k in range(8):
             wy[k] = w[k]
-    row0 = int(iv) - (a - 1) - vb
-    col0 = int(iu) - (a - 1) - ub
     # a weight is zero only on an axis with a zero fraction, off its centre tap (polynomial
     # weights may round to zero near it, the kernel's do not)
     acc = _F0
@@ -759,66 +762,61 @@ def _pixel(buf, ub, vb, su, sv, kind, mirror, nu, ce, co, clamp, wx, wy):
 
 
 @njit(**_JIT)
-def _emit(vals, jlo, jhi, mode, trow, crow, wrow, weight, orow):
-    """Add values ``[jlo, jhi)`` of a row into the accumulators (mode 0) or store them
-    (mode 1); returns how many were NaN (the caller checks those with the exact NaN rule).
-    Loops run over slices from 0 (an index numba cannot prove >= 0 stops vectorising)."""
+def _store_row(vals, jlo, jhi, orow):
+    """``orow`` = the values ``[jlo, jhi)`` of a row, NaN outside; returns how many NaN
+    values lie inside (the caller checks those with the exact NaN rule). Loops run over
+    slices from 0 (an index numba cannot prove >= 0 stops vectorising)."""
+    orow[:jlo] = _FNAN
+    orow[jhi:] = _FNAN
     n = jhi - jlo
     v = vals[jlo:jhi]
+    o = orow[jlo:jhi]
     bad = 0
-    if mode == 1:
-        o = orow[jlo:jhi]
-        for i in range(n):
-            o[i] = v[i]
-            bad += 0 if v[i] == v[i] else 1
-        return bad
-    t = trow[jlo:jhi]
-    c = crow[jlo:jhi]
-    if weight < 0:  # unweighted
-        for i in range(n):
-            ok = v[i] == v[i]
-            t[i] += v[i] if ok else _F0
-            c[i] += 1 if ok else 0
-            bad += 0 if ok else 1
-        return bad
-    wt = np.float32(weight)
-    ws = wrow[jlo:jhi]
     for i in range(n):
-        ok = v[i] == v[i]
-        t[i] += wt * v[i] if ok else _F0
-        c[i] += 1 if ok else 0
-        ws[i] += weight if ok else 0.0
-        bad += 0 if ok else 1
+        o[i] = v[i]
+        bad += 0 if v[i] == v[i] else 1
     return bad
 
 
 @njit(**_JIT)
-def _repair(vals, jlo, jhi, mode, trow, crow, wrow, weight, orow, buf, ub, vb, tr, bu, bv, x0,
-            kind, mirror, nu, ce, co, clamp, wx, wy):
+def _repair(orow, jlo, jhi, buf, ub, vb, tr, bu, bv, x0, kind, mirror, nu, ce, co, clamp, wx,
+            wy):
     """Recompute the NaN values of a row with the exact NaN rule: a NaN tap whose
     weight is exactly zero (integer coordinates) does not uncover the pixel."""
     for j in range(jlo, jhi):
-        if vals[j] == vals[j]:
+        if orow[j] == orow[j]:
             continue
         x = float(x0 + j)
-        v = _pixel(buf, ub, vb, tr[0, 0] * x + bu, tr[1, 0] * x + bv, kind, mirror, nu, ce, co,
-                   clamp, wx, wy)
-        if v != v:
-            continue
-        if mode == 1:
-            orow[j] = v
-        elif weight < 0:
-            trow[j] += v
-            crow[j] += 1
-        else:
-            trow[j] += np.float32(weight) * v
-            crow[j] += 1
-            wrow[j] += weight
+        orow[j] = _pixel(buf, ub, vb, tr[0, 0] * x + bu, tr[1, 0] * x + bv, kind, mirror, nu, ce,
+                         co, clamp, wx, wy)
 
 
 @njit(**_JIT)
-def _warp_rows(flat, buf, ub, vb, nu, nv, tr, mirror, y0, x0, kind, ce, co, clamp, mode, total,
-               coverage, wsum, weight, out, vals):
+def _accumulate(band, total, coverage, wsum, weight):
+    """Add a band of values (NaN: not covered) into the accumulators: the only loop
+    compiled for each accumulator type (float32, float64). ``weight < 0``: unweighted."""
+    h, w = band.shape
+    wt = np.float32(weight)
+    for r in range(h):
+        v = band[r]
+        t = total[r]
+        c = coverage[r]
+        if weight < 0:
+            for i in range(w):
+                ok = v[i] == v[i]
+                t[i] += v[i] if ok else _F0
+                c[i] += 1 if ok else 0
+        else:
+            ws = wsum[r]
+            for i in range(w):
+                ok = v[i] == v[i]
+                t[i] += wt * v[i] if ok else _F0
+                c[i] += 1 if ok else 0
+                ws[i] += weight if ok else 0.0
+
+
+@njit(**_JIT)
+def _warp_rows(flat, buf, ub, vb, nu, nv, tr, mirror, y0, x0, kind, ce, co, clamp, out, vals):
     """Interpolate every output row of a band from the oriented buffer (see module notes).
 
     ``buf`` is the start of ``flat``, which has spare values after it (the
@@ -826,10 +824,10 @@ def _warp_rows(flat, buf, ub, vb, nu, nv, tr, mirror, y0, x0, kind, ce, co, clam
     ``[A | t]`` for the buffer's fast and slow axes, ``[s_u, s_v] = tr[:, :2]
     @ [x, y] + tr[:, 2]`` in frame coordinates, the fast axis mirrored in
     the buffer when ``mirror``; ``ub``, ``vb``: buffer coordinates of
-    ``buf[0, 0]``; ``vals``: a work row of ``w + 2 * _LANES`` floats.
+    ``buf[0, 0]``; ``out`` (h, w) receives the values, NaN where the frame
+    does not cover a pixel; ``vals``: a work row of ``w + 2 * _LANES`` floats.
     """
-    h = total.shape[0] if mode == 0 else out.shape[0]
-    w = total.shape[1] if mode == 0 else out.shape[1]
+    h, w = out.shape
     nbv, nbu = buf.shape
     a = 1 if kind <= 1 else kind
     below = 0 if kind <= 1 else a - 1
@@ -846,34 +844,31 @@ def _warp_rows(flat, buf, ub, vb, nu, nv, tr, mirror, y0, x0, kind, ce, co, clam
         bv = tr[1, 1] * y + tr[1, 2]
         jlo, jhi = _covered(tr, bu, bv, x0, w, kind, nu, nv)
         j = jlo
-        if pixelwise:  # steep rotations: segments of a few pixels cost more than they save
-            for jj in range(jlo, jhi):
-                xi = float(x0 + jj)
-                vals[jj] = _pixel(buf, ub, vb, tr[0, 0] * xi + bu, tr[1, 0] * xi + bv, kind,
-                                  mirror, nu, ce, co, clamp, wx, wy)
-            j = jhi
         while j < jhi:
             x = float(x0 + j)
-            u = tr[0, 0] * x + bu
-            v = tr[1, 0] * x + bv
-            iu = _tap(u, kind, mirror, nu)
-            iv = _tap(v, kind, False, 0)
-            je = _segment_end(tr, bu, bv, x0, j, jhi, iu, iv, kind, mirror, nu, guess)
+            if pixelwise:  # steep rotations: segments of a few pixels cost more than they save
+                je = jhi
+            else:
+                u = tr[0, 0] * x + bu
+                v = tr[1, 0] * x + bv
+                iu = _tap(u, kind, mirror, nu)
+                iv = _tap(v, kind, False, 0)
+                je = _segment_end(tr, bu, bv, x0, j, jhi, iu, iv, kind, mirror, nu, guess)
+                guess = je - j
             n = je - j
-            guess = n
-            row = int(iv) - below - vb
-            col = int(iu) - below - ub
-            taps = 1 if kind == 0 else 2 * a
-            if row < 0 or col < 0 or row + taps > nbv or col + n + taps - 1 > nbu:
-                raise IndexError("bigstack: a tap lies outside the prepared rows (window bug)")
             seg = vals[j:]
-            if n < _SHORT and kind > 0:
+            if pixelwise or (n < _SHORT and kind > 0):
                 for i in range(n):
                     xi = x + i
                     seg[i] = _pixel(buf, ub, vb, tr[0, 0] * xi + bu, tr[1, 0] * xi + bv, kind,
                                     mirror, nu, ce, co, clamp, wx, wy)
                 j = je
                 continue
+            row = int(iv) - below - vb
+            col = int(iu) - below - ub
+            taps = 1 if kind == 0 else 2 * a
+            if row < 0 or col < 0 or row + taps > nbv or col + n + taps - 1 > nbu:
+                raise IndexError("bigstack: a tap lies outside the prepared rows (window bug)")
             lanes = (n + _LANES - 1) // _LANES * _LANES
             k = row * nbu + col
             au = tr[0, 0]
@@ -891,15 +886,10 @@ def _warp_rows(flat, buf, ub, vb, nu, nv, tr, mirror, y0, x0, kind, ce, co, clam
                 _lanczos4_run(flat, k, nbu, seg, lanes, x, au, bu, iu, av, bv, iv, mirror, nu, ce,
                               co, clamp)
             j = je
-        if jhi <= jlo:
-            continue
-        trow = total[r] if mode == 0 else total[0]
-        crow = coverage[r] if mode == 0 else coverage[0]
-        wrow = wsum[r] if (mode == 0 and weight >= 0) else wsum[0]
-        orow = out[r] if mode == 1 else out[0]
-        if _emit(vals, jlo, jhi, mode, trow, crow, wrow, weight, orow):
-            _repair(vals, jlo, jhi, mode, trow, crow, wrow, weight, orow, buf, ub, vb, tr, bu,
-                    bv, x0, kind, mirror, nu, ce, co, clamp, wx, wy)
+        jhi = max(jhi, jlo)
+        if _store_row(vals, jlo, jhi, out[r]):
+            _repair(out[r], jlo, jhi, buf, ub, vb, tr, bu, bv, x0, kind, mirror, nu, ce, co,
+                    clamp, wx, wy)
 
 
 # --------------------------------------------------------------------------
@@ -982,26 +972,29 @@ def _shift_weights(f, kind, ce, co, out):
 
 
 @njit(**_JIT)
-def _shift_rows(buf, ub, vb, nu, nv, tu, tv, y0, x0, kind, ce, co, clamp, mode, total, coverage,
-                wsum, weight, out, hrows, vals, lo, hi):
+def _shift_rows(buf, ub, vb, nu, nv, tu, tv, y0, x0, kind, ce, co, clamp, out, hrows, vals, lo,
+                hi):
     """Interpolate a band of a purely translated frame: ``[u, v] = [x + tu, y + tv]``.
 
     Weights are the same for every pixel: a horizontal pass over each
     buffer row the band needs (into ``hrows``, at least ``h + 8`` rows of
-    ``w`` values), then a vertical pass per output row.
+    ``w`` values), then a vertical pass per output row, into ``out`` (NaN
+    where the frame does not cover a pixel).
     """
-    h = total.shape[0] if mode == 0 else out.shape[0]
-    w = total.shape[1] if mode == 0 else out.shape[1]
+    h, w = out.shape
     wx = np.empty(8, np.float32)
     wy = np.empty(8, np.float32)
     tx, bx = _shift_weights(np.float32(tu - np.floor(tu)), kind, ce, co, wx)
     ty, by = _shift_weights(np.float32(tv - np.floor(tv)), kind, ce, co, wy)
     # covered: u and v in [0, n - 1]
-    jlo = max(0, int(np.ceil(-tu - x0)))
-    jhi = min(w, int(np.floor(nu - 1 - tu)) - x0 + 1)
-    rlo = max(0, int(np.ceil(-tv - y0)))
-    rhi = min(h, int(np.floor(nv - 1 - tv)) - y0 + 1)
+    jlo = min(max(0, int(np.ceil(-tu - x0))), w)
+    jhi = max(min(w, int(np.floor(nu - 1 - tu)) - x0 + 1), jlo)
+    rlo = min(max(0, int(np.ceil(-tv - y0))), h)
+    rhi = max(min(h, int(np.floor(nv - 1 - tv)) - y0 + 1), rlo)
+    out[:rlo] = _FNAN
+    out[rhi:] = _FNAN
     if jhi <= jlo or rhi <= rlo:
+        out[:] = _FNAN
         return
     n = jhi - jlo
     col = int(np.floor(tu)) + x0 + jlo - bx - ub  # buffer column of the first tap
@@ -1023,11 +1016,7 @@ def _shift_rows(buf, ub, vb, nu, nv, tu, tv, y0, x0, kind, ce, co, clamp, mode, 
                 v = seg[i]
                 v = lo[i] if v < lo[i] else v
                 seg[i] = hi[i] if v > hi[i] else v
-        trow = total[r] if mode == 0 else total[0]
-        crow = coverage[r] if mode == 0 else coverage[0]
-        wrow = wsum[r] if (mode == 0 and weight >= 0) else wsum[0]
-        orow = out[r] if mode == 1 else out[0]
-        _emit(vals, jlo, jhi, mode, trow, crow, wrow, weight, orow)
+        _store_row(vals, jlo, jhi, out[r])
 
 
 # --------------------------------------------------------------------------
@@ -1065,6 +1054,8 @@ def _warp(mode, rows, r0, shape, A, t, origin, interpolation, scale, zero, blank
     y0, x0 = (int(v) for v in origin)
     ra, rb, ca, cb = _window(kind, A, t, (ny, nx), (y0, y0 + h), (x0, x0 + w))
     if rb <= ra:
+        if mode == 1:
+            out[...] = np.nan
         return
     rows = np.asarray(rows)
     if rows.ndim != 2 or rows.shape[1] != nx:
@@ -1095,24 +1086,22 @@ def _warp(mode, rows, r0, shape, A, t, origin, interpolation, scale, zero, blank
              u_lo, u_hi, v_lo, v_hi, pad, buf)
     ub, vb = u_lo - pad, v_lo - pad
     vals = _buffer(work, "vals", (w + 2 * _LANES,))[0]
-    if mode == 0:
-        wt = -1.0 if weight is None else float(weight)
-        wsum = weight_sum if weight is not None else np.zeros((1, 1), np.float64)
-        args = (total, coverage, wsum, wt, np.zeros((1, 1), np.float32))
-    else:
-        args = (np.zeros((1, 1), np.float32), np.zeros((1, 1), np.int32),
-                np.zeros((1, 1), np.float64), -1.0, out)
+    band = out if mode == 1 else _buffer(work, "band", (h, w))[0]
     if shift:
         hrows = _buffer(work, "hrows", (h + 8, w + _LANES))[0]
         lo = _buffer(work, "lo", (w + _LANES,))[0]
         hi = _buffer(work, "hi", (w + _LANES,))[0]
-        _shift_rows(buf, ub, vb, nu, nv, t[0], t[1], y0, x0, kind, ce, co, bool(clamp), mode,
-                    *args, hrows, vals, lo, hi)
-        return
-    _warp_rows(flat, buf, ub, vb, nu, nv, tr, mirror, y0, x0, kind, ce, co, bool(clamp), mode,
-               *args, vals)
+        _shift_rows(buf, ub, vb, nu, nv, t[0], t[1], y0, x0, kind, ce, co, bool(clamp), band,
+                    hrows, vals, lo, hi)
+    else:
+        _warp_rows(flat, buf, ub, vb, nu, nv, tr, mirror, y0, x0, kind, ce, co, bool(clamp),
+                   band, vals)
+    if mode == 0:
+        wsum = weight_sum if weight is not None else _NO_WEIGHT_SUM
+        _accumulate(band, total, coverage, wsum, -1.0 if weight is None else float(weight))
 
 
+_NO_WEIGHT_SUM = np.zeros((1, 1), np.float64)  # never written: the unweighted path skips it
 _TOTALS = (np.dtype(np.float32), np.dtype(np.float64))
 _INT32 = np.dtype(np.int32)
 
@@ -1190,10 +1179,8 @@ def warp_accumulate(rows, r0, shape, A, t, origin, total, coverage, interpolatio
 
 def warp_values(rows, r0, shape, A, t, origin, out, interpolation="bilinear", *, scale=1.0,
                 zero=0.0, blank=None, clamp=True, work=None):
-    """Like :func:`warp_accumulate`, but store the values: ``out[...] = value``.
-
-    Pixels the frame does not cover are left as they are: fill ``out`` with
-    NaN first to gather a frame's plane for :func:`reject_block`.
+    """Like :func:`warp_accumulate`, but store the values: ``out[...] = value``, NaN
+    where the frame does not cover a pixel (a frame's plane for :func:`reject_block`).
     """
     if out.ndim != 2 or out.dtype != np.float32 or not out.flags.c_contiguous:
         raise ValueError(f"out must be a C-contiguous 2-D float32 array, got {out.dtype} "
