@@ -418,9 +418,10 @@ def test_values_mode_stores_what_accumulate_adds(interpolation):
     A = rotation(-3.0)
     t = about_centre(A, shape, (0.2, 0.3))
     added, _ = warped(frame, A, t, (0, 15, 0, 19), interpolation)
-    out = np.full(shape, np.nan, np.float32)
+    out = np.full(shape, 7.0, np.float32)  # every pixel is set, NaN where not covered
     warp_values(frame, 0, shape, A, t, (0, 0), out, interpolation)
     np.testing.assert_array_equal(out, added)
+    assert np.isnan(out).any()
 
 
 def test_bad_arguments_are_refused():
