@@ -1,0 +1,575 @@
+"""The compiled kernels of ``bigstack._kernels`` against independent references.
+
+Warps: scipy's ``map_coordinates`` / ``affine_transform`` (orders 0 and 1) on
+whole frames for nearest and bilinear, and a plain numpy Lanczos written here
+(scipy has none). Windows: reading only the rows ``source_window`` names must
+give exactly what reading the whole frame gives, at every edge. Rejection:
+``_reject.combine_block``, astropy's ``sigma_clip`` and ``np.nanmedian``.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import warnings
+
+import numpy as np
+import pytest
+from astropy.stats import sigma_clip
+from astropy.utils.exceptions import AstropyUserWarning
+from scipy import ndimage
+
+from bigstack import _kernels, _reject
+from bigstack._kernels import reject_block, source_window, warp_accumulate, warp_values
+
+INTERPOLATIONS = ("nearest", "bilinear", "lanczos3", "lanczos4")
+
+
+# --------------------------------------------------------------------------
+# references
+
+
+def rotation(degrees, scale=1.0, flip=False):
+    th = math.radians(degrees)
+    A = scale * np.array([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]])
+    if flip:
+        A[:, 0] = -A[:, 0]
+    return A
+
+
+def about_centre(A, shape, shift=(0.0, 0.0)):
+    """``t`` so that ``A`` turns the frame about its centre, then shifts by ``shift`` [x, y]."""
+    ny, nx = shape
+    c = np.array([(nx - 1) / 2, (ny - 1) / 2])
+    return c - A @ c + np.asarray(shift, float)
+
+
+def source_points(A, t, y0, h, x0, w):
+    """Source coordinates of the output pixels, in float64 as the module documents."""
+    yy, xx = np.mgrid[y0:y0 + h, x0:x0 + w].astype(np.float64)
+    sx = A[0, 0] * xx + (A[0, 1] * yy + t[0])
+    sy = A[1, 0] * xx + (A[1, 1] * yy + t[1])
+    return sx, sy
+
+
+def reference_scipy(frame, A, t, y0, h, x0, w, order):
+    """scipy's interpolation of order 0 or 1, and the documented coverage rule."""
+    ny, nx = frame.shape
+    sx, sy = source_points(A, t, y0, h, x0, w)
+    values = ndimage.map_coordinates(frame.astype(np.float64), [sy, sx], order=order,
+                                     mode="nearest")
+    if order == 0:
+        ix, iy = np.floor(sx + 0.5), np.floor(sy + 0.5)
+        covered = (ix >= 0) & (ix <= nx - 1) & (iy >= 0) & (iy <= ny - 1)
+    else:
+        covered = (sx >= 0) & (sx <= nx - 1) & (sy >= 0) & (sy <= ny - 1)
+    return values, covered
+
+
+def lanczos_kernel(d, a):
+    """sinc(d) sinc(d / a) inside (-a, a); exactly 0 at the non-zero integers."""
+    d = np.asarray(d, np.float64)
+    zero = (np.abs(d) >= a) | ((d == np.round(d)) & (d != 0))
+    return np.where(zero, 0.0, np.sinc(d) * np.sinc(d / a))
+
+
+def reference_pixels(frame, A, t, y0, h, x0, w, interpolation, clamp=True):
+    """Plain numpy, pixel by pixel: the documented interpolation, NaN rule and clamp."""
+    ny, nx = frame.shape
+    sx, sy = source_points(A, t, y0, h, x0, w)
+    values = np.full((h, w), np.nan)
+    for r in range(h):
+        for j in range(w):
+            values[r, j] = reference_pixel(frame, sx[r, j], sy[r, j], interpolation, clamp)
+    return values
+
+
+def reference_pixel(frame, x, y, interpolation, clamp):
+    ny, nx = frame.shape
+    if interpolation == "nearest":
+        ix, iy = math.floor(x + 0.5), math.floor(y + 0.5)
+        if 0 <= ix < nx and 0 <= iy < ny:
+            return float(frame[iy, ix])
+        return np.nan
+    if not (0 <= x <= nx - 1 and 0 <= y <= ny - 1):
+        return np.nan
+    ix, iy = math.floor(x), math.floor(y)
+    fx, fy = x - ix, y - iy
+    if interpolation == "bilinear":
+        taps = [0, 1]
+        wx, wy = np.array([1 - fx, fx]), np.array([1 - fy, fy])
+    else:
+        a = int(interpolation[-1])
+        taps = list(range(-a + 1, a + 1))
+        wx = lanczos_kernel(fx - np.array(taps), a)
+        wy = lanczos_kernel(fy - np.array(taps), a)
+        wx, wy = wx / wx.sum(), wy / wy.sum()
+    cols = np.clip(ix + np.array(taps), 0, nx - 1)
+    rows = np.clip(iy + np.array(taps), 0, ny - 1)
+    patch = frame[np.ix_(rows, cols)].astype(np.float64)
+    weights = np.outer(wy, wx)
+    used = weights != 0
+    if np.isnan(patch[used]).any():
+        return np.nan
+    value = float((weights[used] * patch[used]).sum())
+    if clamp and interpolation.startswith("lanczos"):
+        support = frame[np.ix_([iy, min(iy + 1, ny - 1)] if fy else [iy],
+                               [ix, min(ix + 1, nx - 1)] if fx else [ix])]
+        value = min(max(value, float(support.min())), float(support.max()))
+    return value
+
+
+def warped(frame, A, t, band, interpolation, rows=None, total_dtype=np.float32, **kwargs):
+    """``warp_accumulate`` of a frame into an empty band ``(y0, h, x0, w)``: values (NaN
+    where not covered) and coverage. ``rows``: read only frame rows ``[r0, r1)``."""
+    y0, h, x0, w = band
+    total = np.zeros((h, w), total_dtype)
+    coverage = np.zeros((h, w), np.int32)
+    r0, r1 = (0, frame.shape[0]) if rows is None else rows
+    warp_accumulate(frame[r0:r1], r0, frame.shape, A, t, (y0, x0), total, coverage,
+                    interpolation, **kwargs)
+    assert coverage.max(initial=0) <= 1
+    return np.where(coverage > 0, total, np.nan), coverage
+
+
+def assert_matches(got, want, rtol=2e-5):
+    """Same coverage (NaN pattern) and values within float32 interpolation rounding."""
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    scale = max(float(np.nanmax(np.abs(want), initial=0.0)), 1.0)
+    np.testing.assert_allclose(got[~np.isnan(got)], want[~np.isnan(want)], rtol=rtol,
+                               atol=rtol * scale)
+
+
+def frame_of(shape, seed=0, dtype=np.float32):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    smooth = 100 + 20 * np.sin(xx / 3.0) * np.cos(yy / 4.0)
+    return (smooth + rng.normal(0, 5, shape)).astype(dtype)
+
+
+GEOMETRIES = [
+    pytest.param(np.eye(2), (0.37, -1.62), id="shift"),
+    pytest.param(np.eye(2), (3.0, -2.0), id="integer-shift"),
+    pytest.param(rotation(1.0), (0.3, 0.2), id="1deg"),
+    pytest.param(rotation(-7.0, 1.01), (-0.4, 0.7), id="-7deg-scaled"),
+    pytest.param(rotation(45.0), (0.1, 0.2), id="45deg"),
+    pytest.param(rotation(90.0), (0.25, 0.0), id="90deg"),
+    pytest.param(rotation(-91.5), (0.0, 0.4), id="-91.5deg"),
+    pytest.param(rotation(180.0), (0.0, 0.0), id="180deg"),
+    pytest.param(rotation(179.0), (0.6, -0.3), id="179deg"),
+    pytest.param(rotation(0.0, flip=True), (0.2, 0.0), id="mirror-x"),
+    pytest.param(rotation(30.0, 0.7), (1.0, 0.5), id="30deg-shrunk"),
+]
+
+
+# --------------------------------------------------------------------------
+# warps against scipy and the numpy Lanczos
+
+
+@pytest.mark.parametrize("A, shift", GEOMETRIES)
+@pytest.mark.parametrize("interpolation, order", [("nearest", 0), ("bilinear", 1)])
+def test_warp_equals_scipy(A, shift, interpolation, order):
+    shape = (37, 45)
+    frame = frame_of(shape)
+    t = about_centre(A, shape, shift)
+    want, covered = reference_scipy(frame, A, t, -3, 43, -2, 50, order)
+    got, coverage = warped(frame, A, t, (-3, 43, -2, 50), interpolation)
+    np.testing.assert_array_equal(coverage > 0, covered)
+    assert_matches(got, np.where(covered, want, np.nan))
+
+
+@pytest.mark.parametrize("order", [0, 1])
+def test_affine_transform_convention(order):
+    """scipy's ``affine_transform`` works in (row, column): its matrix is A reversed."""
+    shape = (30, 41)
+    frame = frame_of(shape, seed=3).astype(np.float64)
+    A = rotation(12.0, 0.97)
+    t = about_centre(A, shape, (0.3, -0.8))
+    matrix = A[::-1, ::-1]
+    offset = t[::-1]
+    want = ndimage.affine_transform(frame, matrix, offset, output_shape=shape, order=order,
+                                    mode="nearest")
+    _, covered = reference_scipy(frame, A, t, 0, shape[0], 0, shape[1], order)
+    got, _ = warped(frame, A, t, (0, shape[0], 0, shape[1]),
+                    "nearest" if order == 0 else "bilinear")
+    assert_matches(got, np.where(covered, want, np.nan))
+
+
+@pytest.mark.parametrize("A, shift", GEOMETRIES)
+@pytest.mark.parametrize("interpolation", ["lanczos3", "lanczos4"])
+@pytest.mark.parametrize("clamp", [True, False])
+def test_lanczos_equals_numpy(A, shift, interpolation, clamp):
+    shape = (23, 29)
+    frame = frame_of(shape, seed=2)
+    frame[11, 14] += 400.0  # a hot pixel: the clamp has work
+    t = about_centre(A, shape, shift)
+    band = (-2, 27, -3, 34)
+    want = reference_pixels(frame, A, t, *band, interpolation, clamp)
+    got, _ = warped(frame, A, t, band, interpolation, clamp=clamp)
+    assert_matches(got, want)
+
+
+def test_lanczos_weights_are_accurate_and_sum_to_one():
+    f = np.linspace(0, 1, 1001, endpoint=False)
+    for a in (3, 4):
+        got = _kernels.lanczos_weights(f, a)
+        d = f[:, None] - np.arange(-a + 1, a + 1)[None, :]
+        want = lanczos_kernel(d, a)
+        want /= want.sum(axis=1, keepdims=True)
+        assert np.abs(got - want).max() < 1e-6
+        np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-6)
+        np.testing.assert_array_equal(got[0], np.eye(2 * a)[a - 1])  # f = 0: the pixel
+
+
+@pytest.mark.parametrize("interpolation", INTERPOLATIONS)
+def test_integer_shift_copies_exactly(interpolation):
+    frame = frame_of((20, 24), seed=4)
+    got, coverage = warped(frame, np.eye(2), (2.0, -3.0), (0, 20, 0, 24), interpolation)
+    want = np.full((20, 24), np.nan, np.float32)
+    want[3:, :22] = frame[:17, 2:]
+    np.testing.assert_array_equal(got, want)
+
+
+def test_half_pixel_rounds_up_also_when_flipped():
+    """``floor(s + 0.5)`` on both sides of a 180 degree flip (mirrored internally)."""
+    frame = frame_of((9, 12), seed=5)
+    for A in (np.eye(2), rotation(180.0), rotation(0.0, flip=True)):
+        t = np.array([0.5, 0.5]) + (np.array([11.0, 8.0]) if A[0, 0] < 0 else 0.0)
+        t[1] = 0.5 if A[1, 1] > 0 else 8.5
+        got, _ = warped(frame, A, t, (0, 9, 0, 12), "nearest")
+        want = reference_pixels(frame, A, t, 0, 9, 0, 12, "nearest")
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "lanczos3"])
+def test_shift_path_equals_mirrored_general_path(interpolation):
+    """The constant-weight path (A = I) against the general one on the mirrored frame."""
+    frame = frame_of((25, 31), seed=6)
+    t = np.array([0.35, -1.7])
+    band = (0, 25, 0, 31)
+    direct, _ = warped(frame, np.eye(2), t, band, interpolation)
+    flipped = np.ascontiguousarray(frame[:, ::-1])
+    A = np.array([[-1.0, 0.0], [0.0, 1.0]])
+    mirrored, _ = warped(flipped, A, np.array([30 - t[0], t[1]]), band, interpolation)
+    assert_matches(direct, mirrored, rtol=1e-6)
+
+
+# --------------------------------------------------------------------------
+# windows: the rows a band needs, at every edge
+
+WINDOW_CASES = [
+    # (frame shape, A, shift, band (y0, h, x0, w))
+    ((1, 1), np.eye(2), (0.0, 0.0), (0, 1, 0, 1)),
+    ((2, 3), np.eye(2), (0.5, 0.5), (-1, 3, -1, 5)),
+    ((3, 2), rotation(180.0), (0.0, 0.0), (0, 3, 0, 2)),
+    ((5, 7), rotation(90.0), (0.3, 0.0), (1, 1, 0, 7)),
+    ((9, 9), rotation(45.0), (0.0, 0.0), (0, 9, 0, 9)),
+    ((9, 9), rotation(45.0), (0.0, 0.0), (4, 1, 0, 9)),
+    ((16, 40), rotation(1.0), (0.4, 0.6), (5, 3, 0, 40)),
+    ((16, 40), rotation(181.0), (-0.4, 0.6), (14, 6, 0, 40)),
+    ((16, 40), rotation(-89.0), (0.2, 0.1), (0, 16, 12, 16)),
+    ((16, 40), np.eye(2), (0.3, 14.8), (0, 4, 0, 40)),  # band mostly outside the frame
+    ((16, 40), np.eye(2), (0.3, 30.0), (0, 4, 0, 40)),  # wholly outside
+    ((16, 40), np.eye(2), (0.3, -15.2), (0, 1, 0, 40)),  # 1-row band at the last row
+    ((16, 40), rotation(3.0, 1.2), (-2.5, -6.0), (0, 16, -10, 60)),
+    ((12, 10), rotation(0.0, flip=True), (0.0, 0.0), (11, 3, -2, 14)),
+]
+
+
+def needed_rows(frame, A, t, band, interpolation, zero_weights=False):
+    """Brute force: the frame rows holding a tap with a non-zero weight (every tap with
+    ``zero_weights``) of a pixel the frame covers."""
+    ny, nx = frame.shape
+    sx, sy = source_points(A, t, *band)
+    rows = set()
+    for x, y in zip(sx.ravel(), sy.ravel(), strict=True):
+        if interpolation == "nearest":
+            iy, ix = math.floor(y + 0.5), math.floor(x + 0.5)
+            if 0 <= iy < ny and 0 <= ix < nx:
+                rows.add(iy)
+            continue
+        if not (0 <= x <= nx - 1 and 0 <= y <= ny - 1):
+            continue
+        iy = math.floor(y)
+        a = 1 if interpolation == "bilinear" else int(interpolation[-1])
+        lo, hi = (0, 1) if a == 1 else (-a + 1, a)
+        for k in range(lo, hi + 1):
+            if k != 0 and y == iy and not zero_weights:
+                continue
+            rows.add(min(max(iy + k, 0), ny - 1))
+    return (min(rows), max(rows) + 1) if rows else None
+
+
+@pytest.mark.parametrize("shape, A, shift, band", WINDOW_CASES)
+@pytest.mark.parametrize("interpolation", INTERPOLATIONS)
+def test_window_rows_give_the_whole_frame_result(shape, A, shift, band, interpolation):
+    frame = frame_of(shape, seed=7)
+    t = about_centre(A, shape, shift)
+    y0, h, x0, w = band
+    r0, r1, c0, c1 = source_window(A, t, shape, (y0, y0 + h), (x0, x0 + w), interpolation)
+    whole, coverage = warped(frame, A, t, band, interpolation)
+    need = needed_rows(frame, A, t, band, interpolation)
+    if need is None:
+        assert r0 == r1 and not coverage.any()
+        return
+    # the window holds what is needed, and not much more: at most a row beyond every tap
+    # (the footprint is a continuous polygon)
+    assert r0 <= need[0] and r1 >= need[1]
+    every = needed_rows(frame, A, t, band, interpolation, zero_weights=True)
+    assert r0 >= every[0] - 1 and r1 <= every[1] + 1
+    assert 0 <= c0 < c1 <= shape[1]
+    part, _ = warped(frame, A, t, band, interpolation, rows=(r0, r1))
+    np.testing.assert_array_equal(part, whole)
+    if r1 - r0 < shape[0]:  # one row fewer is refused, not silently wrong
+        with pytest.raises(ValueError, match="do not hold the rows"):
+            warped(frame, A, t, band, interpolation, rows=(r0 + 1, r1))
+
+
+def test_window_of_band_outside_is_empty():
+    assert source_window(np.eye(2), (0.0, 100.0), (50, 60), (0, 10), (0, 60)) == (0, 0, 0, 0)
+    total = np.zeros((10, 60), np.float32)
+    coverage = np.zeros((10, 60), np.int32)
+    warp_accumulate(np.zeros((0, 60), np.uint16), 0, (50, 60), np.eye(2), (0.0, 100.0), (0, 0),
+                    total, coverage)
+    assert not coverage.any()
+
+
+# --------------------------------------------------------------------------
+# stored data, NaN and BLANK, weights, modes
+
+
+@pytest.mark.parametrize("dtype, scale, zero", [(">i2", 1.0, 32768.0), ("<i2", 1.0, 0.0),
+                                                ("u1", 2.0, -5.0), (">i4", 0.5, 10.0),
+                                                (">f4", 1.0, 0.0), ("<f8", 1.0, 0.0),
+                                                ("<u2", 1.0, 0.0)])
+@pytest.mark.parametrize("interpolation", ["nearest", "bilinear"])
+def test_stored_rows_are_converted(dtype, scale, zero, interpolation):
+    rng = np.random.default_rng(8)
+    info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else None
+    lo, hi = (info.min, info.max) if info else (-1e3, 1e3)
+    stored = rng.uniform(lo, hi, (21, 26)).astype(dtype)
+    physical = stored.astype(np.float64) * scale + zero
+    A = rotation(2.0)
+    t = about_centre(A, stored.shape, (0.3, 0.1))
+    got, _ = warped(stored, A, t, (0, 21, 0, 26), interpolation, scale=scale, zero=zero)
+    order = 0 if interpolation == "nearest" else 1
+    want, covered = reference_scipy(physical, A, t, 0, 21, 0, 26, order)
+    assert_matches(got, np.where(covered, want, np.nan), rtol=1e-6)
+
+
+@pytest.mark.parametrize("interpolation", INTERPOLATIONS)
+@pytest.mark.parametrize("A, shift", [
+    pytest.param(np.eye(2), (0.4, 0.3), id="shift"),
+    pytest.param(np.eye(2), (1.0, 0.3), id="integer-x"),
+    pytest.param(rotation(180.0), (1.0, -2.0), id="180deg-integer"),
+    pytest.param(rotation(4.0), (0.3, 0.2), id="4deg"),
+])
+def test_nan_and_blank_uncover_only_through_nonzero_weights(interpolation, A, shift):
+    shape = (19, 23)
+    frame = frame_of(shape, seed=9)
+    frame[7, 9] = np.nan
+    frame[12:14, 3] = np.nan
+    frame[0, 20] = np.inf
+    t = about_centre(A, shape, shift)
+    want = reference_pixels(np.where(np.isfinite(frame), frame, np.nan), A, t, 0, 19, 0, 23,
+                            interpolation)
+    got, _ = warped(frame, A, t, (0, 19, 0, 23), interpolation)
+    assert_matches(got, want)
+    holes = ~np.isfinite(frame)  # the same holes as BLANK integers
+    stored = np.round(np.where(holes, -99.9, frame) * 10).astype(">i2")
+    got, _ = warped(stored, A, t, (0, 19, 0, 23), interpolation, scale=0.1, blank=-999)
+    physical = np.where(stored == -999, np.nan, stored.astype(np.float64) * 0.1)
+    want = reference_pixels(physical, A, t, 0, 19, 0, 23, interpolation)
+    assert_matches(got, want)
+
+
+@pytest.mark.parametrize("interpolation", ["nearest", "bilinear", "lanczos3"])
+def test_weights_accumulate_into_float64(interpolation):
+    shape = (17, 22)
+    frames = [frame_of(shape, seed=s) for s in range(3)]
+    transforms = [(np.eye(2), (0.3, 0.6)), (rotation(2.0), (0.1, -0.4)),
+                  (rotation(-178.0), (0.0, 0.2))]
+    weights = [0.5, 2.0, 1.25]
+    total = np.zeros(shape, np.float64)
+    coverage = np.zeros(shape, np.int32)
+    wsum = np.zeros(shape, np.float64)
+    want_total = np.zeros(shape)
+    want_cov = np.zeros(shape, int)
+    want_w = np.zeros(shape)
+    for frame, (A, shift), wt in zip(frames, transforms, weights, strict=True):
+        t = about_centre(A, shape, shift)
+        warp_accumulate(frame, 0, shape, A, t, (0, 0), total, coverage, interpolation,
+                        weight=wt, weight_sum=wsum)
+        ref = reference_pixels(frame, A, t, 0, shape[0], 0, shape[1], interpolation)
+        ok = ~np.isnan(ref)
+        want_total[ok] += wt * ref[ok]
+        want_cov += ok
+        want_w += wt * ok
+    np.testing.assert_array_equal(coverage, want_cov)
+    np.testing.assert_allclose(wsum, want_w, rtol=1e-12)
+    np.testing.assert_allclose(total, want_total, rtol=2e-5, atol=2e-3)
+
+
+@pytest.mark.parametrize("interpolation", INTERPOLATIONS)
+def test_values_mode_stores_what_accumulate_adds(interpolation):
+    shape = (15, 19)
+    frame = frame_of(shape, seed=10)
+    frame[5, 5] = np.nan
+    A = rotation(-3.0)
+    t = about_centre(A, shape, (0.2, 0.3))
+    added, _ = warped(frame, A, t, (0, 15, 0, 19), interpolation)
+    out = np.full(shape, 7.0, np.float32)  # every pixel is set, NaN where not covered
+    warp_values(frame, 0, shape, A, t, (0, 0), out, interpolation)
+    np.testing.assert_array_equal(out, added)
+    assert np.isnan(out).any()
+
+
+def test_bad_arguments_are_refused():
+    frame = frame_of((5, 6))
+    total, coverage = np.zeros((5, 6), np.float32), np.zeros((5, 6), np.int32)
+    with pytest.raises(ValueError, match="interpolation must be one of"):
+        warp_accumulate(frame, 0, (5, 6), np.eye(2), (0, 0), (0, 0), total, coverage, "cubic")
+    with pytest.raises(ValueError, match="singular"):
+        warp_accumulate(frame, 0, (5, 6), np.zeros((2, 2)), (0, 0), (0, 0), total, coverage)
+    with pytest.raises(ValueError, match="coverage must be int32"):
+        warp_accumulate(frame, 0, (5, 6), np.eye(2), (0, 0), (0, 0), total, total)
+    with pytest.raises(ValueError, match="weight_sum"):
+        warp_accumulate(frame, 0, (5, 6), np.eye(2), (0, 0), (0, 0), total, coverage, weight=2.0)
+    with pytest.raises(ValueError, match="full frame rows"):
+        warp_accumulate(frame[:, :3], 0, (5, 6), np.eye(2), (0, 0), (0, 0), total, coverage)
+
+
+def test_threads_give_identical_results():
+    shape = (64, 300)
+    frame = frame_of(shape, seed=11)
+    A = rotation(1.0)
+    t = about_centre(A, shape, (0.3, 0.2))
+    results = {}
+
+    def run(key):
+        got, _ = warped(frame, A, t, (0, 64, 0, 300), "lanczos3")
+        results[key] = got
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    for k in range(1, 4):
+        np.testing.assert_array_equal(results[k], results[0])
+
+
+def test_kernels_are_cached_and_release_the_gil():
+    from numba.core.dispatcher import Dispatcher
+
+    kernels = [v for v in vars(_kernels).values() if isinstance(v, Dispatcher)]
+    assert len(kernels) > 10
+    for kernel in kernels:
+        assert kernel.targetoptions.get("nogil"), kernel.py_func.__name__
+        assert type(kernel._cache).__name__ != "NullCache", kernel.py_func.__name__
+
+
+# --------------------------------------------------------------------------
+# rejection against _reject.combine_block, astropy and numpy
+
+
+def block_of(n, h=3, w=70, seed=0, holes=0.1, ties=False):
+    """A block with outliers, NaN holes, an all-NaN pixel, infinities and ties."""
+    rng = np.random.default_rng(seed)
+    if ties:
+        block = rng.integers(95, 106, (n, h, w)).astype(np.float32)
+    else:
+        block = rng.normal(100.0, 5.0, (n, h, w)).astype(np.float32)
+    hit = rng.random(block.shape) < 0.05
+    block[hit] += rng.choice([-1.0, 1.0], hit.sum()) * rng.uniform(20, 400, hit.sum())
+    block[rng.random(block.shape) < holes] = np.nan
+    block[:, 0, 0] = np.nan
+    if n > 2:
+        block[0, 0, 1] = np.inf
+        block[1, 0, 2] = -np.inf
+    return block
+
+
+SIZES = [1, 2, 3, 10, 65, 400]
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("ties", [False, True])
+def test_median_equals_numpy_and_combine_block(n, ties):
+    block = block_of(n, ties=ties, seed=n)
+    result, kept, rejected = reject_block(block, "median")
+    finite = np.where(np.isfinite(block), block, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        want = np.nanmedian(finite.astype(np.float64), axis=0).astype(np.float32)
+    np.testing.assert_array_equal(result, want)
+    np.testing.assert_array_equal(kept, np.isfinite(block).sum(axis=0))
+    assert not rejected.any()
+    ref = _reject.combine_block(block, "median")
+    for a, b in zip((result, kept, rejected), ref, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def astropy_clip(block, kappa, maxiters, centre):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AstropyUserWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        finite = np.where(np.isfinite(block), block, np.nan).astype(np.float64)
+        clipped = sigma_clip(finite, axis=0, sigma_lower=kappa[0], sigma_upper=kappa[1],
+                             maxiters=maxiters, cenfunc=centre, stdfunc="std", masked=True)
+    kept = (~np.ma.getmaskarray(clipped)).sum(axis=0)
+    result = np.ma.mean(clipped, axis=0).filled(np.nan)
+    return np.where(kept > 0, result, np.nan), kept
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("kappa, maxiters, centre", [((3.0, 3.0), 5, "median"),
+                                                     ((2.0, 2.5), 10, "median"),
+                                                     ((1.5, 1.5), 3, "mean")])
+@pytest.mark.parametrize("ties", [False, True])
+def test_sigma_clip_equals_astropy_and_combine_block(n, kappa, maxiters, centre, ties):
+    block = block_of(n, ties=ties, seed=100 + n)
+    got = reject_block(block, "sigma_clip", kappa=kappa, maxiters=maxiters, centre=centre)
+    want, kept = astropy_clip(block, kappa, maxiters, centre)
+    np.testing.assert_array_equal(got[1], kept)
+    np.testing.assert_allclose(got[0], want, rtol=1e-6)
+    ref = _reject.combine_block(block, "sigma_clip", kappa=kappa, maxiters=maxiters,
+                                centre=centre)
+    np.testing.assert_array_equal(got[1], ref[1])
+    np.testing.assert_array_equal(got[2], ref[2])
+    np.testing.assert_allclose(got[0], ref[0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("kappa, maxiters", [((3.0, 3.0), 5), ((1.5, 2.0), 20), ((0.8, 0.8), 5)])
+@pytest.mark.parametrize("ties", [False, True])
+def test_winsorized_equals_combine_block(n, kappa, maxiters, ties):
+    block = block_of(n, ties=ties, seed=200 + n)
+    got = reject_block(block, "winsorized", kappa=kappa, maxiters=maxiters)
+    ref = _reject.combine_block(block, "winsorized", kappa=kappa, maxiters=maxiters)
+    np.testing.assert_array_equal(got[1], ref[1])
+    np.testing.assert_array_equal(got[2], ref[2])
+    np.testing.assert_allclose(got[0], ref[0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["sigma_clip", "winsorized"])
+def test_weighted_final_mean(method):
+    block = block_of(30, seed=12)
+    weights = np.random.default_rng(13).uniform(0.0, 2.0, 30)
+    weights[3] = 0.0
+    got = reject_block(block, method, weights=weights)
+    ref = _reject.combine_block(block, method, weights=weights)
+    np.testing.assert_array_equal(got[1], ref[1])
+    np.testing.assert_allclose(got[0], ref[0], rtol=1e-6)
+
+
+def test_rejection_options_are_validated_like_combine_block():
+    block = block_of(5)
+    with pytest.raises(ValueError, match="does not use kappa"):
+        reject_block(block, "median", kappa=3)
+    with pytest.raises(ValueError, match="weights cannot be used"):
+        reject_block(block, "median", weights=np.ones(5))
+    with pytest.raises(ValueError, match="reject_block computes"):
+        reject_block(block, "mean")
+    with pytest.raises(ValueError, match="kappa must be finite"):
+        reject_block(block, "sigma_clip", kappa=-1)
