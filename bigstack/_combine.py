@@ -33,7 +33,7 @@ import numpy as np
 from ._errors import BigstackError
 
 STREAMING = ("mean", "sum")  # methods the streaming kernel computes
-SUBPIXEL = ("nearest", "bilinear")
+SUBPIXEL = ("nearest", "bilinear", "lanczos3", "lanczos4")
 EXTENTS = ("reference", "intersection", "union")
 NORMALIZE = ("coverage", "count")
 
@@ -50,30 +50,133 @@ _BYTES_PER_PIXEL = 4 + 8 + 4 + 8 + 4 + 8 + 4
 # geometry
 
 
-def _integer_shifts(shifts, subpixel):
-    """Whole-pixel part used for windows; nearest rounds, bilinear floors."""
-    if subpixel == "nearest":
-        return np.floor(shifts + 0.5).astype(np.int64)
-    return np.floor(shifts).astype(np.int64)
-
-
 def _coverage_span(shifts, subpixel, size, axis):
     """Output interval ``[lo, hi)`` each frame covers along one axis."""
     d = shifts[:, axis]
     if subpixel == "nearest":
         whole = np.floor(d + 0.5)
         return -whole, size - whole
-    # bilinear: x + d must lie in [0, size - 1]; exact integers need no neighbour
+    # interpolations: x + d must lie in [0, size - 1]; exact integers need no neighbour
     lo = np.ceil(-d)
     hi = np.floor(size - 1 - d) + 1
     return lo, hi
 
 
-def output_grid(shifts, shape, subpixel="nearest", extent="reference"):
-    """Return ``(y0, y1, x0, x1)`` of the output grid in reference-frame pixels."""
+def translations(transforms):
+    """(N,) bool: the frames whose transform is a pure translation (``A`` exactly ``I``)."""
+    return np.all(transforms[:, :, :2] == np.eye(2), axis=(1, 2))
+
+
+def as_transforms(shifts):
+    """(N, 2, 3) translations ``[I | shift]`` from (N, 2) ``[x, y]`` shifts."""
+    out = np.zeros((len(shifts), 2, 3))
+    out[:, 0, 0] = out[:, 1, 1] = 1.0
+    out[:, :, 2] = shifts
+    return out
+
+
+def _footprint(transform, shape, subpixel):
+    """The output-grid polygon (4 x 2, ``[x, y]``, convex) a frame covers.
+
+    The frame's coverage domain (pixel centres ``[-0.5, n - 0.5)`` for
+    nearest, ``[0, n - 1]`` for the interpolations that need every tap)
+    mapped back through the inverse of ``[x_i, y_i] = A @ [x, y] + t``.
+    """
+    ny, nx = shape
+    lo, hx, hy = (-0.5, nx - 0.5, ny - 0.5) if subpixel == "nearest" else (0.0, nx - 1, ny - 1)
+    corners = np.array([[lo, lo], [hx, lo], [hx, hy], [lo, hy]])
+    inverse = np.linalg.inv(transform[:, :2])
+    return (corners - transform[:, 2]) @ inverse.T
+
+
+def _clip_polygon(polygon, edge_a, edge_b):
+    """The part of a convex polygon on the left of the directed edge a -> b."""
+    out = []
+    n = len(polygon)
+    side = lambda p: (edge_b[0] - edge_a[0]) * (p[1] - edge_a[1]) - \
+        (edge_b[1] - edge_a[1]) * (p[0] - edge_a[0])  # noqa: E731
+    for k in range(n):
+        p, q = polygon[k], polygon[(k + 1) % n]
+        sp, sq = side(p), side(q)
+        if sp >= 0:
+            out.append(p)
+        if (sp >= 0) != (sq >= 0):
+            out.append(p + (q - p) * (sp / (sp - sq)))
+    return np.array(out) if out else np.empty((0, 2))
+
+
+def _intersection(polygons):
+    """The convex polygon all ``polygons`` share (counter-clockwise vertices)."""
+    region = polygons[0]
+    for polygon in polygons[1:]:
+        if len(region) == 0:
+            break
+        if _area(polygon) < 0:
+            polygon = polygon[::-1]
+        if _area(region) < 0:
+            region = region[::-1]
+        for k in range(len(polygon)):
+            region = _clip_polygon(region, polygon[k], polygon[(k + 1) % len(polygon)])
+            if len(region) == 0:
+                break
+    return region
+
+
+def _area(polygon):
+    x, y = polygon[:, 0], polygon[:, 1]
+    return 0.5 * float(np.sum(x * np.roll(y, -1) - np.roll(x, -1) * y))
+
+
+def _x_extent(polygon, y):
+    """``(x_left, x_right)`` of a convex polygon's cross-section at height ``y``."""
+    xs = []
+    n = len(polygon)
+    for k in range(n):
+        (xa, ya), (xb, yb) = polygon[k], polygon[(k + 1) % n]
+        if min(ya, yb) <= y <= max(ya, yb):
+            xs.append(xa if ya == yb else xa + (xb - xa) * (y - ya) / (yb - ya))
+    return (min(xs), max(xs)) if xs else (np.inf, -np.inf)
+
+
+def _inscribed_box(polygon, eps=1e-9):
+    """A large axis-aligned box of whole pixels inside a convex polygon: ``(y0, y1, x0, x1)``.
+
+    For a convex polygon the left edge is a convex function of ``y`` and the
+    right edge a concave one, so the columns inside over rows ``[ya, yb]``
+    are those inside at both ``ya`` and ``yb``; the largest such box over a
+    grid of candidate rows (every row for small grids) is taken.
+    """
+    if len(polygon) < 3:
+        return None
+    top, bottom = int(np.ceil(polygon[:, 1].min() - eps)), int(np.floor(polygon[:, 1].max() + eps))
+    if bottom < top:
+        return None
+    rows = np.unique(np.linspace(top, bottom, min(bottom - top + 1, 96)).round().astype(int))
+    extents = [_x_extent(polygon, y) for y in rows]
+    best, box = -1, None
+    for i, ya in enumerate(rows):
+        for j in range(i, len(rows)):
+            left = int(np.ceil(max(extents[i][0], extents[j][0]) - eps))
+            right = int(np.floor(min(extents[i][1], extents[j][1]) + eps))
+            area = (right - left + 1) * (rows[j] - ya + 1)
+            if right >= left and area > best:
+                best, box = area, (int(ya), int(rows[j]) + 1, left, right + 1)
+    return box
+
+
+def output_grid(shifts, shape, subpixel="nearest", extent="reference", transforms=None):
+    """Return ``(y0, y1, x0, x1)`` of the output grid in reference-frame pixels.
+
+    ``transforms`` (N, 2, 3), when given, are the kept frames' transforms
+    (``shifts`` their translations); ``"union"`` is then the smallest box
+    holding every pixel whose centre some frame covers, ``"intersection"``
+    a large box of pixels every frame covers (the largest for translations).
+    """
     ny, nx = shape
     if extent == "reference":
         return 0, ny, 0, nx
+    if transforms is not None and not translations(transforms).all():
+        return _transformed_grid(transforms, shape, subpixel, extent)
     ylo, yhi = _coverage_span(shifts, subpixel, ny, 1)
     xlo, xhi = _coverage_span(shifts, subpixel, nx, 0)
     if extent == "union":
@@ -88,6 +191,21 @@ def output_grid(shifts, shape, subpixel="nearest", extent="reference"):
             f"every frame covers; use extent='reference' or 'union'"
         )
     return y0, y1, x0, x1
+
+
+def _transformed_grid(transforms, shape, subpixel, extent, eps=1e-9):
+    polygons = [_footprint(t, shape, subpixel) for t in transforms]
+    if extent == "union":
+        points = np.concatenate(polygons)
+        box = (int(np.ceil(points[:, 1].min() - eps)), int(np.floor(points[:, 1].max() + eps)) + 1,
+               int(np.ceil(points[:, 0].min() - eps)), int(np.floor(points[:, 0].max() + eps)) + 1)
+    else:
+        box = _inscribed_box(_intersection(polygons))
+    if box is None or box[1] <= box[0] or box[3] <= box[2]:
+        raise BigstackError(
+            f"extent={extent!r} is empty: the frames' transforms leave no pixel that every frame "
+            "covers; use extent='reference' or 'union'")
+    return box
 
 
 def parse_memory(memory):
@@ -124,24 +242,53 @@ def _clamp_rows(fit, out_rows, threads, max_rows=None):
     return int(max(1, min(fit, for_threads, out_rows, max_rows or out_rows)))
 
 
-def plan_tiles(out_rows, out_cols, memory, threads=None, max_rows=512):
-    """Rows per tile from a memory budget: tiles in flight must fit in ``memory``."""
+# bytes per source pixel a warped frame's rows take while a tile adds them:
+# the rows as read (up to 4 bytes) and the kernel's float32 copy
+_SOURCE_BYTES = 4 + 4
+
+
+def _source_rows(reach, slant, stretch, out_cols):
+    """``(fixed, per_row)``: source rows a warped frame needs for a tile of ``h`` output rows
+    are about ``fixed + per_row * h`` (``slant = max |A[1, 0]|``, ``stretch = max |A[1, 1]|``)."""
+    return slant * out_cols + 2 * reach + 2, stretch
+
+
+def plan_tiles(out_rows, out_cols, memory, threads=None, max_rows=512, warp=None):
+    """Rows per tile from a memory budget: tiles in flight must fit in ``memory``.
+
+    ``warp`` is ``(reach, slant, stretch, frame_cols)`` when some frames are
+    warped: their source window (a slanted band for a rotation) counts too,
+    so a rotated night gets lower tiles within the same budget.
+    """
     per_thread, threads = _budget(memory, threads)
     per_row = out_cols * _BYTES_PER_PIXEL
-    if per_thread < per_row:
+    fixed = 0
+    if warp is not None:
+        reach, slant, stretch, frame_cols = warp
+        window, rows_per_row = _source_rows(reach, slant, stretch, out_cols)
+        fixed = int(window * frame_cols * _SOURCE_BYTES)
+        per_row += int(np.ceil(rows_per_row * frame_cols * _SOURCE_BYTES))
+    if per_thread < fixed + per_row:
+        what = f"one output row of {out_cols} pixels"
+        if fixed:
+            what += f" and a turned frame's source window of {int(window)} rows"
         raise BigstackError(
-            f"memory={memory!r} is too small: one output row of {out_cols} pixels needs about "
-            f"{format_bytes(per_row)} per thread, so give at least "
-            f"{format_bytes(2 * per_row * threads)} with {threads} threads"
+            f"memory={memory!r} is too small: {what} need about "
+            f"{format_bytes(fixed + per_row)} per thread, so give at least "
+            f"{format_bytes(2 * (fixed + per_row) * threads)} with {threads} threads"
         )
-    return _clamp_rows(per_thread // per_row, out_rows, threads, max_rows)
+    return _clamp_rows((per_thread - fixed) // per_row, out_rows, threads, max_rows)
 
 
-def _gather_rows(rows, cols, memory, n_kept, method, weighted, threads=None):
+def _gather_rows(rows, cols, memory, n_kept, method, weighted, threads=None, warp=None):
     """Rows per tile for a rejection method: every frame's rows of a tile at once."""
     from . import _reject
 
     per_thread, threads = _budget(memory, threads)
+    if warp is not None:  # one warped frame's source rows at a time, besides the block
+        reach, slant, stretch, frame_cols = warp
+        fixed, rows_per_row = _source_rows(reach, slant, stretch, cols)
+        per_thread -= int((fixed + rows_per_row * min(rows, 512)) * frame_cols * _SOURCE_BYTES)
     fit = _reject.max_rows(per_thread, 1, n_kept, cols, method, weighted)
     if fit < 1:
         need = 2 * (_reject.workspace_bytes(method, n_kept, weighted)
@@ -154,12 +301,35 @@ def _gather_rows(rows, cols, memory, n_kept, method, weighted, threads=None):
     return _clamp_rows(fit, rows, threads)
 
 
-def tile_rows(grid, memory, combine, n_kept, weighted):
-    """Rows per output tile for ``combine`` (a :class:`~bigstack._reject.Rejection`)."""
+def tile_rows(grid, memory, combine, n_kept, weighted, warp=None):
+    """Rows per output tile for ``combine`` (a :class:`~bigstack._reject.Rejection`);
+    ``warp`` as for :func:`plan_tiles`."""
     rows, cols = grid[1] - grid[0], grid[3] - grid[2]
     if combine.streaming:
-        return plan_tiles(rows, cols, memory)
-    return _gather_rows(rows, cols, memory, n_kept, combine.method, weighted)
+        return plan_tiles(rows, cols, memory, warp=warp)
+    return _gather_rows(rows, cols, memory, n_kept, combine.method, weighted, warp=warp)
+
+
+def warp_footprint(transforms, keep, subpixel, frame_shape):
+    """The ``warp`` argument of :func:`plan_tiles` for these frames, or None if none is
+    warped (the largest source window over the kept warped frames)."""
+    warped = keep & _warped(transforms, subpixel)
+    if not warped.any():
+        return None
+    from ._kernels import _kind, _reach
+
+    a = np.abs(transforms[warped, 1, :2])
+    reach = max(_reach(_kind(subpixel)))
+    return (int(reach), float(a[:, 0].max()), float(a[:, 1].max()), int(frame_shape[1]))
+
+
+def _warped(transforms, subpixel):
+    """(N,) bool: frames the warp kernel adds (the others are whole-pixel copies)."""
+    moving = ~translations(transforms)
+    if subpixel == "nearest":
+        return moving
+    shifts = transforms[:, :, 2]
+    return moving | np.any(shifts != np.floor(shifts), axis=1)
 
 
 def tile_bounds(rows, tile):
@@ -194,10 +364,23 @@ class TilePlan:
     gains: np.ndarray | None = None
     biases: np.ndarray | None = None
     weights: np.ndarray | None = None
+    transforms: np.ndarray | None = None  # (N, 2, 3); None: the translations ``shifts``
 
     @property
     def n(self):
         return len(self.keep)
+
+    @property
+    def matrices(self):
+        """(N, 2, 3) transforms ``[A | t]`` of every frame."""
+        return as_transforms(self.shifts) if self.transforms is None else self.transforms
+
+    @property
+    def warped(self):
+        """(N,) bool: the frames the warp kernel adds (the others are whole-pixel copies)."""
+        if self.transforms is None and self.subpixel == "nearest":
+            return np.zeros(len(self.keep), bool)
+        return _warped(self.matrices, self.subpixel)
 
     @property
     def streaming(self):
@@ -217,9 +400,11 @@ class TilePlan:
 class _Window:
     """One frame's part of a tile: what to add where (see :func:`_frame_windows`)."""
 
-    __slots__ = ("k", "i", "rows", "block", "bad", "scale", "zero", "out", "flat")
+    __slots__ = ("k", "i", "rows", "block", "bad", "scale", "zero", "out", "flat", "warp",
+                 "r0", "blank")
 
     def __init__(self, **fields):
+        self.warp = False
         for name, value in fields.items():
             setattr(self, name, value)
 
@@ -227,44 +412,56 @@ class _Window:
 def _frame_windows(source, plan, a, b):
     """Yield, frame by frame in index order, the window each kept frame adds to rows ``[a, b)``.
 
-    For kept frame number ``k`` (frame ``i``), output rows ``r`` (absolute)
-    take source rows ``r + iy`` (and ``r + iy + 1`` for a fractional
-    bilinear shift), clipped to the frame; only those rows are read. The
-    window's ``block`` holds stored values (scaled by ``scale`` and offset
-    by ``zero`` to get physical values), interpolated for bilinear; ``bad``
-    marks NaN or BLANK pixels (None when there are none); ``out`` is its
-    place in the tile; ``flat`` is set when ``block`` can be added with
-    :func:`_add_rows_flat`. ``rows`` is a reused buffer: use a window
-    before asking for the next.
+    A frame that is a whole-pixel copy (a translation with nearest
+    interpolation or an integer shift): output rows ``r`` (absolute) take
+    source rows ``r + iy``, clipped to the frame; only those rows are read.
+    The window's ``block`` holds stored values (scaled by ``scale`` and
+    offset by ``zero`` to get physical values); ``bad`` marks NaN or BLANK
+    pixels (None when there are none); ``out`` is its place in the tile;
+    ``flat`` is set when ``block`` can be added with :func:`_add_rows_flat`.
+
+    Any other frame (a sub-pixel shift with an interpolation, a rotation, a
+    flip, a scale change) gets ``warp=True``: ``rows`` are the stored frame
+    rows from ``r0`` that hold the tile's footprint in the frame (slanted for
+    a rotation), for :func:`bigstack._kernels.warp_accumulate`.
+
+    ``rows`` is a reused buffer: use a window before asking for the next.
     """
+    from . import _kernels
+
     ny, nx = plan.shape
     y0, _, x0, x1 = plan.grid
     width = x1 - x0
     buffers = {}
-    shifts, subpixel = plan.shifts, plan.subpixel
-    whole = _integer_shifts(shifts, subpixel)
+    shifts, matrices, warped = plan.shifts, plan.matrices, plan.warped
+    whole = np.floor(shifts + 0.5).astype(np.int64)
     for k, i in enumerate(np.flatnonzero(plan.keep)):
+        if warped[i]:
+            r0, r1, _, _ = _kernels.source_window(matrices[i, :, :2], matrices[i, :, 2],
+                                                  (ny, nx), (y0 + a, y0 + b), (x0, x1),
+                                                  plan.subpixel)
+            if r1 <= r0:
+                continue
+            rows, scale, zero, blank, _ = source.raw(i, r0, r1, buffers)
+            yield _Window(k=k, i=i, rows=rows, r0=r0, scale=scale, zero=zero, blank=blank,
+                          warp=True)
+            continue
         ix, iy = int(whole[i, 0]), int(whole[i, 1])
-        fx, fy = (0.0, 0.0) if subpixel == "nearest" else shifts[i] - whole[i]
-        ex, ey = int(fx > 0), int(fy > 0)  # extra source column/row bilinear needs
         r_lo = max(y0 + a, -iy)
-        r_hi = min(y0 + b, ny - iy - ey)
+        r_hi = min(y0 + b, ny - iy)
         c_lo = max(x0, -ix)
-        c_hi = min(x1, nx - ix - ex)
+        c_hi = min(x1, nx - ix)
         if r_hi <= r_lo or c_hi <= c_lo:
             continue
-        rows, scale, zero, blank, floating = source.raw(i, r_lo + iy, r_hi + iy + ey, buffers)
-        block = rows[:, c_lo + ix:c_hi + ix + ex]
+        rows, scale, zero, blank, floating = source.raw(i, r_lo + iy, r_hi + iy, buffers)
+        block = rows[:, c_lo + ix:c_hi + ix]
         bad = block == blank if blank is not None else (
             ~np.isfinite(block) if floating else None)
         if bad is not None and not bad.any():
             bad = None
-        if ex or ey:
-            block = _bilinear(block, bad, np.float32(fx), np.float32(fy), ex, ey)
-            bad = None if bad is None else np.isnan(block)
         oy, ox = r_lo - y0 - a, c_lo - x0
         flat = None
-        if not (ex or ey or floating) and rows.shape[1] == width:
+        if not floating and rows.shape[1] == width:
             flat = (oy, ox, c_lo + ix, c_hi - c_lo)
         yield _Window(k=k, i=i, rows=rows, block=block, bad=bad, scale=scale, zero=zero,
                       out=(slice(oy, oy + r_hi - r_lo), slice(ox, ox + c_hi - c_lo)),
@@ -274,14 +471,16 @@ def _frame_windows(source, plan, a, b):
 def combine_tile(source, plan, a, b):
     """Sum and coverage of output rows ``[a, b)`` (grid-relative) over the kept frames.
 
-    Frames are added in index order into a float32 sum of stored values,
-    flushed into a float64 sum every ``_FLUSH`` frames: 256 16-bit values
-    add up exactly in float32, so sums of integer frames are exact, and
-    equal whichever way the frames are grouped (resume, append);
-    what is the same for a whole frame window (the count of frames, BZERO)
-    is recorded at the window's four corners of a 2-D difference array and
-    summed up once at the end, so each frame costs one read and one add.
-    NaN (or FITS BLANK) pixels are left out of the sum and the coverage.
+    Frames are added in index order into a float32 sum, flushed into a
+    float64 sum every ``_FLUSH`` frames: 256 16-bit values add up exactly in
+    float32, so sums of integer frames are exact, and equal whichever way
+    the frames are grouped (resume, append). A whole-pixel copy adds its
+    stored values; what is the same for a whole frame window (the count of
+    frames, BZERO) is recorded at the window's four corners of a 2-D
+    difference array and summed up once at the end, so each frame costs one
+    read and one add. A warped frame is interpolated and added, with its
+    coverage, by the compiled kernel (:mod:`bigstack._kernels`). NaN (or
+    FITS BLANK) pixels are left out of the sum and the coverage.
 
     Frame ``i`` may be normalised to ``value * plan.gains[i] + plan.biases[i]``
     and weighted by ``plan.weights[i]``; the sum is then the weighted sum.
@@ -289,17 +488,22 @@ def combine_tile(source, plan, a, b):
     Returns ``(sum float64 (b - a, W), coverage int32 (b - a, W), weight)``,
     ``weight`` the sum of the covering frames' weights (None unweighted).
     """
-    _, _, x0, x1 = plan.grid
+    from . import _kernels
+
+    y0, _, x0, x1 = plan.grid
     gains, biases, weights = plan.gains, plan.biases, plan.weights
+    matrices = plan.matrices
     h, width = b - a, x1 - x0
     total = np.zeros((h, width), np.float32)  # running sum of up to _FLUSH frames
     exact = np.zeros((h, width), np.float64)  # where the float32 sums are flushed
     count = np.zeros((h + 1, width + 1), np.int32)  # difference array of frame windows
     offset = np.zeros((h + 1, width + 1), np.float64)  # difference array of offsets
     weight = None if weights is None else np.zeros((h + 1, width + 1), np.float64)
+    warped = None  # the warped frames' coverage (and weight), counted per pixel
     invalid = None  # per pixel, covering values that were NaN or BLANK
     lost = None  # per pixel, the weight of those
     zeros = set()  # the offsets marked; one value for all frames is the common case
+    work = {}
     added = 0
     for w in _frame_windows(source, plan, a, b):
         added += 1
@@ -309,6 +513,16 @@ def combine_tile(source, plan, a, b):
         g = 1.0 if gains is None else float(gains[w.i])
         bias = 0.0 if biases is None else float(biases[w.i])
         wt = 1.0 if weights is None else float(weights[w.i])
+        if w.warp:
+            if warped is None:
+                warped = (np.zeros((h, width), np.int32),
+                          None if weights is None else np.zeros((h, width), np.float64))
+            _kernels.warp_accumulate(
+                w.rows, w.r0, plan.shape, matrices[w.i, :, :2], matrices[w.i, :, 2],
+                (y0 + a, x0), total, warped[0], plan.subpixel, scale=w.scale * g,
+                zero=w.zero * g + bias, blank=w.blank, weight=None if weights is None else wt,
+                weight_sum=warped[1], work=work)
+            continue
         scale, zero = w.scale * g * wt, (w.zero * g + bias) * wt
         _mark(count, w.out, 1)
         if weight is not None:
@@ -330,23 +544,28 @@ def combine_tile(source, plan, a, b):
                 lost = np.zeros((h, width), np.float64)
             invalid[w.out] += w.bad
             lost[w.out] += w.bad * wt
-    coverage = _integrate(count)
+    copies = _integrate(count)  # coverage of the whole-pixel copies
     exact += total
-    if len(zeros) == 1 and invalid is None:  # every frame window added the same offset
+    if len(zeros) == 1 and invalid is None:  # every copied window added the same offset
         zero = zeros.pop()
         if zero:
-            exact += zero * coverage
+            exact += zero * copies
     elif any(zeros):
         exact += _integrate(offset)
+    coverage = copies
     if invalid is not None:
         coverage -= invalid
     if weight is not None:
         weight = _integrate(weight) - (0.0 if lost is None else lost)
+    if warped is not None:
+        coverage += warped[0]
+        if weight is not None:
+            weight += warped[1]
     return exact, coverage, weight
 
 
 def gather_tile(source, plan, a, b):
-    """The kept frames' shifted values for output rows ``[a, b)``, one plane each.
+    """The kept frames' aligned values for output rows ``[a, b)``, one plane each.
 
     Returns float32 ``(kept frames, b - a, W)``, NaN where a frame does not
     cover a pixel (or the pixel is NaN/BLANK), normalised like
@@ -354,12 +573,22 @@ def gather_tile(source, plan, a, b):
     frame's value of a pixel at once, so its memory grows with the number
     of frames and the tile height shrinks to fit.
     """
-    _, _, x0, x1 = plan.grid
+    from . import _kernels
+
+    y0, _, x0, x1 = plan.grid
     gains, biases = plan.gains, plan.biases
+    matrices = plan.matrices
     values = np.full((int(np.count_nonzero(plan.keep)), b - a, x1 - x0), np.nan, np.float32)
+    work = {}
     for w in _frame_windows(source, plan, a, b):
         g = 1.0 if gains is None else float(gains[w.i])
         bias = 0.0 if biases is None else float(biases[w.i])
+        if w.warp:
+            _kernels.warp_values(w.rows, w.r0, plan.shape, matrices[w.i, :, :2],
+                                 matrices[w.i, :, 2], (y0 + a, x0), values[w.k], plan.subpixel,
+                                 scale=w.scale * g, zero=w.zero * g + bias, blank=w.blank,
+                                 work=work)
+            continue
         plane = values[w.k][w.out]
         np.multiply(w.block, np.float32(w.scale * g), out=plane, casting="unsafe")
         plane += np.float32(w.zero * g + bias)
@@ -403,28 +632,6 @@ def _mark(diff, out, value):
 def _integrate(diff):
     """The values a 2-D difference array describes (without its last row/column)."""
     return np.cumsum(np.cumsum(diff, axis=0), axis=1)[:-1, :-1]
-
-
-def _bilinear(block, bad, fx, fy, ex, ey):
-    """Interpolate stored rows at a fractional offset: ``(1 - f) * a + f * b`` per axis.
-
-    ``block`` has ``ex`` extra columns and ``ey`` extra rows; the result is
-    float32 without them, NaN wherever an interpolated pixel was ``bad``.
-    """
-    values = block.astype(np.float32)
-    if bad is not None:
-        values[bad] = np.nan
-    if ex:
-        step = values[:, 1:] - values[:, :-1]
-        step *= fx
-        step += values[:, :-1]
-        values = step
-    if ey:
-        step = values[1:] - values[:-1]
-        step *= fy
-        step += values[:-1]
-        values = step
-    return values
 
 
 def _finish(total, denominator, method, normalize, n_used):

@@ -82,7 +82,9 @@ def _frames_list(frames, most=8):
 
 
 def _span(table, name, unit, digits):
-    values = [v for v, ok in zip(table.get(name, []), table["valid"], strict=True)
+    if name not in table:
+        return None
+    values = [v for v, ok in zip(table[name], table["valid"], strict=True)
               if ok and v is not None]
     if not values:
         return None

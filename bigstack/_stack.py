@@ -15,7 +15,6 @@ The tile kernels themselves are in :mod:`bigstack._combine`.
 
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass, replace
 
@@ -48,7 +47,7 @@ class _Request:
                 or (self.weighting and isinstance(self.weights, str)))
 
 
-def stack(frames, shifts=None, *, method="mean", store=None, mode="write", subpixel="nearest",
+def stack(frames, shifts=None, *, method="mean", store=None, mode="write", subpixel=None,
           extent="reference", normalize="coverage", memory="512MB", progress=False,
           normalize_frames="none", weights="none", select=None, quality=None, kappa=None,
           centre=None, maxiters=None, nlow=None, nhigh=None, percentile=None, overwrite=None,
@@ -98,8 +97,18 @@ def stack(frames, shifts=None, *, method="mean", store=None, mode="write", subpi
         frame, the grid and tile plan are the store's, and the result equals
         stacking all frames at once (exactly, for integer frames with
         ``subpixel="nearest"``); only for unweighted ``mean``/``sum``.
-    subpixel : {"nearest", "bilinear"}
-        Whole-pixel shifts (exact copies) or fractional bilinear shifts.
+    subpixel : {"nearest", "bilinear", "lanczos3", "lanczos4"}, optional
+        How a frame is resampled onto the output grid. ``"nearest"`` copies
+        whole pixels (shifts rounded; exact, the fastest); ``"bilinear"``
+        and ``"lanczos3"``/``"lanczos4"`` interpolate, with weights summing
+        to one (flux is conserved) and Lanczos' ringing clamped at sharp
+        stars and hot pixels. A frame covers an output pixel where every
+        source pixel the interpolation uses exists (nearest: where the
+        nearest source pixel exists). Default: ``"nearest"`` when every
+        frame is a whole-pixel translation, else ``"lanczos3"``, which keeps
+        stars as sharp as in one frame (bilinear widens them by 5-10% and
+        smooths the per-pixel noise). Rotations, flips and scale changes
+        (from :func:`bigstack.find_transforms`) are applied the same way.
     extent : {"reference", "intersection", "union"}
         The reference frame's grid, only pixels every frame covers, or
         every pixel any frame covers.
@@ -182,7 +191,7 @@ def _request(method, store, mode, subpixel, extent, normalize, memory, progress,
             ("normalize", normalize, _combine.NORMALIZE),
             ("normalize_frames", normalize_frames, _quality.NORMALISATIONS),
             ("mode", mode, _store.MODES)):
-        if value not in allowed:
+        if value not in allowed and not (name == "subpixel" and value is None):
             raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
     mode = _deprecated_mode(mode, overwrite, resume)
     _combine.parse_memory(memory)
@@ -231,7 +240,7 @@ class _Inputs:
     shape: tuple
     coords: dict
     paths: list | None
-    shifts: np.ndarray
+    transforms: np.ndarray
     keep: np.ndarray
     registration: dict
     frames_table: dict | None = None
@@ -242,7 +251,7 @@ def _inputs(frames, shifts):
 
     source, n, shape, coords = cube_source(frames, "stack")
     paths = [str(p) for p in coords["path"].values] if "path" in coords else None
-    values, keep, reasons = _as_shifts(shifts, n, tuple(shape))
+    values, keep, reasons = _as_transforms(shifts, n)
     if reasons:
         listed = "; ".join(f"frame {i}: {r}" for i, r in list(reasons.items())[:5])
         warnings.warn(f"leaving out {len(reasons)} frame(s) flagged invalid ({listed})",
@@ -261,15 +270,16 @@ def _inputs(frames, shifts):
                    frames_table)
 
 
-def _as_shifts(shifts, n, shape=None):
-    """Return ``(shifts (n, 2) float64, keep (n,) bool, reasons)`` from any form.
+def _as_transforms(shifts, n):
+    """Return ``(transforms (n, 2, 3) float64, keep (n,) bool, reasons)`` from any form.
 
     ``shifts`` is None, find_shifts' or find_transforms' Dataset, an (N, 2)
-    array of ``[x, y]`` shifts or an (N, 2, 3) array of transforms.
+    array of ``[x, y]`` shifts or an (N, 2, 3) array of transforms ``[A | t]``
+    (output pixel ``[x, y]`` -> frame pixel ``A @ [x, y] + t``).
     """
-    if shifts is None:
-        return np.zeros((n, 2)), np.ones(n, bool), {}
     keep = np.ones(n, bool)
+    if shifts is None:
+        return _combine.as_transforms(np.zeros((n, 2))), keep, {}
     reasons = {}
     if hasattr(shifts, "data_vars"):  # the Dataset from find_shifts or find_transforms
         if "transform" not in shifts and "shift" not in shifts:
@@ -280,8 +290,7 @@ def _as_shifts(shifts, n, shape=None):
             if "reason" in shifts:
                 reasons = {int(i): str(shifts["reason"].values[i]) for i in np.flatnonzero(~keep)}
         if "transform" in shifts:
-            values = _translations(np.asarray(shifts["transform"].values, np.float64), keep,
-                                   shape, shifts)
+            values = np.asarray(shifts["transform"].values, np.float64)
         else:
             shift = shifts["shift"]
             if "axis" in shift.dims:
@@ -289,55 +298,22 @@ def _as_shifts(shifts, n, shape=None):
             values = np.asarray(shift.values, dtype=np.float64)
     else:
         values = np.asarray(getattr(shifts, "values", shifts), dtype=np.float64)
-        if values.ndim == 3 and values.shape[1:] == (2, 3):
-            values = _translations(values, keep, shape, None)
-    if values.shape != (n, 2):
-        raise ValueError(f"shifts must be {n} x 2 ([x, y] per frame) for {n} frames; "
-                         f"got shape {values.shape}")
-    bad = np.flatnonzero(keep & ~np.isfinite(values).all(axis=1))
+    if values.ndim == 2 and values.shape == (n, 2):
+        values = _combine.as_transforms(values)
+    if values.shape != (n, 2, 3):
+        raise ValueError(f"shifts must be {n} x 2 ([x, y] per frame) or {n} x 2 x 3 ([A | t] "
+                         f"per frame) for {n} frames; got shape {values.shape}")
+    bad = np.flatnonzero(keep & ~np.isfinite(values).all(axis=(1, 2)))
     if bad.size:
-        raise ValueError(f"shift of frame {int(bad[0])} is not finite: {values[bad[0]].tolist()}; "
-                         "mark it invalid or drop the frame")
-    values = np.where(keep[:, None], values, 0.0)  # left-out frames are never read
+        raise ValueError(f"transform of frame {int(bad[0])} is not finite: "
+                         f"{values[bad[0]].tolist()}; mark it invalid or drop the frame")
+    singular = np.flatnonzero(keep & (np.abs(np.linalg.det(values[:, :, :2])) < 1e-6))
+    if singular.size:
+        raise ValueError(f"transform of frame {int(singular[0])} is singular (it squashes the "
+                         "frame to a line); mark it invalid or drop the frame")
+    values = np.where(keep[:, None, None], values,
+                      _combine.as_transforms(np.zeros((n, 2))))  # left-out frames: never read
     return values, keep, reasons
-
-
-# a transform whose linear part moves no pixel of the frame by more than this
-# (in px) from where its translation alone puts it is applied as a translation
-_TRANSLATION_TOLERANCE = 0.1
-
-
-def _translations(transforms, keep, shape, ds):
-    """The translations of (N, 2, 3) transforms; refuse a rotation, flip or scale change.
-
-    Stacking applies translations only (the warp for rotated frames is the
-    next step); a transform that moves some pixel of the frame by more than
-    ``_TRANSLATION_TOLERANCE`` px beyond its translation is refused, naming
-    the frame and what it is.
-    """
-    if transforms.ndim != 3 or transforms.shape[1:] != (2, 3):
-        raise ValueError(f"transforms must be N x 2 x 3 ([A | t] per frame), got shape "
-                         f"{transforms.shape}")
-    ny, nx = shape if shape is not None else (1, 1)
-    corners = np.array([[0, 0], [nx - 1, 0], [0, ny - 1], [nx - 1, ny - 1]], float).T
-    linear = transforms[:, :, :2] - np.eye(2)
-    moved = np.abs(np.einsum("nij,jk->nik", linear, corners)).max(axis=(1, 2))
-    bad = np.flatnonzero(keep & (moved > _TRANSLATION_TOLERANCE))
-    if bad.size:
-        i = int(bad[0])
-        a = transforms[i, :, :2]
-        angle = float(np.degrees(np.arctan2(a[1, 0] - a[0, 1], a[0, 0] + a[1, 1])))
-        scale = float(np.sqrt(abs(np.linalg.det(a))))
-        name = ""
-        if ds is not None and "path" in ds.coords:
-            name = f" ({os.path.basename(str(ds['path'].values[i]))})"
-        mirrored = " mirrored," if np.linalg.det(a) < 0 else ""
-        raise BigstackError(
-            f"frame {i}{name} is{mirrored} rotated {angle:.3f} deg and scaled {scale:.5f} "
-            f"(moves pixels up to {moved[i]:.2f} px beyond a shift), and {bad.size} frame(s) "
-            "in all are not pure translations: stack applies translations only for now; "
-            "register with model='shift' to stack a translation-only night")
-    return transforms[:, :, 2].copy()
 
 
 @dataclass(frozen=True)
@@ -350,6 +326,9 @@ class _Provenance:
 
 def _plan(request, inputs, quality, lazy):
     """The tile plan and provenance; measures the frame quality table now if needed."""
+    if request.subpixel is None:
+        request = replace(request, subpixel=_default_subpixel(inputs.transforms[inputs.keep]))
+    shifts = inputs.transforms[:, :, 2]
     fields = {"keep": inputs.keep, "n_total": int(inputs.keep.sum())}
     table = factors = None
     if request.needs_quality and quality is None and lazy:
@@ -360,22 +339,34 @@ def _plan(request, inputs, quality, lazy):
 
         measured = _quality.quality_table(inputs.source, inputs.n, inputs.shape, None,
                                           inputs.keep, compute=False)
-        factors = dask.delayed(_frame_factors, pure=True)(measured, request, inputs.shifts,
+        factors = dask.delayed(_frame_factors, pure=True)(measured, request, shifts,
                                                           inputs.keep, False)
     else:
         if request.needs_quality or quality is not None:
             table = _table(quality, inputs, request)
         if request.needs_quality or request.weighting:
-            fields.update(_frame_factors(table, request, inputs.shifts, inputs.keep))
+            fields.update(_frame_factors(table, request, shifts, inputs.keep))
     keep = fields["keep"]
-    grid = _combine.output_grid(inputs.shifts[keep], inputs.shape, request.subpixel,
-                                request.extent)
+    transforms = inputs.transforms
+    grid = _combine.output_grid(shifts[keep], inputs.shape, request.subpixel, request.extent,
+                                transforms=transforms[keep])
+    warp = _combine.warp_footprint(transforms, inputs.keep, request.subpixel, inputs.shape)
     tile = _combine.tile_rows(grid, request.memory, request.combine, int(keep.sum()),
-                              request.weighting)
-    plan = _combine.TilePlan(shape=inputs.shape, shifts=inputs.shifts,
-                             subpixel=request.subpixel, grid=grid, combine=request.combine,
-                             normalize=request.normalize, **fields)
+                              request.weighting, warp=warp)
+    moving = not _combine.translations(transforms[inputs.keep]).all()
+    plan = _combine.TilePlan(shape=inputs.shape, shifts=shifts, subpixel=request.subpixel,
+                             grid=grid, combine=request.combine, normalize=request.normalize,
+                             transforms=transforms if moving else None, **fields)
     return plan, _provenance(request, inputs, plan, tile, table, factors)
+
+
+def _default_subpixel(transforms):
+    """Whole-pixel translations are copied ("nearest"); anything else is interpolated with
+    Lanczos-3, which keeps stars as sharp as in one frame (see the README)."""
+    shifts = transforms[:, :, 2]
+    if _combine.translations(transforms).all() and np.all(shifts == np.round(shifts)):
+        return "nearest"
+    return "lanczos3"
 
 
 def _table(quality, inputs, request):
@@ -438,7 +429,8 @@ def _provenance(request, inputs, plan, tile, table, factors):
     operation = {
         "mode": request.mode,
         "inputs": list(inputs.paths) if inputs.paths is not None else [],
-        "shifts": [[float(v) for v in row] for row in inputs.shifts],
+        "shifts": [[float(v) for v in row] for row in inputs.transforms[:, :, 2]],
+        "transforms": [[[float(v) for v in row] for row in m] for m in inputs.transforms],
         "frames_used": [int(i) for i in np.flatnonzero(plan.keep)],
         "frame_shape": [int(v) for v in inputs.shape],
         "parameters": parameters,
@@ -451,6 +443,7 @@ def _provenance(request, inputs, plan, tile, table, factors):
         "complete": False,
         "inputs": operation["inputs"],
         "shifts": operation["shifts"],
+        "transforms": operation["transforms"],
         "frames_used": operation["frames_used"],
         "n_frames": len(operation["frames_used"]),
         "frame_shape": operation["frame_shape"],

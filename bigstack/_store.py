@@ -357,12 +357,20 @@ def prepare_append(store, attrs, operation, frame_meta):
         complete=False,
         inputs=attrs["inputs"] + operation["inputs"],
         shifts=attrs["shifts"] + operation["shifts"],
+        transforms=_transforms_of(attrs) + operation["transforms"],
         frames_used=attrs["frames_used"] + [offset + i for i in operation["frames_used"]],
         n_frames=n_total,
         pending=dict(operation, n_total=n_total, replaces=[]),
     )
     group.attrs.update(attrs)
     return attrs
+
+
+def _transforms_of(attrs):
+    """The stored frames' transforms (stores from before transforms: their shifts)."""
+    if "transforms" in attrs:
+        return list(attrs["transforms"])
+    return [[[1.0, 0.0, dx], [0.0, 1.0, dy]] for dx, dy in attrs["shifts"]]
 
 
 # --------------------------------------------------------------------------

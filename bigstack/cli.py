@@ -610,7 +610,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how to combine (default mean); the last five reject outliers")
     p.add_argument("--kappa", type=_kappa_values, metavar="LOW,HIGH",
                    help="rejection bounds in sigmas for sigma_clip/winsorized (default 3,3)")
-    p.add_argument("--subpixel", choices=("nearest", "bilinear"), default="nearest")
+    p.add_argument("--subpixel", choices=("nearest", "bilinear", "lanczos3", "lanczos4"),
+                   help="resampling onto the reference grid (default: nearest for whole-pixel "
+                        "shifts, else lanczos3)")
     p.add_argument("--extent", choices=("reference", "intersection", "union"),
                    default="reference")
     p.add_argument("--normalize", choices=("none", "additive", "multiplicative",

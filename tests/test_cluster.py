@@ -122,3 +122,17 @@ def _run(cube, shifts, store, errors):
         bigstack.stack(cube, shifts, store=store, memory="64kB")
     except Exception as err:  # reported by the test
         errors.append(err)
+
+
+def test_rotated_frames_on_a_cluster_equal_threads_bit_for_bit(tmp_path):
+    truth = synthetic.make_case("meridian_flip", tmp_path / "flip", n_frames=6,
+                                shape=(160, 120), seed=41)
+    cube = bigstack.open_frames(truth.paths)
+    threaded = bigstack.stack(cube, truth.transforms, subpixel="lanczos3", memory="256kB",
+                              store=tmp_path / "threads.zarr")
+    with _cluster() as cluster, distributed.Client(cluster):
+        remote = bigstack.stack(cube, truth.transforms, subpixel="lanczos3", memory="256kB",
+                                store=tmp_path / "cluster.zarr")
+    assert remote["stack"].values.tobytes() == threaded["stack"].values.tobytes()
+    np.testing.assert_array_equal(remote["coverage"].values, threaded["coverage"].values)
+    assert int(threaded["coverage"].max()) == 6  # the flipped frames are stacked, not dropped

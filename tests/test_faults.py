@@ -203,7 +203,7 @@ def test_fault_matrix(case, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     argv = setup(tmp_path)
     before = checksums(tmp_path)
-    assert main(argv + ["--no-progress"] if argv[0] == "stack" else argv) == 2
+    assert main(argv + ["--no-progress", "--no-align"] if argv[0] == "stack" else argv) == 2
     line = one_error_line(capsys.readouterr().err, 2)
     assert line.startswith("bigstack: error: ")
     import re
@@ -219,7 +219,7 @@ def test_nan_pixels_are_left_out_not_an_error(tmp_path, capsys):
         write_fits(tmp_path / f"f{i}.fit", frame)
     before = checksums(tmp_path)
     assert main(["stack", str(tmp_path), "-o", str(tmp_path / "out.zarr"),
-                 "--no-progress"]) == 0
+                 "--no-progress", "--no-align"]) == 0
     ds = bigstack.open_stack(tmp_path / "out.zarr")
     assert int(ds["coverage"].values[5, 7]) == 3 and float(ds["stack"].values[5, 7]) == 10.0
     assert checksums(tmp_path) == before
@@ -252,7 +252,7 @@ def test_read_only_output_is_one_line(tmp_path, capsys, monkeypatch, code):
     before = checksums(tmp_path)
     _failing_store_writes(monkeypatch, code)
     assert main(["stack", str(tmp_path / "lights"), "-o", str(tmp_path / "out.zarr"),
-                 "--no-progress"]) == 2
+                 "--no-progress", "--no-align"]) == 2
     line = one_error_line(capsys.readouterr().err, 2)
     assert "out.zarr" in line and os.strerror(code) in line
     assert checksums(tmp_path) == before
@@ -293,7 +293,7 @@ def test_disk_full_then_resume(tmp_path, capsys, monkeypatch):
     store = tmp_path / "out.zarr"
     _failing_store_writes(monkeypatch, errno.ENOSPC, after=12)
     argv = ["stack", str(tmp_path / "lights"), "-o", str(store), "--memory", "8KB",
-            "--no-progress"]
+            "--no-progress", "--no-align"]
     assert main(argv) == 2
     line = one_error_line(capsys.readouterr().err, 2)
     assert "No space left on device" in line and "out.zarr" in line
@@ -349,7 +349,8 @@ def test_sigint_is_one_line_naming_resume(tmp_path, workers):
     before = checksums(tmp_path)
     store = tmp_path / "out.zarr"
     argv = ["stack", str(tmp_path / "lights"), "-o", str(store), "--memory", "8KB",
-            "--no-progress"] + ([] if workers is None else ["--workers", str(workers)])
+            "--no-progress", "--no-align"]
+    argv += [] if workers is None else ["--workers", str(workers)]
     proc = _start(argv, delay=0.3)
     _wait_for_tiles(store, proc)
     proc.send_signal(signal.SIGINT)
@@ -368,7 +369,7 @@ def test_sigkill_then_resume(tmp_path):
     before = checksums(tmp_path)
     store = tmp_path / "out.zarr"
     argv = ["stack", str(tmp_path / "lights"), "-o", str(store), "--memory", "8KB",
-            "--no-progress"]
+            "--no-progress", "--no-align"]
     proc = _start(argv)
     done = _wait_for_tiles(store, proc, at_least=2)
     proc.kill()
@@ -449,9 +450,9 @@ def test_every_command_on_a_read_only_folder_is_one_line(command, tmp_path, caps
     locked.mkdir()
     argv = {
         "stack": ["stack", str(tmp_path / "lights"), "-o", str(locked / "out.zarr"),
-                  "--no-progress"],
+                  "--no-progress", "--no-align"],
         "stack --png": ["stack", str(tmp_path / "lights"), "-o", str(tmp_path / "new.zarr"),
-                        "--png", str(locked / "out.png"), "--no-progress"],
+                        "--png", str(locked / "out.png"), "--no-progress", "--no-align"],
         "render": ["render", str(store), "-o", str(locked / "out.png")],
         "shifts": ["shifts", str(tmp_path / "lights"), "--star", "20,20", "--search", "10",
                    "-o", str(locked / "shifts.csv"), "--no-progress"],

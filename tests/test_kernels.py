@@ -22,101 +22,20 @@ from scipy import ndimage
 from bigstack import _kernels, _reject
 from bigstack._kernels import reject_block, source_window, warp_accumulate, warp_values
 
+from .helpers import (
+    about_centre,
+    lanczos_kernel,
+    reference_pixels,
+    reference_scipy,
+    rotation,
+    source_points,
+)
+
 INTERPOLATIONS = ("nearest", "bilinear", "lanczos3", "lanczos4")
 
 
 # --------------------------------------------------------------------------
 # references
-
-
-def rotation(degrees, scale=1.0, flip=False):
-    th = math.radians(degrees)
-    A = scale * np.array([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]])
-    if flip:
-        A[:, 0] = -A[:, 0]
-    return A
-
-
-def about_centre(A, shape, shift=(0.0, 0.0)):
-    """``t`` so that ``A`` turns the frame about its centre, then shifts by ``shift`` [x, y]."""
-    ny, nx = shape
-    c = np.array([(nx - 1) / 2, (ny - 1) / 2])
-    return c - A @ c + np.asarray(shift, float)
-
-
-def source_points(A, t, y0, h, x0, w):
-    """Source coordinates of the output pixels, in float64 as the module documents."""
-    yy, xx = np.mgrid[y0:y0 + h, x0:x0 + w].astype(np.float64)
-    sx = A[0, 0] * xx + (A[0, 1] * yy + t[0])
-    sy = A[1, 0] * xx + (A[1, 1] * yy + t[1])
-    return sx, sy
-
-
-def reference_scipy(frame, A, t, y0, h, x0, w, order):
-    """scipy's interpolation of order 0 or 1, and the documented coverage rule."""
-    ny, nx = frame.shape
-    sx, sy = source_points(A, t, y0, h, x0, w)
-    values = ndimage.map_coordinates(frame.astype(np.float64), [sy, sx], order=order,
-                                     mode="nearest")
-    if order == 0:
-        ix, iy = np.floor(sx + 0.5), np.floor(sy + 0.5)
-        covered = (ix >= 0) & (ix <= nx - 1) & (iy >= 0) & (iy <= ny - 1)
-    else:
-        covered = (sx >= 0) & (sx <= nx - 1) & (sy >= 0) & (sy <= ny - 1)
-    return values, covered
-
-
-def lanczos_kernel(d, a):
-    """sinc(d) sinc(d / a) inside (-a, a); exactly 0 at the non-zero integers."""
-    d = np.asarray(d, np.float64)
-    zero = (np.abs(d) >= a) | ((d == np.round(d)) & (d != 0))
-    return np.where(zero, 0.0, np.sinc(d) * np.sinc(d / a))
-
-
-def reference_pixels(frame, A, t, y0, h, x0, w, interpolation, clamp=True):
-    """Plain numpy, pixel by pixel: the documented interpolation, NaN rule and clamp."""
-    ny, nx = frame.shape
-    sx, sy = source_points(A, t, y0, h, x0, w)
-    values = np.full((h, w), np.nan)
-    for r in range(h):
-        for j in range(w):
-            values[r, j] = reference_pixel(frame, sx[r, j], sy[r, j], interpolation, clamp)
-    return values
-
-
-def reference_pixel(frame, x, y, interpolation, clamp):
-    ny, nx = frame.shape
-    if interpolation == "nearest":
-        ix, iy = math.floor(x + 0.5), math.floor(y + 0.5)
-        if 0 <= ix < nx and 0 <= iy < ny:
-            return float(frame[iy, ix])
-        return np.nan
-    if not (0 <= x <= nx - 1 and 0 <= y <= ny - 1):
-        return np.nan
-    ix, iy = math.floor(x), math.floor(y)
-    fx, fy = x - ix, y - iy
-    if interpolation == "bilinear":
-        taps = [0, 1]
-        wx, wy = np.array([1 - fx, fx]), np.array([1 - fy, fy])
-    else:
-        a = int(interpolation[-1])
-        taps = list(range(-a + 1, a + 1))
-        wx = lanczos_kernel(fx - np.array(taps), a)
-        wy = lanczos_kernel(fy - np.array(taps), a)
-        wx, wy = wx / wx.sum(), wy / wy.sum()
-    cols = np.clip(ix + np.array(taps), 0, nx - 1)
-    rows = np.clip(iy + np.array(taps), 0, ny - 1)
-    patch = frame[np.ix_(rows, cols)].astype(np.float64)
-    weights = np.outer(wy, wx)
-    used = weights != 0
-    if np.isnan(patch[used]).any():
-        return np.nan
-    value = float((weights[used] * patch[used]).sum())
-    if clamp and interpolation.startswith("lanczos"):
-        support = frame[np.ix_([iy, min(iy + 1, ny - 1)] if fy else [iy],
-                               [ix, min(ix + 1, nx - 1)] if fx else [ix])]
-        value = min(max(value, float(support.min())), float(support.max()))
-    return value
 
 
 def warped(frame, A, t, band, interpolation, rows=None, total_dtype=np.float32, **kwargs):

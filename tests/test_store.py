@@ -87,7 +87,7 @@ def test_resume_refuses_other_inputs(frames, tmp_path):
     store = tmp_path / "night.zarr"
     _die_after(2, paths, shifts, store)
     cube = bigstack.open_frames(paths)
-    with pytest.raises(BigstackError, match="other shifts than this call's"):
+    with pytest.raises(BigstackError, match="other shifts, transforms than this call's"):
         bigstack.stack(cube, shifts + 1, store=store, mode="resume")
     with pytest.raises(BigstackError, match="other inputs, .*frames_used"):
         bigstack.stack(cube.isel(frame=slice(0, 6)), shifts[:6], store=store, mode="resume")

@@ -234,29 +234,11 @@ def test_stack_takes_the_transforms_of_a_translation_night(night):
     frames = open_frames(night.paths)
     ds = find_transforms(frames, reference=0)
     got = bigstack.stack(frames, ds, subpixel="bilinear").compute()
-    expected = bigstack.stack(frames, ds["transform"].values[:, :, 2],
-                              subpixel="bilinear").compute()
-    np.testing.assert_array_equal(got["stack"].values, expected["stack"].values)
     as_array = bigstack.stack(frames, ds["transform"].values, subpixel="bilinear").compute()
-    np.testing.assert_array_equal(as_array["stack"].values, expected["stack"].values)
+    np.testing.assert_array_equal(got["stack"].values, as_array["stack"].values)
     # and the truth's shifts give the same picture to within the registration error
     truth = bigstack.stack(frames, night.shifts, subpixel="bilinear").compute()
     inner = (slice(8, -8), slice(8, -8))
     scale = np.nanmax(truth["stack"].values)
     assert np.nanmax(np.abs(got["stack"].values[inner] - truth["stack"].values[inner])) < \
         0.05 * scale
-
-
-def test_stack_refuses_rotated_frames_and_says_so(tmp_path):
-    import bigstack
-
-    stars = field()
-    frames = cube([similarity(), similarity(1.0, 1.0, False, (5.0, 3.0), CENTRE)], stars)
-    ds = find_transforms(frames, reference=0)
-    assert ds["valid"].all()
-    with pytest.raises(bigstack.BigstackError, match=r"frame 1 is rotated (1\.00|0\.99)\d deg.*"
-                                                     "translations only"):
-        bigstack.stack(frames, ds)
-    flipped = np.array([np.eye(2, 3), [[-1, 0, 511], [0, -1, 511]]], float)
-    with pytest.raises(bigstack.BigstackError, match="frame 1 is rotated 180.000 deg"):
-        bigstack.stack(frames, flipped)
