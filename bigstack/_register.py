@@ -244,11 +244,16 @@ def _measure_frame(source, index, star_pos, search, shape, method, saturation,
                                   min_core=min_core, fwhm_hint=hint,
                                   min_snr=_starbox.MIN_SNR if reference is None
                                   else _starbox.MIN_FRAME_SNR)
+            if not record["reason"] and reference is None:
+                record["reason"] = _starbox.reference_reason(record)
+            elif not record["reason"]:  # both stars in their own box's pixels
+                ref_local = dict(reference, x=reference["local"][0], y=reference["local"][1])
+                record["reason"] = _starbox.compare(record, ref_local)
+            if reference is not None:
+                record["signal"] = None  # only the reference's box is needed further on
+            record["local"] = (record["x"], record["y"])
             record["x"] += x0
             record["y"] += y0
-            if not record["reason"]:
-                record["reason"] = (_starbox.reference_reason(record) if reference is None
-                                    else _starbox.compare(record, reference))
         record["centre"] = tuple(float(v) for v in centre)
     if previous is not None or (reference is None and tolerance is not None):
         good = list(previous["good"]) if previous is not None else []
@@ -268,11 +273,11 @@ def _xcorr_frame(pixels, box, reference, expect, tolerance):
     record = dict.fromkeys(FIELDS, np.nan)
     record.update(background=background, noise=noise, peak=float(np.nanmax(pixels)),
                   reason="")
-    cleaned, _ = _xcorr.clean(pixels)
+    cleaned, sigma = _xcorr.clean(pixels)
     if reference is None:
         record["x"] = (box[2] + box[3] - 1) / 2
         record["y"] = (box[0] + box[1] - 1) / 2
-        record.update(pixels=cleaned, box=box)
+        record.update(pixels=cleaned, box=box, sigma=sigma)
         if not np.ptp(cleaned) > 5 * max(noise, 1e-12):
             record["reason"] = "flat region: nothing to correlate"
         return record
@@ -283,8 +288,8 @@ def _xcorr_frame(pixels, box, reference, expect, tolerance):
     offset = np.array([box[2] - ref_box[2], box[0] - ref_box[0]], np.float64)
     ref_xy = np.array([reference["x"], reference["y"]])
     lag_expect = None if expect is None else np.asarray(expect) - ref_xy - offset
-    found = _xcorr.correlate(reference["pixels"], cleaned, sensor_zero=-offset,
-                             expect=lag_expect, radius=tolerance)
+    found = _xcorr.correlate(reference["pixels"], cleaned, reference["sigma"], sigma,
+                             sensor_zero=-offset, expect=lag_expect, radius=tolerance)
     record["snr"] = found["snr"]
     record["reason"] = found["reason"]
     record["x"], record["y"] = ref_xy + offset + found["lag"]

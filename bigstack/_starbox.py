@@ -12,9 +12,9 @@ these and :func:`reference_reason` (round enough, no line of light
 across the ring around it). :func:`compare` then holds every other
 frame's star against the reference star: its flux, FWHM and roundness;
 the light in the ring just outside it (a satellite trail through or
-beside the star raises it, and pulls the centroid); and the stars
-around it (the reference star's neighbours must be there, or another
-star was taken).
+beside the star raises it, and pulls the centroid); and the other stars
+of the box (where the reference frame's are, moved by this frame's
+shift, there must be their light, or another star was taken).
 
 Hot pixels and cosmic rays on and around the star are replaced by their
 neighbours' median before anything is measured (:func:`clean_spikes`).
@@ -32,6 +32,7 @@ from ._measure import (
     fwhm_from_halfmax,
     windowed_centroid,
 )
+from ._xcorr import overlap
 
 #: a frame's measured values, in this order
 FIELDS = ("x", "y", "peak", "flux", "fwhm", "background", "noise", "snr", "roundness")
@@ -54,10 +55,10 @@ MAX_ROUNDNESS = 0.35
 RING_LIGHT = 0.03
 #: sectors of the ring
 SECTORS = 12
-#: the frame must show at least this fraction of the reference star's neighbours' light
-NEIGHBOURS_SHOWN = 0.5
-#: the neighbours count when their light stands this many sigma above the noise
-NEIGHBOURS_SIGNIFICANT = 10.0
+#: the frame must show at least this fraction of the light of the reference box's other stars
+FIELD_SHOWN = 0.5
+#: ... when that light stands this many sigma above the noise
+FIELD_SIGNIFICANT = 10.0
 
 
 def _brightest(values):
@@ -66,27 +67,25 @@ def _brightest(values):
     return np.unravel_index(flat, values.shape)
 
 
-def geometry(fwhm):
-    """``(inner, outer, reach)`` px around a star of ``fwhm`` px.
+def ring_radii(fwhm):
+    """``(inner, outer)``: the ring ``2 fwhm`` to ``3.5 fwhm`` (at least 4 to 7 px) around a star.
 
-    The ring is ``2 fwhm`` to ``3.5 fwhm`` from the star (at least 4 to 7
-    px): outside its own light, inside the reach of its windowed centroid.
-    ``reach`` (5 fwhm, at least 12 px) is how far its neighbours are
-    compared with the reference star's.
+    Outside the star's own light, inside the reach of its windowed
+    centroid.
     """
-    return max(2.0 * fwhm, 4.0), max(3.5 * fwhm, 7.0), max(5.0 * fwhm, 12.0)
+    return max(2.0 * fwhm, 4.0), max(3.5 * fwhm, 7.0)
 
 
 def ring_light(signal, x, y, radii, noise):
     """Per sector of the ring around ``(x, y)``: median of ``signal`` and its noise.
 
-    ``radii`` starts with ``(inner, outer)``; the ring is cut into :data:`SECTORS`
+    ``radii`` is ``(inner, outer)``; the ring is cut into :data:`SECTORS`
     sectors of equal angle. A sector with fewer than 6 pixels inside the
     box is NaN. The noise of a median of ``n`` pixels is ``1.2533 noise /
     sqrt(n)``.
     """
     ny, nx = signal.shape
-    inner, outer = radii[:2]
+    inner, outer = radii
     r = int(np.ceil(outer))
     x0, x1 = max(int(round(x)) - r, 0), min(int(round(x)) + r + 1, nx)
     y0, y1 = max(int(round(y)) - r, 0), min(int(round(y)) + r + 1, ny)
@@ -152,17 +151,6 @@ def clean_spikes(signal, noise, fwhm):
     return out, int(spike.sum())
 
 
-def _stamp(data, ix, iy, half):
-    """The ``(2 half + 1)``-square of ``data`` centred on pixel ``(iy, ix)``, NaN off ``data``."""
-    ny, nx = data.shape
-    out = np.full((2 * half + 1, 2 * half + 1), np.nan)
-    y0, y1 = max(iy - half, 0), min(iy + half + 1, ny)
-    x0, x1 = max(ix - half, 0), min(ix + half + 1, nx)
-    if y0 < y1 and x0 < x1:
-        out[y0 - iy + half:y1 - iy + half, x0 - ix + half:x1 - ix + half] = data[y0:y1, x0:x1]
-    return out
-
-
 def _median_fwhm(signal, iy, ix):
     """Rough FWHM of the star at ``(iy, ix)`` from its 3 x 3 median (blind to one hot pixel)."""
     from scipy.ndimage import median_filter
@@ -206,10 +194,10 @@ def measure_star(box, method="centroid", saturation=None, *, near=None, radii=No
         (for ``"peak"``, the brightest pixel within ``radius``), and only a
         star about as near counts as a rival. Without it the brightest star
         in the box is taken, and any other counts.
-    radii : (float, float, float), optional
-        The ring's radii and the reach of the neighbours that
-        :func:`compare` holds against the reference star's (the reference
-        star's); default :func:`geometry` of the star's FWHM.
+    radii : (float, float), optional
+        The radii of the ring whose light :func:`compare` holds against
+        the reference star's (the reference star's); default
+        :func:`ring_radii` of the star's FWHM.
     min_core : float, optional
         With ``near``: the 3 x 3 minimum (above the background) a star
         must reach to be taken (a third of the reference star's, say).
@@ -229,11 +217,10 @@ def measure_star(box, method="centroid", saturation=None, *, near=None, radii=No
         sky noise in that aperture), ``roundness`` (``1 - b / a`` of the
         adaptive second moments; NaN when they do not converge, as among
         close neighbours), ``ring`` and ``ring_error`` (per sector, see
-        :func:`ring_light`), ``radii``, ``around`` (the cleaned pixels out to
-        the reach, NaN off the box) and ``offset`` (``[x,
-        y]`` of the star from the stamp's central pixel), ``core`` (the
-        star's 3 x 3 minimum above the background) and ``reason`` (empty
-        when the star is good, else what was seen).
+        :func:`ring_light`), ``radii``, ``signal`` (the box, background
+        subtracted and cleaned), ``core`` (the star's 3 x 3 minimum above
+        the background) and ``reason`` (empty when the star is good, else
+        what was seen).
     """
     from scipy.ndimage import minimum_filter
 
@@ -241,7 +228,7 @@ def measure_star(box, method="centroid", saturation=None, *, near=None, radii=No
     background, noise = box_stats(box)
     out = dict.fromkeys(FIELDS, np.nan)
     out.update(background=background, noise=noise, reason="", ring=None, ring_error=None,
-               radii=radii, core=np.nan, around=None, offset=None)
+               radii=radii, core=np.nan, signal=None)
     signal = box - background
     ny, nx = box.shape
     floor = max(noise, 1e-12 * max(abs(background), 1.0))
@@ -311,10 +298,9 @@ def measure_star(box, method="centroid", saturation=None, *, near=None, radii=No
     if half <= cy_i < ny - half and half <= cx_i < nx - half:
         stamp = signal[cy_i - half:cy_i + half + 1, cx_i - half:cx_i + half + 1]
         out["roundness"] = float(adaptive_shapes(stamp[None])[1][0])
-    out["radii"] = geometry(fwhm) if radii is None else tuple(radii)
+    out["radii"] = ring_radii(fwhm) if radii is None else tuple(radii)
     out["ring"], out["ring_error"] = ring_light(signal, ref_x, ref_y, out["radii"], floor)
-    out["around"] = _stamp(signal, cx_i, cy_i, int(np.ceil(out["radii"][2])))
-    out["offset"] = (ref_x - cx_i, ref_y - cy_i)
+    out["signal"] = signal
     out["reason"] = _own_reason(out, box, core, (iy, ix), allowed, near, saturation, fwhm0,
                                 min_snr)
     return out
@@ -325,7 +311,7 @@ def _own_reason(out, box, core, at, allowed, near, saturation, fwhm0, min_snr):
     ny, nx = box.shape
     iy, ix = at
     x, y, fwhm = out["x"], out["y"], out["fwhm"]
-    edge = max(2.0, fwhm)
+    edge = max(3.0, 1.5 * fwhm)  # the windowed centroid needs the star's light to 1.5 FWHM
     if not np.isfinite(x):
         return "centroid failed (no positive flux around the peak)"
     if min(x, y, nx - 1 - x, ny - 1 - y) < edge:
@@ -348,9 +334,9 @@ def _own_reason(out, box, core, at, allowed, near, saturation, fwhm0, min_snr):
         k = int(np.flatnonzero(rivals)[0])
         ratio = core[cys[k], cxs[k]] / out["core"]
         where = "in the box" if near is None else "about as near the expected place"
-        return (f"two comparable stars {where}: another "
-                f"{np.hypot(cxs[k] - x, cys[k] - y):.1f} px away has {ratio:.2f} of this "
-                "one's core brightness")
+        return (f"two comparable peaks {where}: one "
+                f"{np.hypot(cxs[k] - x, cys[k] - y):.1f} px from the star has {ratio:.2f} of "
+                "its core brightness")
     if not out["snr"] >= min_snr:
         return f"faint star (signal to noise {out['snr']:.1f}, under {min_snr:g})"
     return ""
@@ -387,8 +373,10 @@ def compare(star, ref):
     In this order: the flux ratio (within :data:`FLUX_RATIO`), the FWHM
     ratio (within :data:`FWHM_RATIO`), the roundness (not more than
     :data:`ROUNDNESS` above the reference star's), the light in the ring
-    (:func:`ring_excess`) and the neighbours (:func:`neighbours_missing`).
-    ``star`` must have been measured with the reference star's ``radii``.
+    (:func:`ring_excess`) and the other stars of the box
+    (:func:`field_mismatch`). Positions are the box's own (``star`` and
+    ``ref`` as :func:`measure_star` returns them); ``star`` must have been
+    measured with the reference star's ``radii``.
     """
     ratio = star["flux"] / ref["flux"] if ref["flux"] > 0 else np.nan
     if not ratio >= 1 / FLUX_RATIO:
@@ -401,7 +389,7 @@ def compare(star, ref):
     if star["roundness"] > ref["roundness"] + ROUNDNESS:
         return (f"elongated star (roundness {star['roundness']:.2f} against the reference "
                 f"star's {ref['roundness']:.2f})")
-    return ring_excess(star, ref, ratio) or neighbours_missing(star, ref, ratio)
+    return ring_excess(star, ref, ratio) or field_mismatch(star, ref, ratio)
 
 
 def ring_excess(star, ref, ratio):
@@ -427,41 +415,38 @@ def ring_excess(star, ref, ratio):
             f" of its peak, {star['radii'][0]:.0f}-{star['radii'][1]:.0f} px from it)")
 
 
-def neighbours_missing(star, ref, ratio):
-    """Whether the reference star's neighbours are missing around ``star``, as a reason.
+def field_mismatch(star, ref, ratio):
+    """Whether the other stars of the reference box are missing at this shift, as a reason.
 
-    The pixels out to the reach (outside 1.5 FWHM of the star, where its
-    own light is) are compared with the reference star's, moved by the
-    sub-pixel difference of the two positions (cubic spline) and scaled
-    by the flux ratio ``ratio``. When the reference's hold light well
-    above their noise (:data:`NEIGHBOURS_SIGNIFICANT` sigma), the frame
-    must show at least :data:`NEIGHBOURS_SHOWN` of it (the regression of
-    the frame's pixels on the reference's, over the reference's light
-    beyond its noise): else another star was taken.
+    The reference box's cleaned pixels are laid on the frame's, moved by
+    the whole pixels nearest to the shift the two stars give, and scaled
+    by the flux ratio ``ratio``; both stars, to 2 FWHM, are left out.
+    When the reference's light there stands well above its noise
+    (:data:`FIELD_SIGNIFICANT` sigma of its noise energy), the frame must
+    show at least :data:`FIELD_SHOWN` of it (the regression of the frame's
+    pixels on the reference's, over the reference's light beyond its
+    noise): the whole field moves with the star, so another star taken
+    for it leaves the others where they do not belong.
     """
-    from scipy.ndimage import shift as move
-
-    f, r = star["around"], ref["around"]
-    if f is None or r is None or f.shape != r.shape:
+    f, r = star["signal"], ref["signal"]
+    if f is None or r is None:
         return ""
-    d = np.subtract(star["offset"], ref["offset"])
-    valid = np.isfinite(f) & np.isfinite(r)
-    valid[[0, -1], :] = False
-    valid[:, [0, -1]] = False
-    r = ratio * move(np.where(np.isfinite(r), r, 0.0), (d[1], d[0]), order=3, mode="nearest")
-    half = f.shape[0] // 2
-    yy, xx = np.mgrid[-half:half + 1, -half:half + 1]
-    valid &= np.hypot(xx - star["offset"][0], yy - star["offset"][1]) > max(1.5 * ref["fwhm"], 3)
+    lag = (int(round(star["x"] - ref["x"])), int(round(star["y"] - ref["y"])))
+    sa, sb = overlap(r.shape, f.shape, lag)
+    r, f = ratio * r[sa], f[sb]
+    yy, xx = np.ogrid[sb[0], sb[1]]
+    valid = (np.isfinite(r) & np.isfinite(f)
+             & (np.hypot(xx - star["x"], yy - star["y"]) > max(2 * ref["fwhm"], 4.0)))
     n = int(valid.sum())
     if n < 20:
         return ""
-    f, r = f[valid], r[valid]
-    noise_r = (ratio * ref["noise"]) ** 2
-    light = float(r @ r) - n * noise_r  # the reference's neighbours, beyond the noise
-    if not light > NEIGHBOURS_SIGNIFICANT * np.sqrt(2.0 * n) * noise_r:
+    r, f = r[valid], f[valid]
+    noise = (ratio * ref["noise"]) ** 2
+    light = float(r @ r) - n * noise  # the reference's other stars, beyond the noise
+    if not light > FIELD_SIGNIFICANT * np.sqrt(2.0 * n) * noise:
         return ""
     shown = float(f @ r) / light
-    if shown < NEIGHBOURS_SHOWN:
-        return (f"the reference star's neighbours are not around this star (it shows "
-                f"{max(shown, 0.0):.0%} of their light out to {ref['radii'][2]:.0f} px)")
+    if shown < FIELD_SHOWN:
+        return (f"the other stars of the box are not where this shift puts the reference "
+                f"frame's (it shows {max(shown, 0.0):.0%} of their light)")
     return ""

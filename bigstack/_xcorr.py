@@ -14,17 +14,20 @@ boxes are then tapered at their edges (a raised cosine over an eighth of
 the box), so a star that enters or leaves the box counts little.
 
 The correlation ``c(d) = sum_x a(x) b(x + d)`` of the reference box ``a``
-and the frame's box ``b`` is computed by FFT; it peaks at the lag ``d`` by
-which the frame's content moved. The whole-pixel peak is refined by
+and the frame's box ``b`` is computed by FFT, zero-padded so that no lag
+wraps around onto another; it peaks at the lag ``d`` by which the frame's
+content moved. The whole-pixel peak is refined by
 Newton's method on the correlation's own Fourier series (the band-limited
 interpolation of ``c``, exact for sampled stars of FWHM 2 px or more),
 with no grid to quantise the answer and no filter to bias it.
 
 The correlation's evidence decides whether to trust the lag: its height
-over the correlation's noise (the MAD of the whole plane), its contrast
-with the next peak, and its width (stars make a peak at least as wide
-as themselves; a pattern fixed on the sensor makes one a pixel wide, at
-zero shift on the sensor).
+over the correlation's noise, its contrast with the next peak, its width
+(stars make a peak at least as wide as themselves; a pattern fixed on
+the sensor makes one a pixel wide, at zero shift on the sensor), and
+how well and how brightly the two boxes match where they overlap at
+that lag (a bright star of one box lined up with a faint one of the
+other makes a peak, but not the same light).
 """
 
 from __future__ import annotations
@@ -39,6 +42,10 @@ MIN_SNR = 8.0
 MIN_CONTRAST = 1.5
 #: ``(c(d - 1) + c(d + 1)) / 2 c(d)`` along x or y under this: a peak one pixel wide
 SHARP = 0.35
+#: the boxes' light must correlate at least this well where they overlap (see ``_match``)
+MIN_MATCH = 0.5
+#: ... and be as bright within this factor (see ``_match``)
+MAX_BRIGHTNESS = 3.0
 
 
 def clean(pixels):
@@ -72,13 +79,58 @@ def _half_width(line, i):
     return width
 
 
-def correlate(ref, frame, sensor_zero=(0, 0), expect=None, radius=None):
+def overlap(shape_a, shape_b, lag):
+    """Slices ``(of a, of b)`` of the pixels that ``a[y, x]`` and ``b[y + dy, x + dx]`` share.
+
+    ``lag`` is ``[dx, dy]`` (whole pixels); ``shape_a`` and ``shape_b`` are
+    ``(ny, nx)``. Empty slices when nothing overlaps.
+    """
+    dx, dy = lag
+    (nya, nxa), (nyb, nxb) = shape_a, shape_b
+    y0, y1 = max(0, -dy), min(nya, nyb - dy)
+    x0, x1 = max(0, -dx), min(nxa, nxb - dx)
+    y1, x1 = max(y1, y0), max(x1, x0)
+    return (slice(y0, y1), slice(x0, x1)), (slice(y0 + dy, y1 + dy), slice(x0 + dx, x1 + dx))
+
+
+def _match(a, b, lag, noise_a, noise_b, window):
+    """How well the tapered boxes ``a`` and ``b`` match at the whole-pixel ``lag`` ([x, y]).
+
+    Over the part of ``a`` that ``b`` covers at that lag, with ``E_a`` and
+    ``E_b`` their energies (sums of squares) less their expected noise
+    energies: ``(match, brightness)`` with ``match = sum(a b) / sqrt(E_a
+    E_b)``, near 1 when ``b`` shows what ``a`` shows there, and
+    ``brightness = sqrt(E_b / E_a)``, how much brighter that light is in
+    ``b`` (the clouds' transmission for the same stars; far from 1 when a
+    bright star of one box lines up with a faint one of the other, which
+    all stars of one PSF match in shape). NaN when either holds nothing
+    above its noise (5 sigma of the noise energy).
+    """
+    sa, sb = overlap(a.shape, b.shape, lag)
+    pa, pb = a[sa], b[sb]
+    wa, wb = window[sa], window[sb]
+    n = pa.size
+    if n == 0:
+        return np.nan, np.nan
+    ea = float(np.sum(pa * pa)) - noise_a**2 * float(np.sum(wa * wa))
+    eb = float(np.sum(pb * pb)) - noise_b**2 * float(np.sum(wb * wb))
+    floor_a = 5 * np.sqrt(2.0 * n) * noise_a**2 * float(np.mean(wa * wa))
+    floor_b = 5 * np.sqrt(2.0 * n) * noise_b**2 * float(np.mean(wb * wb))
+    if not (ea > floor_a and eb > floor_b):
+        return np.nan, np.nan
+    return float(np.sum(pa * pb)) / np.sqrt(ea * eb), float(np.sqrt(eb / ea))
+
+
+def correlate(ref, frame, ref_noise, frame_noise, sensor_zero=(0, 0), expect=None,
+              radius=None):
     """Lag of ``frame``'s content against ``ref`` (both cleaned, same shape), with evidence.
 
     Parameters
     ----------
     ref, frame : numpy.ndarray
         Boxes from :func:`clean`, ``[y, x]``.
+    ref_noise, frame_noise : float
+        Their pixel noise (from :func:`clean`).
     sensor_zero : (int, int)
         ``[x, y]`` lag at which the two boxes' pixels are the same sensor
         pixels (0 when both boxes are the same region of the sensor).
@@ -90,14 +142,19 @@ def correlate(ref, frame, sensor_zero=(0, 0), expect=None, radius=None):
     -------
     dict
         ``lag`` (``[x, y]``, sub-pixel, NaN when nothing correlates),
-        ``snr`` (peak over the correlation's noise), ``contrast`` (peak
-        over the next peak), ``reason`` (empty when the lag can be
-        trusted, else what was seen).
+        ``snr`` (peak over the correlation's noise: the MAD of the lags
+        within half a box), ``contrast`` (peak over the next peak),
+        ``match`` (the first value of :func:`_match` at the peak), ``reason`` (empty when the
+        lag can be trusted, else what was seen).
     """
-    shape = ref.shape
+    from scipy.fft import next_fast_len
+
+    window = taper(ref.shape)
+    # zero-padded to twice the box: no lag wraps around onto another
+    shape = tuple(next_fast_len(2 * n, real=True) for n in ref.shape)
     ny, nx = shape
-    window = taper(shape)
-    spectrum = np.conj(np.fft.rfft2(ref * window)) * np.fft.rfft2(frame * window)
+    spectrum = np.conj(np.fft.rfft2(ref * window, s=shape)) * np.fft.rfft2(frame * window,
+                                                                           s=shape)
     cc = np.fft.irfft2(spectrum, s=shape)
     ly = np.array([_signed(i, ny) for i in range(ny)])[:, None]
     lx = np.array([_signed(i, nx) for i in range(nx)])[None, :]
@@ -107,9 +164,10 @@ def correlate(ref, frame, sensor_zero=(0, 0), expect=None, radius=None):
         search = np.where(inside, cc, -np.inf)
     iy, ix = np.unravel_index(int(np.argmax(search)), shape)
     top = float(cc[iy, ix])
-    noise = 1.4826 * float(np.median(np.abs(cc - np.median(cc))))
+    central = cc[(np.abs(ly) <= ref.shape[0] // 2)[:, 0]][:, (np.abs(lx) <= ref.shape[1] // 2)[0]]
+    noise = 1.4826 * float(np.median(np.abs(central - np.median(central))))
     out = {"lag": np.array([np.nan, np.nan]), "snr": top / noise if noise > 0 else np.inf,
-           "contrast": np.nan, "reason": ""}
+           "contrast": np.nan, "match": np.nan, "reason": ""}
     if not top > 0 or not out["snr"] >= MIN_SNR:
         out["reason"] = (f"no correlation above the noise (peak {out['snr']:.1f} times the "
                          f"correlation's noise, under {MIN_SNR:g})")
@@ -134,6 +192,16 @@ def correlate(ref, frame, sensor_zero=(0, 0), expect=None, radius=None):
     if out["contrast"] < MIN_CONTRAST:
         out["reason"] = (f"ambiguous correlation: a second peak reaches "
                          f"{1 / out['contrast']:.2f} of the highest")
+        return out
+    out["match"], brightness = _match(ref * window, frame * window, lag, ref_noise,
+                                      frame_noise, window)
+    if out["match"] < MIN_MATCH:
+        out["reason"] = (f"the boxes do not match at the best lag: where they overlap, their "
+                         f"light correlates at {out['match']:.0%} (under {MIN_MATCH:.0%})")
+        return out
+    if not 1 / MAX_BRIGHTNESS <= brightness <= MAX_BRIGHTNESS:
+        out["reason"] = (f"the boxes do not match at the best lag: where they overlap, the "
+                         f"frame's light is {brightness:.2g} times the reference's")
         return out
     out["lag"] = refine(spectrum, shape, lag)
     return out
