@@ -210,12 +210,15 @@ def _predict(good, when):
 
 
 def _measure_frame(source, index, star_pos, search, shape, method, saturation,
-                   reference=None, previous=None, when=0, tolerance=None):
+                   reference=None, previous=None, when=0, tolerance=None, track=False):
     """Task body: measure frame ``index`` and judge it. Returns the frame's record (a dict).
 
     ``reference`` is the reference frame's record (None for the reference
-    itself); ``previous`` the record of the frame before in tracking order
-    (None without tracking), whose ``good`` lists the last good frames.
+    itself). With ``track``, ``previous`` is the record of the frame before
+    in tracking order (None for the reference), whose ``good`` lists the
+    last good frames as ``(rank, x, y)``; ``when`` is this frame's rank in
+    time order, ``tolerance`` how far from the predicted place its star may
+    be.
     """
     centre = np.asarray(star_pos, np.float64)
     expect = None
@@ -255,7 +258,7 @@ def _measure_frame(source, index, star_pos, search, shape, method, saturation,
             record["x"] += x0
             record["y"] += y0
         record["centre"] = tuple(float(v) for v in centre)
-    if previous is not None or (reference is None and tolerance is not None):
+    if track:
         good = list(previous["good"]) if previous is not None else []
         if not record["reason"]:
             good = (good + [(when, record["x"], record["y"])])[-5:]
@@ -389,8 +392,7 @@ def find_shifts(frames, star_pos=None, search=None, method="centroid", reference
     rank = np.empty(n, np.int64)
     rank[order] = np.arange(n)
     common = (star_pos, search, shape, method, saturation)
-    ref_record = measure(source, reference, *common, when=int(rank[reference]),
-                         tolerance=tolerance if track else None)
+    ref_record = measure(source, reference, *common, when=int(rank[reference]), track=track)
     records = [None] * n
     records[reference] = ref_record
     if track:
@@ -399,7 +401,7 @@ def find_shifts(frames, star_pos=None, search=None, method="centroid", reference
             previous = ref_record
             for i in steps:
                 records[i] = measure(source, int(i), *common, ref_record, previous,
-                                     int(rank[i]), tolerance)
+                                     int(rank[i]), tolerance, track=True)
                 previous = records[i]
     else:
         for i in range(n):

@@ -442,10 +442,11 @@ def field_mismatch(star, ref, ratio):
         return ""
     r, f = r[valid], f[valid]
     noise = (ratio * ref["noise"]) ** 2
-    light = float(r @ r) - n * noise  # the reference's other stars, beyond the noise
+    # (einsum, not a BLAS dot: threaded BLAS is slow on short vectors of a busy machine)
+    light = float(np.einsum("i,i->", r, r)) - n * noise  # the other stars, beyond the noise
     if not light > FIELD_SIGNIFICANT * np.sqrt(2.0 * n) * noise:
         return ""
-    shown = float(f @ r) / light
+    shown = float(np.einsum("i,i->", f, r)) / light
     if shown < FIELD_SHOWN:
         return (f"the other stars of the box are not where this shift puts the reference "
                 f"frame's (it shows {max(shown, 0.0):.0%} of their light)")
