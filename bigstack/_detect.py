@@ -68,6 +68,13 @@ from ._measure import (
 
 #: FWHMs (pixels) the matched filter tries when none is given
 LADDER = (2.5, 5.0, 10.0, 20.0)
+#: a pixel more than this fraction of its value above its neighbours' median is
+#: sharp (a hot pixel or cosmic ray); a star of FWHM 2.5 px never is, one of
+#: FWHM 2 px centred on a pixel corner is just over it
+SHARP = 0.7
+#: the stricter test for one star's pixels and for correlation: no star of FWHM
+#: 1.6 px or more, at any sub-pixel position, is this sharp
+SPIKE = 0.85
 _STAR_FIELDS = ("x", "y", "flux", "snr", "fwhm")
 
 
@@ -80,17 +87,32 @@ def _fill(data):
     return data
 
 
-def _clean_sharp(resid, sigma):
+def sharp_pixels(resid, ys, xs, ratio=SHARP):
+    """Which of the pixels ``(ys, xs)`` of background-free ``resid`` are sharp peaks.
+
+    A pixel is sharp when it stands above the median of its 8 neighbours
+    by more than ``ratio`` times its own value: a hot pixel or a cosmic
+    ray (see :data:`SHARP` and :data:`SPIKE` for what passes). Returns
+    ``(sharp, median of the neighbours)``, arrays over the pixels given.
+    """
+    med = np.median(neighbours(resid, ys, xs), axis=0)
+    value = resid[ys, xs]
+    return value - med > ratio * value, med
+
+
+def neighbours(data, ys, xs):
+    """The 8 neighbours of each pixel ``(ys, xs)`` of ``data``, ``(8, m)`` (edges repeated)."""
+    ny, nx = data.shape
+    return np.stack([data[np.clip(ys + dy, 0, ny - 1), np.clip(xs + dx, 0, nx - 1)]
+                     for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx])
+
+
+def _clean_sharp(resid, sigma, ratio=SHARP):
     """Replace hot pixels and cosmic rays (sharp peaks, by shape) in place; return the count."""
-    ny, nx = resid.shape
     ys, xs = np.nonzero(resid > 4.0 * sigma)
     if ys.size == 0:
         return 0
-    near = np.stack([resid[np.clip(ys + dy, 0, ny - 1), np.clip(xs + dx, 0, nx - 1)]
-                     for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx])
-    med = np.median(near, axis=0)
-    value = resid[ys, xs]
-    sharp = value - med > 0.7 * value
+    sharp, med = sharp_pixels(resid, ys, xs, ratio)
     resid[ys[sharp], xs[sharp]] = med[sharp]
     return int(sharp.sum())
 
@@ -180,7 +202,7 @@ def _clipped_mean(data, limit, axis):
     return (total / np.maximum(count, 1)).astype(np.float32)
 
 
-def _prepare(bands):
+def _prepare(bands, sharp=SHARP):
     """Background-free, pattern-free, cleaned bands; frame background and noise.
 
     In this order: every column's level over all the band rows (the median
@@ -190,7 +212,9 @@ def _prepare(bands):
     is left (cells of 128 px). A column/row pattern and a linear gradient
     are thus removed exactly, before the cells are measured (a pattern
     left under the cells would leave a cell-sized pattern that a wide
-    matched filter finds).
+    matched filter finds). Last, sharp pixels (more than ``sharp`` of their
+    value above their neighbours' median, see :func:`sharp_pixels`) over 4
+    sigma are replaced by that median.
     """
     resids = [_fill(data) for _, data in bands]
     level = float(np.median(subsample(resids, 1 << 12)))
@@ -216,7 +240,7 @@ def _prepare(bands):
     cleaned = 0
     if sigma > 0:
         for r in resids:
-            cleaned += _clean_sharp(r, sigma)
+            cleaned += _clean_sharp(r, sigma, sharp)
     return resids, level, sigma, cleaned
 
 

@@ -9,7 +9,8 @@ Methods
 -------
 ``peak``
     The tutorial's: the brightest pixel in the search box. Exact and
-    reproducible, but a cosmic ray or hot pixel brighter than the star wins.
+    reproducible, but a cosmic ray or hot pixel brighter than the star wins
+    (and its frame is then flagged: a one-pixel spike is no star).
 ``centroid``
     The brightest 3x3 minimum of the box (a cosmic ray or hot pixel does
     not survive the minimum, a star's core does), refined to sub-pixel by an
@@ -17,10 +18,28 @@ Methods
     pixels (unbiased for a symmetric star, like SExtractor's windowed
     positions).
 ``xcorr``
-    Phase cross-correlation of the box against the reference frame's box
-    (scikit-image, sub-pixel by upsampling); for fields with no isolated
-    bright star. Both boxes are median-filtered first, so hot pixels, which
-    do not move with the sky, do not pull the answer towards zero shift.
+    Cross-correlation of the box against the reference frame's box, for
+    fields with no isolated bright star (:mod:`bigstack._xcorr`): what does
+    not move with the sky (column and row pattern, background, hot pixels)
+    is removed from both boxes first, and the peak is refined on the
+    correlation's Fourier series, without a bias towards whole pixels.
+
+Validity
+--------
+Each frame is judged on its own evidence, never because most frames agree
+(:mod:`bigstack._starbox`): the reference frame's star must be a clear,
+round, unsaturated star with a good signal to noise, alone among stars as
+bright in its box; every other frame's star must be so too, and like the
+reference star in flux, FWHM, roundness and the light around it (a trail
+through or beside it, or a neighbour the reference frame does not show,
+is flagged). An xcorr frame is judged on its correlation: height over the
+noise, contrast with the next peak, and a width that stars, not a pattern
+fixed on the sensor, give it. The distance of each valid shift from the
+drift of its neighbours is measured too (``jump``) and reported in a
+warning; it never changes ``valid``.
+
+With ``track``, each frame's box is centred where the last *good* frames
+put the star, and only a star near that place is taken.
 
 Each frame is one dask task that reads only its box from the file.
 """
@@ -31,14 +50,14 @@ import warnings
 
 import numpy as np
 
+from . import _starbox, _xcorr
 from ._errors import BigstackError, BigstackWarning
-from ._measure import box_stats, fwhm_from_halfmax, windowed_centroid
+from ._measure import box_stats
+from ._starbox import FIELDS, measure_star
+from ._starbox import _brightest as _peak
 
 METHODS = ("peak", "centroid", "xcorr")
 DEFAULT_SEARCH = 500  # the tutorial's default box size for find_star
-
-# a frame's measured values, in this order
-_FIELDS = ("x", "y", "peak", "flux", "fwhm", "background", "noise")
 
 
 class StarNotFoundError(BigstackError, ValueError):
@@ -81,81 +100,6 @@ def _check_box(star_pos, search, shape, what="the image"):
             f"wholly off {what} ({nx} x {ny} pixels, x by y)"
         )
     return box
-
-
-# --------------------------------------------------------------------------
-# measuring one star in a box
-
-
-def _peak(box):
-    """Index ``(iy, ix)`` of the first brightest pixel, as ``np.where`` finds it."""
-    flat = np.nanargmax(box) if np.isnan(box).any() else np.argmax(box)
-    return np.unravel_index(flat, box.shape)
-
-
-def measure_star(box, method="centroid", saturation=None):
-    """Measure the star in ``box`` (a 2-D array); positions relative to the box.
-
-    Returns a dict with ``x``, ``y`` (``[x, y]`` in box pixels), ``peak``
-    (brightest raw pixel), ``flux`` (background-subtracted sum within 3
-    FWHM), ``fwhm``, ``background``, ``noise`` and ``reason`` (empty when
-    the star is good, else why it is not).
-    """
-    box = np.asarray(box, dtype=np.float64)
-    background, noise = box_stats(box)
-    out = dict.fromkeys(_FIELDS, np.nan)
-    out.update(background=background, noise=noise, reason="")
-    if method == "peak":
-        iy, ix = _peak(box)
-    else:
-        from scipy.ndimage import minimum_filter
-
-        # the brightest 3x3 minimum: a star (FWHM >= ~1.5 px) keeps a bright
-        # core under it, a cosmic ray or hot pixel (<= 2 px wide) does not
-        iy, ix = _peak(minimum_filter(box, size=3, mode="nearest"))
-    peak = float(box[iy, ix])
-    out["peak"] = peak
-    signal = box - background
-    if method == "peak":
-        out["x"], out["y"] = float(ix), float(iy)
-    # is there a star at all?
-    floor = max(noise, 1e-12 * max(abs(background), 1.0))
-    if not signal[iy, ix] > 5 * floor:
-        out["reason"] = "no star above the noise in the box"
-        out["x"] = out["y"] = np.nan
-        return out
-    fwhm0 = fwhm_from_halfmax(signal, iy, ix)
-    sigma_w = max(fwhm0, 1.5) / 2.3548
-    cx, cy, m2 = windowed_centroid(signal, float(ix), float(iy), sigma_w)
-    if method != "peak":
-        out["x"], out["y"] = cx, cy
-    # windowed second moment of a Gaussian star: m2 = s^2 w^2 / (s^2 + w^2)
-    if np.isfinite(m2) and 0 < m2 < sigma_w**2:
-        sigma = np.sqrt(m2 * sigma_w**2 / (sigma_w**2 - m2))
-        out["fwhm"] = 2.3548 * sigma
-    else:
-        out["fwhm"] = fwhm0
-    fwhm = out["fwhm"] if np.isfinite(out["fwhm"]) else fwhm0
-    ny, nx = box.shape
-    yy, xx = np.ogrid[:ny, :nx]
-    ref_x = cx if np.isfinite(cx) else ix
-    ref_y = cy if np.isfinite(cy) else iy
-    aperture = (xx - ref_x) ** 2 + (yy - ref_y) ** 2 <= (1.5 * fwhm) ** 2
-    out["flux"] = float(signal[aperture].sum())
-    # reasons not to trust it
-    edge = max(2.0, fwhm)
-    if not np.isfinite(cx):
-        out["reason"] = "centroid failed (no positive flux around the peak)"
-    elif min(ref_x, ref_y, nx - 1 - ref_x, ny - 1 - ref_y) < edge:
-        out["reason"] = "star touches the edge of the search box"
-    elif saturation is not None and peak >= saturation:
-        out["reason"] = f"saturated (peak {peak:g} >= {saturation:g})"
-    else:
-        core = box[max(iy - 2, 0):iy + 3, max(ix - 2, 0):ix + 3]
-        top = core.max()
-        if np.count_nonzero(core >= top - max(1e-6 * abs(top), 0.5)) >= 4 and fwhm0 > 1.5:
-            out["reason"] = "saturated (flat-topped star)"
-    return out
 
 
 # --------------------------------------------------------------------------
@@ -244,74 +188,115 @@ def _window(source, index, box):
     return source.box(index, *box)
 
 
+def _empty(reason, centre, background=np.nan, noise=np.nan):
+    record = dict.fromkeys(FIELDS, np.nan)
+    record.update(background=background, noise=noise, reason=reason, centre=centre)
+    return record
+
+
+def _predict(good, when):
+    """``[x, y]`` where the last good frames put the star at ``when`` (a time-order rank).
+
+    ``good`` lists ``(rank, x, y)`` of the last good frames, oldest first:
+    the last position, moved on by the median of their steps per rank (no
+    move with one good frame).
+    """
+    rank = np.array([g[0] for g in good], np.float64)
+    pos = np.array([g[1:] for g in good], np.float64)
+    if len(good) == 1:
+        return pos[-1]
+    rate = np.median(np.diff(pos, axis=0) / np.diff(rank)[:, None], axis=0)
+    return pos[-1] + rate * (when - rank[-1])
+
+
 def _measure_frame(source, index, star_pos, search, shape, method, saturation,
-                   reference_box=None, previous=None):
-    """Task body: measure one frame. Returns a tuple of floats and a reason."""
-    centre = tuple(star_pos)
-    if previous is not None:  # tracking: follow the star from the previous frame
-        found = previous[:2]
-        centre = found if np.isfinite(found).all() else previous[-1]
+                   reference=None, previous=None, when=0, tolerance=None, track=False):
+    """Task body: measure frame ``index`` and judge it. Returns the frame's record (a dict).
+
+    ``reference`` is the reference frame's record (None for the reference
+    itself). With ``track``, ``previous`` is the record of the frame before
+    in tracking order (None for the reference), whose ``good`` lists the
+    last good frames as ``(rank, x, y)``; ``when`` is this frame's rank in
+    time order, ``tolerance`` how far from the predicted place its star may
+    be.
+    """
+    centre = np.asarray(star_pos, np.float64)
+    expect = None
+    if previous is not None:  # tracking: follow the last good frames, never a flagged one
+        if not previous["good"]:
+            record = _empty("nothing to track from: the reference frame's star is not usable",
+                            tuple(centre))
+            record["good"] = []
+            return record
+        expect = _predict(previous["good"], when)
+        centre = expect
     box = search_box(centre, search, shape)
     if box is None:
-        values = dict.fromkeys(_FIELDS, np.nan)
-        values["reason"] = "search box off the image"
-        return _pack(values, centre)
-    y0, y1, x0, x1 = box
-    pixels = _window(source, index, box)
-    if method == "xcorr":
-        values = _xcorr(reference_box, pixels, box)
+        record = _empty("search box off the image", tuple(centre))
     else:
-        values = measure_star(pixels, method, saturation)
-        values["x"] += x0
-        values["y"] += y0
-    return _pack(values, centre)
+        y0, y1, x0, x1 = box
+        pixels = _window(source, index, box)
+        if method == "xcorr":
+            record = _xcorr_frame(pixels, box, reference, expect, tolerance)
+        else:
+            near = None if expect is None else (expect[0] - x0, expect[1] - y0, tolerance)
+            radii = None if reference is None else reference["radii"]
+            min_core = None if reference is None else reference["core"] / 3
+            hint = None if reference is None else reference["fwhm"]
+            record = measure_star(pixels, method, saturation, near=near, radii=radii,
+                                  min_core=min_core, fwhm_hint=hint,
+                                  min_snr=_starbox.MIN_SNR if reference is None
+                                  else _starbox.MIN_FRAME_SNR)
+            if not record["reason"] and reference is None:
+                record["reason"] = _starbox.reference_reason(record)
+            elif not record["reason"]:  # both stars in their own box's pixels
+                ref_local = dict(reference, x=reference["local"][0], y=reference["local"][1])
+                record["reason"] = _starbox.compare(record, ref_local)
+            if reference is not None:
+                record["signal"] = None  # only the reference's box is needed further on
+            record["local"] = (record["x"], record["y"])
+            record["x"] += x0
+            record["y"] += y0
+        record["centre"] = tuple(float(v) for v in centre)
+    if track:
+        good = list(previous["good"]) if previous is not None else []
+        if not record["reason"]:
+            good = (good + [(when, record["x"], record["y"])])[-5:]
+        record["good"] = good
+    return record
 
 
-def _pack(values, centre):
-    """A frame's record: the measured fields, the reason, the box centre used."""
-    return tuple(float(values[k]) for k in _FIELDS) + (values["reason"], centre)
+def _xcorr_frame(pixels, box, reference, expect, tolerance):
+    """xcorr record of one frame: the reference box's centre as this frame sees it.
 
-
-def _xcorr(reference, pixels, box):
-    """Shift of ``pixels`` against the reference box, returned as a star position.
-
-    ``reference`` is ``(ref_pixels, ref_box)``; the returned ``x``/``y`` are
-    where the reference box's centre lies in this frame.
+    The reference frame's record keeps its cleaned box (``pixels``) and
+    ``box``; its position is the centre of that box.
     """
-    from scipy.ndimage import median_filter
-    from skimage.registration import phase_cross_correlation
-
-    ref_pixels, ref_box = reference
     background, noise = box_stats(pixels)
-    values = dict.fromkeys(_FIELDS, np.nan)
-    values.update(background=background, noise=noise, peak=float(np.max(pixels)), reason="")
-    if ref_pixels.shape != pixels.shape:
-        values["reason"] = "xcorr region clipped by the image edge"
-        return values
-    a = median_filter(ref_pixels, size=3, mode="nearest")
-    b = median_filter(pixels, size=3, mode="nearest")
-    a = a - np.median(a)
-    b = b - np.median(b)
-    if not (np.ptp(b) > 5 * max(noise, 1e-12)):
-        values["reason"] = "flat region: nothing to correlate"
-        return values
-    shift, error, _ = phase_cross_correlation(a, b, upsample_factor=100,
-                                              normalization=None)
-    # phase_cross_correlation gives the (row, col) move that registers b onto a
-    # (the frame moved by +d shows as -d); frame offset = box offset - that move
-    cy = (ref_box[0] + ref_box[1] - 1) / 2
-    cx = (ref_box[2] + ref_box[3] - 1) / 2
-    offset_y = box[0] - ref_box[0]
-    offset_x = box[2] - ref_box[2]
-    values["x"] = cx + offset_x - float(shift[1])
-    values["y"] = cy + offset_y - float(shift[0])
-    values["flux"] = float(b.sum())
-    return values
-
-
-def _reference_region(source, index, star_pos, search, shape):
-    box = search_box(star_pos, search, shape)
-    return _window(source, index, box), box
+    record = dict.fromkeys(FIELDS, np.nan)
+    record.update(background=background, noise=noise, peak=float(np.nanmax(pixels)),
+                  reason="")
+    cleaned, sigma = _xcorr.clean(pixels)
+    if reference is None:
+        record["x"] = (box[2] + box[3] - 1) / 2
+        record["y"] = (box[0] + box[1] - 1) / 2
+        record.update(pixels=cleaned, box=box, sigma=sigma)
+        if not np.ptp(cleaned) > 5 * max(noise, 1e-12):
+            record["reason"] = "flat region: nothing to correlate"
+        return record
+    ref_box = reference["box"]
+    if reference["pixels"].shape != cleaned.shape:
+        record["reason"] = "xcorr region clipped by the image edge"
+        return record
+    offset = np.array([box[2] - ref_box[2], box[0] - ref_box[0]], np.float64)
+    ref_xy = np.array([reference["x"], reference["y"]])
+    lag_expect = None if expect is None else np.asarray(expect) - ref_xy - offset
+    found = _xcorr.correlate(reference["pixels"], cleaned, reference["sigma"], sigma,
+                             sensor_zero=-offset, expect=lag_expect, radius=tolerance)
+    record["snr"] = found["snr"]
+    record["reason"] = found["reason"]
+    record["x"], record["y"] = ref_xy + offset + found["lag"]
+    return record
 
 
 def find_shifts(frames, star_pos=None, search=None, method="centroid", reference=0,
@@ -337,19 +322,24 @@ def find_shifts(frames, star_pos=None, search=None, method="centroid", reference
     compute : bool
         ``False`` returns the same Dataset backed by dask, nothing computed.
     track : bool
-        Re-centre each frame's box on the star's position in the previous
-        frame, frames taken in time order (the ``time`` coordinate when
-        present, else frame order). Use it when the drift over the night is
-        larger than the box; it costs parallelism (each frame waits for the
-        previous one). Frames before the reference are tracked backwards
-        from it.
+        Centre each frame's box where the last good frames put the star
+        (the last good position, moved on by their drift per frame), frames
+        taken in time order (the ``time`` coordinate when present, else
+        frame order), and take only a star within ``jump`` px of that
+        place; a flagged frame is never followed. Use it when the drift
+        over the night is larger than the box; it costs parallelism (each
+        frame waits for the previous one). Frames before the reference are
+        tracked backwards from it.
     saturation : float, optional
         Pixel value at or above which the star counts as saturated; without
         it a flat-topped star core is taken as saturated.
     jump : float, optional
-        A frame whose shift differs from the median of its ten neighbours by
-        more than this many pixels is flagged (default: the larger of 3 px
-        and 5 times the scatter of the shifts).
+        With ``track``: how far (pixels) from where the last good frames
+        put it the star may be (default a quarter of ``search``, at least
+        3). For every frame: a valid shift farther than this from the drift
+        of its ten neighbours is named in a warning (default: the larger
+        of 3 px and 5 times the scatter); the warning does not change
+        ``valid``.
     strict : bool
         Raise :class:`StarNotFoundError` instead of flagging bad frames.
 
@@ -361,9 +351,14 @@ def find_shifts(frames, star_pos=None, search=None, method="centroid", reference
         store's provenance. Over ``frame`` (with the cube's per-frame
         coordinates): ``star`` and ``shift`` ``(frame, axis)`` with ``axis = ["x", "y"]`` (so
         ``np.asarray(ds["shift"])`` is the tutorial's N x 2 array), ``peak``,
-        ``flux``, ``fwhm``, ``background``, ``noise``, ``valid`` and
-        ``reason``. A frame whose star is lost has ``valid=False``, NaN
-        position and a reason; a :class:`BigstackWarning` lists such frames.
+        ``flux``, ``fwhm``, ``background``, ``noise``, ``snr`` (the star's
+        flux over the sky noise in its aperture; for ``"xcorr"`` the
+        correlation peak over the correlation's noise), ``roundness``
+        (``1 - b / a``), ``jump`` (px from the drift of the neighbours),
+        ``valid`` and ``reason``. A frame is valid on its own evidence
+        only (see the module notes); a flagged frame has ``valid=False``
+        and a reason saying what was seen (NaN position when no star was
+        found); a :class:`BigstackWarning` lists such frames.
 
     Raises
     ------
@@ -379,6 +374,8 @@ def find_shifts(frames, star_pos=None, search=None, method="centroid", reference
         raise ValueError("find_shifts needs star_pos=[x, y]: a bright isolated star "
                          "(or, for method='xcorr', the centre of the region to correlate)")
     search = DEFAULT_SEARCH if search is None else int(search)
+    if jump is not None and not float(jump) > 0:
+        raise ValueError(f"jump must be a distance in pixels > 0, got {jump!r}")
     from ._io import cube_source
 
     source, n, shape, coords = cube_source(frames, "find_shifts")
@@ -386,32 +383,34 @@ def find_shifts(frames, star_pos=None, search=None, method="centroid", reference
         raise ValueError(f"reference={reference} but the cube has {n} frames")
     reference %= n
     _check_box(star_pos, search, shape, what="the frames")
+    star_pos = [float(v) for v in star_pos]
+    tolerance = float(jump) if jump is not None else max(3.0, search / 4)
 
     measure = dask.delayed(_measure_frame, pure=True)
     source = dask.delayed(source, traverse=False)  # one key, shared by every task
-    ref_region = None
-    if method == "xcorr":
-        ref_region = dask.delayed(_reference_region, pure=True)(source, reference, star_pos,
-                                                                 search, shape)
+    order = _time_order(coords, n)
+    rank = np.empty(n, np.int64)
+    rank[order] = np.arange(n)
+    common = (star_pos, search, shape, method, saturation)
+    ref_record = measure(source, reference, *common, when=int(rank[reference]), track=track)
+    records = [None] * n
+    records[reference] = ref_record
     if track:
-        order = _time_order(coords, n)
-        start = int(np.flatnonzero(order == reference)[0])
-        records = [None] * n
-        records[reference] = measure(source, reference, star_pos, search, shape, method,
-                                     saturation, ref_region)
+        start = int(rank[reference])
         for steps in (order[start + 1:], order[:start][::-1]):
-            previous = records[reference]
+            previous = ref_record
             for i in steps:
-                records[i] = measure(source, int(i), star_pos, search, shape, method,
-                                     saturation, ref_region, previous)
+                records[i] = measure(source, int(i), *common, ref_record, previous,
+                                     int(rank[i]), tolerance, track=True)
                 previous = records[i]
     else:
-        records = [measure(source, i, star_pos, search, shape, method, saturation, ref_region)
-                   for i in range(n)]
-    table = dask.delayed(_table, pure=True)(records, reference, jump, _time_order(coords, n))
+        for i in range(n):
+            if i != reference:
+                records[i] = measure(source, i, *common, ref_record)
+    table = dask.delayed(_table, pure=True)(records, reference, jump, order)
     # how the shifts were found: stack() keeps this in the store's provenance
     provenance = {"registration": "find_shifts", "method": method,
-                  "star_pos": [float(v) for v in star_pos], "search": int(search),
+                  "star_pos": star_pos, "search": int(search),
                   "track": bool(track), "reference": int(reference)}
     if compute:
         (result,) = dask.compute(table)
@@ -451,38 +450,31 @@ def _jump_distances(shift, half_window=5):
 
 
 def _table(records, reference, jump, order):
-    """Gather per-frame records into arrays, derive shifts and flag outliers."""
+    """Gather per-frame records into columns and derive the shifts.
+
+    Validity is each frame's own (its record's reason); the jump test
+    only measures how far each valid shift lies from its neighbours'
+    drift (column ``jump``) and the limit for the warning (attribute of
+    the result, ``jump_limit``).
+    """
     n = len(records)
-    nf = len(_FIELDS)
-    values = np.array([r[:nf] for r in records], dtype=np.float64).reshape(n, nf)
-    reasons = np.array([r[nf] for r in records], dtype=object)
-    cols = {k: values[:, j] for j, k in enumerate(_FIELDS)}
+    cols = {k: np.array([float(r[k]) for r in records], np.float64) for k in FIELDS}
+    reasons = np.array([str(r["reason"]) for r in records], dtype=object)
     star = np.stack([cols["x"], cols["y"]], axis=1)
     shift = star - star[reference]
-    ok = np.isfinite(shift).all(axis=1)
-    # a star that is clearly fainter than the others: cloud or a wrong object
-    flux = cols["flux"]
-    good_flux = flux[ok & (reasons == "") & np.isfinite(flux)]
-    if good_flux.size >= 3:
-        low = np.median(good_flux) * 0.3
-        for i in np.flatnonzero(ok & (reasons == "") & (flux < low)):
-            reasons[i] = f"star flux {flux[i]:.3g} under 30% of the median (cloud?)"
-    # a shift far from what its neighbours predict: a cosmic ray or another star won
-    candidates = ok & (reasons == "")
-    idx = order[candidates[order]]  # candidate frames, in time order
+    valid = (reasons == "") & np.isfinite(shift).all(axis=1)
+    reasons[~valid & (reasons == "")] = "no position"
+    distance = np.full(n, np.nan)
+    idx = order[valid[order]]  # valid frames, in time order
+    limit = np.inf
     if idx.size >= 5:
-        distance = _jump_distances(shift[idx])
-        limit = jump
-        if limit is None:
-            limit = max(3.0, 5 * 1.4826 * np.median(distance))
-        for k in np.flatnonzero(distance > limit):
-            i = idx[k]
-            if i != reference:
-                reasons[i] = (f"shift jumps {distance[k]:.1f} px from its neighbours "
-                              "(a cosmic ray or another star?)")
-    valid = reasons == ""
-    out = {k: cols[k] for k in ("peak", "flux", "fwhm", "background", "noise")}
-    out.update(star=star, shift=shift, valid=valid, reason=reasons.astype(str))
+        distance[idx] = _jump_distances(shift[idx])
+        limit = jump if jump is not None else max(3.0, 5 * 1.4826
+                                                  * float(np.median(distance[idx])))
+    out = {k: cols[k] for k in ("peak", "flux", "fwhm", "background", "noise", "snr",
+                                "roundness")}
+    out.update(star=star, shift=shift, valid=valid, reason=reasons.astype(str), jump=distance,
+               jump_limit=np.float64(limit))
     return out
 
 
@@ -490,6 +482,7 @@ def _table(records, reference, jump, order):
 _COLUMNS = {"star": ((2,), np.float64), "shift": ((2,), np.float64),
             "peak": ((), np.float64), "flux": ((), np.float64), "fwhm": ((), np.float64),
             "background": ((), np.float64), "noise": ((), np.float64),
+            "snr": ((), np.float64), "roundness": ((), np.float64), "jump": ((), np.float64),
             "valid": ((), bool), "reason": ((), object)}
 
 
@@ -506,6 +499,10 @@ def _dataset(columns, n, coords):
     ds = xr.Dataset(data_vars, coords=all_coords)
     ds["shift"].attrs["description"] = "star - star[reference], [x, y] in pixels"
     ds["star"].attrs["description"] = "star position [x, y] in pixels, frame's own grid"
+    ds["jump"].attrs["description"] = ("distance (px) of the shift from the drift of the "
+                                       "neighbouring valid frames; NaN for flagged frames")
+    if "jump_limit" in columns and not hasattr(columns["jump_limit"], "dask"):
+        ds["jump"].attrs["limit"] = float(columns["jump_limit"])
     return ds
 
 
@@ -520,12 +517,19 @@ def _lazy_columns(table, n):
 def _report(ds, reference, strict):
     bad = np.flatnonzero(~ds["valid"].values)
     ref_reason = str(ds["reason"].values[reference])
-    if not np.isfinite(ds["star"].values[reference]).all() or (
-            ref_reason and "jumps" not in ref_reason):
+    if ref_reason or not np.isfinite(ds["star"].values[reference]).all():
         raise StarNotFoundError(
             f"reference frame {reference} ({_frame_name(ds, reference)}): {ref_reason}; "
             "choose another star_pos/search or another reference frame"
         )
+    limit = ds["jump"].attrs.get("limit", np.inf)
+    jumps = np.flatnonzero(np.nan_to_num(ds["jump"].values) > limit)
+    if jumps.size:
+        listed = "; ".join(f"frame {i} ({_frame_name(ds, i)}): "
+                           f"{ds['jump'].values[i]:.1f} px" for i in jumps[:10])
+        warnings.warn(f"{jumps.size} valid frame(s) lie off the drift of their neighbours "
+                      f"by more than {limit:.1f} px (each measured well on its own; check "
+                      f"them): {listed}", BigstackWarning, stacklevel=3)
     if bad.size == 0:
         return
     lines = [f"frame {i} ({_frame_name(ds, i)}): {ds['reason'].values[i]}" for i in bad[:10]]

@@ -168,17 +168,25 @@ def render_frame(shape, stars, matrix, fwhm, *, seed, noise=10.0, sky=1000.0, gr
         hy, hx = srng.integers(0, ny, hot), srng.integers(0, nx, hot)
         image[hy, hx] += np.exp(srng.uniform(np.log(hot_level[0]), np.log(hot_level[1]), hot))
     if trail is not None:
-        tx, ty, angle, peak, tw = trail
-        yy, xx = np.mgrid[:ny, :nx]
-        th = np.radians(angle)
-        dist = (xx - tx) * np.sin(th) - (yy - ty) * np.cos(th)
-        image += peak * np.exp(-0.5 * (dist / (tw / 2.3548)) ** 2)
+        image += trail_image(shape, *trail)
     image += rng.normal(0.0, noise, shape)
     for _ in range(int(cosmics)):
         cy, cx = rng.integers(1, ny - 2), rng.integers(1, nx - 2)
         h, w = rng.integers(1, 3, 2)
         image[cy:cy + h, cx:cx + w] += rng.uniform(200, 5000)
     return image.astype(np.float32)
+
+
+def trail_image(shape, x, y, angle_deg, peak, fwhm):
+    """A satellite trail: a straight line through ``[x, y]`` at ``angle_deg`` from +x.
+
+    Gaussian across (``peak``, ``fwhm`` px), constant along; float64 ``[y, x]``.
+    """
+    ny, nx = shape
+    yy, xx = np.mgrid[:ny, :nx]
+    th = np.radians(angle_deg)
+    dist = (xx - x) * np.sin(th) - (yy - y) * np.cos(th)
+    return peak * np.exp(-0.5 * (dist / (fwhm / 2.3548)) ** 2)
 
 
 def transform_error(found, truth, xy):
