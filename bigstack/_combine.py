@@ -662,10 +662,14 @@ def compute_tile(source, plan, a, b, factors=None):
         return {"stack": _finish(total, denominator, plan.combine.method, plan.normalize,
                                  plan.n_total),
                 "coverage": coverage, "sum": total}
-    from . import _reject
+    from . import _kernels, _reject
 
     values = gather_tile(source, plan, a, b)
     weights = None if plan.weights is None else plan.weights[plan.keep]
-    result, kept, rejected = _reject.combine_block(values, plan.combine.method,
-                                                   weights=weights, **plan.combine.options)
+    # the compiled kernels for median, sigma_clip and winsorized (the same values kept,
+    # results equal up to float32 rounding); numpy for the others
+    reduce = (_kernels.reject_block if plan.combine.method in _kernels.REJECTIONS
+              else _reject.combine_block)
+    result, kept, rejected = reduce(values, plan.combine.method, weights=weights,
+                                    **plan.combine.options)
     return {"stack": result, "coverage": kept, "rejected": rejected}
