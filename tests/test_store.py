@@ -186,5 +186,10 @@ def test_memory_filesystem_inputs_and_store():
         np.testing.assert_array_equal(again["coverage"].values, local["coverage"].values)
         with pytest.raises(bigstack.StoreExistsError):
             bigstack.stack(frames, shifts, store="memory://bigstack-test/out.zarr")
+        # append on a remote store moves its sums into the book, as on a local one
+        bigstack.stack(frames.isel(frame=[0, 1]), shifts[:2], store="memory://bigstack-test/a.zarr")
+        live = bigstack.stack(frames.isel(frame=[2, 3]), shifts[2:],
+                              store="memory://bigstack-test/a.zarr", mode="append")
+        np.testing.assert_array_equal(live["stack"].values, local["stack"].values)
     finally:
         fs.rm("/bigstack-test", recursive=True)
