@@ -12,6 +12,7 @@ Conventions: images are indexed ``[y, x]``; positions and shifts are
 written ``[x, y]``.
 """
 
+from ._calibrate import Cosmetic, calibrate, load_master, make_master, save_master
 from ._errors import (
     BigstackError,
     BigstackWarning,
@@ -34,18 +35,23 @@ __version__ = "0.1.0"
 __all__ = [
     "BigstackError",
     "BigstackWarning",
+    "Cosmetic",
     "FrameError",
     "FrameNotFoundError",
     "IncompleteStoreError",
     "Rejection",
     "StarNotFoundError",
     "StoreExistsError",
+    "calibrate",
     "crop",
     "display",
     "find_shifts",
     "find_transforms",
     "find_star",
     "frame_quality",
+    "load_master",
+    "make_master",
+    "save_master",
     "stack",
     "open_frames",
     "open_stack",

@@ -749,6 +749,9 @@ def _hdu_layout(path, hdu, cards) -> _Layout:
 _NEEDED_CARDS = {
     "SIMPLE", "XTENSION", "BITPIX", "NAXIS", "PCOUNT", "GCOUNT", "BSCALE", "BZERO", "BLANK",
     "ZIMAGE", "EXPTIME", "EXPOSURE", "DATE-OBS", "TIME-OBS", "FILTER",
+    # what calibration and a night's sorting look at
+    "IMAGETYP", "FRAME", "OBJECT", "GAIN", "ISOSPEED", "CCD-TEMP", "SET-TEMP", "XBINNING",
+    "YBINNING", "INSTRUME",
 }
 
 
@@ -1008,6 +1011,21 @@ def _frame_metadata(cards) -> dict:
     value = cards.get("FILTER")
     if value is not None and not isinstance(value, _Unparsable):
         meta["filter"] = str(value).strip()
+    for name, keys in (("temperature", ("CCD-TEMP", "SET-TEMP")), ("gain", ("GAIN", "ISOSPEED")),
+                       ("binning", ("XBINNING",))):
+        for key in keys:
+            value = cards.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) \
+                    and math.isfinite(value):
+                meta[name] = float(value)
+                break
+    for name, keys in (("imagetyp", ("IMAGETYP", "FRAME")), ("object", ("OBJECT",)),
+                       ("instrument", ("INSTRUME",))):
+        for key in keys:
+            value = cards.get(key)
+            if isinstance(value, str) and value.strip():
+                meta[name] = value.strip()
+                break
     return meta
 
 
@@ -1205,7 +1223,7 @@ def open_frames(pattern_or_paths, *, rows: int | None = None, channel: str | Non
 def _header_coords(sources) -> dict:
     """Per-frame coordinates present in every header."""
     out = {}
-    for key in ("exptime", "time", "filter"):
+    for key in ("exptime", "time", "filter", "temperature", "gain"):
         values = [s.header.get(key) for s in sources]
         if all(v is not None for v in values):
             out[key] = np.array(values)
@@ -1227,9 +1245,9 @@ def frame_reader(frames) -> tuple[FrameReader, np.ndarray] | None:
         return None
     readers = []
     for layer_name, layer in graph.layers.items():
-        if layer_name.startswith("original-frames-"):
-            readers.extend(v for v in layer.values() if isinstance(v, FrameReader))
-        elif not (layer_name.startswith("frames-") or layer_name.startswith("getitem-")):
+        if layer_name.startswith(("original-frames-", "original-calibrated-")):
+            readers.extend(v for v in layer.values() if hasattr(v, "sources"))
+        elif not layer_name.startswith(("frames-", "calibrated-", "getitem-")):
             return None
     if len(readers) != 1:
         return None
@@ -1316,7 +1334,12 @@ def cube_source(frames, what):
                 + (" (pick a RAW colour with channel=...)" if "channel" in frames.dims else "")
             )
         found = frame_reader(frames)
-        source = FileRows(*found) if found is not None else ArrayRows(frames.data)
+        if found is None:
+            source = ArrayRows(frames.data)
+        elif hasattr(found[0], "rows"):  # a calibrated cube: its own row source
+            source = found[0].rows(found[1])
+        else:
+            source = FileRows(*found)
         coords = {k: v for k, v in frames.coords.items() if v.dims == (frames.dims[0],)}
         return source, frames.shape[0], frames.shape[1:], coords
     if np.ndim(frames) != 3:

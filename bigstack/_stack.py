@@ -244,6 +244,12 @@ class _Inputs:
     keep: np.ndarray
     registration: dict
     frames_table: dict | None = None
+    calibration: dict | None = None
+
+    @property
+    def resident_bytes(self):
+        """Bytes the row source keeps in memory for every task (calibration masters)."""
+        return int(getattr(self.source, "resident_bytes", 0))
 
 
 def _inputs(frames, shifts):
@@ -266,8 +272,9 @@ def _inputs(frames, shifts):
         frames_table = frame_table(shifts)
     else:
         registration = {"registration": "none" if shifts is None else "given"}
+    calibration = getattr(frames, "attrs", {}).get("calibration")
     return _Inputs(source, n, tuple(shape), coords, paths, values, keep, registration,
-                   frames_table)
+                   frames_table, calibration)
 
 
 def _as_transforms(shifts, n):
@@ -328,6 +335,13 @@ def _plan(request, inputs, quality, lazy):
     """The tile plan and provenance; measures the frame quality table now if needed."""
     if request.subpixel is None:
         request = replace(request, subpixel=_default_subpixel(inputs.transforms[inputs.keep]))
+    if inputs.resident_bytes:  # the calibration masters count in the budget
+        left = _combine.parse_memory(request.memory) - inputs.resident_bytes
+        if left <= 0:
+            raise BigstackError(
+                f"memory={request.memory!r} is too small: the calibration masters alone take "
+                f"{_combine.format_bytes(inputs.resident_bytes)}")
+        request = replace(request, memory=left)
     shifts = inputs.transforms[:, :, 2]
     fields = {"keep": inputs.keep, "n_total": int(inputs.keep.sum())}
     table = factors = None
@@ -455,6 +469,8 @@ def _provenance(request, inputs, plan, tile, table, factors):
         **frame_meta,
     }
     attrs["registration"] = inputs.registration
+    if inputs.calibration is not None:
+        attrs["calibration"] = inputs.calibration
     if inputs.frames_table is not None:
         attrs["frames"] = inputs.frames_table  # what registration measured, frame by frame
     if table is not None:

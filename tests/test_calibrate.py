@@ -1,0 +1,208 @@
+"""Calibration masters and lazy calibration, against a plain numpy calibration in memory."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.stats import sigma_clip
+
+import bigstack
+from bigstack import BigstackError, Cosmetic, FrameError
+
+from .helpers import raise_if_dask_computes
+
+SHAPE = (48, 60)
+
+
+class Sensor:
+    """A small sensor written in the test: bias with a column pattern, dark current with
+    amp glow and hot pixels, a vignetted flat with a dust donut."""
+
+    def __init__(self, seed=0):
+        rng = np.random.default_rng(seed)
+        ny, nx = SHAPE
+        yy, xx = np.mgrid[0:ny, 0:nx].astype(float)
+        self.rng = rng
+        self.bias = 500.0 + 6.0 * np.sin(xx / 2.7)
+        self.rate = 0.4 + 15.0 * np.exp(-(xx ** 2 + yy ** 2) / 150.0)  # e-/s, glow at (0, 0)
+        self.hot = rng.random(SHAPE) < 0.01
+        self.hot[[0, -1], :] = self.hot[:, [0, -1]] = False
+        self.rate[self.hot] += 40.0
+        r2 = ((xx - nx / 2) ** 2 + (yy - ny / 2) ** 2) / ((nx / 2) ** 2 + (ny / 2) ** 2)
+        donut = np.hypot(xx - 40, yy - 15)
+        self.flat = (1 - 0.25 * r2) * (1 - 0.03 * ((donut > 3) & (donut < 6)))
+        self.read_noise = 3.0
+
+    def frames(self, folder, kind, n, exptime, level=0.0, scale=None):
+        paths = []
+        for i in range(n):
+            signal = self.bias + self.rate * exptime
+            if kind == "flat":
+                signal = signal + level * (1 + 0.1 * i) * self.flat
+            elif kind == "light":
+                signal = signal + level * self.flat
+            data = signal + self.rng.normal(0, self.read_noise, SHAPE)
+            path = folder / f"{kind}{i:02d}.fit"
+            hdu = fits.PrimaryHDU(data.astype(np.float32))
+            hdu.header["EXPTIME"] = exptime
+            hdu.header["IMAGETYP"] = kind.upper()
+            hdu.writeto(path)
+            paths.append(str(path))
+        return paths
+
+
+@pytest.fixture(scope="module")
+def night(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sensor")
+    sensor = Sensor()
+    files = {"bias": sensor.frames(folder, "bias", 9, 0.0),
+             "dark": sensor.frames(folder, "dark", 9, 30.0),
+             "flat": sensor.frames(folder, "flat", 9, 1.0, level=20000.0),
+             "light": sensor.frames(folder, "light", 5, 60.0, level=1000.0)}
+    return sensor, files
+
+
+def data_of(paths):
+    return np.array([fits.getdata(p).astype(np.float64) for p in paths])
+
+
+def clipped_mean(cube):
+    return np.ma.getdata(sigma_clip(cube, sigma=3, maxiters=5, axis=0,
+                                    cenfunc="median", stdfunc="std").mean(axis=0))
+
+
+def test_masters_equal_numpy_references(night):
+    _, files = night
+    bias = bigstack.make_master(files["bias"], "bias")
+    np.testing.assert_allclose(bias.values, clipped_mean(data_of(files["bias"])), rtol=1e-6)
+    assert bias.attrs["n_frames"] == 9 and bias.attrs["bigstack_master"] == "bias"
+    dark = bigstack.make_master(files["dark"], "dark", bias=bias)
+    want = clipped_mean(data_of(files["dark"]) - bias.values)
+    np.testing.assert_allclose(dark.values, want, rtol=1e-5, atol=1e-3)
+    assert dark.attrs["exptime"] == 30.0 and dark.attrs["bias_subtracted"] is True
+    flat = bigstack.make_master(files["flat"], "flat", bias=bias, method="mean")
+    cube = data_of(files["flat"]) - bias.values
+    levels = np.median(cube, axis=(1, 2))
+    want = (cube * (levels[0] / levels)[:, None, None]).mean(axis=0)
+    want /= np.median(want)
+    np.testing.assert_allclose(flat.values, want, rtol=2e-3)
+    assert abs(float(np.median(flat.values)) - 1) < 1e-6
+
+
+def test_calibrate_equals_numpy_pixel_for_pixel(night):
+    _, files = night
+    bias = bigstack.make_master(files["bias"], "bias")
+    dark = bigstack.make_master(files["dark"], "dark", bias=bias)
+    flat = bigstack.make_master(files["flat"], "flat", bias=bias)
+    cube = bigstack.open_frames(files["light"])
+    with raise_if_dask_computes():  # lazy: nothing is read until asked
+        calibrated = bigstack.calibrate(cube, bias=bias, dark=dark, flat=flat)
+    raw = data_of(files["light"]).astype(np.float32)
+    want = (raw - bias.values - np.float32(2.0) * dark.values) / flat.values
+    np.testing.assert_allclose(calibrated.values, want, rtol=1e-6, atol=1e-3)
+    assert calibrated.attrs["calibration"]["dark_factor"] == [2.0] * 5
+
+
+def test_calibrated_lights_are_the_sky_and_the_stack_keeps_the_record(night, tmp_path):
+    sensor, files = night
+    bias = bigstack.make_master(files["bias"], "bias")
+    dark = bigstack.make_master(files["dark"], "dark", bias=bias)
+    flat = bigstack.make_master(files["flat"], "flat", bias=bias)
+    calibrated = bigstack.calibrate(files["light"], bias=bias, dark=dark, flat=flat)
+    result = bigstack.stack(calibrated, store=tmp_path / "cal.zarr")
+    level = 1000.0 * np.median(sensor.flat)  # the flat is normalised by its median
+    image = result["stack"].values
+    noise = sensor.read_noise * np.sqrt(1 + 1 / 9 + 4 / 9) / np.sqrt(5) / np.min(sensor.flat)
+    assert np.abs(image - level).max() < 6 * noise  # vignetting, donut, glow, hot pixels gone
+    raw = bigstack.stack(files["light"]).compute()["stack"].values
+    assert np.ptp(raw) > 300  # the raw stack is anything but flat
+    record = result.attrs["calibration"]
+    assert record["dark_scale"] == "exptime" and record["dark_factor"] == [2.0] * 5
+
+
+def test_dark_scaling_and_optimisation(night):
+    _, files = night
+    bias = bigstack.make_master(files["bias"], "bias")
+    dark = bigstack.make_master(files["dark"], "dark", bias=bias)
+    lights = bigstack.open_frames(files["light"])
+    optimised = bigstack.calibrate(lights, bias=bias, dark=dark, dark_scale="optimize")
+    np.testing.assert_allclose(optimised.attrs["calibration"]["dark_factor"], 2.0, rtol=0.01)
+    none = bigstack.calibrate(lights, bias=bias, dark=dark, dark_scale="none")
+    raw = data_of(files["light"])
+    np.testing.assert_allclose(none.values, raw - bias.values - dark.values, atol=2e-3)
+    # a dark that still holds the bias cannot be scaled to another exposure
+    raw_dark = bigstack.make_master(files["dark"], "dark")
+    with pytest.raises(BigstackError, match="still holds the bias"):
+        bigstack.calibrate(lights, dark=raw_dark)
+
+
+def test_low_flat_is_refused_or_masked(night):
+    _, files = night
+    flat = bigstack.make_master(files["flat"], "flat").values.copy()
+    flat[3:5, 7:10] = 0.0
+    with pytest.raises(FrameError, match=r"0\.208% of the flat's pixels are at or below 0\.05"):
+        bigstack.calibrate(files["light"], flat=flat)
+    masked = bigstack.calibrate(files["light"], flat=flat, low_flat="mask")
+    values = masked.values
+    assert np.isnan(values[:, 3:5, 7:10]).all() and np.isfinite(values[:, 10:, 10:]).all()
+    assert masked.attrs["calibration"]["flat_low_pixels"] == 6
+
+
+def test_cosmetic_correction_finds_the_hot_pixels_and_repairs_them(night):
+    sensor, files = night
+    bias = bigstack.make_master(files["bias"], "bias")
+    dark = bigstack.make_master(files["dark"], "dark", bias=bias)
+    lights = bigstack.open_frames(files["light"])
+    plain = bigstack.calibrate(lights, bias=bias).values  # hot pixels still in
+    repaired = bigstack.calibrate(lights, bias=bias, dark=dark, dark_scale="none",
+                                  cosmetic=Cosmetic(hot=5.0, cold=None))
+    record = repaired.attrs["calibration"]["cosmetic"]
+    assert record["hot_pixels"] == int(sensor.hot.sum())
+    values = repaired.values
+    ys, xs = np.nonzero(sensor.hot)
+    # each hot pixel is the median of its eight neighbours (those not hot themselves)
+    expected_frame = plain[0] - dark.values
+    for y, x in list(zip(ys, xs, strict=True))[:10]:
+        ring = [expected_frame[y + dy, x + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)
+                if (dy or dx) and not sensor.hot[y + dy, x + dx]]
+        assert values[0, y, x] == pytest.approx(np.median(ring), rel=1e-5)
+    nan = bigstack.calibrate(lights, bias=bias, dark=dark, cosmetic=Cosmetic(replace="nan"))
+    assert np.isnan(nan.values[:, sensor.hot]).all()
+
+
+def test_bad_masters_and_flats_are_named(night, tmp_path):
+    _, files = night
+    small = tmp_path / "small.fits"
+    fits.PrimaryHDU(np.ones((10, 10), np.float32)).writeto(small)
+    with pytest.raises(FrameError, match=r"small.fits: bias master of shape \(10, 10\)"):
+        bigstack.calibrate(files["light"], bias=small)
+    saturated = []
+    for i in range(3):
+        path = tmp_path / f"sat{i}.fit"
+        fits.PrimaryHDU(np.full(SHAPE, 65000, np.uint16)).writeto(path)
+        saturated.append(str(path))
+    with pytest.raises(BigstackError, match="all 3 flats are saturated"):
+        bigstack.make_master(saturated, "flat")
+    with pytest.raises(BigstackError, match="differ in exptime"):
+        bigstack.make_master(files["dark"] + files["light"][:1], "dark")
+
+
+def test_masters_are_saved_and_reused(night, tmp_path):
+    _, files = night
+    bias = bigstack.make_master(files["bias"], "bias", store=tmp_path / "bias.fits")
+    again = bigstack.load_master(tmp_path / "bias.fits")
+    np.testing.assert_array_equal(again.values, bias.values)
+    assert again.attrs["n_frames"] == 9 and again.attrs["inputs"] == files["bias"]
+    calibrated = bigstack.calibrate(files["light"], bias=tmp_path / "bias.fits")
+    np.testing.assert_allclose(calibrated.values, data_of(files["light"]) - bias.values,
+                               atol=2e-3)
+    assert calibrated.attrs["calibration"]["bias"] == str(tmp_path / "bias.fits")
+
+
+def test_masters_count_in_the_memory_budget(night):
+    _, files = night
+    bias = bigstack.make_master(files["bias"], "bias")
+    calibrated = bigstack.calibrate(files["light"], bias=bias)
+    with pytest.raises(BigstackError, match="the calibration masters alone take"):
+        bigstack.stack(calibrated, memory=bias.values.nbytes // 2)
