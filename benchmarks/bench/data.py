@@ -85,20 +85,47 @@ def default_recipe(drift_step=0.25, n_stars=None):
     )
 
 
-class Frames:
-    """A generated set of frames with its truth (shifts and reference star)."""
+def rotated_recipe(n_frames):
+    """Frames for rows that register rotations: the default drift, the field turning by 1
+    degree over the night, and a meridian flip (180 degrees) before the last frame."""
+    from bigstack import synthetic
 
-    def __init__(self, folder, paths, shape, shifts, ref_star, generated):
+    return Recipe(
+        name="rotated",
+        motion=synthetic.Motion(drift_step=0.25, jitter=0.5, subpixel=True,
+                                rotation_rate=1.0 / max(n_frames - 1, 1),
+                                flip_at=n_frames - 1 if n_frames > 1 else None),
+        camera=synthetic.Camera(noise="gaussian"),
+        artefacts=synthetic.Artefacts(cosmic_rays=0),
+    )
+
+
+#: Recipes by name, each a function of the number of frames; a method names the one its
+#: frames come from (``Method.recipe``).
+RECIPES = {"drift": lambda n_frames: default_recipe(), "rotated": rotated_recipe}
+
+
+class Frames:
+    """A generated set of frames with its truth (shifts, transforms and reference star)."""
+
+    def __init__(self, folder, paths, shape, shifts, ref_star, generated, transforms=None,
+                 recipe="drift"):
         self.folder = folder
         self.paths = paths
         self.shape = tuple(shape)
         self.shifts = np.asarray(shifts, dtype=np.float64)
         self.ref_star = tuple(ref_star)
         self.generated = generated  # made by this run (so a sweep may delete it)
+        if transforms is None:  # pure translations: [I | shift]
+            transforms = np.zeros((len(paths), 2, 3))
+            transforms[:, 0, 0] = transforms[:, 1, 1] = 1.0
+            transforms[:, :, 2] = self.shifts
+        self.transforms = np.asarray(transforms, dtype=np.float64)  # (N, 2, 3) [A | t]
+        self.recipe = recipe
 
     def subset(self, n):
         return Frames(self.folder, self.paths[:n], self.shape, self.shifts[:n], self.ref_star,
-                      False)
+                      False, self.transforms[:n], self.recipe)
 
     @property
     def n(self):
@@ -141,7 +168,8 @@ def get_frames(n, shape, folder=None, recipe=None, log=print):
             paths = [str(folder / name) for name in truth["files"]]
             if all(os.path.exists(p) for p in paths):
                 log(f"frames: reusing {n} frames {shape[0]}x{shape[1]} in {folder}")
-                return Frames(str(folder), paths, shape, truth["shifts"], truth["ref_star"], False)
+                return Frames(str(folder), paths, shape, truth["shifts"], truth["ref_star"], False,
+                              truth.get("transforms"), recipe.name)
         if folder.name != key:
             raise SystemExit(f"{folder} holds other benchmark frames ({truth.get('key')}); "
                              "give an empty folder or the matching --frames/--size")
@@ -159,9 +187,11 @@ def get_frames(n, shape, folder=None, recipe=None, log=print):
                                   overwrite=True, **recipe.groups())
     log(f"frames: generated in {time.perf_counter() - t0:.0f} s")
     record = dict(want, files=[os.path.basename(p) for p in truth.paths],
-                  shifts=np.asarray(truth.shifts).tolist(), ref_star=list(truth.ref_star))
+                  shifts=np.asarray(truth.shifts).tolist(), ref_star=list(truth.ref_star),
+                  transforms=np.asarray(truth.transforms).tolist())
     truth_file.write_text(json.dumps(record))
-    return Frames(str(folder), list(truth.paths), shape, truth.shifts, truth.ref_star, True)
+    return Frames(str(folder), list(truth.paths), shape, truth.shifts, truth.ref_star, True,
+                  truth.transforms, recipe.name)
 
 
 def check_disk(folder, need, what, margin=1e9):

@@ -224,7 +224,8 @@ def _failure(proc, *logs):
 def make_job(name, frames, workdir, *, memory="512MB", graph=False):
     tag = f"{name}-{frames.n}-{os.getpid()}-{time.monotonic_ns()}"
     return tag, Job(method=name, paths=list(frames.paths), shape=frames.shape,
-                    shifts=frames.shifts, ref_star=frames.ref_star, memory=memory,
+                    shifts=frames.shifts, ref_star=frames.ref_star,
+                    transforms=frames.transforms, memory=memory,
                     store=str(Path(workdir) / f"{tag}.zarr"), workdir=str(workdir), graph=graph)
 
 
@@ -235,7 +236,8 @@ def run_child(name, frames, workdir, *, memory="512MB", graph=False, timeout=360
     tag, job = make_job(name, frames, workdir, memory=memory, graph=graph)
     spec = {
         "method": name, "paths": job.paths, "shape": list(job.shape),
-        "shifts": job.shifts.tolist(), "ref_star": list(job.ref_star), "memory": memory,
+        "shifts": job.shifts.tolist(), "ref_star": list(job.ref_star),
+        "transforms": job.transforms.tolist(), "memory": memory,
         "store": job.store, "workdir": str(workdir), "graph": graph,
         "result_out": str(workdir / f"{tag}.json"), "bands_out": str(workdir / f"{tag}.npz"),
     }

@@ -55,6 +55,7 @@ class Job:
     shape: tuple
     shifts: np.ndarray  # (N, 2) true shifts, [x, y]
     ref_star: tuple  # [x, y] of the reference star in frame 0
+    transforms: np.ndarray | None = None  # (N, 2, 3) true [A | t], reference pixel -> frame
     memory: str = "512MB"  # bigstack's budget
     store: str = ""  # a path the row may write its output to
     workdir: str = ""  # a scratch folder of this run
@@ -66,7 +67,9 @@ class Job:
     def from_spec(cls, spec):
         return cls(method=spec["method"], paths=list(spec["paths"]), shape=tuple(spec["shape"]),
                    shifts=np.asarray(spec["shifts"], dtype=np.float64),
-                   ref_star=tuple(spec["ref_star"]), memory=spec.get("memory", "512MB"),
+                   ref_star=tuple(spec["ref_star"]),
+                   transforms=np.asarray(spec["transforms"]) if spec.get("transforms") else None,
+                   memory=spec.get("memory", "512MB"),
                    store=spec.get("store", ""), workdir=spec.get("workdir", ""),
                    graph=bool(spec.get("graph")), threads=spec.get("threads"))
 
@@ -103,6 +106,7 @@ class Method:
     matches: str = ""  # what "matches" means, when not a reference kind
     skip: Callable | None = None  # skip(frames) -> reason or None
     reads_all: bool = True  # reads every byte (so input MB/s means something)
+    recipe: str = "drift"  # the frames it runs on (a name in bench.data.RECIPES)
 
     @property
     def match_text(self):

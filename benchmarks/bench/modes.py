@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from .data import (
+    RECIPES,
     cache_key,
     check_disk,
     cold_check,
@@ -77,6 +78,15 @@ def choose_methods(text, default):
     return methods
 
 
+def frames_for(args, shape, recipe):
+    """The frames of ``recipe`` (a name in bench.data.RECIPES) for a default run; with
+    --dir, recipes other than the default live beside it in ``<dir>-<recipe>``."""
+    folder = args.dir
+    if folder and recipe != "drift":
+        folder = f"{str(folder).rstrip('/')}-{recipe}"
+    return get_frames(args.frames, shape, folder, recipe=RECIPES[recipe](args.frames))
+
+
 def first_cold_check(args, frames, log=print):
     """In a --cold run, show once that eviction works (see bench.data.cold_check)."""
     if not args.cold:
@@ -92,8 +102,11 @@ def run_default(args):
     if "floor" in methods:  # the floor runs first
         methods = ["floor"] + [m for m in methods if m != "floor"]
     machine = machine_info()
-    frames = get_frames(args.frames, shape, args.dir)
-    refs = References(frames)
+    # one set of frames per recipe the methods run on (the default drift first)
+    recipes = sorted({METHODS[m].recipe for m in methods}, key=lambda r: r != "drift")
+    sets = {r: frames_for(args, shape, r) for r in recipes}
+    frames = sets[recipes[0]]
+    refs = {r: References(f) for r, f in sets.items()}
     workdir = workdir_for(args)
     check = first_cold_check(args, frames)
     print(f"running {', '.join(methods)} on {frames.n} frames {shape[0]}x{shape[1]} "
@@ -101,7 +114,9 @@ def run_default(args):
     results = []
     try:
         for method in methods:
-            results.append(measure(method, frames, refs, workdir, **measure_options(args)))
+            recipe = METHODS[method].recipe
+            results.append(measure(method, sets[recipe], refs[recipe], workdir,
+                                   **measure_options(args)))
             results[-1]["cold"] = args.cold
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -114,7 +129,9 @@ def run_default(args):
         f"## {frames.n} frames of {shape[0]}x{shape[1]}, {cache_mode(args)}, {now_text()}",
         f"- Command: `{command_text()}` (best of {args.repeat}, memory={args.memory!r}, "
         f"{cache_mode(args)})\n"
-        + machine_text(machine) + "\n" + data_text(frames)
+        + machine_text(machine) + "\n"
+        + "\n".join(data_text(f) + (f" (recipe `{r}`)" if len(sets) > 1 else "")
+                    for r, f in sets.items())
         + ("\n" + cold_check_text(check) if check else ""),
         markdown_table(HEADERS, rows),
         common_notes(args.cold) + "\n" + per_method_notes(methods),
@@ -122,8 +139,9 @@ def run_default(args):
     if not args.no_record:
         append_results(args.results, section)
         print(f"\nappended to {args.results}")
-    if args.clean and frames.folder and not args.dir:
-        shutil.rmtree(frames.folder, ignore_errors=True)
+    if args.clean and not args.dir:
+        for f in sets.values():
+            shutil.rmtree(f.folder, ignore_errors=True)
     failed = [r["method"] for r in results if "error" in r]
     return 1 if failed else 0
 
