@@ -272,7 +272,10 @@ def run_command(name, frames, workdir, *, memory="512MB", timeout=3600, with_ban
     tag, job = make_job(name, frames, workdir, memory=memory)
     out_path, err_path = workdir / f"{tag}.out", workdir / f"{tag}.err"
     try:
-        command = METHODS[name].command(job)
+        try:
+            command = METHODS[name].command(job)
+        except OSError as err:
+            return {"method": name, "error": f"could not prepare the run: {err}"}
         proc = run_process(command.argv, child_env(command.env), out_path, err_path, timeout)
         result = {"method": name, "work_s": proc["elapsed"], "total_s": proc["elapsed"],
                   "peak_rss": proc["peak_rss"], "max_fds": proc["max_fds"],
