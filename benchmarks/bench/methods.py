@@ -230,11 +230,25 @@ def mem_total_bytes():
     return 0
 
 
+def mem_available_bytes():
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 def _tutorial_skip(frames):
+    """Skip the in-memory tutorial beyond 60% of the machine's memory, or beyond what is
+    available now less 2 GB (the machine may be shared: do not push others into the OOM
+    killer)."""
     need = frames.n * frames.shape[0] * frames.shape[1] * 8
-    limit = TUTORIAL_MEMORY_SHARE * mem_total_bytes()
-    if need > limit:
-        return f"skipped: needs {need / 1e9:.1f} GB (> 60% of {mem_total_bytes() / 1e9:.1f} GB)"
+    total, available = mem_total_bytes(), mem_available_bytes()
+    if need > TUTORIAL_MEMORY_SHARE * total:
+        return f"skipped: needs {need / 1e9:.1f} GB (> 60% of {total / 1e9:.1f} GB)"
+    if available and need > available - 2e9:
+        return (f"skipped: needs {need / 1e9:.1f} GB, {available / 1e9:.1f} GB available now "
+                "(less a 2 GB margin)")
     return None
 
 
