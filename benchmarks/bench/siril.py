@@ -12,7 +12,8 @@ the other rows'. Everything runs in one ``siril-cli`` process, timed as a
 whole; its log gives the register and stack times apart.
 
 Siril registers by itself, so its output is checked loosely: every frame
-registered, its shifts (from the log, 2 decimals) within 0.5 px of the truth,
+registered, its shifts (from the log, 2 decimals; frames whose log lines other
+threads interleaved are left out, at least half must be read) within 0.5 px of the truth,
 and the image within a relative 1% (median over the bands' interior pixels)
 of the bilinear-shifted mean of the true shifts; the FWHM of the reference
 star in the stack is reported next to the generator's.
@@ -115,47 +116,65 @@ _NUMBER = r"([-+]?\d+(?:\.\d+)?)"
 def parse_log(text, n):
     """Numbers from a Siril log: registered/failed frames, times, shifts, input FWHM.
 
-    ``shifts`` maps a frame index (0-based) to Siril's ``[dx, dy]``; a frame
-    whose block of lines is not found once (threads may interleave) is left out.
+    ``shifts`` maps a frame index (0-based) to Siril's ``[dx, dy]``. Siril
+    registers frames on several threads whose lines may interleave: a
+    ``dx``/``dy`` line is given to a frame only when exactly one open block
+    ("Matching stars in image N" not yet followed by its dx and dy) lacks it;
+    otherwise every open block is dropped as ambiguous.
     """
-    out = {"n_registered": None, "n_failed": None, "register_s": None, "stack_s": None}
+    out = {"n_registered": None, "n_failed": None}
     total = re.search(r"Total: (\d+) failed, (\d+) registered", text)
     if total:
         out["n_failed"], out["n_registered"] = int(total.group(1)), int(total.group(2))
     times = _execution_times(text)
     out["register_s"] = times.get("register")
     out["stack_s"] = times.get("stack")
-    shifts, current, seen = {}, None, set()
+    open_blocks, shifts, ambiguous = {}, {}, set()
     for line in text.splitlines():
         m = re.search(r"Matching stars in image (\d+)", line)
         if m:
-            current = int(m.group(1)) - 1
-            if current in seen:
-                current = None
-            seen.add(int(m.group(1)) - 1)
+            k = int(m.group(1)) - 1
+            if k in open_blocks or k in shifts:
+                ambiguous.add(k)
+            open_blocks[k] = {}
             continue
         m = re.search(r"\bd([xy]):\s*" + _NUMBER + " px", line)
-        if m and current is not None:
-            shifts.setdefault(current, {})[m.group(1)] = float(m.group(2))
-    out["shifts"] = {k: (v["x"], v["y"]) for k, v in shifts.items() if set(v) == {"x", "y"}}
+        if not m:
+            continue
+        axis, value = m.group(1), float(m.group(2))
+        lacking = [k for k, got in open_blocks.items() if axis not in got]
+        if not lacking:
+            continue
+        if len(lacking) > 1:
+            ambiguous.update(open_blocks)
+        open_blocks[lacking[0]][axis] = value
+        for k in [k for k, got in open_blocks.items() if len(got) == 2]:
+            shifts[k] = (open_blocks[k]["x"], open_blocks[k]["y"])
+            del open_blocks[k]
+    out["shifts"] = {k: v for k, v in shifts.items() if k not in ambiguous}
     fwhm = [float(v) for v in re.findall(r"FWHMx:\s*" + _NUMBER + " px", text)]
     out["fwhm_frames"] = float(np.median(fwhm)) if fwhm else None
     out["n_frames"] = n
     return out
 
 
+_DURATION = (r"Execution time: (?:(\d+) h )?(?:(\d+) min )?(\d+(?:\.\d+)?) (ms|s)\b")
+
+
 def _execution_times(text):
-    """``{command: seconds}`` from the "Running command: X" ... "Execution time: T" pairs."""
+    """``{command: seconds}`` from the "Running command: X" ... "Execution time: T" pairs
+    (T as Siril writes it: "540.62 ms", "3.25 s", "1 min 05 s", "1 h 02 min 05 s")."""
     found, command = {}, None
     for line in text.splitlines():
         m = re.search(r"Running command: (\w+)", line)
         if m:
             command = m.group(1)
             continue
-        m = re.search(r"Execution time: " + _NUMBER + r" (ms|s)\b", line)
+        m = re.search(_DURATION, line)
         if m and command and command not in found:
-            value = float(m.group(1))
-            found[command] = value / 1000 if m.group(2) == "ms" else value
+            hours, minutes, value, unit = m.groups()
+            seconds = float(value) / 1000 if unit == "ms" else float(value)
+            found[command] = seconds + 60 * int(minutes or 0) + 3600 * int(hours or 0)
     return found
 
 
@@ -166,9 +185,12 @@ def shift_errors(siril_shifts, truth):
     ``[dx, dy]`` is the truth's ``[dx, -dy]``; frame 0 is the reference.
     """
     truth = np.asarray(truth, dtype=np.float64)
-    errors = [max(abs(sx - truth[k, 0]), abs(-sy - truth[k, 1]))
-              for k, (sx, sy) in siril_shifts.items() if 0 <= k < len(truth)]
-    return {"n_shifts": len(errors), "shift_max_err": max(errors) if errors else math.inf}
+    errors = {k: max(abs(sx - truth[k, 0]), abs(-sy - truth[k, 1]))
+              for k, (sx, sy) in siril_shifts.items() if 0 <= k < len(truth)}
+    if not errors:
+        return {"n_shifts": 0, "shift_max_err": math.inf, "shift_worst_frame": None}
+    worst = max(errors, key=errors.get)
+    return {"n_shifts": len(errors), "shift_max_err": errors[worst], "shift_worst_frame": worst}
 
 
 def fwhm_at(image, star, box=15):
@@ -199,8 +221,11 @@ def check(result, frames, refs):
     parts.append(f"{reg if reg is not None else '?'}/{n} registered")
     ok &= reg == n
     err = result.get("shift_max_err", math.inf)
-    parts.append(f"shifts of {result.get('n_shifts', 0)} frames within {err:.2f} px")
-    ok &= result.get("n_shifts", 0) >= n - 1 and err <= SHIFT_TOLERANCE
+    parts.append(f"shifts of {result.get('n_shifts', 0)} frames within {err:.2f} px"
+                 + (f" (worst: frame {result['shift_worst_frame']})"
+                    if err > SHIFT_TOLERANCE and result.get("shift_worst_frame") is not None
+                    else ""))
+    ok &= result.get("n_shifts", 0) >= (n - 1) // 2 and err <= SHIFT_TOLERANCE
     rel = interior_difference(result["bands"], refs.get("bilinear-coverage"), refs.bands,
                               frames)
     parts.append(f"image median rel. diff {rel:.1e}")
