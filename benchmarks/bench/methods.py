@@ -496,7 +496,8 @@ def link_frames(paths, folder):
 
 
 @method("bigstack-cli", command=True, reference="nearest-coverage",
-        what="`bigstack stack <folder> -o tmp.zarr --shifts true.csv --no-progress` as a "
+        what="`bigstack stack <folder> -o tmp.zarr --shifts true.csv --subpixel nearest "
+             "--no-progress` as a "
              "process: *seconds* is the wall time a user waits, interpreter start and imports "
              "included")
 def bigstack_cli(job):
@@ -504,7 +505,7 @@ def bigstack_cli(job):
     write_shifts_table(csv_path, job.paths, job.shifts)
     folder = link_frames(job.paths, Path(job.workdir) / f"{job.method}-frames")
     argv = [*_bigstack_argv(), "stack", str(folder), "-o", job.store, "--shifts", str(csv_path),
-            "--memory", job.memory, "--no-progress"]
+            "--subpixel", "nearest", "--memory", job.memory, "--no-progress"]
 
     def collect(stdout, stderr):
         return Output(rows=_store_rows(job.store))
