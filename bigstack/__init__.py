@@ -22,6 +22,7 @@ from ._errors import (
     StoreExistsError,
 )
 from ._io import open_frames
+from ._night import plan_night, stack_night
 from ._quality import frame_quality
 from ._register import StarNotFoundError, find_shifts, find_star
 from ._reject import Rejection
@@ -55,6 +56,8 @@ __all__ = [
     "stack",
     "open_frames",
     "open_stack",
+    "plan_night",
+    "stack_night",
     "save_fits",
     "save_png",
     "__version__",

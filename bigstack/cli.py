@@ -547,6 +547,34 @@ def _print_quality(quality, attrs):
         print(f"{i:>5} " + " ".join(cells) + f"  {'yes' if i in used else 'no':>4}  {name}")
 
 
+def _cmd_night(args):
+    from ._night import stack_night
+
+    mode = "overwrite" if args.overwrite else ("append" if args.append else "write")
+    if args.overwrite and args.append:
+        raise BigstackError("--append adds to the stacks that --overwrite would replace; "
+                            "give one of them")
+    with _cluster(args):
+        results = stack_night(args.directory, args.output, model=args.model,
+                              method=args.method, subpixel=args.subpixel, memory=args.memory,
+                              mode=mode, progress=_show_progress(args), dry_run=args.dry_run,
+                              out=lambda line: print(line, file=sys.stderr))
+    if args.dry_run:
+        return 0
+    if args.png:
+        from . import save_png
+
+        stem = os.path.splitext(args.output.rstrip("/"))[0]
+        for name, ds in results.items():
+            if name == "plan":
+                continue
+            path = f"{stem}-{name}.png"
+            save_png(ds, path, overwrite=args.overwrite or args.append, max_pixels=16_000_000)
+            print(f"wrote {path}")
+    print(f"wrote {args.output}")
+    return 0
+
+
 def _cmd_demo(args):
     from ._demo import run_demo
 
@@ -639,6 +667,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster_options(p)
     _add_progress(p)
     p.set_defaults(func=_cmd_stack)
+
+    p = sub.add_parser("night", help="a night's folder in one command: sort by headers, "
+                                     "build masters, calibrate, register, stack")
+    p.add_argument("directory", help="the night's folder (lights, darks, flats, bias; searched "
+                                     "recursively)")
+    p.add_argument("-o", "--output", required=True, metavar="NIGHT.zarr")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (what goes where, what is missing) and stop")
+    p.add_argument("--model", choices=("shift", "similarity", "affine"), default="similarity")
+    p.add_argument("--method", default="sigma_clip",
+                   choices=("mean", "median", "sigma_clip", "winsorized"),
+                   help="how the lights are combined (default sigma_clip)")
+    p.add_argument("--subpixel", choices=("nearest", "bilinear", "lanczos3", "lanczos4"))
+    p.add_argument("--memory", default="512MB")
+    p.add_argument("--png", action="store_true",
+                   help="also write NIGHT-<target>_<filter>.png beside the store")
+    p.add_argument("--overwrite", action="store_true",
+                   help="stack every group again (masters built from the same frames are "
+                        "reused)")
+    p.add_argument("--append", action="store_true",
+                   help="add the lights not yet in each group's stack")
+    _add_cluster_options(p)
+    _add_progress(p)
+    p.set_defaults(func=_cmd_night)
 
     p = sub.add_parser("render", help="write a PNG of a stack, or of one frame")
     p.add_argument("store", metavar="STORE|FRAME",
