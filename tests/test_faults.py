@@ -311,20 +311,27 @@ def test_disk_full_then_resume(tmp_path, capsys, monkeypatch):
 # signals, in a child process
 
 
-_SLOW_CLI = textwrap.dedent("""
-    import sys, time
-    from bigstack import _stack, cli
+_SLOW_TILES = textwrap.dedent("""
+    # every process of the run (the command and its cluster's workers, which start
+    # their own interpreters) takes {delay} s more per tile, so a signal finds it busy
+    import time
+    from bigstack import _stack
     real = _stack._tile_task
     def slow(*args, **kwargs):
         time.sleep({delay})
         return real(*args, **kwargs)
     _stack._tile_task = slow
-    sys.exit(cli.main(sys.argv[1:]))
 """)
 
 
-def _start(argv, delay=0.15):
-    return subprocess.Popen([sys.executable, "-c", _SLOW_CLI.format(delay=delay), *argv],
+def _start(argv, folder, delay=0.15):
+    """The CLI in a child process whose tiles (also on its workers) are slowed down."""
+    hooks = folder / "slow-tiles"
+    hooks.mkdir(exist_ok=True)
+    (hooks / "sitecustomize.py").write_text(_SLOW_TILES.format(delay=delay))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(hooks)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    return subprocess.Popen([sys.executable, "-m", "bigstack.cli", *argv], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -351,7 +358,7 @@ def test_sigint_is_one_line_naming_resume(tmp_path, workers):
     argv = ["stack", str(tmp_path / "lights"), "-o", str(store), "--memory", "8KB",
             "--no-progress", "--no-align"]
     argv += [] if workers is None else ["--workers", str(workers)]
-    proc = _start(argv, delay=0.3)
+    proc = _start(argv, tmp_path, delay=0.3)
     _wait_for_tiles(store, proc)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=180)
@@ -370,7 +377,7 @@ def test_sigkill_then_resume(tmp_path):
     store = tmp_path / "out.zarr"
     argv = ["stack", str(tmp_path / "lights"), "-o", str(store), "--memory", "8KB",
             "--no-progress", "--no-align"]
-    proc = _start(argv)
+    proc = _start(argv, tmp_path)
     done = _wait_for_tiles(store, proc, at_least=2)
     proc.kill()
     proc.communicate(timeout=30)
