@@ -12,13 +12,13 @@ resolved by ``make_frames`` (the resolved values are in ``Truth.params``).
 
 Growing without a redesign: a new field gets a default that leaves today's
 frames unchanged and, if it draws random numbers, a stream of its own (see
-``_synth_scene``). Calibration fits as one more group (bias level and
-column structure -- today's ``Camera.column_pattern`` is that structure as
-lights see it --, dark current scaled by ``Camera.exptime`` and
-``Camera.temperature``, amp glow, flats with vignetting and dust) with its
-own writer of bias/dark/flat frames; colour as ``Camera`` fields (the Bayer
-pattern, today fixed to RGGB for DNG) and a ``Stars`` field for the colour
-distribution (today a fixed spread around white).
+``_synth_scene``). The sensor's calibration truth is the group
+:class:`Sensor` (bias level -- its column structure is ``Camera.column_pattern``
+--, dark current scaled by exposure and temperature, amp glow, the flat
+field with vignetting, dust and cold pixels). Colour goes in as ``Camera`` fields (the
+Bayer pattern, today fixed to RGGB for DNG) and a ``Stars`` field for the
+colour distribution (today a fixed spread around white); the sensor applies
+to the planes as stored, so a Bayer mosaic takes it pixel by pixel.
 """
 
 from __future__ import annotations
@@ -31,10 +31,19 @@ from dataclasses import MISSING, dataclass, fields, replace
 
 import numpy as np
 
-__all__ = ["Artefacts", "Camera", "Motion", "Sky", "Stars", "options_from_dict"]
+__all__ = [
+    "Artefacts",
+    "Camera",
+    "Motion",
+    "Sensor",
+    "Sky",
+    "Stars",
+    "options_from_dict",
+]
 
 NOISE_MODELS = ("poisson", "gaussian", "none")
 PSF_KINDS = ("gaussian", "moffat")
+CORNERS = ("bottom-left", "bottom-right", "top-left", "top-right")
 
 
 # --------------------------------------------------------------------------
@@ -573,6 +582,128 @@ class Artefacts:
                                                       low_open=True))
 
 
+@dataclass(frozen=True)
+class Sensor:
+    """The sensor's own signal: bias, dark current, amp glow and the flat field.
+
+    Every level is in sensor ADU (see :class:`Camera` for the file's units).
+    The defaults add nothing, so frames made without a ``Sensor`` are those
+    of earlier versions. A light frame is then
+
+        ``(sky + stars + trail) * flat + dark(exptime, T) + noise + bias``
+
+    with the noise Poisson in the electrons of everything before it and
+    Gaussian read noise, and the result saturated and clipped to the file's
+    range. Bias and dark frames see no light; flat frames see a uniform
+    light times the flat (see :func:`~bigstack.synthetic.make_night`).
+
+    Parameters
+    ----------
+    bias : float
+        Bias level, ADU, in every frame. Its fixed column (and row)
+        structure is ``Camera.column_pattern`` (``row_pattern``); the bias
+        adds no shot noise.
+    dark_current : float
+        Dark current of every pixel, ADU per second at ``dark_reference``.
+    dark_reference : float, optional
+        Temperature (degrees C) at which ``dark_current``, ``amp_glow`` and
+        the hot pixels' rates hold; default ``Camera.temperature``.
+    dark_doubling : float
+        The dark signal doubles every ``dark_doubling`` degrees C: at
+        temperature ``T`` it is the rate times
+        ``2 ** ((T - dark_reference) / dark_doubling)``.
+    amp_glow : float
+        Amp glow at the corner pixel ``amp_glow_corner``, ADU per second at
+        ``dark_reference``; it falls off as ``exp(-d / L)`` with ``d`` the
+        distance from that pixel and ``L = amp_glow_size`` times the frame's
+        diagonal. It scales with exposure and temperature like the dark
+        current.
+    amp_glow_corner : {"bottom-left", "bottom-right", "top-left", "top-right"}
+        The glowing corner, as displayed with the origin at the lower left:
+        bottom is row ``y = 0``, right is column ``x = nx - 1``.
+    amp_glow_size : float
+        ``L`` above, a fraction of the frame's diagonal (> 0).
+    cold_pixels : int
+        Cold or dead pixels, fixed on the sensor (never a hot pixel): their
+        response (their value in the flat field) is drawn uniformly in
+        ``cold_response``.
+    cold_response : tuple of float
+        ``(low, high)`` response of the cold pixels, ``0 <= low <= high < 1``
+        (0 is a dead pixel).
+    vignetting : float
+        Fraction of the light lost at the distance of the frame's corners
+        from the vignetting centre, ``0 <= vignetting < 1``. The fall-off is
+        the cos^4 law ``(1 + (r / f)**2) ** -2``, ``f`` set by this value.
+    vignetting_centre : tuple of float, optional
+        ``(x, y)`` of the optical axis on the sensor; default the frame
+        centre ``((nx - 1) / 2, (ny - 1) / 2)``.
+    dust : int
+        Dust donuts on the sensor window (in every filter's flat): rings
+        whose outer radius is drawn in ``dust_radius`` (the inner one is
+        0.45 of it, the shadow of a central obstruction) and whose depth
+        (the fraction of the light the ring loses) is drawn in
+        ``dust_depth``.
+    filter_dust : int
+        Dust donuts on each filter: every filter name gets its own set (the
+        same in every frame taken through it), so a flat of another filter
+        does not calibrate a light.
+    dust_depth : tuple of float
+        ``(low, high)`` depth of the donuts, ``0 < low <= high < 1``.
+    dust_radius : tuple of float
+        ``(low, high)`` outer radius of the donuts, pixels.
+    pixel_response : float
+        Pixel-to-pixel response differences: the flat field of each pixel
+        is multiplied by ``1 + pixel_response * N(0, 1)``, fixed on the
+        sensor.
+    """
+
+    bias: float = 0.0
+    dark_current: float = 0.0
+    dark_reference: float | None = None
+    dark_doubling: float = 6.0
+    amp_glow: float = 0.0
+    amp_glow_corner: str = "top-right"
+    amp_glow_size: float = 0.1
+    cold_pixels: int = 0
+    cold_response: tuple = (0.0, 0.5)
+    vignetting: float = 0.0
+    vignetting_centre: tuple | None = None
+    dust: int = 0
+    filter_dust: int = 0
+    dust_depth: tuple = (0.02, 0.06)
+    dust_radius: tuple = (8.0, 20.0)
+    pixel_response: float = 0.0
+
+    def __post_init__(self):
+        for name in ("bias", "dark_current", "amp_glow", "pixel_response"):
+            _set(self, name, _number(f"Sensor.{name}", getattr(self, name), low=0.0))
+        _set(self, "dark_reference", _optional_number("Sensor.dark_reference",
+                                                      self.dark_reference))
+        _set(self, "dark_doubling", _number("Sensor.dark_doubling", self.dark_doubling, low=0.0,
+                                            low_open=True))
+        _choice("Sensor.amp_glow_corner", self.amp_glow_corner, CORNERS)
+        _set(self, "amp_glow_size", _number("Sensor.amp_glow_size", self.amp_glow_size, low=0.0,
+                                            low_open=True))
+        for name in ("cold_pixels", "dust", "filter_dust"):
+            _set(self, name, _count(f"Sensor.{name}", getattr(self, name)))
+        lo, hi = _tuple("Sensor.cold_response", self.cold_response, 2, "(low, high)")
+        if not 0 <= lo <= hi < 1:
+            raise ValueError(f"Sensor.cold_response must be (low, high) with "
+                             f"0 <= low <= high < 1, not {self.cold_response!r}")
+        _set(self, "cold_response", (lo, hi))
+        _set(self, "vignetting", _number("Sensor.vignetting", self.vignetting, low=0.0, high=1.0,
+                                         high_open=True))
+        if self.vignetting_centre is not None:
+            _set(self, "vignetting_centre", _tuple("Sensor.vignetting_centre",
+                                                   self.vignetting_centre, 2, "(x, y)"))
+        lo, hi = _level_range("Sensor.dust_depth", self.dust_depth)
+        if hi >= 1:
+            raise ValueError(f"Sensor.dust_depth must be (low, high) with "
+                             f"0 < low <= high < 1, not {self.dust_depth!r}")
+        _set(self, "dust_depth", (lo, hi))
+        _set(self, "dust_radius", _level_range("Sensor.dust_radius", self.dust_radius))
+
+
 def _flag(where, value):
     if not isinstance(value, (bool, np.bool_)):
         raise ValueError(f"{where} must be True or False, not {value!r}")
@@ -592,7 +723,8 @@ def _is_set(obj, name):
 # --------------------------------------------------------------------------
 # the flat keywords of old, and their place in the groups
 
-GROUPS = {"sky": Sky, "stars": Stars, "camera": Camera, "motion": Motion, "artefacts": Artefacts}
+GROUPS = {"sky": Sky, "stars": Stars, "camera": Camera, "motion": Motion, "artefacts": Artefacts,
+          "sensor": Sensor}
 
 #: flat keyword of make_frames (before the groups) -> (group, field)
 LEGACY = {

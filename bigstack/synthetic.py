@@ -10,9 +10,9 @@ field, faint defocused stars, a meridian flip, ...), and
 :func:`make_tutorial_frames` makes five frames shaped like those of the
 stacking tutorial the project started from.
 
-The options come in five small groups, each a frozen dataclass that checks
-itself: :class:`Sky`, :class:`Stars`, :class:`Camera`, :class:`Motion` and
-:class:`Artefacts`::
+The options come in six small groups, each a frozen dataclass that checks
+itself: :class:`Sky`, :class:`Stars`, :class:`Camera`, :class:`Motion`,
+:class:`Artefacts` and :class:`Sensor`::
 
     make_frames(folder, 20, (512, 512), seed=1,
                 stars=Stars(fwhm=4.0), motion=Motion(rotation_rate=0.05),
@@ -49,20 +49,37 @@ pixel value is ``adu_scale`` times that (1 for 16-bit and float files,
    ``A_i @ p + t_i`` for every star ``p`` of the reference field (another
    field in the frames of ``Artefacts.other_field``), dimmed by the
    frame's cloud transmission;
-3. a satellite trail in some frames, the hot pixels (fixed on the sensor,
-   they do not move with the stars) and, in some frames, a hot-pixel
-   pattern;
-4. noise: Poisson in electrons (``Camera.gain`` e-/ADU) plus Gaussian read
+3. a satellite trail in some frames;
+4. the flat field (:class:`Sensor`: vignetting, dust donuts, pixel
+   response, cold pixels), multiplying all of the above;
+5. the dark signal: dark current and amp glow (:class:`Sensor`) and the
+   hot pixels, all fixed on the sensor (they do not move with the stars),
+   in proportion to the exposure and doubling every
+   ``Sensor.dark_doubling`` degrees above ``Sensor.dark_reference``; in
+   some frames a hot-pixel pattern;
+6. noise: Poisson in electrons (``Camera.gain`` e-/ADU) plus Gaussian read
    noise;
-5. the fixed sensor pattern (column and row offsets, no shot noise);
-6. cosmic-ray hits (1-4 pixel blobs, random in every frame);
-7. saturation, rounding and clipping to the file's integer range.
+7. the bias: ``Sensor.bias`` plus the fixed sensor pattern (column and row
+   offsets), no shot noise;
+8. cosmic-ray hits (1-4 pixel blobs, random in every frame);
+9. saturation, rounding and clipping to the file's integer range.
+
+Without a :class:`Sensor` (the default of :func:`make_frames`) the flat
+field is 1, there is no dark current, amp glow or bias level, and the hot
+pixels hold ``Camera.hot_level`` in every frame: the frames are those of
+earlier versions, byte for byte. The truth of the sensor
+(:attr:`Truth.bias`, :attr:`Truth.dark_rate`, :meth:`Truth.dark`,
+:meth:`Truth.flat`, :attr:`Truth.cold_pixels`, :meth:`Truth.dust`) and of
+what a perfect calibration gives (:meth:`Truth.calibrated`) are there
+either way.
 
 Colour formats (PNG, JPEG) hold R, G, B planes each made as above, with a
 coloured sky and slightly coloured stars whose colour factors have unit
 luminance, so the grey frame ``0.2126 R + 0.7152 G + 0.0722 B`` equals the
 monochrome model. DNG holds the RGGB Bayer mosaic of the colour frame,
-with the noise drawn on the mosaic, as a sensor records it.
+with the sensor (flat field, dark, bias) and the noise applied to the
+mosaic pixel by pixel, as a sensor records it; a Bayer FITS frame would
+take the same path.
 
 Random numbers come from :class:`numpy.random.Generator` streams derived
 from the master ``seed`` per purpose and per frame, so frame ``i`` is the
@@ -99,6 +116,7 @@ from ._synth_options import (
     Artefacts,
     Camera,
     Motion,
+    Sensor,
     Sky,
     Stars,
     merge_flat,
@@ -114,6 +132,7 @@ __all__ = [
     "Artefacts",
     "Camera",
     "Motion",
+    "Sensor",
     "Sky",
     "Stars",
     "Truth",
@@ -138,8 +157,105 @@ _EMPTY = np.empty(0, np.int64)
 # the truth
 
 
+class _SensorTruth:
+    """The sensor's truth.
+
+    Maps are float32 or float64 ``(ny, nx)`` indexed ``[y, x]``, in file
+    units (``params["adu_scale"]`` times sensor ADU; ADU for uint16 FITS).
+    """
+
+    @property
+    def bias(self) -> np.ndarray:
+        """The noiseless bias, float32 ``(ny, nx)``, file units.
+
+        ``Sensor.bias`` plus the fixed column and row pattern
+        (:attr:`fixed_pattern`); the same in every frame.
+        """
+        sensor = self._scene.sensor
+        if sensor.offset is None:
+            return np.zeros(self.params["shape"], np.float32)
+        return (sensor.offset * np.float32(self.params["adu_scale"])).astype(np.float32)
+
+    @property
+    def dark_rate(self) -> np.ndarray:
+        """Dark signal per second at ``params["dark_reference"]`` degrees C, float64 ``(ny, nx)``.
+
+        File units per second: dark current, amp glow and the hot pixels
+        (a hot pixel's rate is its level over ``params["hot_exptime"]``).
+        """
+        return self._scene.sensor.dark_rate() * self.params["adu_scale"]
+
+    def dark(self, exptime: float, temperature: float | None = None) -> np.ndarray:
+        """Return the noiseless dark signal of an exposure, float64 ``(ny, nx)``, file units.
+
+        ``dark_rate * exptime * 2 ** ((temperature - dark_reference) /
+        dark_doubling)``: linear in the exposure, doubling every
+        ``Sensor.dark_doubling`` degrees. Without the bias.
+
+        Parameters
+        ----------
+        exptime : float
+            Exposure, seconds.
+        temperature : float, optional
+            Sensor temperature, degrees C; default the lights'
+            (``Camera.temperature``).
+        """
+        t = self.params["temperature"] if temperature is None else float(temperature)
+        return self.dark_rate * self._scene.sensor.dark_scale(float(exptime), t)
+
+    def flat(self, filter: str | None = None) -> np.ndarray:
+        """Return the flat field through a filter, float32 ``(ny, nx)`` (ones without one).
+
+        The response of each pixel relative to the optical axis: the
+        vignetting, the dust donuts of the sensor window and of the filter,
+        pixel-to-pixel response and the cold pixels. Light frames are
+        ``(sky + stars) * flat`` before the dark, bias and noise.
+
+        Parameters
+        ----------
+        filter : str, optional
+            Filter name; default the lights' (``Camera.filter``).
+        """
+        name = self.params["filter"] if filter is None else str(filter)
+        flat = self._scene.sensor.flat_for(name)
+        if flat is None:
+            return np.ones(self.params["shape"], np.float32)
+        return flat.copy()
+
+    @property
+    def vignetting(self) -> np.ndarray:
+        """The smooth vignetting alone (no dust or pixel response), float64 ``(ny, nx)``."""
+        return self._scene.sensor.vignetting()
+
+    @property
+    def cold_pixels(self) -> tuple:
+        """``(y, x)`` sensor indices of the cold and dead pixels (their flat field is low)."""
+        sensor = self._scene.sensor
+        return sensor.cold_y.copy(), sensor.cold_x.copy()
+
+    def dust(self, filter: str | None = None) -> dict:
+        """Return the dust donuts in the flat field through a filter.
+
+        A dict of float64 arrays: ``x``, ``y`` (centre, pixel coordinates),
+        ``radius`` and ``inner`` (the ring's outer and inner radius, pixels),
+        ``depth`` (the fraction of the light the ring loses) and bool
+        ``on_filter`` (on the filter, rather than the sensor window).
+
+        Parameters
+        ----------
+        filter : str, optional
+            Filter name; default the lights'.
+        """
+        name = self.params["filter"] if filter is None else str(filter)
+        sensor = self._scene.sensor
+        window, own = sensor.dust, sensor.filter_dust(name)
+        out = {k: np.concatenate([window[k], own[k]]) for k in window}
+        out["on_filter"] = np.r_[np.zeros(window["x"].size, bool), np.ones(own["x"].size, bool)]
+        return out
+
+
 @dataclass(frozen=True, eq=False)
-class Truth:
+class Truth(_SensorTruth):
     """What :func:`make_frames` wrote: the files and the truth behind them.
 
     Positions and shifts are ``[x, y]``; pixel indices are given as
@@ -194,7 +310,10 @@ class Truth:
     hot_pixels : tuple of numpy.ndarray
         ``(y, x)`` sensor indices of the hot pixels, the same in every frame.
     hot_levels : numpy.ndarray
-        Extra signal of each hot pixel, sensor ADU, the same in every frame.
+        Extra signal of each hot pixel, sensor ADU, in a frame of
+        ``Camera.exptime`` at ``Sensor.dark_reference`` (every frame of
+        :func:`make_frames`); they are dark current, in
+        :attr:`dark_rate`.
     hot_pattern : tuple of numpy.ndarray
         ``(y, x)`` sensor indices of the hot-pixel pattern some frames show
         (empty without one); never one of :attr:`hot_pixels`.
@@ -224,7 +343,8 @@ class Truth:
         Every parameter used, defaults resolved, under flat names: the
         keywords of earlier versions where there was one (``params["sky"]``
         is ``Sky.level``, ``params["star_margin"]`` is ``Stars.margin``,
-        ``params["shifts"]`` is :attr:`shifts`), the field name otherwise.
+        ``params["shifts"]`` is :attr:`shifts`), the field name otherwise;
+        also ``hot_exptime``, the exposure the hot pixels' levels are for.
     options : dict
         The keyword arguments that make the same frames again:
         ``make_frames(directory, **truth.options)`` (the seed resolved).
@@ -276,8 +396,9 @@ class Truth:
     def frame_clean(self, i: int, rgb: bool = False) -> np.ndarray:
         """Return the noiseless frame ``i`` in file units, float32 ``(ny, nx)``.
 
-        Sky, stars (at frame ``i``'s transform, dimmed by its clouds) and the
-        fixed sensor pattern, saturated and clipped like the file (not
+        Sky and stars (at frame ``i``'s transform, dimmed by its clouds),
+        times the flat field, plus the dark current and amp glow and the bias
+        (level and fixed pattern), saturated and clipped like the file (not
         clipped to a range for float32 files); no hot pixels, cosmic rays or
         trail. ``frame_clean(0)`` equals :attr:`clean`.
 
@@ -290,6 +411,28 @@ class Truth:
             the grey frame.
         """
         return self._scene.clean(self._frame_index(i), rgb=rgb)
+
+    def calibrated(self, i: int, rgb: bool = False) -> np.ndarray:
+        """Return what a perfect calibration of frame ``i`` gives, float32 ``(ny, nx)``, file units.
+
+        The noiseless sky and stars alone: ``(light - bias - dark) / flat``
+        without the noise (and without the trail, cosmic rays and hot-pixel
+        pattern, which calibration does not remove). Not saturated or
+        clipped. Dead pixels (a flat of 0) lose this signal for good.
+
+        Parameters
+        ----------
+        i : int
+            Frame index.
+        rgb : bool, optional
+            For PNG/JPEG, the colour planes ``(ny, nx, 3)``.
+        """
+        return self._scene.calibrated(self._frame_index(i), rgb=rgb)
+
+    @property
+    def temperatures(self) -> np.ndarray:
+        """float64 ``(n_frames,)``: each frame's sensor temperature (CCD-TEMP), degrees C."""
+        return np.array([self._scene.temperature(i) for i in range(self.n_frames)], np.float64)
 
     def noise_map(self, i: int) -> np.ndarray:
         """Return the standard deviation of the noise of frame ``i``, per pixel.
@@ -382,6 +525,7 @@ def make_frames(
     camera=None,
     motion=None,
     artefacts=None,
+    sensor=None,
     png_options=None,
     jpeg_quality=95,
     prefix="frame",
@@ -428,6 +572,10 @@ def make_frames(
     artefacts : Artefacts, optional
         Cosmic rays, satellite trails, clouds, frames of another field,
         hot-pixel patterns, and the regions kept clear of them.
+    sensor : Sensor, optional
+        Bias level, dark current and amp glow, the flat field (vignetting,
+        dust, cold pixels): what calibration frames measure. Default: none
+        of them (the frames of earlier versions).
     png_options : dict, optional
         Keyword arguments of ``imagecodecs.png_encode``; default
         ``{"level": 1, "strategy": 3, "filter": 16}`` (fast: noisy frames
@@ -481,7 +629,7 @@ def make_frames(
     [0.0, 0.5, 1.0]
     """
     groups = {"sky": sky, "stars": stars, "camera": camera, "motion": motion,
-              "artefacts": artefacts}
+              "artefacts": artefacts, "sensor": sensor}
     if sky is not None and not isinstance(sky, Sky):
         deprecated["sky"] = groups.pop("sky")  # the old sky=<level>
     unknown = sorted(set(deprecated) - set(LEGACY))
@@ -495,6 +643,7 @@ def make_frames(
 def _make(directory, n_frames, shape, fmt, dtype, seed, groups, png_options, jpeg_quality,
           prefix, overwrite, workers):
     """make_frames on option groups: resolve, check the files, render, write, return the truth."""
+    groups = {name: groups.get(name) or cls() for name, cls in GROUPS.items()}
     p = _resolve(n_frames, shape, fmt, dtype, seed, groups, png_options, jpeg_quality, prefix,
                  overwrite)
     geom = _scene.geometry(p)
@@ -539,7 +688,12 @@ def _make(directory, n_frames, shape, fmt, dtype, seed, groups, png_options, jpe
     else:
         with ThreadPoolExecutor(workers) as pool:
             cosmics = list(pool.map(job, range(n_frames)))
+    return _truth(p, geom, scene, groups, paths, dates, cosmics)
 
+
+def _truth(p, geom, scene, groups, paths, dates, cosmics):
+    """The :class:`Truth` of frames rendered from ``scene`` and written to ``paths``."""
+    n_frames = p["n_frames"]
     lines = [scene.trail_line(i) for i in range(n_frames)]
     trails = []
     for line in lines:
@@ -652,6 +806,13 @@ def _resolve(n_frames, shape, fmt, dtype, seed, groups, png_options, jpeg_qualit
     if p["trail_fwhm"] is None:
         p["trail_fwhm"] = p["fwhm"]
 
+    # the sensor
+    if p["dark_reference"] is None:
+        p["dark_reference"] = p["temperature"]
+    if p["vignetting_centre"] is None:
+        p["vignetting_centre"] = ((nx - 1) / 2.0, (ny - 1) / 2.0)
+    p["hot_exptime"] = p["exptime"]
+
     # the geometry
     if p["drift_step"] is None:
         p["drift_step"] = 1.0
@@ -685,6 +846,7 @@ def make_tutorial_frames(
     stars=None,
     camera=None,
     artefacts=None,
+    sensor=None,
     workers=None,
     **deprecated,
 ):
@@ -711,7 +873,7 @@ def make_tutorial_frames(
         As for :func:`make_frames`.
     n_stars : int, optional
         Field stars in the frame; default 2000 (or ``stars.n_stars``).
-    sky, stars, camera, artefacts : optional
+    sky, stars, camera, artefacts, sensor : optional
         As for :func:`make_frames`, except what the tutorial fixes:
         ``Stars.ref_star``, ``Artefacts.quiet_box`` and
         ``Artefacts.quiet_flux_max``, and the motion. ``Stars.ref_peak``
@@ -728,7 +890,8 @@ def make_tutorial_frames(
     clash = sorted(set(deprecated) & set(fixed))
     if clash:
         raise ValueError(f"make_tutorial_frames fixes {', '.join(clash)}; do not pass them")
-    groups = {"sky": sky, "stars": stars, "camera": camera, "artefacts": artefacts}
+    groups = {"sky": sky, "stars": stars, "camera": camera, "artefacts": artefacts,
+              "sensor": sensor}
     if sky is not None and not isinstance(sky, Sky):
         deprecated["sky"] = groups.pop("sky")
     unknown = sorted(set(deprecated) - set(LEGACY))
@@ -860,7 +1023,7 @@ def _case_options(name, n, shape, seed):
     ny, nx = shape
     big = max(ny, nx)
     groups = {"sky": Sky(), "stars": Stars(), "camera": Camera(),
-              "motion": Motion(subpixel=True), "artefacts": Artefacts()}
+              "motion": Motion(subpixel=True), "artefacts": Artefacts(), "sensor": Sensor()}
     mid = n // 2
     if name == "crowded":
         groups["stars"] = Stars(density=0.012, flux_min=300.0, flux_index=1.2, ref_isolation=20.0)
@@ -907,3 +1070,4 @@ def _case_options(name, n, shape, seed):
 
 
 _CASE_FRAMES = 100  # stream key of the frames a case picks
+
