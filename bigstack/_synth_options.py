@@ -15,7 +15,9 @@ frames unchanged and, if it draws random numbers, a stream of its own (see
 ``_synth_scene``). The sensor's calibration truth is the group
 :class:`Sensor` (bias level -- its column structure is ``Camera.column_pattern``
 --, dark current scaled by exposure and temperature, amp glow, the flat
-field with vignetting, dust and cold pixels). Colour goes in as ``Camera`` fields (the
+field with vignetting, dust and cold pixels); :class:`Lights`,
+:class:`Darks`, :class:`Flats` and :class:`Bias` describe the sets of frames
+of a night for ``make_night``. Colour goes in as ``Camera`` fields (the
 Bayer pattern, today fixed to RGGB for DNG) and a ``Stars`` field for the
 colour distribution (today a fixed spread around white); the sensor applies
 to the planes as stored, so a Bayer mosaic takes it pixel by pixel.
@@ -33,7 +35,11 @@ import numpy as np
 
 __all__ = [
     "Artefacts",
+    "Bias",
     "Camera",
+    "Darks",
+    "Flats",
+    "Lights",
     "Motion",
     "Sensor",
     "Sky",
@@ -702,6 +708,205 @@ class Sensor:
                              f"0 < low <= high < 1, not {self.dust_depth!r}")
         _set(self, "dust_depth", (lo, hi))
         _set(self, "dust_radius", _level_range("Sensor.dust_radius", self.dust_radius))
+
+
+# --------------------------------------------------------------------------
+# the sets of frames of a night (make_night)
+
+
+def _name(where, value):
+    """A non-empty name without characters that cannot go in a FITS card or a file name."""
+    text = str(value)
+    if not text.strip() or any(c in text for c in "/\\'\n\r\t") or not text.isascii():
+        raise ValueError(f"{where} must be a non-empty ASCII name without / \\ ' or control "
+                         f"characters, not {value!r}")
+    return text
+
+
+def _optional_name(where, value):
+    return None if value is None else _name(where, value)
+
+
+def _optional_count(where, value, low=0):
+    return None if value is None else _count(where, value, low=low)
+
+
+def _roi(where, value):
+    """``(ny, nx)`` of at least 8 x 8, or None."""
+    if value is None:
+        return None
+    try:
+        ny, nx = (v for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where} must be (ny, nx), not {value!r}") from None
+    return (_count(f"{where}[0]", ny, low=8), _count(f"{where}[1]", nx, low=8))
+
+
+def _calibration_fields(obj):
+    """The fields every calibration set shares: temperature, gain, binning, shape."""
+    cls = type(obj).__name__
+    _set(obj, "n", _count(f"{cls}.n", obj.n, low=1))
+    _set(obj, "temperature", _optional_number(f"{cls}.temperature", obj.temperature))
+    _set(obj, "gain", _optional_count(f"{cls}.gain", obj.gain))
+    _set(obj, "binning", _count(f"{cls}.binning", obj.binning, low=1))
+    if obj.binning > 4:
+        raise ValueError(f"{cls}.binning must be 1 to 4, not {obj.binning}")
+    _set(obj, "shape", _roi(f"{cls}.shape", obj.shape))
+
+
+@dataclass(frozen=True)
+class Lights:
+    """A set of light frames of a night: one target, one filter, one exposure.
+
+    ``None`` takes the value of the night's :class:`Camera` (or ``Sky``, or
+    ``make_night``'s ``gain``).
+
+    Parameters
+    ----------
+    n : int
+        Number of frames.
+    target : str, optional
+        OBJECT of the frames; default ``Camera.object``.
+    filter : str, optional
+        FILTER; default ``Camera.filter``.
+    exptime : float, optional
+        Exposure, seconds (> 0); default ``Camera.exptime``.
+    temperature : float, optional
+        Set point of the sensor's temperature, degrees C (SET-TEMP; the
+        sensor's CCD-TEMP varies around it); default ``Camera.temperature``.
+    gain : int, optional
+        The camera's gain setting (the GAIN or ISOSPEED card). A header
+        value: the model's electrons per ADU stay ``Camera.gain``.
+    sky : float, optional
+        Sky level, sensor ADU (a narrow-band filter sees a darker sky);
+        default ``Sky.level``.
+    field : {0, 1}
+        0: the reference field (with the reference star); 1: another part
+        of the sky, for a second target in the same night.
+    """
+
+    n: int = 20
+    target: str | None = None
+    filter: str | None = None
+    exptime: float | None = None
+    temperature: float | None = None
+    gain: int | None = None
+    sky: float | None = None
+    field: int = 0
+
+    def __post_init__(self):
+        _set(self, "n", _count("Lights.n", self.n, low=1))
+        _set(self, "target", _optional_name("Lights.target", self.target))
+        _set(self, "filter", _optional_name("Lights.filter", self.filter))
+        _set(self, "exptime", _optional_number("Lights.exptime", self.exptime, low=0.0,
+                                               low_open=True))
+        _set(self, "temperature", _optional_number("Lights.temperature", self.temperature))
+        _set(self, "gain", _optional_count("Lights.gain", self.gain))
+        _set(self, "sky", _optional_number("Lights.sky", self.sky, low=0.0))
+        if self.field not in (0, 1) or isinstance(self.field, bool):
+            raise ValueError(f"Lights.field must be 0 or 1, not {self.field!r}")
+
+
+@dataclass(frozen=True)
+class Darks:
+    """A set of dark frames (or, given as ``darkflats``, of flat-darks).
+
+    Parameters
+    ----------
+    n : int
+        Number of frames.
+    exptime : float, optional
+        Exposure, seconds (> 0). Default: one set for every exposure (and
+        temperature and gain) of the lights; as flat-darks, for every
+        exposure of the flats.
+    temperature : float, optional
+        Set point, degrees C; default that of the lights it matches (or
+        ``Camera.temperature``).
+    gain : int, optional
+        Gain setting (header); default that of the lights it matches.
+    binning : int
+        Binning (XBINNING = YBINNING): each file pixel is the mean of a
+        ``binning`` x ``binning`` block of sensor pixels, and the file is
+        that much smaller.
+    shape : tuple of int, optional
+        ``(ny, nx)`` of a region of interest read from the sensor's first
+        rows and columns, instead of the whole sensor (before binning).
+    """
+
+    n: int = 10
+    exptime: float | None = None
+    temperature: float | None = None
+    gain: int | None = None
+    binning: int = 1
+    shape: tuple | None = None
+
+    def __post_init__(self):
+        _calibration_fields(self)
+        _set(self, "exptime", _optional_number("Darks.exptime", self.exptime, low=0.0,
+                                               low_open=True))
+
+
+@dataclass(frozen=True)
+class Flats:
+    """A set of flat frames: a uniform light through one filter, times the flat field.
+
+    Parameters
+    ----------
+    n : int
+        Number of frames.
+    filter : str, optional
+        FILTER; default one set for every filter of the lights (or
+        ``Camera.filter``).
+    level : float
+        The light's level as a fraction of the file's range (65535 ADU, or
+        ``Camera.saturation`` if lower) where the flat field is 1; above
+        about 1 the flats are saturated.
+    exptime : float
+        Exposure, seconds (> 0): the flats get its dark current.
+    temperature, gain, binning, shape
+        As for :class:`Darks`.
+    """
+
+    n: int = 10
+    filter: str | None = None
+    level: float = 0.4
+    exptime: float = 1.0
+    temperature: float | None = None
+    gain: int | None = None
+    binning: int = 1
+    shape: tuple | None = None
+
+    def __post_init__(self):
+        _calibration_fields(self)
+        _set(self, "filter", _optional_name("Flats.filter", self.filter))
+        _set(self, "level", _number("Flats.level", self.level, low=0.0, low_open=True))
+        _set(self, "exptime", _number("Flats.exptime", self.exptime, low=0.0, low_open=True))
+
+
+@dataclass(frozen=True)
+class Bias:
+    """A set of bias frames: the shortest exposure, no light.
+
+    Parameters
+    ----------
+    n : int
+        Number of frames.
+    exptime : float
+        Exposure, seconds (>= 0; cameras write 0 or their shortest).
+    temperature, gain, binning, shape
+        As for :class:`Darks`.
+    """
+
+    n: int = 10
+    exptime: float = 0.0
+    temperature: float | None = None
+    gain: int | None = None
+    binning: int = 1
+    shape: tuple | None = None
+
+    def __post_init__(self):
+        _calibration_fields(self)
+        _set(self, "exptime", _number("Bias.exptime", self.exptime, low=0.0))
 
 
 def _flag(where, value):
