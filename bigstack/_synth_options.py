@@ -12,13 +12,15 @@ resolved by ``make_frames`` (the resolved values are in ``Truth.params``).
 
 Growing without a redesign: a new field gets a default that leaves today's
 frames unchanged and, if it draws random numbers, a stream of its own (see
-``_synth_scene``). Calibration fits as one more group (bias level and
-column structure -- today's ``Camera.column_pattern`` is that structure as
-lights see it --, dark current scaled by ``Camera.exptime`` and
-``Camera.temperature``, amp glow, flats with vignetting and dust) with its
-own writer of bias/dark/flat frames; colour as ``Camera`` fields (the Bayer
-pattern, today fixed to RGGB for DNG) and a ``Stars`` field for the colour
-distribution (today a fixed spread around white).
+``_synth_scene``). The sensor's calibration truth is the group
+:class:`Sensor` (bias level -- its column structure is ``Camera.column_pattern``
+--, dark current scaled by exposure and temperature, amp glow, the flat
+field with vignetting, dust and cold pixels); :class:`Lights`,
+:class:`Darks`, :class:`Flats` and :class:`Bias` describe the sets of frames
+of a night for ``make_night``. Colour goes in as ``Camera`` fields (the
+Bayer pattern, today fixed to RGGB for DNG) and a ``Stars`` field for the
+colour distribution (today a fixed spread around white); the sensor applies
+to the planes as stored, so a Bayer mosaic takes it pixel by pixel.
 """
 
 from __future__ import annotations
@@ -31,10 +33,23 @@ from dataclasses import MISSING, dataclass, fields, replace
 
 import numpy as np
 
-__all__ = ["Artefacts", "Camera", "Motion", "Sky", "Stars", "options_from_dict"]
+__all__ = [
+    "Artefacts",
+    "Bias",
+    "Camera",
+    "Darks",
+    "Flats",
+    "Lights",
+    "Motion",
+    "Sensor",
+    "Sky",
+    "Stars",
+    "options_from_dict",
+]
 
 NOISE_MODELS = ("poisson", "gaussian", "none")
 PSF_KINDS = ("gaussian", "moffat")
+CORNERS = ("bottom-left", "bottom-right", "top-left", "top-right")
 
 
 # --------------------------------------------------------------------------
@@ -573,6 +588,327 @@ class Artefacts:
                                                       low_open=True))
 
 
+@dataclass(frozen=True)
+class Sensor:
+    """The sensor's own signal: bias, dark current, amp glow and the flat field.
+
+    Every level is in sensor ADU (see :class:`Camera` for the file's units).
+    The defaults add nothing, so frames made without a ``Sensor`` are those
+    of earlier versions. A light frame is then
+
+        ``(sky + stars + trail) * flat + dark(exptime, T) + noise + bias``
+
+    with the noise Poisson in the electrons of everything before it and
+    Gaussian read noise, and the result saturated and clipped to the file's
+    range. Bias and dark frames see no light; flat frames see a uniform
+    light times the flat (see :func:`~bigstack.synthetic.make_night`).
+
+    Parameters
+    ----------
+    bias : float
+        Bias level, ADU, in every frame. Its fixed column (and row)
+        structure is ``Camera.column_pattern`` (``row_pattern``); the bias
+        adds no shot noise.
+    dark_current : float
+        Dark current of every pixel, ADU per second at ``dark_reference``.
+    dark_reference : float, optional
+        Temperature (degrees C) at which ``dark_current``, ``amp_glow`` and
+        the hot pixels' rates hold; default ``Camera.temperature``.
+    dark_doubling : float
+        The dark signal doubles every ``dark_doubling`` degrees C: at
+        temperature ``T`` it is the rate times
+        ``2 ** ((T - dark_reference) / dark_doubling)``.
+    amp_glow : float
+        Amp glow at the corner pixel ``amp_glow_corner``, ADU per second at
+        ``dark_reference``; it falls off as ``exp(-d / L)`` with ``d`` the
+        distance from that pixel and ``L = amp_glow_size`` times the frame's
+        diagonal. It scales with exposure and temperature like the dark
+        current.
+    amp_glow_corner : {"bottom-left", "bottom-right", "top-left", "top-right"}
+        The glowing corner, as displayed with the origin at the lower left:
+        bottom is row ``y = 0``, right is column ``x = nx - 1``.
+    amp_glow_size : float
+        ``L`` above, a fraction of the frame's diagonal (> 0).
+    cold_pixels : int
+        Cold or dead pixels, fixed on the sensor (never a hot pixel): their
+        response (their value in the flat field) is drawn uniformly in
+        ``cold_response``.
+    cold_response : tuple of float
+        ``(low, high)`` response of the cold pixels, ``0 <= low <= high < 1``
+        (0 is a dead pixel).
+    vignetting : float
+        Fraction of the light lost at the distance of the frame's corners
+        from the vignetting centre, ``0 <= vignetting < 1``. The fall-off is
+        the cos^4 law ``(1 + (r / f)**2) ** -2``, ``f`` set by this value.
+    vignetting_centre : tuple of float, optional
+        ``(x, y)`` of the optical axis on the sensor; default the frame
+        centre ``((nx - 1) / 2, (ny - 1) / 2)``.
+    dust : int
+        Dust donuts on the sensor window (in every filter's flat): rings
+        whose outer radius is drawn in ``dust_radius`` (the inner one is
+        0.45 of it, the shadow of a central obstruction) and whose depth
+        (the fraction of the light the ring loses) is drawn in
+        ``dust_depth``.
+    filter_dust : int
+        Dust donuts on each filter: every filter name gets its own set (the
+        same in every frame taken through it), so a flat of another filter
+        does not calibrate a light.
+    dust_depth : tuple of float
+        ``(low, high)`` depth of the donuts, ``0 < low <= high < 1``.
+    dust_radius : tuple of float
+        ``(low, high)`` outer radius of the donuts, pixels.
+    pixel_response : float
+        Pixel-to-pixel response differences: the flat field of each pixel
+        is multiplied by ``1 + pixel_response * N(0, 1)``, fixed on the
+        sensor.
+    """
+
+    bias: float = 0.0
+    dark_current: float = 0.0
+    dark_reference: float | None = None
+    dark_doubling: float = 6.0
+    amp_glow: float = 0.0
+    amp_glow_corner: str = "top-right"
+    amp_glow_size: float = 0.1
+    cold_pixels: int = 0
+    cold_response: tuple = (0.0, 0.5)
+    vignetting: float = 0.0
+    vignetting_centre: tuple | None = None
+    dust: int = 0
+    filter_dust: int = 0
+    dust_depth: tuple = (0.02, 0.06)
+    dust_radius: tuple = (8.0, 20.0)
+    pixel_response: float = 0.0
+
+    def __post_init__(self):
+        for name in ("bias", "dark_current", "amp_glow", "pixel_response"):
+            _set(self, name, _number(f"Sensor.{name}", getattr(self, name), low=0.0))
+        _set(self, "dark_reference", _optional_number("Sensor.dark_reference",
+                                                      self.dark_reference))
+        _set(self, "dark_doubling", _number("Sensor.dark_doubling", self.dark_doubling, low=0.0,
+                                            low_open=True))
+        _choice("Sensor.amp_glow_corner", self.amp_glow_corner, CORNERS)
+        _set(self, "amp_glow_size", _number("Sensor.amp_glow_size", self.amp_glow_size, low=0.0,
+                                            low_open=True))
+        for name in ("cold_pixels", "dust", "filter_dust"):
+            _set(self, name, _count(f"Sensor.{name}", getattr(self, name)))
+        lo, hi = _tuple("Sensor.cold_response", self.cold_response, 2, "(low, high)")
+        if not 0 <= lo <= hi < 1:
+            raise ValueError(f"Sensor.cold_response must be (low, high) with "
+                             f"0 <= low <= high < 1, not {self.cold_response!r}")
+        _set(self, "cold_response", (lo, hi))
+        _set(self, "vignetting", _number("Sensor.vignetting", self.vignetting, low=0.0, high=1.0,
+                                         high_open=True))
+        if self.vignetting_centre is not None:
+            _set(self, "vignetting_centre", _tuple("Sensor.vignetting_centre",
+                                                   self.vignetting_centre, 2, "(x, y)"))
+        lo, hi = _level_range("Sensor.dust_depth", self.dust_depth)
+        if hi >= 1:
+            raise ValueError(f"Sensor.dust_depth must be (low, high) with "
+                             f"0 < low <= high < 1, not {self.dust_depth!r}")
+        _set(self, "dust_depth", (lo, hi))
+        _set(self, "dust_radius", _level_range("Sensor.dust_radius", self.dust_radius))
+
+
+# --------------------------------------------------------------------------
+# the sets of frames of a night (make_night)
+
+
+def _name(where, value):
+    """A non-empty name without characters that cannot go in a FITS card or a file name."""
+    text = str(value)
+    if not text.strip() or any(c in text for c in "/\\'\n\r\t") or not text.isascii():
+        raise ValueError(f"{where} must be a non-empty ASCII name without / \\ ' or control "
+                         f"characters, not {value!r}")
+    return text
+
+
+def _optional_name(where, value):
+    return None if value is None else _name(where, value)
+
+
+def _optional_count(where, value, low=0):
+    return None if value is None else _count(where, value, low=low)
+
+
+def _roi(where, value):
+    """``(ny, nx)`` of at least 8 x 8, or None."""
+    if value is None:
+        return None
+    try:
+        ny, nx = (v for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where} must be (ny, nx), not {value!r}") from None
+    return (_count(f"{where}[0]", ny, low=8), _count(f"{where}[1]", nx, low=8))
+
+
+def _calibration_fields(obj):
+    """The fields every calibration set shares: temperature, gain, binning, shape."""
+    cls = type(obj).__name__
+    _set(obj, "n", _count(f"{cls}.n", obj.n, low=1))
+    _set(obj, "temperature", _optional_number(f"{cls}.temperature", obj.temperature))
+    _set(obj, "gain", _optional_count(f"{cls}.gain", obj.gain))
+    _set(obj, "binning", _count(f"{cls}.binning", obj.binning, low=1))
+    if obj.binning > 4:
+        raise ValueError(f"{cls}.binning must be 1 to 4, not {obj.binning}")
+    _set(obj, "shape", _roi(f"{cls}.shape", obj.shape))
+
+
+@dataclass(frozen=True)
+class Lights:
+    """A set of light frames of a night: one target, one filter, one exposure.
+
+    ``None`` takes the value of the night's :class:`Camera` (or ``Sky``, or
+    ``make_night``'s ``gain``).
+
+    Parameters
+    ----------
+    n : int
+        Number of frames.
+    target : str, optional
+        OBJECT of the frames; default ``Camera.object``.
+    filter : str, optional
+        FILTER; default ``Camera.filter``.
+    exptime : float, optional
+        Exposure, seconds (> 0); default ``Camera.exptime``.
+    temperature : float, optional
+        Set point of the sensor's temperature, degrees C (SET-TEMP; the
+        sensor's CCD-TEMP varies around it); default ``Camera.temperature``.
+    gain : int, optional
+        The camera's gain setting (the GAIN or ISOSPEED card). A header
+        value: the model's electrons per ADU stay ``Camera.gain``.
+    sky : float, optional
+        Sky level, sensor ADU (a narrow-band filter sees a darker sky);
+        default ``Sky.level``.
+    field : {0, 1}
+        0: the reference field (with the reference star); 1: another part
+        of the sky, for a second target in the same night.
+    """
+
+    n: int = 20
+    target: str | None = None
+    filter: str | None = None
+    exptime: float | None = None
+    temperature: float | None = None
+    gain: int | None = None
+    sky: float | None = None
+    field: int = 0
+
+    def __post_init__(self):
+        _set(self, "n", _count("Lights.n", self.n, low=1))
+        _set(self, "target", _optional_name("Lights.target", self.target))
+        _set(self, "filter", _optional_name("Lights.filter", self.filter))
+        _set(self, "exptime", _optional_number("Lights.exptime", self.exptime, low=0.0,
+                                               low_open=True))
+        _set(self, "temperature", _optional_number("Lights.temperature", self.temperature))
+        _set(self, "gain", _optional_count("Lights.gain", self.gain))
+        _set(self, "sky", _optional_number("Lights.sky", self.sky, low=0.0))
+        if self.field not in (0, 1) or isinstance(self.field, bool):
+            raise ValueError(f"Lights.field must be 0 or 1, not {self.field!r}")
+
+
+@dataclass(frozen=True)
+class Darks:
+    """A set of dark frames (or, given as ``darkflats``, of flat-darks).
+
+    Parameters
+    ----------
+    n : int
+        Number of frames.
+    exptime : float, optional
+        Exposure, seconds (> 0). Default: one set for every exposure (and
+        temperature and gain) of the lights; as flat-darks, for every
+        exposure of the flats.
+    temperature : float, optional
+        Set point, degrees C; default that of the lights it matches (or
+        ``Camera.temperature``).
+    gain : int, optional
+        Gain setting (header); default that of the lights it matches.
+    binning : int
+        Binning (XBINNING = YBINNING): each file pixel is the mean of a
+        ``binning`` x ``binning`` block of sensor pixels, and the file is
+        that much smaller.
+    shape : tuple of int, optional
+        ``(ny, nx)`` of a region of interest read from the sensor's first
+        rows and columns, instead of the whole sensor (before binning).
+    """
+
+    n: int = 10
+    exptime: float | None = None
+    temperature: float | None = None
+    gain: int | None = None
+    binning: int = 1
+    shape: tuple | None = None
+
+    def __post_init__(self):
+        _calibration_fields(self)
+        _set(self, "exptime", _optional_number("Darks.exptime", self.exptime, low=0.0,
+                                               low_open=True))
+
+
+@dataclass(frozen=True)
+class Flats:
+    """A set of flat frames: a uniform light through one filter, times the flat field.
+
+    Parameters
+    ----------
+    n : int
+        Number of frames.
+    filter : str, optional
+        FILTER; default one set for every filter of the lights (or
+        ``Camera.filter``).
+    level : float
+        The light's level as a fraction of the file's range (65535 ADU, or
+        ``Camera.saturation`` if lower) where the flat field is 1; above
+        about 1 the flats are saturated.
+    exptime : float
+        Exposure, seconds (> 0): the flats get its dark current.
+    temperature, gain, binning, shape
+        As for :class:`Darks`.
+    """
+
+    n: int = 10
+    filter: str | None = None
+    level: float = 0.4
+    exptime: float = 1.0
+    temperature: float | None = None
+    gain: int | None = None
+    binning: int = 1
+    shape: tuple | None = None
+
+    def __post_init__(self):
+        _calibration_fields(self)
+        _set(self, "filter", _optional_name("Flats.filter", self.filter))
+        _set(self, "level", _number("Flats.level", self.level, low=0.0, low_open=True))
+        _set(self, "exptime", _number("Flats.exptime", self.exptime, low=0.0, low_open=True))
+
+
+@dataclass(frozen=True)
+class Bias:
+    """A set of bias frames: the shortest exposure, no light.
+
+    Parameters
+    ----------
+    n : int
+        Number of frames.
+    exptime : float
+        Exposure, seconds (>= 0; cameras write 0 or their shortest).
+    temperature, gain, binning, shape
+        As for :class:`Darks`.
+    """
+
+    n: int = 10
+    exptime: float = 0.0
+    temperature: float | None = None
+    gain: int | None = None
+    binning: int = 1
+    shape: tuple | None = None
+
+    def __post_init__(self):
+        _calibration_fields(self)
+        _set(self, "exptime", _number("Bias.exptime", self.exptime, low=0.0))
+
+
 def _flag(where, value):
     if not isinstance(value, (bool, np.bool_)):
         raise ValueError(f"{where} must be True or False, not {value!r}")
@@ -592,7 +928,8 @@ def _is_set(obj, name):
 # --------------------------------------------------------------------------
 # the flat keywords of old, and their place in the groups
 
-GROUPS = {"sky": Sky, "stars": Stars, "camera": Camera, "motion": Motion, "artefacts": Artefacts}
+GROUPS = {"sky": Sky, "stars": Stars, "camera": Camera, "motion": Motion, "artefacts": Artefacts,
+          "sensor": Sensor}
 
 #: flat keyword of make_frames (before the groups) -> (group, field)
 LEGACY = {

@@ -10,6 +10,8 @@ import datetime as _dt
 import errno
 import io
 import math
+import threading
+import zlib
 
 import numpy as np
 from scipy.special import erf
@@ -27,12 +29,15 @@ FORMATS = {
 MAXVAL = {"uint8": 255.0, "uint16": 65535.0}
 
 # Random stream keys: SeedSequence(seed, spawn_key=(_FIELD,)) for the star
-# field all frames share, (_FRAME, i, purpose) for frame i, (_EXTRA, purpose)
-# for the other shared parts. A new purpose gets a new key, so that adding
-# a feature changes no existing frame.
-_FIELD, _FRAME, _EXTRA = 0, 1, 2
-_DRIFT, _NOISE, _COSMIC, _TRAIL, _HOT_PATTERN_ON = 0, 1, 2, 3, 4  # per frame
-_SENSOR_PATTERN, _OTHER_FIELD, _HOT_PATTERN = 0, 1, 2  # shared
+# field all frames share, (_FRAME, k, purpose) for light frame k, (_EXTRA,
+# purpose) for the other shared parts and (_CALIB, set, j, purpose) for frame
+# j of a set of calibration frames. Light frame i has k = frame_base + i,
+# with frame_base 0 except for the second and later sets of lights of a night
+# (p["frame_base"]). A new purpose gets a new key, so that adding a feature
+# changes no existing frame.
+_FIELD, _FRAME, _EXTRA, _CALIB = 0, 1, 2, 3
+_DRIFT, _NOISE, _COSMIC, _TRAIL, _HOT_PATTERN_ON, _TEMPERATURE = 0, 1, 2, 3, 4, 5  # per frame
+_SENSOR_PATTERN, _OTHER_FIELD, _HOT_PATTERN, _COLD, _DUST, _PRNU, _FILTER_DUST = range(7)  # shared
 
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 
@@ -63,7 +68,7 @@ def rotation_matrix(degrees, scale=1.0):
     return np.array([[c, -s], [s, c]]) * scale + 0.0
 
 
-def drift(seed, n_frames, angle, drift_step, jitter, subpixel):
+def drift(seed, n_frames, angle, drift_step, jitter, subpixel, frame_base=0):
     """Drift ``[x, y]`` of frames 0..n-1: a slow walk plus jitter.
 
     The walk moves ``drift_step`` pixels a frame in a direction that wanders
@@ -75,7 +80,7 @@ def drift(seed, n_frames, angle, drift_step, jitter, subpixel):
     shifts = np.zeros((n_frames, 2))
     walk = np.zeros(2)
     for i in range(1, n_frames):
-        rng = stream(seed, _FRAME, i, _DRIFT)
+        rng = stream(seed, _FRAME, frame_base + i, _DRIFT)
         theta = angle + 0.3 * rng.standard_normal()
         walk = walk + drift_step * np.array([math.cos(theta), math.sin(theta)])
         shifts[i] = walk + jitter * rng.standard_normal(2)
@@ -109,7 +114,8 @@ def geometry(p):
             shifts_d = np.array(p["shifts"], dtype=np.float64) + 0.0
         else:
             angle = stream(p["seed"], _FIELD).uniform(0.0, 2.0 * math.pi)  # the field's first draw
-            shifts_d = drift(p["seed"], n, angle, p["drift_step"], p["jitter"], p["subpixel"])
+            shifts_d = drift(p["seed"], n, angle, p["drift_step"], p["jitter"], p["subpixel"],
+                             p.get("frame_base", 0))
         frames = np.arange(n)
         if p["rotation"] is not None:
             rotation = np.array(p["rotation"], dtype=np.float64)
@@ -207,6 +213,189 @@ class PSF:
 
 
 # --------------------------------------------------------------------------
+# the sensor
+
+
+class SensorModel:
+    """What the sensor adds to every frame: bias, dark current, amp glow, the flat field.
+
+    Maps are float32 ``(ny, nx)`` in sensor ADU (the flat field: a factor),
+    or None when the parameters make them zero (one) everywhere, in which
+    case frames are rendered exactly as without a sensor model. The hot
+    pixels (drawn by the scene) are dark current: ``Camera.hot_level`` is
+    their signal in ``p["hot_exptime"]`` seconds at ``dark_reference``.
+    """
+
+    def __init__(self, p, hot_y, hot_x, hot_levels, pattern):
+        self.p = p
+        self.ny, self.nx = p["shape"]
+        self.reference = float(p["dark_reference"])
+        self.doubling = float(p["dark_doubling"])
+        self.hot_exptime = float(p["hot_exptime"])
+        self.hot_y, self.hot_x, self.hot_levels = hot_y, hot_x, hot_levels
+        self.dark_current = float(p["dark_current"])
+        if p["bias"] == 0.0:
+            self.offset = pattern
+        else:
+            base = np.zeros((self.ny, self.nx), np.float32) if pattern is None else pattern
+            self.offset = base + np.float32(p["bias"])
+        self._make_dark()
+        self._make_cold(hot_y * self.nx + hot_x)
+        self.dust = self._donuts(stream(p["seed"], _EXTRA, _DUST), p["dust"])
+        self._base = self._make_flat_base()
+        self._flats = {}
+        self._lock = threading.Lock()
+
+    # ---- dark ------------------------------------------------------------
+
+    def dark_scale(self, exptime, temperature):
+        """Seconds of dark signal at the reference temperature an exposure gathers."""
+        return exptime * 2.0 ** ((temperature - self.reference) / self.doubling)
+
+    def _make_dark(self):
+        """Dark current plus amp glow, ADU/s at the reference temperature (no hot pixels)."""
+        p = self.p
+        self.dark_map = None
+        if p["dark_current"] == 0.0 and p["amp_glow"] == 0.0:
+            return
+        rate = np.full((self.ny, self.nx), p["dark_current"])
+        if p["amp_glow"] > 0:
+            corner = p["amp_glow_corner"]
+            cx = self.nx - 1 if corner.endswith("right") else 0
+            cy = self.ny - 1 if corner.startswith("top") else 0
+            yy, xx = np.ogrid[: self.ny, : self.nx]
+            dist = np.sqrt((xx - cx) ** 2.0 + (yy - cy) ** 2.0)
+            length = p["amp_glow_size"] * math.hypot(self.ny, self.nx)
+            rate += p["amp_glow"] * np.exp(-dist / length)
+        self.dark_map = rate.astype(np.float32)
+
+    def dark_rate(self):
+        """Dark signal per second at the reference temperature, hot pixels included, float64."""
+        rate = np.zeros((self.ny, self.nx))
+        if self.dark_map is not None:
+            rate += self.dark_map
+        rate[self.hot_y, self.hot_x] += self.hot_levels / self.hot_exptime
+        return rate
+
+    def add_dark(self, planes, exptime, temperature, hot=True):
+        """Add the dark signal of an exposure to ``planes`` (P, ny, nx), in place."""
+        f = 2.0 ** ((temperature - self.reference) / self.doubling)
+        if self.dark_map is not None and exptime > 0:
+            planes += self.dark_map * np.float32(exptime * f)
+        if hot and self.hot_y.size:
+            scale = (exptime / self.hot_exptime) * f
+            planes[:, self.hot_y, self.hot_x] += (self.hot_levels * scale).astype(np.float32)
+        return planes
+
+    # ---- flat field --------------------------------------------------------
+
+    def _make_cold(self, hot):
+        p = self.p
+        self.cold_y = self.cold_x = np.empty(0, np.int64)
+        self.cold_levels = np.empty(0)
+        n = int(p["cold_pixels"])
+        if n == 0:
+            return
+        rng = stream(p["seed"], _EXTRA, _COLD)
+        size = self.ny * self.nx
+        if n > size - hot.size:
+            raise ValueError(f"Sensor.cold_pixels={n} does not fit in a {(self.ny, self.nx)} "
+                             "frame beside the hot pixels")
+        picked = np.empty(0, np.int64)
+        while picked.size < n:
+            cand = rng.integers(0, size, 2 * (n - picked.size) + 8)
+            merged = np.concatenate([picked, cand[~np.isin(cand, hot)]])
+            _, first = np.unique(merged, return_index=True)
+            picked = merged[np.sort(first)]
+        picked = picked[:n]
+        lo, hi = p["cold_response"]
+        self.cold_y, self.cold_x = picked // self.nx, picked % self.nx
+        self.cold_levels = rng.uniform(lo, hi, n)
+
+    def _donuts(self, rng, n):
+        """``n`` dust donuts: dict of float64 arrays x, y, radius, inner, depth."""
+        lo, hi = self.p["dust_radius"]
+        dlo, dhi = self.p["dust_depth"]
+        out = {k: np.empty(n) for k in ("x", "y", "radius", "inner", "depth")}
+        for k in range(n):
+            radius = rng.uniform(lo, hi)
+            pad_x = min(radius + 2.0, (self.nx - 1) / 2.0)
+            pad_y = min(radius + 2.0, (self.ny - 1) / 2.0)
+            out["x"][k] = rng.uniform(pad_x, self.nx - 1 - pad_x)
+            out["y"][k] = rng.uniform(pad_y, self.ny - 1 - pad_y)
+            out["radius"][k] = radius
+            out["inner"][k] = 0.45 * radius
+            out["depth"][k] = rng.uniform(dlo, dhi)
+        return out
+
+    @staticmethod
+    def ring(r, radius, inner):
+        """The donut's profile (0 to 1) at distance ``r``: an annulus blurred by a Gaussian.
+
+        The blur's sigma is ``0.6 + 0.02 * radius`` pixels; the profile is 1
+        in the ring away from its edges and 0 at its centre and outside.
+        """
+        k = 1.0 / (math.sqrt(2.0) * (0.6 + 0.02 * radius))
+        return 0.5 * (erf((radius - r) * k) - erf((inner - r) * k))
+
+    def _shade(self, flat, donuts):
+        """Multiply ``flat`` (float64, in place) by the donuts' shadows."""
+        for x, y, radius, inner, depth in zip(donuts["x"], donuts["y"], donuts["radius"],
+                                              donuts["inner"], donuts["depth"], strict=True):
+            half = math.ceil(radius + 8.0)
+            y0, y1 = max(0, math.floor(y) - half), min(self.ny, math.floor(y) + half + 1)
+            x0, x1 = max(0, math.floor(x) - half), min(self.nx, math.floor(x) + half + 1)
+            yy, xx = np.ogrid[y0:y1, x0:x1]
+            r = np.sqrt((xx - x) ** 2.0 + (yy - y) ** 2.0)
+            flat[y0:y1, x0:x1] *= 1.0 - depth * self.ring(r, radius, inner)
+
+    def _make_flat_base(self):
+        """Vignetting, sensor-window dust and pixel response, float64, or None if all one."""
+        p = self.p
+        if p["vignetting"] == 0.0 and p["dust"] == 0 and p["pixel_response"] == 0.0:
+            return None
+        flat = np.ones((self.ny, self.nx))
+        if p["vignetting"] > 0:
+            flat *= self.vignetting()
+        self._shade(flat, self.dust)
+        if p["pixel_response"] > 0:
+            rng = stream(p["seed"], _EXTRA, _PRNU)
+            flat *= 1.0 + p["pixel_response"] * rng.standard_normal((self.ny, self.nx))
+        return flat
+
+    def vignetting(self):
+        """The smooth vignetting alone, float64 ``(ny, nx)`` (cos^4 law)."""
+        p = self.p
+        if p["vignetting"] == 0.0:
+            return np.ones((self.ny, self.nx))
+        cx, cy = p["vignetting_centre"]
+        corner = math.hypot((self.nx - 1) / 2.0, (self.ny - 1) / 2.0)
+        f = corner / math.sqrt((1.0 - p["vignetting"]) ** -0.5 - 1.0)
+        yy, xx = np.ogrid[: self.ny, : self.nx]
+        r2 = ((xx - cx) ** 2.0 + (yy - cy) ** 2.0) / f**2
+        return (1.0 + r2) ** -2.0
+
+    def filter_dust(self, name):
+        """The dust donuts on filter ``name`` (same keys as :attr:`dust`)."""
+        key = zlib.crc32(str(name).encode("utf-8"))
+        return self._donuts(stream(self.p["seed"], _EXTRA, _FILTER_DUST, key),
+                            self.p["filter_dust"])
+
+    def flat_for(self, name):
+        """The flat field through filter ``name``, float32 ``(ny, nx)``, or None if all one."""
+        p = self.p
+        if self._base is None and p["filter_dust"] == 0 and p["cold_pixels"] == 0:
+            return None
+        with self._lock:
+            if name not in self._flats:
+                flat = np.ones((self.ny, self.nx)) if self._base is None else self._base.copy()
+                self._shade(flat, self.filter_dust(name))
+                flat[self.cold_y, self.cold_x] = self.cold_levels
+                self._flats[name] = flat.astype(np.float32)
+            return self._flats[name]
+
+
+# --------------------------------------------------------------------------
 # the scene
 
 
@@ -217,8 +406,9 @@ class Scene:
     (monochrome, or a Bayer mosaic) or P = 3 (R, G, B).
     """
 
-    def __init__(self, p, geom):
+    def __init__(self, p, geom, sensor=None):
         self.p = p
+        self.frame_base = int(p.get("frame_base", 0))
         self.ny, self.nx = p["shape"]
         self.fmt = p["fmt"]
         self.dtype = p["dtype"]
@@ -239,6 +429,22 @@ class Scene:
         self._make_other_field()
         self._make_hot_pattern()
         self._make_sensor_pattern()
+        self.sensor = sensor if sensor is not None else SensorModel(
+            p, self.hot_y, self.hot_x, self.hot_levels, self.sensor_pattern
+        )
+
+    def key(self, i):
+        """The stream key of light frame ``i``."""
+        return self.frame_base + i
+
+    def temperature(self, i):
+        """CCD-TEMP of light frame ``i``: the set point, or near it with ``temperature_jitter``."""
+        p = self.p
+        jitter = p.get("temperature_jitter", 0.0)
+        if not jitter:
+            return p["temperature"]
+        rng = stream(p["seed"], _FRAME, self.key(i), _TEMPERATURE)
+        return round(p["temperature"] + jitter * float(rng.standard_normal()), 1) + 0.0
 
     # ---- shared parts -------------------------------------------------------
 
@@ -412,7 +618,7 @@ class Scene:
             return False
         if isinstance(which, tuple):
             return i in which
-        return bool(stream(self.p["seed"], _FRAME, i, _HOT_PATTERN_ON).random() < which)
+        return bool(stream(self.p["seed"], _FRAME, self.key(i), _HOT_PATTERN_ON).random() < which)
 
     def _make_sensor_pattern(self):
         """Column and row offsets fixed on the sensor (sensor ADU), or None."""
@@ -461,16 +667,22 @@ class Scene:
     def cosmic_rays(self, i):
         """``(y, x, adu)`` of the cosmic-ray hits of frame ``i``."""
         p = self.p
-        rng = stream(p["seed"], _FRAME, i, _COSMIC)
-        n = int(rng.poisson(p["cosmic_rays"])) if p["cosmic_rays"] > 0 else 0
+        rng = stream(p["seed"], _FRAME, self.key(i), _COSMIC)
         ref_xy = self.positions(i, self.ref[0], self.ref[1])
+        return self._cosmic_hits(rng, p["cosmic_rays"], (self.ny, self.nx),
+                                 lambda y, x: self._allowed(np.array(y), np.array(x), ref_xy))
+
+    def _cosmic_hits(self, rng, mean, shape, allowed):
+        """``(y, x, adu)`` of a Poisson(``mean``) number of hits in a frame of ``shape``."""
+        ny, nx = shape
+        n = int(rng.poisson(mean)) if mean > 0 else 0
         hits = {}
         steps = ((0, 1), (0, -1), (1, 0), (-1, 0))
-        lo, hi = p["cosmic_level"]
+        lo, hi = self.p["cosmic_level"]
         for _ in range(n):
             for _attempt in range(100):
-                y, x = int(rng.integers(self.ny)), int(rng.integers(self.nx))
-                if self._allowed(np.array(y), np.array(x), ref_xy):
+                y, x = int(rng.integers(ny)), int(rng.integers(nx))
+                if allowed(y, x):
                     break
             else:
                 continue
@@ -482,7 +694,7 @@ class Scene:
                 by, bx = blob[int(rng.integers(len(blob)))]
                 sy, sx = steps[int(rng.integers(4))]
                 new = (by + sy, bx + sx)
-                if 0 <= new[0] < self.ny and 0 <= new[1] < self.nx and new not in blob:
+                if 0 <= new[0] < ny and 0 <= new[1] < nx and new not in blob:
                     blob.append(new)
             levels = np.exp(rng.uniform(math.log(lo), math.log(hi), len(blob)))
             for pix, level in zip(blob, levels, strict=True):
@@ -510,7 +722,7 @@ class Scene:
     def trail_line(self, i):
         """The satellite trail of frame ``i`` as a dict, or None."""
         p = self.p
-        rng = stream(p["seed"], _FRAME, i, _TRAIL)
+        rng = stream(p["seed"], _FRAME, self.key(i), _TRAIL)
         u = rng.random()
         trail = p["trail"]
         if isinstance(trail, tuple):
@@ -567,12 +779,16 @@ class Scene:
         out[0, 1::2, 1::2] = planes[2, 1::2, 1::2]
         return out
 
-    def signal(self, i, extras=True):
+    def signal(self, i, extras=True, sensor=True):
         """Expected signal of frame ``i``, sensor ADU, planes as stored in the file.
 
-        Without ``extras``: sky and stars only; with them also the trail, the
-        hot pixels and the hot-pixel pattern (the sensor pattern is an
-        offset added after the noise, see :meth:`render`).
+        Sky and stars (and, with ``extras``, the trail) times the flat field,
+        plus the dark current and amp glow at the frame's exposure and
+        temperature; with ``extras`` also the hot pixels and the hot-pixel
+        pattern. Without ``sensor``: sky and stars (and trail) alone, what
+        a perfect calibration gives. The bias is an offset added after the
+        noise (see :meth:`render`). The sensor applies to the planes as
+        stored (a Bayer mosaic pixel by pixel).
         """
         planes = self.sky.copy()
         self._add_stars(planes, i)
@@ -583,7 +799,12 @@ class Scene:
             if line is not None:
                 ys, xs, adu = self.trail_pixels(line)
                 planes[:, ys, xs] += adu.astype(np.float32)
-            planes[:, self.hot_y, self.hot_x] += self.hot_levels.astype(np.float32)
+        if sensor:
+            flat = self.sensor.flat_for(self.p["filter"])
+            if flat is not None:
+                planes *= flat
+            self.sensor.add_dark(planes, self.p["exptime"], self.temperature(i), hot=extras)
+        if extras:
             if self.hot_pattern_on(i):
                 planes[:, self.pattern_y, self.pattern_x] += self.pattern_levels.astype(
                     np.float32
@@ -643,28 +864,131 @@ class Scene:
     def render(self, i):
         """Frame ``i`` as written: file values (P, ny, nx) and the cosmic-ray hits."""
         planes = self.signal(i)
-        planes = self._noisy(planes, stream(self.p["seed"], _FRAME, i, _NOISE))
-        if self.sensor_pattern is not None:
-            planes += self.sensor_pattern
+        planes = self._noisy(planes, stream(self.p["seed"], _FRAME, self.key(i), _NOISE))
+        if self.sensor.offset is not None:
+            planes += self.sensor.offset
         ys, xs, adu = self.cosmic_rays(i)
         if ys.size:
             planes[:, ys, xs] += adu.astype(np.float32)
         return self._to_file_values(planes), (ys, xs)
 
     def clean(self, i, rgb=False):
-        """Noiseless frame ``i`` in file units: sky, stars and the sensor pattern, clipped."""
+        """Noiseless frame ``i`` in file units: (sky + stars) * flat + dark + bias, clipped.
+
+        The dark signal here is the dark current and amp glow; the hot pixels
+        are left out, as are the trail, cosmic rays and hot-pixel pattern.
+        """
         planes = self.signal(i, extras=False)
-        if self.sensor_pattern is not None:
-            planes += self.sensor_pattern
+        if self.sensor.offset is not None:
+            planes += self.sensor.offset
         planes = self._saturate(planes)
         planes *= np.float32(self.scale)
         if self.dtype != "float32":
             np.clip(planes, 0.0, MAXVAL[self.dtype], out=planes)
+        return self._as_image(planes, rgb)
+
+    def expected(self, i):
+        """Frame ``i`` without noise or cosmic rays, file units, float32 (P, ny, nx) as stored.
+
+        Everything else the file holds: hot pixels, trail and hot-pixel
+        pattern included; saturated and clipped like the file.
+        """
+        planes = self.signal(i)
+        if self.sensor.offset is not None:
+            planes += self.sensor.offset
+        planes = self._saturate(planes)
+        planes *= np.float32(self.scale)
+        if self.dtype != "float32":
+            np.clip(planes, 0.0, MAXVAL[self.dtype], out=planes)
+        return planes
+
+    def calibrated(self, i, rgb=False):
+        """Sky and stars of frame ``i`` in file units: what a perfect calibration gives.
+
+        Noiseless, not saturated or clipped, without flat field, dark signal,
+        bias, trail, hot pixels or cosmic rays.
+        """
+        planes = self.signal(i, extras=False, sensor=False)
+        planes *= np.float32(self.scale)
+        return self._as_image(planes, rgb)
+
+    def _as_image(self, planes, rgb):
+        """Planes (P, ny, nx) -> the image as read: grey (or RGB) for colour files, the plane."""
         if self.colour and self.fmt != "dng":
             if rgb:
                 return np.ascontiguousarray(np.moveaxis(planes, 0, -1))
             return self._grey(planes)
         return planes[0]
+
+    # ---- calibration frames ----------------------------------------------
+
+    def calibration_signal(self, exptime, temperature, level=0.0, filter_name=None):
+        """Expected signal of a calibration frame, sensor ADU, (1, ny, nx) float32.
+
+        A uniform light of ``level`` ADU times the flat field of
+        ``filter_name`` (none for bias and dark frames), plus the dark
+        signal (hot pixels included) of ``exptime`` seconds at
+        ``temperature``. The bias is an offset added after the noise.
+        """
+        planes = np.zeros((1, self.ny, self.nx), np.float32)
+        if level > 0:
+            flat = self.sensor.flat_for(filter_name)
+            planes[0] = np.float32(level) if flat is None else flat * np.float32(level)
+        return self.sensor.add_dark(planes, exptime, temperature)
+
+    def _readout(self, planes, roi, binning):
+        """The signal and offset of a region of interest, binned: ((1, my, mx), (my, mx))."""
+        offset = self.sensor.offset
+        if offset is None:
+            offset = np.zeros((self.ny, self.nx), np.float32)
+        if roi is not None:
+            ry, rx = roi
+            planes, offset = planes[:, :ry, :rx], offset[:ry, :rx]
+        if binning > 1:
+            b = binning
+            my, mx = offset.shape[0] // b, offset.shape[1] // b
+            planes = planes[:, : my * b, : mx * b].reshape(1, my, b, mx, b).mean(axis=(2, 4))
+            offset = offset[: my * b, : mx * b].reshape(my, b, mx, b).mean(axis=(1, 3))
+        return (np.ascontiguousarray(planes, dtype=np.float32),
+                np.ascontiguousarray(offset, dtype=np.float32))
+
+    def calibration_expected(self, exptime, temperature, level=0.0, filter_name=None, roi=None,
+                             binning=1):
+        """Noiseless calibration frame, file units, float32, saturated and clipped like the file."""
+        planes = self.calibration_signal(exptime, temperature, level, filter_name)
+        planes, offset = self._readout(planes, roi, binning)
+        planes += offset
+        planes = self._saturate(planes)
+        planes *= np.float32(self.scale)
+        if self.dtype != "float32":
+            np.clip(planes, 0.0, MAXVAL[self.dtype], out=planes)
+        return planes[0]
+
+    def render_calibration(self, key, exptime, temperature, level=0.0, filter_name=None,
+                           roi=None, binning=1):
+        """A bias, dark or flat frame as written: file values (my, mx) and its cosmic-ray hits.
+
+        ``key`` identifies the frame's random streams (the set and the
+        frame in it). Cosmic rays hit at ``Artefacts.cosmic_rays`` per
+        ``p["hot_exptime"]`` seconds of exposure.
+        """
+        p = self.p
+        planes = self.calibration_signal(exptime, temperature, level, filter_name)
+        planes, offset = self._readout(planes, roi, binning)
+        rng = stream(p["seed"], _CALIB, *key, _NOISE)
+        if planes.any():
+            planes = self._noisy(planes, rng)
+        elif p["noise"] != "none" and self.read_noise > 0:  # no electrons: read noise alone
+            read = rng.standard_normal(planes.shape, dtype=np.float32)
+            planes += read * np.float32(self.read_noise / self.gain)
+        planes += offset
+        shape = offset.shape
+        mean = p["cosmic_rays"] * exptime / p["hot_exptime"]
+        rng = stream(p["seed"], _CALIB, *key, _COSMIC)
+        ys, xs, adu = self._cosmic_hits(rng, mean, shape, lambda y, x: True)
+        if ys.size:
+            planes[:, ys, xs] += adu.astype(np.float32)
+        return self._to_file_values(planes)[0], (ys, xs)
 
     def _grey(self, planes):
         w = [np.float32(v) for v in GREY_WEIGHTS]
@@ -689,9 +1013,13 @@ class Scene:
         if self.p["noise"] == "none":
             return 0.0
         sky = self.p["sky"]
+        dark = 0.0
+        if self.sensor.dark_current:  # the uniform dark current, where the flat field is 1
+            dark = self.sensor.dark_current * self.sensor.dark_scale(
+                self.p["exptime"], self.p["temperature"])
         if not self.colour:
-            return float(self.sigma_adu(sky) * self.scale)
-        var = self.sigma_adu(sky * self.sky_colour) ** 2
+            return float(self.sigma_adu(sky + dark) * self.scale)
+        var = self.sigma_adu(sky * self.sky_colour + dark) ** 2
         if self.fmt == "dng":  # R, G, G, B pixels of the cell
             return float(math.sqrt((var[0] + 2 * var[1] + var[2]) / 4) * self.scale)
         return float(math.sqrt(np.dot(np.asarray(GREY_WEIGHTS) ** 2, var)) * self.scale)

@@ -8,15 +8,23 @@ hits, the satellite trails, the clouds and the noiseless image.
 :func:`make_case` builds the hard cases registration must handle (a crowded
 field, faint defocused stars, a meridian flip, ...), and
 :func:`make_tutorial_frames` makes five frames shaped like those of the
-stacking tutorial the project started from.
+stacking tutorial the project started from. :func:`make_night` writes a
+whole night's folder -- lights, darks, flats, flat-darks and bias of one
+sensor, with the headers and file names of a capture program (N.I.N.A.,
+SharpCap, MaxIm DL, ASIAIR), in one folder or a tree -- and returns a
+:class:`NightTruth`: every file, what it is, and the sensor's calibration
+truth (bias, dark rate, flat field, hot and cold pixels, dust).
 
-The options come in five small groups, each a frozen dataclass that checks
-itself: :class:`Sky`, :class:`Stars`, :class:`Camera`, :class:`Motion` and
-:class:`Artefacts`::
+The options come in six small groups, each a frozen dataclass that checks
+itself: :class:`Sky`, :class:`Stars`, :class:`Camera`, :class:`Motion`,
+:class:`Artefacts` and :class:`Sensor`; a night's sets of frames are
+:class:`Lights`, :class:`Darks`, :class:`Flats` and :class:`Bias`::
 
     make_frames(folder, 20, (512, 512), seed=1,
                 stars=Stars(fwhm=4.0), motion=Motion(rotation_rate=0.05),
                 artefacts=Artefacts(clouds={7: 0.2}))
+    make_night(folder, lights=[Lights(20, filter="L"), Lights(10, filter="Ha")],
+               darks=10, flats=10, bias=10, style="asiair", folders=True)
 
 The flat keywords of earlier versions (``make_frames(..., fwhm=4.0)``) still
 work and emit a FutureWarning naming the field to use instead.
@@ -49,25 +57,47 @@ pixel value is ``adu_scale`` times that (1 for 16-bit and float files,
    ``A_i @ p + t_i`` for every star ``p`` of the reference field (another
    field in the frames of ``Artefacts.other_field``), dimmed by the
    frame's cloud transmission;
-3. a satellite trail in some frames, the hot pixels (fixed on the sensor,
-   they do not move with the stars) and, in some frames, a hot-pixel
-   pattern;
-4. noise: Poisson in electrons (``Camera.gain`` e-/ADU) plus Gaussian read
+3. a satellite trail in some frames;
+4. the flat field (:class:`Sensor`: vignetting, dust donuts, pixel
+   response, cold pixels), multiplying all of the above;
+5. the dark signal: dark current and amp glow (:class:`Sensor`) and the
+   hot pixels, all fixed on the sensor (they do not move with the stars),
+   in proportion to the exposure and doubling every
+   ``Sensor.dark_doubling`` degrees above ``Sensor.dark_reference``; in
+   some frames a hot-pixel pattern;
+6. noise: Poisson in electrons (``Camera.gain`` e-/ADU) plus Gaussian read
    noise;
-5. the fixed sensor pattern (column and row offsets, no shot noise);
-6. cosmic-ray hits (1-4 pixel blobs, random in every frame);
-7. saturation, rounding and clipping to the file's integer range.
+7. the bias: ``Sensor.bias`` plus the fixed sensor pattern (column and row
+   offsets), no shot noise;
+8. cosmic-ray hits (1-4 pixel blobs, random in every frame);
+9. saturation, rounding and clipping to the file's integer range.
+
+Without a :class:`Sensor` (the default of :func:`make_frames`) the flat
+field is 1, there is no dark current, amp glow or bias level, and the hot
+pixels hold ``Camera.hot_level`` in every frame: the frames are those of
+earlier versions, byte for byte. The truth of the sensor
+(:attr:`Truth.bias`, :attr:`Truth.dark_rate`, :meth:`Truth.dark`,
+:meth:`Truth.flat`, :attr:`Truth.cold_pixels`, :meth:`Truth.dust`) and of
+what a perfect calibration gives (:meth:`Truth.calibrated`) are there
+either way. Calibration frames follow the same model without the sky and
+stars: a bias frame is the bias and read noise; a dark frame adds the dark
+signal of its exposure and temperature; a flat frame a uniform light
+times the flat field of its filter (see :func:`make_night`).
 
 Colour formats (PNG, JPEG) hold R, G, B planes each made as above, with a
 coloured sky and slightly coloured stars whose colour factors have unit
 luminance, so the grey frame ``0.2126 R + 0.7152 G + 0.0722 B`` equals the
 monochrome model. DNG holds the RGGB Bayer mosaic of the colour frame,
-with the noise drawn on the mosaic, as a sensor records it.
+with the sensor (flat field, dark, bias) and the noise applied to the
+mosaic pixel by pixel, as a sensor records it; a Bayer FITS frame would
+take the same path.
 
 Random numbers come from :class:`numpy.random.Generator` streams derived
 from the master ``seed`` per purpose and per frame, so frame ``i`` is the
 same whatever ``n_frames`` is, and turning the trail (or any other
-artefact) on or off does not change the noise of any frame.
+artefact) on or off does not change the noise of any frame. In a night,
+every set of frames has streams of its own, so adding a set changes none
+of the others.
 
 Examples
 --------
@@ -91,14 +121,21 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from . import _files
+from . import _synth_night as _night
 from . import _synth_scene as _scene
+from ._synth_night import NightFrame
 from ._synth_options import (
     FLAT_NAME,
     GROUPS,
     LEGACY,
     Artefacts,
+    Bias,
     Camera,
+    Darks,
+    Flats,
+    Lights,
     Motion,
+    Sensor,
     Sky,
     Stars,
     merge_flat,
@@ -109,16 +146,28 @@ from ._synth_scene import GREY_WEIGHTS
 __all__ = [
     "CASES",
     "GREY_WEIGHTS",
+    "MISTAKES",
+    "NIGHT_CAMERA",
+    "NIGHT_SENSOR",
+    "STYLES",
     "TUTORIAL_SHIFTS",
     "TUTORIAL_STARS",
     "Artefacts",
+    "Bias",
     "Camera",
+    "Darks",
+    "Flats",
+    "Lights",
     "Motion",
+    "NightFrame",
+    "NightTruth",
+    "Sensor",
     "Sky",
     "Stars",
     "Truth",
     "make_case",
     "make_frames",
+    "make_night",
     "make_tutorial_frames",
     "options_from_dict",
 ]
@@ -138,8 +187,105 @@ _EMPTY = np.empty(0, np.int64)
 # the truth
 
 
+class _SensorTruth:
+    """The sensor's truth, shared by :class:`Truth` and :class:`NightTruth`.
+
+    Maps are float32 or float64 ``(ny, nx)`` indexed ``[y, x]``, in file
+    units (``params["adu_scale"]`` times sensor ADU; ADU for uint16 FITS).
+    """
+
+    @property
+    def bias(self) -> np.ndarray:
+        """The noiseless bias, float32 ``(ny, nx)``, file units.
+
+        ``Sensor.bias`` plus the fixed column and row pattern
+        (:attr:`fixed_pattern`); the same in every frame.
+        """
+        sensor = self._scene.sensor
+        if sensor.offset is None:
+            return np.zeros(self.params["shape"], np.float32)
+        return (sensor.offset * np.float32(self.params["adu_scale"])).astype(np.float32)
+
+    @property
+    def dark_rate(self) -> np.ndarray:
+        """Dark signal per second at ``params["dark_reference"]`` degrees C, float64 ``(ny, nx)``.
+
+        File units per second: dark current, amp glow and the hot pixels
+        (a hot pixel's rate is its level over ``params["hot_exptime"]``).
+        """
+        return self._scene.sensor.dark_rate() * self.params["adu_scale"]
+
+    def dark(self, exptime: float, temperature: float | None = None) -> np.ndarray:
+        """Return the noiseless dark signal of an exposure, float64 ``(ny, nx)``, file units.
+
+        ``dark_rate * exptime * 2 ** ((temperature - dark_reference) /
+        dark_doubling)``: linear in the exposure, doubling every
+        ``Sensor.dark_doubling`` degrees. Without the bias.
+
+        Parameters
+        ----------
+        exptime : float
+            Exposure, seconds.
+        temperature : float, optional
+            Sensor temperature, degrees C; default the lights'
+            (``Camera.temperature``).
+        """
+        t = self.params["temperature"] if temperature is None else float(temperature)
+        return self.dark_rate * self._scene.sensor.dark_scale(float(exptime), t)
+
+    def flat(self, filter: str | None = None) -> np.ndarray:
+        """Return the flat field through a filter, float32 ``(ny, nx)`` (ones without one).
+
+        The response of each pixel relative to the optical axis: the
+        vignetting, the dust donuts of the sensor window and of the filter,
+        pixel-to-pixel response and the cold pixels. Light frames are
+        ``(sky + stars) * flat`` before the dark, bias and noise.
+
+        Parameters
+        ----------
+        filter : str, optional
+            Filter name; default the lights' (``Camera.filter``).
+        """
+        name = self.params["filter"] if filter is None else str(filter)
+        flat = self._scene.sensor.flat_for(name)
+        if flat is None:
+            return np.ones(self.params["shape"], np.float32)
+        return flat.copy()
+
+    @property
+    def vignetting(self) -> np.ndarray:
+        """The smooth vignetting alone (no dust or pixel response), float64 ``(ny, nx)``."""
+        return self._scene.sensor.vignetting()
+
+    @property
+    def cold_pixels(self) -> tuple:
+        """``(y, x)`` sensor indices of the cold and dead pixels (their flat field is low)."""
+        sensor = self._scene.sensor
+        return sensor.cold_y.copy(), sensor.cold_x.copy()
+
+    def dust(self, filter: str | None = None) -> dict:
+        """Return the dust donuts in the flat field through a filter.
+
+        A dict of float64 arrays: ``x``, ``y`` (centre, pixel coordinates),
+        ``radius`` and ``inner`` (the ring's outer and inner radius, pixels),
+        ``depth`` (the fraction of the light the ring loses) and bool
+        ``on_filter`` (on the filter, rather than the sensor window).
+
+        Parameters
+        ----------
+        filter : str, optional
+            Filter name; default the lights'.
+        """
+        name = self.params["filter"] if filter is None else str(filter)
+        sensor = self._scene.sensor
+        window, own = sensor.dust, sensor.filter_dust(name)
+        out = {k: np.concatenate([window[k], own[k]]) for k in window}
+        out["on_filter"] = np.r_[np.zeros(window["x"].size, bool), np.ones(own["x"].size, bool)]
+        return out
+
+
 @dataclass(frozen=True, eq=False)
-class Truth:
+class Truth(_SensorTruth):
     """What :func:`make_frames` wrote: the files and the truth behind them.
 
     Positions and shifts are ``[x, y]``; pixel indices are given as
@@ -194,7 +340,10 @@ class Truth:
     hot_pixels : tuple of numpy.ndarray
         ``(y, x)`` sensor indices of the hot pixels, the same in every frame.
     hot_levels : numpy.ndarray
-        Extra signal of each hot pixel, sensor ADU, the same in every frame.
+        Extra signal of each hot pixel, sensor ADU, in a frame of
+        ``Camera.exptime`` at ``Sensor.dark_reference`` (every frame of
+        :func:`make_frames`); they are dark current, in
+        :attr:`dark_rate`.
     hot_pattern : tuple of numpy.ndarray
         ``(y, x)`` sensor indices of the hot-pixel pattern some frames show
         (empty without one); never one of :attr:`hot_pixels`.
@@ -224,7 +373,8 @@ class Truth:
         Every parameter used, defaults resolved, under flat names: the
         keywords of earlier versions where there was one (``params["sky"]``
         is ``Sky.level``, ``params["star_margin"]`` is ``Stars.margin``,
-        ``params["shifts"]`` is :attr:`shifts`), the field name otherwise.
+        ``params["shifts"]`` is :attr:`shifts`), the field name otherwise;
+        also ``hot_exptime``, the exposure the hot pixels' levels are for.
     options : dict
         The keyword arguments that make the same frames again:
         ``make_frames(directory, **truth.options)`` (the seed resolved).
@@ -276,8 +426,9 @@ class Truth:
     def frame_clean(self, i: int, rgb: bool = False) -> np.ndarray:
         """Return the noiseless frame ``i`` in file units, float32 ``(ny, nx)``.
 
-        Sky, stars (at frame ``i``'s transform, dimmed by its clouds) and the
-        fixed sensor pattern, saturated and clipped like the file (not
+        Sky and stars (at frame ``i``'s transform, dimmed by its clouds),
+        times the flat field, plus the dark current and amp glow and the bias
+        (level and fixed pattern), saturated and clipped like the file (not
         clipped to a range for float32 files); no hot pixels, cosmic rays or
         trail. ``frame_clean(0)`` equals :attr:`clean`.
 
@@ -290,6 +441,28 @@ class Truth:
             the grey frame.
         """
         return self._scene.clean(self._frame_index(i), rgb=rgb)
+
+    def calibrated(self, i: int, rgb: bool = False) -> np.ndarray:
+        """Return what a perfect calibration of frame ``i`` gives, float32 ``(ny, nx)``, file units.
+
+        The noiseless sky and stars alone: ``(light - bias - dark) / flat``
+        without the noise (and without the trail, cosmic rays and hot-pixel
+        pattern, which calibration does not remove). Not saturated or
+        clipped. Dead pixels (a flat of 0) lose this signal for good.
+
+        Parameters
+        ----------
+        i : int
+            Frame index.
+        rgb : bool, optional
+            For PNG/JPEG, the colour planes ``(ny, nx, 3)``.
+        """
+        return self._scene.calibrated(self._frame_index(i), rgb=rgb)
+
+    @property
+    def temperatures(self) -> np.ndarray:
+        """float64 ``(n_frames,)``: each frame's sensor temperature (CCD-TEMP), degrees C."""
+        return np.array([self._scene.temperature(i) for i in range(self.n_frames)], np.float64)
 
     def noise_map(self, i: int) -> np.ndarray:
         """Return the standard deviation of the noise of frame ``i``, per pixel.
@@ -382,6 +555,7 @@ def make_frames(
     camera=None,
     motion=None,
     artefacts=None,
+    sensor=None,
     png_options=None,
     jpeg_quality=95,
     prefix="frame",
@@ -428,6 +602,10 @@ def make_frames(
     artefacts : Artefacts, optional
         Cosmic rays, satellite trails, clouds, frames of another field,
         hot-pixel patterns, and the regions kept clear of them.
+    sensor : Sensor, optional
+        Bias level, dark current and amp glow, the flat field (vignetting,
+        dust, cold pixels): what calibration frames measure. Default: none
+        of them (the frames of earlier versions).
     png_options : dict, optional
         Keyword arguments of ``imagecodecs.png_encode``; default
         ``{"level": 1, "strategy": 3, "filter": 16}`` (fast: noisy frames
@@ -481,7 +659,7 @@ def make_frames(
     [0.0, 0.5, 1.0]
     """
     groups = {"sky": sky, "stars": stars, "camera": camera, "motion": motion,
-              "artefacts": artefacts}
+              "artefacts": artefacts, "sensor": sensor}
     if sky is not None and not isinstance(sky, Sky):
         deprecated["sky"] = groups.pop("sky")  # the old sky=<level>
     unknown = sorted(set(deprecated) - set(LEGACY))
@@ -495,6 +673,7 @@ def make_frames(
 def _make(directory, n_frames, shape, fmt, dtype, seed, groups, png_options, jpeg_quality,
           prefix, overwrite, workers):
     """make_frames on option groups: resolve, check the files, render, write, return the truth."""
+    groups = {name: groups.get(name) or cls() for name, cls in GROUPS.items()}
     p = _resolve(n_frames, shape, fmt, dtype, seed, groups, png_options, jpeg_quality, prefix,
                  overwrite)
     geom = _scene.geometry(p)
@@ -539,7 +718,12 @@ def _make(directory, n_frames, shape, fmt, dtype, seed, groups, png_options, jpe
     else:
         with ThreadPoolExecutor(workers) as pool:
             cosmics = list(pool.map(job, range(n_frames)))
+    return _truth(p, geom, scene, groups, paths, dates, cosmics)
 
+
+def _truth(p, geom, scene, groups, paths, dates, cosmics):
+    """The :class:`Truth` of frames rendered from ``scene`` and written to ``paths``."""
+    n_frames = p["n_frames"]
     lines = [scene.trail_line(i) for i in range(n_frames)]
     trails = []
     for line in lines:
@@ -652,6 +836,13 @@ def _resolve(n_frames, shape, fmt, dtype, seed, groups, png_options, jpeg_qualit
     if p["trail_fwhm"] is None:
         p["trail_fwhm"] = p["fwhm"]
 
+    # the sensor
+    if p["dark_reference"] is None:
+        p["dark_reference"] = p["temperature"]
+    if p["vignetting_centre"] is None:
+        p["vignetting_centre"] = ((nx - 1) / 2.0, (ny - 1) / 2.0)
+    p["hot_exptime"] = p["exptime"]
+
     # the geometry
     if p["drift_step"] is None:
         p["drift_step"] = 1.0
@@ -685,6 +876,7 @@ def make_tutorial_frames(
     stars=None,
     camera=None,
     artefacts=None,
+    sensor=None,
     workers=None,
     **deprecated,
 ):
@@ -711,7 +903,7 @@ def make_tutorial_frames(
         As for :func:`make_frames`.
     n_stars : int, optional
         Field stars in the frame; default 2000 (or ``stars.n_stars``).
-    sky, stars, camera, artefacts : optional
+    sky, stars, camera, artefacts, sensor : optional
         As for :func:`make_frames`, except what the tutorial fixes:
         ``Stars.ref_star``, ``Artefacts.quiet_box`` and
         ``Artefacts.quiet_flux_max``, and the motion. ``Stars.ref_peak``
@@ -728,7 +920,8 @@ def make_tutorial_frames(
     clash = sorted(set(deprecated) & set(fixed))
     if clash:
         raise ValueError(f"make_tutorial_frames fixes {', '.join(clash)}; do not pass them")
-    groups = {"sky": sky, "stars": stars, "camera": camera, "artefacts": artefacts}
+    groups = {"sky": sky, "stars": stars, "camera": camera, "artefacts": artefacts,
+              "sensor": sensor}
     if sky is not None and not isinstance(sky, Sky):
         deprecated["sky"] = groups.pop("sky")
     unknown = sorted(set(deprecated) - set(LEGACY))
@@ -860,7 +1053,7 @@ def _case_options(name, n, shape, seed):
     ny, nx = shape
     big = max(ny, nx)
     groups = {"sky": Sky(), "stars": Stars(), "camera": Camera(),
-              "motion": Motion(subpixel=True), "artefacts": Artefacts()}
+              "motion": Motion(subpixel=True), "artefacts": Artefacts(), "sensor": Sensor()}
     mid = n // 2
     if name == "crowded":
         groups["stars"] = Stars(density=0.012, flux_min=300.0, flux_index=1.2, ref_isolation=20.0)
@@ -907,3 +1100,431 @@ def _case_options(name, n, shape, seed):
 
 
 _CASE_FRAMES = 100  # stream key of the frames a case picks
+
+
+# --------------------------------------------------------------------------
+# a whole night
+
+#: The sensor of :func:`make_night` when none is given: a cooled CMOS camera
+#: behind a reducer (bias 800 ADU, 0.1 ADU/s of dark current and 1.5 ADU/s of
+#: amp glow at the top-right corner at the lights' temperature, 25% vignetting,
+#: three dust donuts on the sensor window and one on each filter, eight cold
+#: pixels, 0.5% pixel response).
+NIGHT_SENSOR = Sensor(bias=800.0, dark_current=0.1, amp_glow=1.5, cold_pixels=8, vignetting=0.25,
+                      dust=3, filter_dust=1, pixel_response=0.005)
+
+#: The camera of :func:`make_night` when none is given: :class:`Camera` with a
+#: column pattern of 4 ADU in the bias.
+NIGHT_CAMERA = Camera(column_pattern=4.0)
+
+STYLES = _night.STYLES
+MISTAKES = _night.MISTAKES
+
+
+@dataclass(frozen=True, eq=False)
+class NightTruth(_SensorTruth):
+    """What :func:`make_night` wrote: every file, what it is, and the sensor's truth.
+
+    The sensor's truth (:attr:`bias`, :attr:`dark_rate`, :meth:`dark`,
+    :meth:`flat`, :attr:`cold_pixels`, :attr:`hot_pixels`, :meth:`dust`) is
+    the same for every frame of the night; it is in ADU (uint16 files).
+
+    Attributes
+    ----------
+    directory : str
+        The night's folder.
+    style : str
+        The capture program whose headers and names the files follow.
+    frames : tuple of NightFrame
+        Every file, in the order taken: lights, flats, flat-darks, darks,
+        bias (see :class:`NightFrame`).
+    lights : tuple of Truth
+        One :class:`Truth` per set of lights (its ``paths`` are the set's
+        files, its ``dates`` and ``temperatures`` theirs): transforms,
+        stars, noiseless and calibrated frames.
+    params : dict
+        The resolved parameters of the night's sensor and camera (those of
+        :attr:`Truth.params` for a frame of ``Camera``'s exposure) and of
+        the night: ``style``, ``folders``, ``imagetyp``, ``mistakes``,
+        ``gain``, ``offset``, ``temperature_jitter``.
+    options : dict
+        Keyword arguments that make the same night again:
+        ``make_night(directory, **night.options)`` (the seed resolved).
+    """
+
+    directory: str
+    style: str
+    frames: tuple
+    lights: tuple
+    params: dict
+    options: dict
+    _scene: _scene.Scene = field(repr=False)
+    _sets: dict = field(repr=False)
+
+    def select(self, kind: str | None = None, **where) -> list:
+        """Return the frames of a kind with the given attributes, in order.
+
+        Parameters
+        ----------
+        kind : str, optional
+            "light", "dark", "flat", "bias" or "darkflat"; default all.
+        **where
+            Attributes of :class:`NightFrame` and the values they must have,
+            e.g. ``filter="Ha"``, ``exptime=300.0``, ``mistake=None``.
+
+        Examples
+        --------
+        >>> import tempfile
+        >>> night = make_night(tempfile.mkdtemp(), lights=2, darks=1, flats=1, bias=1,
+        ...                    shape=(64, 64))
+        >>> [f.kind for f in night.select()]
+        ['light', 'light', 'flat', 'dark', 'bias']
+        """
+        if kind is not None and kind not in _night.KINDS:
+            raise ValueError(f"kind must be one of {_night.KINDS}, not {kind!r}")
+        unknown = sorted(set(where) - set(_night.NightFrame.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"NightFrame has no attribute {unknown[0]!r}")
+        return [f for f in self.frames
+                if (kind is None or f.kind == kind)
+                and all(getattr(f, k) == v for k, v in where.items())]
+
+    def paths(self, kind: str | None = None, **where) -> list:
+        """Return the paths of :meth:`select`'s frames."""
+        return [f.path for f in self.select(kind, **where)]
+
+    @property
+    def hot_pixels(self) -> tuple:
+        """``(y, x)`` sensor indices of the hot pixels (dark current, in every frame)."""
+        sensor = self._scene.sensor
+        return sensor.hot_y.copy(), sensor.hot_x.copy()
+
+    def expected(self, frame) -> np.ndarray:
+        """Return a file's noiseless expectation, float32, shaped like the file.
+
+        Everything the file holds but the noise and the cosmic rays: for a
+        light, ``(sky + stars + trail) * flat + dark + bias`` (hot pixels
+        and hot-pixel pattern included); for a calibration frame, the bias,
+        the dark signal at its exposure and temperature and, for a flat, the
+        light times the flat field; region of interest and binning applied;
+        saturated and clipped like the file.
+
+        Parameters
+        ----------
+        frame : NightFrame or int
+            A frame of :attr:`frames`, or its index there.
+        """
+        if isinstance(frame, (int, np.integer)):
+            frame = self.frames[int(frame)]
+        if frame.kind == "light":
+            truth = self.lights[frame.set]
+            return truth._scene.expected(frame.index)[0]
+        s = self._sets[(frame.kind, frame.set)]
+        return self._scene.calibration_expected(
+            frame.exptime, frame.temperature, _flat_adu(s, self.params), s.filter, s.roi,
+            s.binning)
+
+
+def _flat_adu(s, p):
+    """The light of a flat set in sensor ADU (0 for other kinds)."""
+    if s.kind != "flat":
+        return 0.0
+    return s.level * _night.saturate_level(p) / p["adu_scale"]
+
+
+def make_night(
+    directory,
+    *,
+    lights=None,
+    darks=10,
+    flats=10,
+    bias=10,
+    darkflats=0,
+    style="nina",
+    folders=False,
+    imagetyp=True,
+    mistakes=(),
+    shape=(512, 512),
+    seed=0,
+    sky=None,
+    stars=None,
+    camera=None,
+    motion=None,
+    artefacts=None,
+    sensor=None,
+    gain=100,
+    offset=50,
+    temperature_jitter=0.2,
+    overwrite=False,
+    workers=None,
+):
+    """Write a whole night's folder: lights, darks, flats and bias, as a capture program would.
+
+    Every file is a uint16 FITS frame of the same sensor (:class:`Sensor`):
+    lights are ``(sky + stars) * flat + dark(exptime, T) + noise + bias``
+    as in :func:`make_frames`; bias frames hold the bias and read noise;
+    darks add the dark signal (dark current, amp glow and hot pixels,
+    linear in the exposure and doubling every ``Sensor.dark_doubling``
+    degrees C); flats a uniform light times the flat field of their filter.
+    Every frame has Poisson noise on its electrons and read noise, cosmic
+    rays in proportion to its exposure, and a sensor temperature (CCD-TEMP)
+    a little off its set point (SET-TEMP). The headers and file names are
+    those of the capture program ``style``.
+
+    Parameters
+    ----------
+    directory : str or os.PathLike
+        The night's folder; created if missing.
+    lights : int, Lights or list of Lights, optional
+        The light frames: a count (one set with the camera's exposure,
+        filter, target and temperature), or sets of :class:`Lights` (other
+        filters, exposures, a second target with ``field=1``). Default 20.
+    darks : int, Darks or list of Darks
+        Dark frames: a count is that many darks for every exposure (and
+        temperature and gain) of the lights; :class:`Darks` sets may give
+        other exposures and temperatures, binning or a region of interest.
+    flats : int, Flats or list of Flats
+        Flat frames: a count is that many flats through every filter of the
+        lights; :class:`Flats` sets give a filter, level and exposure.
+    bias : int, Bias or list of Bias
+        Bias frames.
+    darkflats : int, Darks or list of Darks
+        Flat-darks: darks at the flats' exposures (a count: that many for
+        every exposure of the flats).
+    style : {"nina", "sharpcap", "maxim", "asiair"}
+        The capture program whose IMAGETYP spellings, header cards and file
+        names the files follow (see the module notes of ``_synth_night``):
+        ``LIGHT_M 42_30.00s_2024-03-09_21-00-00_L_-10.00_0000.fits`` (N.I.N.A.),
+        ``M 42_00001 21_00_00.fits`` (SharpCap), ``M 42-001L.fit`` with
+        ``IMAGETYP = 'Light Frame'`` (MaxIm DL),
+        ``Light_M 42_30.0s_Bin1_SYN1600MM_gain100_20240309-210000_-10.0C_L_0001.fit``
+        (ASIAIR).
+    folders : bool, "native" or dict
+        False: every file in ``directory``. True: ``lights/``, ``darks/``,
+        ``flats/``, ``bias/`` and ``darkflats/``; a dict renames some
+        (``{"bias": "biases"}``). "native": the program's own tree (N.I.N.A.
+        ``2024-03-09/LIGHT/...``, ASIAIR ``Autorun/Light/M 42/...``,
+        SharpCap a folder per date, target, type and capture; MaxIm DL one
+        folder).
+    imagetyp : bool or dict
+        True: the style's IMAGETYP card; False: no IMAGETYP card at all (as
+        some programs write; then only folders or names tell the kinds
+        apart); a dict of kind -> spelling (or None for no card) overrides
+        some, e.g. ``{"bias": "Offset", "flat": "Flat Frame"}``. Kinds are
+        "light", "dark", "flat", "bias" and "darkflat".
+    mistakes : iterable of str
+        Frames that should not be used, for tests of what sorts a night:
+        ``"dark_size"`` two darks of a region of interest half the size,
+        ``"dark_binning"`` two darks binned 2x2, ``"flat_filter"`` three
+        flats of a filter no light has, ``"flats_saturated"`` every flat at
+        1.6 times the file's range (clipped), ``"no_lights"`` no lights at
+        all. Each such frame has ``NightFrame.mistake`` set.
+    shape : tuple of int
+        ``(ny, nx)`` of the sensor.
+    seed : int or None
+        Master seed; None draws one. Each frame has streams of its own: a
+        set's frames do not change when other sets are added.
+    sky, stars, camera, motion, artefacts : optional
+        As for :func:`make_frames`; ``Camera`` gives the default exposure,
+        filter, target, temperature and start of the night, and its gain
+        (e-/ADU) and read noise hold for every frame. Default camera:
+        :data:`NIGHT_CAMERA`. ``Motion`` applies to each set of lights.
+    sensor : Sensor, optional
+        Default :data:`NIGHT_SENSOR`; ``Sensor()`` for none. Its
+        ``dark_reference`` defaults to ``Camera.temperature``, and the hot
+        pixels' levels (``Camera.hot_level``) are their dark signal in
+        ``Camera.exptime`` seconds.
+    gain, offset : int
+        The camera's gain and offset settings written in the headers
+        (GAIN or ISOSPEED, OFFSET); :class:`Lights` and calibration sets
+        may set their own gain.
+    temperature_jitter : float
+        Standard deviation (degrees C) of CCD-TEMP about SET-TEMP, rounded
+        to 0.1; the dark signal follows CCD-TEMP.
+    overwrite : bool
+        Replace files of the same names (only files bigstack wrote);
+        otherwise a FileExistsError names the first one, before anything is
+        written.
+    workers : int, optional
+        Threads that render and write (default: the CPUs, at most 8); the
+        files do not depend on it.
+
+    Returns
+    -------
+    NightTruth
+
+    Raises
+    ------
+    ValueError
+        If an option is out of range or does not fit the others (the
+        message names it).
+    FileExistsError
+        If a file exists and ``overwrite`` is false.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from astropy.io import fits
+    >>> from bigstack.synthetic import Darks, Lights, make_night
+    >>> night = make_night(tempfile.mkdtemp(), shape=(64, 64), style="maxim", bias=2,
+    ...                    lights=[Lights(2, filter="R"), Lights(2, filter="G")],
+    ...                    darks=[Darks(2, exptime=30.0)], flats=2)
+    >>> [(f.kind, f.filter) for f in night.select("flat")]
+    [('flat', 'R'), ('flat', 'R'), ('flat', 'G'), ('flat', 'G')]
+    >>> fits.getheader(night.paths("flat")[0])["IMAGETYP"]
+    'Flat Field'
+    """
+    if style not in _night.STYLES:
+        raise ValueError(f"make_night: style must be one of {_night.STYLES}, not {style!r}")
+    layout = _night.resolve_folders(folders)
+    spellings = _night.resolve_imagetyp(style, imagetyp)
+    if isinstance(mistakes, str):
+        mistakes = (mistakes,)
+    mistakes = tuple(mistakes)
+    if "no_lights" in mistakes and lights is not None:
+        raise ValueError("make_night: lights= and mistakes=('no_lights',) both given; give one")
+    for name, value in (("gain", gain), ("offset", offset)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"make_night: {name} must be an integer >= 0, not {value!r}")
+    jitter = float(temperature_jitter)
+    if not (math.isfinite(jitter) and jitter >= 0):
+        raise ValueError(f"make_night: temperature_jitter must be >= 0, not {temperature_jitter!r}")
+    given = {"sky": sky, "stars": stars, "camera": camera, "motion": motion,
+             "artefacts": artefacts, "sensor": sensor}
+    defaults = {"camera": NIGHT_CAMERA, "sensor": NIGHT_SENSOR}
+    groups = {}
+    for name, cls in GROUPS.items():
+        value = given[name]
+        if value is not None and not isinstance(value, cls):
+            raise ValueError(f"make_night: {name} must be a synthetic.{cls.__name__}, "
+                             f"not {value!r}")
+        groups[name] = value if value is not None else defaults.get(name, cls())
+
+    base = _resolve(1, shape, "fits", "uint16", seed, groups, None, 95, "night", overwrite)
+    base_geom = _scene.geometry(base)
+    base_scene = _scene.Scene(base, base_geom)
+    cam = groups["camera"]
+    sets = _night.plan(20 if lights is None else lights, darks, flats, bias, darkflats, mistakes,
+                       cam, groups["sky"].level, int(gain), base["shape"])
+    times = _night.timeline(sets, cam.start, cam.gap)
+
+    # every set of lights is a scene of its own on the night's sensor
+    scenes, light_groups = {}, {}
+    for s, when in zip(sets, times, strict=True):
+        if s.kind != "light":
+            continue
+        g = dict(groups)
+        g["camera"] = replace(cam, exptime=s.exptime, filter=s.filter, object=s.target,
+                              temperature=s.set_temp, start=when[0].isoformat())
+        g["sky"] = replace(groups["sky"], level=s.sky)
+        if s.field == 1:
+            g["artefacts"] = replace(groups["artefacts"], other_field=tuple(range(s.n)))
+        p = _resolve(s.n, shape, "fits", "uint16", base["seed"], g, None, 95, "night", overwrite)
+        p.update(frame_base=1_000_000 * s.index, temperature_jitter=jitter,
+                 dark_reference=base["dark_reference"], hot_exptime=base["hot_exptime"],
+                 cosmic_rays=base["cosmic_rays"] * s.exptime / base["hot_exptime"])
+        geom = _scene.geometry(p)
+        p["shifts"] = geom["shifts"]
+        scenes[s.index] = (p, geom, _scene.Scene(p, geom, sensor=base_scene.sensor))
+        light_groups[s.index] = g
+
+    # where every frame goes, and what its header says
+    directory = os.fspath(directory)
+    counters, jobs, frames = {}, [], []
+    for s, when in zip(sets, times, strict=True):
+        for j, date in enumerate(when):
+            if s.kind == "light":
+                temp = scenes[s.index][2].temperature(j)
+            else:
+                temp = _calibration_temperature(base["seed"], s, j, jitter)
+            rel = _night.relative_path(style, layout, s, j, date, temp, counters, when[0])
+            path = os.path.join(directory, *rel.split("/"))
+            roi = s.roi or base["shape"]
+            frames.append(_night.NightFrame(
+                path=path, kind=s.kind, imagetyp=spellings[s.kind], exptime=float(s.exptime),
+                temperature=float(temp), set_temp=float(s.set_temp),
+                filter=s.filter if s.kind in ("light", "flat") else None,
+                object=s.target if s.kind == "light" else None, gain=int(s.gain),
+                binning=int(s.binning), shape=(roi[0] // s.binning, roi[1] // s.binning),
+                date=date.isoformat(timespec="milliseconds"), set=s.index, index=j,
+                level=_flat_adu(s, base) if s.kind == "flat" else None, mistake=s.mistake,
+            ))
+            jobs.append((s, j, date, temp, path))
+    _check_outputs([f.path for f in frames], overwrite)
+    for folder in sorted({os.path.dirname(f.path) for f in frames} | {directory}):
+        os.makedirs(folder, exist_ok=True)
+
+    saturate = _night.saturate_level(base)
+    egain = base["gain"] / base["adu_scale"]
+
+    def job(item):
+        s, j, date, temp, path = item
+        if s.kind == "light":
+            values, hits = scenes[s.index][2].render(j)
+            data = values[0]
+        else:
+            key = (_night.KIND_CODE[s.kind], s.index, j)
+            data, hits = base_scene.render_calibration(key, s.exptime, temp, _flat_adu(s, base),
+                                                       s.filter, s.roi, s.binning)
+        header = _night.cards(style, s, spellings[s.kind], date, temp, egain=egain,
+                              offset=offset)
+        payload = _night.fits_bytes(data, header, saturate)
+        with open(path, "wb" if overwrite else "xb") as f:
+            f.write(payload)
+        return hits
+
+    if workers is None:
+        workers = min(8, os.cpu_count() or 1)
+    workers = max(1, min(int(workers), len(jobs) or 1))
+    if workers == 1:
+        hits = [job(item) for item in jobs]
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            hits = list(pool.map(job, jobs))
+
+    truths, k = [], 0
+    for s, when in zip(sets, times, strict=True):
+        if s.kind == "light":
+            p, geom, scene = scenes[s.index]
+            paths = [f.path for f in frames[k:k + s.n]]
+            truths.append(_truth(p, geom, scene, light_groups[s.index], paths, when,
+                                 hits[k:k + s.n]))
+        k += s.n
+
+    params = dict(base)
+    params.update(style=style, folders=layout, imagetyp=spellings, mistakes=mistakes,
+                  gain_setting=int(gain), offset=int(offset), temperature_jitter=jitter)
+    options = {"lights": lights, "darks": darks, "flats": flats, "bias": bias,
+               "darkflats": darkflats, "style": style, "folders": folders,
+               "imagetyp": imagetyp, "mistakes": mistakes, "shape": base["shape"],
+               "seed": base["seed"], **groups, "gain": gain, "offset": offset,
+               "temperature_jitter": temperature_jitter}
+    return NightTruth(directory=directory, style=style, frames=tuple(frames),
+                      lights=tuple(truths), params=params, options=options, _scene=base_scene,
+                      _sets={(s.kind, s.index): s for s in sets})
+
+
+def _calibration_temperature(seed, s, j, jitter):
+    """CCD-TEMP of frame ``j`` of calibration set ``s``."""
+    if not jitter:
+        return float(s.set_temp)
+    rng = _scene.stream(seed, _scene._CALIB, _night.KIND_CODE[s.kind], s.index, j,
+                        _scene._TEMPERATURE)
+    return round(s.set_temp + jitter * float(rng.standard_normal()), 1) + 0.0
+
+
+def _check_outputs(paths, overwrite):
+    """Refuse duplicates, and files that exist unless ``overwrite`` and bigstack wrote them."""
+    seen = set()
+    for path in paths:
+        if path in seen:
+            raise ValueError(f"make_night: two frames would be written to {path}")
+        seen.add(path)
+        if not os.path.lexists(path):
+            continue
+        if not overwrite:
+            raise FileExistsError(errno.EEXIST, "file exists; pass overwrite=True to replace it",
+                                  path)
+        if not _files.made_by_bigstack(path):
+            raise FileExistsError(errno.EEXIST, "file exists and was not written by bigstack; "
+                                  "refusing to replace it", path)

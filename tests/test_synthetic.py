@@ -8,6 +8,7 @@ here, rather than trusting the generator's own helpers.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import shutil
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 from astropy.io import fits
 
 from bigstack import synthetic
-from bigstack.synthetic import Artefacts, Camera, Motion, Sky, Stars
+from bigstack.synthetic import Artefacts, Camera, Motion, Sensor, Sky, Stars
 
 GREY = np.array([0.2126, 0.7152, 0.0722])
 
@@ -1044,3 +1045,164 @@ def test_overwrite_replaces_only_frames_bigstack_wrote(tmp_path, fmt):
         synthetic.make_frames(tmp_path, n_frames=2, shape=(32, 32), fmt=fmt, overwrite=True)
     with open(truth.paths[1], "rb") as f:
         assert f.read().startswith(b"a file bigstack did not write")
+
+
+# --------------------------------------------------------------------------
+# the sensor model: calibration truth, and today's frames unchanged without it
+
+# SHA-256 (first 16 hex digits) of the decoded pixels of every file, then of
+# truth.clean, made by the generator before it had a sensor model (commit
+# 46ba579). A change here means frames of earlier versions changed; if a new
+# numpy changes its random streams, regenerate them from that commit.
+BEFORE_SENSOR = {
+    "default": ["771707122bb083eb", "100ae210471003e7", "68d7273fb0774af8", "59a824a0e9c9cc4a"],
+    "float32": ["f41b4d0dc0a854e3", "90ebb088d7748262", "3f1cb801ce774be4"],
+    "png16": ["2132bc9ffbc97648", "ea30f12255cb14ac", "577153c51583b36c"],
+    "dng": ["917b1dd1bc24c9f1", "1114657c66d400bf", "93d404ecd5cb0c7d"],
+    "trail": ["d42c0822880857e2", "aaf09585447d43bf", "7e17ceda52b75403", "0538c4be1158134f"],
+    "pattern": ["bced7c25a4c2dd4f", "e23d6d0fdf105af0", "9fb2fd3bfd83221b"],
+    "faint_defocused": ["54a4a83764f0c5ac", "f40d18c9ddfd4630", "84e8fc255e3668a2",
+                        "92432c1bfdcc0468"],
+    "hot_pattern": ["7c507572f46b37e4", "59c3e7aae7daf2c1", "14e200bd3d7811c2",
+                    "4c6a4cf867b87569", "bff1341f4cdea637"],
+}
+
+
+def _digest(arr):
+    arr = np.ascontiguousarray(arr)
+    head = str((arr.dtype.str, arr.shape)).encode()
+    return hashlib.sha256(head + arr.tobytes()).hexdigest()[:16]
+
+
+def _decoded(path):
+    path = str(path)
+    if path.endswith(".fit"):
+        return fits.getdata(path)
+    if path.endswith(".png"):
+        import imagecodecs
+
+        return imagecodecs.png_decode(Path(path).read_bytes())
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:  # the raw mosaic: the largest page
+        return max(tif.pages, key=lambda page: page.shape[0] * page.shape[1]).asarray()
+
+
+@pytest.mark.parametrize("name", sorted(BEFORE_SENSOR))
+def test_frames_without_a_sensor_are_those_of_before(tmp_path, name):
+    size = dict(shape=(96, 128))
+    pattern = Camera(column_pattern=5, row_pattern=2, saturation=40000, exptime=60,
+                     temperature=5)
+    make = {
+        "default": lambda d, **kw: synthetic.make_frames(d, 3, **size, seed=1, **kw),
+        "float32": lambda d, **kw: synthetic.make_frames(d, 2, **size, dtype="float32", seed=2,
+                                                         **kw),
+        "png16": lambda d, **kw: synthetic.make_frames(d, 2, **size, fmt="png", seed=3, **kw),
+        "dng": lambda d, **kw: synthetic.make_frames(d, 2, (128, 160), fmt="dng", seed=5, **kw),
+        "trail": lambda d, **kw: synthetic.make_frames(d, 3, **size, seed=7,
+                                                       artefacts=Artefacts(trail=(1, 2)), **kw),
+        "pattern": lambda d, **kw: synthetic.make_frames(d, 2, **size, camera=pattern, seed=9,
+                                                         **kw),
+        "faint_defocused": lambda d: synthetic.make_case("faint_defocused", d, n_frames=3,
+                                                         shape=(128, 128), seed=2),
+        "hot_pattern": lambda d: synthetic.make_case("hot_pattern", d, n_frames=4,
+                                                     shape=(128, 128), seed=2),
+    }[name]
+    truth = make(tmp_path / "a")
+    got = [_digest(_decoded(p)) for p in truth.paths] + [_digest(truth.clean)]
+    assert got == BEFORE_SENSOR[name]
+    if not name.startswith(("faint", "hot")):  # an empty Sensor is no sensor
+        again = make(tmp_path / "b", sensor=Sensor())
+        assert [_digest(_decoded(p)) for p in again.paths] == got[:-1]
+
+
+def test_sensor_light_model_on_float_frames(tmp_path):
+    # float32: no rounding or clipping, the model exactly as stated
+    sensor = Sensor(bias=300.0, dark_current=0.3, amp_glow=4.0, amp_glow_corner="bottom-left",
+                    vignetting=0.3, dust=2, filter_dust=1, cold_pixels=3, pixel_response=0.01)
+    truth = synthetic.make_frames(tmp_path, 3, (96, 128), dtype="float32", seed=4,
+                                  camera=Camera(column_pattern=3.0, exptime=60.0),
+                                  sensor=sensor, artefacts=Artefacts(cosmic_rays=0.0))
+    gain, rn = truth.params["gain"], truth.params["read_noise"]
+    for i, path in enumerate(truth.paths):
+        data = fits.getdata(path).astype(np.float64)
+        sky = truth.calibrated(i).astype(np.float64)
+        dark = truth.dark(60.0)
+        signal = sky * truth.flat() + dark
+        sigma = np.sqrt(signal * gain + rn**2) / gain
+        z = (data - truth.bias - signal) / sigma
+        assert abs(z.mean()) < 0.03 and 0.95 < z.std() < 1.05
+        # and the calibration a perfect master set would do
+        calibrated = (data - truth.bias - dark) / truth.flat()
+        ok = truth.flat() > 0.5
+        zc = (calibrated - sky)[ok] / (sigma / truth.flat())[ok]
+        assert abs(zc.mean()) < 0.03 and 0.95 < zc.std() < 1.05
+    # noiseless frame_clean: the same model without hot pixels
+    clean = truth.calibrated(0) * truth.flat() + truth.bias + truth.dark(60.0)
+    clean[truth.hot_pixels] -= truth.hot_levels  # their rate times the exposure they are for
+    assert np.allclose(truth.frame_clean(0), clean, rtol=1e-5, atol=1e-2)
+    # the glow is in the bottom-left corner (row 0, column 0)
+    rate = truth.dark_rate
+    assert rate[0, 0] == pytest.approx(0.3 + 4.0, rel=1e-6)
+    assert rate[-1, -1] < 0.3 + 0.1
+    # the flat is low where the cold pixels are, and 1 - vignetting at the corners
+    cy, cx = truth.cold_pixels
+    assert np.all(truth.flat()[cy, cx] <= 0.5)
+    assert truth.vignetting[0, 0] == pytest.approx(0.7)
+    assert truth.vignetting[-1, -1] == pytest.approx(0.7)
+
+
+def test_sensor_applies_to_the_bayer_mosaic(tmp_path):
+    # DNG holds the RGGB mosaic: the sensor takes it pixel by pixel.
+    truth = synthetic.make_frames(tmp_path, 2, (128, 160), fmt="dng", seed=6,
+                                  sensor=Sensor(bias=500.0, dark_current=0.2, vignetting=0.2),
+                                  artefacts=Artefacts(cosmic_rays=0.0))
+    gain, rn = truth.params["gain"], truth.params["read_noise"]
+    for i, path in enumerate(truth.paths):
+        data = _decoded(path).astype(np.float64)
+        signal = truth.calibrated(i) * truth.flat() + truth.dark(truth.params["exptime"])
+        sigma = np.sqrt(np.maximum(signal, 0) * gain + rn**2) / gain
+        ok = signal + 500.0 < 60000
+        z = ((data - truth.bias - signal) / sigma)[ok]
+        assert abs(z.mean()) < 0.05 and 0.93 < z.std() < 1.07
+
+
+def test_hot_pixels_are_dark_current(tmp_path):
+    # Camera.hot_level is a hot pixel's signal in a light of Camera.exptime; the sensor
+    # model makes it a rate, so a dark of twice the exposure has twice the signal.
+    camera = Camera(exptime=40.0, hot_pixels=30, hot_level=(2000.0, 8000.0))
+    truth = synthetic.make_frames(tmp_path, 1, (64, 64), seed=2, camera=camera,
+                                  sensor=Sensor(bias=200.0),
+                                  artefacts=Artefacts(cosmic_rays=0.0))
+    hy, hx = truth.hot_pixels
+    data = fits.getdata(truth.paths[0]).astype(np.float64)
+    sky = truth.calibrated(0)[hy, hx]
+    got = data[hy, hx] - 200.0 - sky
+    assert np.allclose(got, truth.hot_levels, atol=6 * np.sqrt(8000 / 1.5))
+    assert np.allclose(truth.dark_rate[hy, hx], truth.hot_levels / 40.0)
+    assert np.allclose(truth.dark(80.0)[hy, hx], 2 * truth.hot_levels)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(vignetting=1.0), r"Sensor\.vignetting"),
+    (dict(vignetting=-0.1), r"Sensor\.vignetting"),
+    (dict(amp_glow_corner="middle"), r"Sensor\.amp_glow_corner"),
+    (dict(dust_depth=(0.02, 1.0)), r"Sensor\.dust_depth"),
+    (dict(dust_radius=(0.0, 3.0)), r"Sensor\.dust_radius"),
+    (dict(cold_response=(0.5, 1.0)), r"Sensor\.cold_response"),
+    (dict(dark_doubling=0.0), r"Sensor\.dark_doubling"),
+    (dict(bias=-1.0), r"Sensor\.bias"),
+    (dict(cold_pixels=1.5), r"Sensor\.cold_pixels"),
+])
+def test_sensor_checks_itself(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Sensor(**kwargs)
+
+
+def test_sensor_options_from_flat_names(tmp_path):
+    kwargs = synthetic.options_from_dict({"vignetting": 0.2, "bias": 100.0, "n_stars": 10})
+    assert kwargs["sensor"] == Sensor(vignetting=0.2, bias=100.0)
+    truth = synthetic.make_frames(tmp_path, 1, (32, 32), seed=1, **kwargs)
+    assert truth.params["vignetting"] == 0.2 and truth.params["dark_reference"] == -10.0
+    again = synthetic.make_frames(tmp_path / "again", **truth.options)
+    assert np.array_equal(fits.getdata(truth.paths[0]), fits.getdata(again.paths[0]))
