@@ -15,7 +15,8 @@ Lights are grouped by target (OBJECT) and filter; each group gets:
   exposure is the lights' (else the nearest one, scaled by exposure when a
   bias is there to take out first);
 - a **flat** master from flats of its filter, size and binning, with their
-  own flat-darks (same exposure) or the bias removed.
+  own flat-darks (same exposure; darks of the flats' exposure when the
+  capture program has no flat-dark type) or the bias removed.
 
 What is missing or does not match is a warning that says what was not
 applied. :func:`stack_night` then builds the masters (cached in the output
@@ -300,6 +301,10 @@ def plan_night(directory, *, temperature_tolerance=2.0, exposure_tolerance=0.01)
             fexp = same_filter[0].exptime
             fdarks = [f for f in by_kind["darkflat"] if f.shape == ref.shape
                       and _same(f.exptime, fexp, exposure_tolerance)]
+            if not fdarks and fexp is not None:  # programs without a flat-dark type
+                fdarks = [f for f in by_kind["dark"] if f.shape == ref.shape
+                          and _same(f.binning, ref.binning) and f.exptime is not None
+                          and _same(f.exptime, fexp, exposure_tolerance)]
             fdark = master("darkflat", fdarks, exptime=fdarks[0].exptime) if fdarks else None
             group.flat = master("flat", same_filter, bias=None if fdark else group.bias,
                                 dark=fdark, extra=_slug(filt) if filt else "")
@@ -380,7 +385,7 @@ def _build_master(plan, spec, built, store, memory, progress):
 
 def stack_night(directory, store, *, model="similarity", method="sigma_clip", subpixel=None,
                 memory="512MB", mode="write", progress=False, dry_run=False, out=print,
-                temperature_tolerance=2.0):
+                temperature_tolerance=2.0, cosmetic="default"):
     """Sort, calibrate, register and stack a night's folder into ``store``.
 
     Parameters
@@ -401,6 +406,9 @@ def stack_night(directory, store, *, model="similarity", method="sigma_clip", su
         ``"append"`` adds the lights not yet in each group's stack.
     dry_run : bool
         Print the plan only.
+    cosmetic : Cosmetic or None
+        Hot and cold pixel correction (default ``Cosmetic()``: 5 sigma, replaced
+        by the neighbours' median); None for none.
     out : callable
         Where the plan and summary lines go.
 
@@ -419,6 +427,10 @@ def stack_night(directory, store, *, model="similarity", method="sigma_clip", su
 
     if mode not in ("write", "overwrite", "append"):
         raise ValueError(f"mode must be 'write', 'overwrite' or 'append', got {mode!r}")
+    if isinstance(cosmetic, str) and cosmetic == "default":
+        from ._calibrate import Cosmetic
+
+        cosmetic = Cosmetic()
     store = os.fspath(store)
     plan = plan_night(directory, temperature_tolerance=temperature_tolerance)
     for line in plan.lines():
@@ -468,8 +480,12 @@ def stack_night(directory, store, *, model="similarity", method="sigma_clip", su
                     f"{target}: holds a stack of other lights ({stored['n_frames']} frames); "
                     "pass --append to add the new ones, or --overwrite to stack again")
         cube = open_frames(lights)
+        # dead pixels of the flat are left out; hot pixels of the dark and cold ones of the
+        # flat are replaced by their neighbours' median (their dark current follows the
+        # sensor's temperature too steeply for a subtraction to remove it)
         calibrated = calibrate(cube, bias=built.get(group.bias), dark=built.get(group.dark),
-                               flat=built.get(group.flat), dark_scale=group.dark_scale)
+                               flat=built.get(group.flat), dark_scale=group.dark_scale,
+                               low_flat="mask", cosmetic=cosmetic)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", BigstackWarning)
             transforms = find_transforms(calibrated, model=model,
