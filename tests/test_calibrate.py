@@ -177,6 +177,10 @@ def test_bad_masters_and_flats_are_named(night, tmp_path):
     fits.PrimaryHDU(np.ones((10, 10), np.float32)).writeto(small)
     with pytest.raises(FrameError, match=r"small.fits: bias master of shape \(10, 10\)"):
         bigstack.calibrate(files["light"], bias=small)
+    with pytest.raises(FrameError, match=r"small.fits: dark master of shape \(10, 10\)"):
+        bigstack.calibrate(files["light"], dark=small)
+    with pytest.raises(FrameError, match=r"small.fits: flat master of shape \(10, 10\)"):
+        bigstack.calibrate(files["light"], flat=small)
     saturated = []
     for i in range(3):
         path = tmp_path / f"sat{i}.fit"

@@ -270,3 +270,16 @@ def test_hot_pixels_leave_no_trail(generated_night):
     hy, hx = hot_y[inside], hot_x[inside]
     neighbours = np.median([raw[hy + dy, hx + dx] for dy in (-1, 1) for dx in (-1, 1)], axis=0)
     assert hy.size > 10 and np.median(raw[hy, hx] - neighbours) > 5 * sigma
+
+
+def test_darks_of_another_binning_are_not_applied(tmp_path):
+    camera = Camera(3)
+    write_night(tmp_path, camera, filters=("L",))
+    for path in tmp_path.glob("dark_*"):
+        with fits.open(path, mode="update") as hdul:
+            hdul[0].header["XBINNING"] = 2
+    plan = plan_night(tmp_path)
+    (group,) = plan.groups
+    assert group.dark is None
+    assert any("no dark matches the camera" in line and "dark not subtracted" in line
+               for line in plan.lines())
