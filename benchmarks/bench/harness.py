@@ -69,7 +69,9 @@ def child_main(spec_path):
     method = METHODS[job.method]
     t0 = time.perf_counter()
     import_modules(method.imports)
-    setup = method.setup(job) if method.setup else {}
+    made = method.setup(job) if method.setup else {}
+    job.state.update(made)  # the run's inputs; names starting with _ are not recorded
+    setup = {k: v for k, v in made.items() if not k.startswith("_")}
     import_s = time.perf_counter() - t0
     rss_before = rss_now()
     faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
