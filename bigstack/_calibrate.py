@@ -506,7 +506,9 @@ class CalibratedReader:
         self.frame_shape = tuple(shape)
         self.shape = (n, *shape)
         self.ndim = 3
-        self.bias, self.dark, self.flat = bias, dark, flat
+        self.bias, self.dark = bias, dark
+        # multiplied, not divided, in the hot loop: the reciprocal once (NaN stays NaN)
+        self.inv_flat = None if flat is None else (np.float32(1) / flat).astype(np.float32)
         self.dark_factor = np.asarray(dark_factor, float)
         self.bad, self.replace = bad, replace
 
@@ -520,7 +522,7 @@ class CalibratedReader:
     @property
     def resident_bytes(self):
         """Bytes of the masters this reader holds in memory."""
-        return sum(a.nbytes for a in (self.bias, self.dark, self.flat, self.bad)
+        return sum(a.nbytes for a in (self.bias, self.dark, self.inv_flat, self.bad)
                    if a is not None)
 
     def __dask_tokenize__(self):
@@ -528,30 +530,26 @@ class CalibratedReader:
 
         return ("CalibratedReader", tokenize(self.source.reader) if hasattr(
             self.source, "reader") else id(self.source), tokenize(
-            self.bias, self.dark, self.flat, self.dark_factor, self.bad, self.replace))
+            self.bias, self.dark, self.inv_flat, self.dark_factor, self.bad, self.replace))
 
     def rows(self, indices):
         return CalibratedRows(self, np.asarray(indices))
 
     def calibrated(self, i, r0, r1):
         """Calibrated float32 rows ``[r0, r1)`` of light ``i`` (its index in the source)."""
+        from . import _kernels
+
         ny = self.frame_shape[0]
         pad = self.bad is not None and self.replace == "median"
         a, b = (max(r0 - 1, 0), min(r1 + 1, ny)) if pad else (r0, r1)
         stored, scale, zero, blank, _ = self.source.raw(i, a, b, {})
-        values = stored.astype(np.float32)
-        if scale != 1:
-            values *= np.float32(scale)
-        if zero != 0:
-            values += np.float32(zero)
-        if blank is not None:
-            values[stored == blank] = np.nan
-        if self.bias is not None:
-            values -= self.bias[a:b]
-        if self.dark is not None and self.dark_factor[i]:
-            values -= np.float32(self.dark_factor[i]) * self.dark[a:b]
-        if self.flat is not None:
-            values /= self.flat[a:b]
+        values = np.empty(stored.shape, np.float32)
+        dark = self.dark if self.dark is not None and self.dark_factor[i] else None
+        _kernels.calibrate_rows(
+            stored, values, scale=scale, zero=zero, blank=blank,
+            bias=None if self.bias is None else self.bias[a:b],
+            dark=None if dark is None else dark[a:b], k=self.dark_factor[i] if dark is not None
+            else 0.0, inv_flat=None if self.inv_flat is None else self.inv_flat[a:b])
         if self.bad is not None:
             values = _repair(values, self.bad[a:b], self.replace)
         return values[r0 - a:r0 - a + (r1 - r0)]
@@ -586,9 +584,11 @@ def _repair(values, bad, replace):
         for dx in (-1, 0, 1):
             if dy == 0 and dx == 0:
                 continue
-            yy, xx = np.clip(ys + dy, 0, ny - 1), np.clip(xs + dx, 0, nx - 1)
+            yy, xx = ys + dy, xs + dx
+            inside = (yy >= 0) & (yy < ny) & (xx >= 0) & (xx < nx)
+            yy, xx = np.clip(yy, 0, ny - 1), np.clip(xx, 0, nx - 1)
             v = values[yy, xx].copy()
-            v[bad[yy, xx]] = np.nan  # a bad neighbour does not vote
+            v[bad[yy, xx] | ~inside] = np.nan  # a bad neighbour (or none) does not vote
             patches.append(v)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all eight bad: NaN
@@ -609,6 +609,18 @@ class CalibratedRows:
 
     def raw(self, i, r0, r1, buffers):
         return self.reader.calibrated(int(self.files[i]), r0, r1), 1.0, 0.0, None, True
+
+    def stored(self, i, r0, r1, buffers):
+        """Frame ``i``'s stored rows ``[r0, r1)`` and its masters, for the fused combine
+        (:func:`bigstack._kernels.add_calibrated`): ``(rows, scale, zero, blank, masters)``.
+        """
+        reader = self.reader
+        j = int(self.files[i])
+        rows, scale, zero, blank, _ = reader.source.raw(j, r0, r1, buffers)
+        k = float(reader.dark_factor[j])
+        masters = (reader.bias, reader.dark if reader.dark is not None and k else None, k,
+                   reader.inv_flat, reader.bad, reader.replace == "nan")
+        return rows, scale, zero, blank, masters
 
     def box(self, i, y0, y1, x0, x1):
         rows = self.reader.calibrated(int(self.files[i]), y0, y1)

@@ -401,15 +401,16 @@ class _Window:
     """One frame's part of a tile: what to add where (see :func:`_frame_windows`)."""
 
     __slots__ = ("k", "i", "rows", "block", "bad", "scale", "zero", "out", "flat", "warp",
-                 "r0", "blank")
+                 "r0", "blank", "fused")
 
     def __init__(self, **fields):
         self.warp = False
+        self.fused = None
         for name, value in fields.items():
             setattr(self, name, value)
 
 
-def _frame_windows(source, plan, a, b):
+def _frame_windows(source, plan, a, b, fused=False):
     """Yield, frame by frame in index order, the window each kept frame adds to rows ``[a, b)``.
 
     A frame that is a whole-pixel copy (a translation with nearest
@@ -424,6 +425,11 @@ def _frame_windows(source, plan, a, b):
     flip, a scale change) gets ``warp=True``: ``rows`` are the stored frame
     rows from ``r0`` that hold the tile's footprint in the frame (slanted for
     a rotation), for :func:`bigstack._kernels.warp_accumulate`.
+
+    With ``fused`` and a calibrated source (one with ``stored``), a
+    whole-pixel copy is yielded unread, with ``fused = (first frame row,
+    first frame column)``: the caller calibrates and adds it in one pass
+    (:func:`_add_fused`).
 
     ``rows`` is a reused buffer: use a window before asking for the next.
     """
@@ -453,13 +459,17 @@ def _frame_windows(source, plan, a, b):
         c_hi = min(x1, nx - ix)
         if r_hi <= r_lo or c_hi <= c_lo:
             continue
+        oy, ox = r_lo - y0 - a, c_lo - x0
+        if fused:
+            yield _Window(k=k, i=i, fused=(r_lo + iy, c_lo + ix),
+                          out=(slice(oy, oy + r_hi - r_lo), slice(ox, ox + c_hi - c_lo)))
+            continue
         rows, scale, zero, blank, floating = source.raw(i, r_lo + iy, r_hi + iy, buffers)
         block = rows[:, c_lo + ix:c_hi + ix]
         bad = block == blank if blank is not None else (
             ~np.isfinite(block) if floating else None)
         if bad is not None and not bad.any():
             bad = None
-        oy, ox = r_lo - y0 - a, c_lo - x0
         flat = None
         if not floating and rows.shape[1] == width:
             flat = (oy, ox, c_lo + ix, c_hi - c_lo)
@@ -505,14 +515,20 @@ def combine_tile(source, plan, a, b):
     zeros = set()  # the offsets marked; one value for all frames is the common case
     work = {}
     added = 0
-    for w in _frame_windows(source, plan, a, b):
+    fused = []  # calibrated whole-pixel copies, added after the loop (see _add_fused)
+    can_fuse = weights is None and hasattr(source, "stored")
+    for w in _frame_windows(source, plan, a, b, fused=can_fuse):
+        g = 1.0 if gains is None else float(gains[w.i])
+        bias = 0.0 if biases is None else float(biases[w.i])
+        wt = 1.0 if weights is None else float(weights[w.i])
+        if w.fused is not None:
+            _mark(count, w.out, 1)
+            fused.append((w, g, bias))
+            continue
         added += 1
         if added % _FLUSH == 0:
             exact += total
             total[:] = 0
-        g = 1.0 if gains is None else float(gains[w.i])
-        bias = 0.0 if biases is None else float(biases[w.i])
-        wt = 1.0 if weights is None else float(weights[w.i])
         if w.warp:
             if warped is None:
                 warped = (np.zeros((h, width), np.int32),
@@ -544,6 +560,10 @@ def combine_tile(source, plan, a, b):
                 lost = np.zeros((h, width), np.float64)
             invalid[w.out] += w.bad
             lost[w.out] += w.bad * wt
+    if fused:
+        if invalid is None:
+            invalid = np.zeros((h, width), np.int32)
+        _add_fused(source, fused, total, exact, invalid)
     copies = _integrate(count)  # coverage of the whole-pixel copies
     exact += total
     if len(zeros) == 1 and invalid is None:  # every copied window added the same offset
@@ -562,6 +582,47 @@ def combine_tile(source, plan, a, b):
         if weight is not None:
             weight += warped[1]
     return exact, coverage, weight
+
+
+#: bytes of masters per step of the fused calibrated add (about 13 bytes a pixel): the
+#: masters of a step stay in the cache while every frame's rows pass through (4 MiB: 1.1-1.3x
+#: the uncalibrated stack at 100 frames of 2048x2048, against 1.4x for 2 MiB)
+_FUSED_BYTES = 1 << 22
+
+
+def _add_fused(source, windows, total, exact, invalid):
+    """Calibrate and add whole-pixel copies in steps of a few rows, every frame per step.
+
+    Looping frames inside the row steps keeps the steps' master rows (bias,
+    dark, 1 / flat, bad pixels) in the cache, where frame by frame over a
+    whole tile they would come from memory once per frame: the masters are
+    six times the bytes of a 16-bit frame. Each frame's rows of a step are
+    one read (with a row above and below, for the bad pixels' neighbours).
+    """
+    from . import _kernels
+
+    h, width = total.shape
+    ny = source.reader.frame_shape[0]
+    step = max(4, _FUSED_BYTES // (13 * width))
+    buffers = {}
+    for q0 in range(0, h, step):
+        q1 = min(q0 + step, h)
+        added = 0
+        for w, g, bias in windows:
+            rows, cols = w.out
+            lo, hi = max(rows.start, q0), min(rows.stop, q1)
+            if hi <= lo:
+                continue
+            fr0 = w.fused[0] + lo - rows.start
+            s0, s1 = max(fr0 - 1, 0), min(fr0 + hi - lo + 1, ny)
+            stored, scale, zero, blank, masters = source.stored(w.i, s0, s1, buffers)
+            _kernels.add_calibrated(stored, s0, masters, fr0, w.fused[1], total, invalid,
+                                    (lo, cols.start, hi - lo, cols.stop - cols.start),
+                                    scale=scale, zero=zero, blank=blank, gain=g, offset=bias)
+            added += 1
+            if added % _FLUSH == 0:
+                exact[q0:q1] += total[q0:q1]
+                total[q0:q1] = 0
 
 
 def gather_tile(source, plan, a, b):

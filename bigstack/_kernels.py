@@ -1811,3 +1811,163 @@ def reject_block(values, method, *, weights=None, kappa=None, centre=None, maxit
                       opts.get("centre", "median") == "median", int(opts.get("maxiters", 1)),
                       wts, weighted, result, kept, rejected)
     return result.reshape(h, w), kept.reshape(h, w), rejected.reshape(h, w)
+
+
+# --------------------------------------------------------------------------
+# calibration: stored rows -> (physical - bias - k * dark) * (1 / flat), one pass
+
+
+@njit(**_JIT)
+def _calibrate_rows(stored, swap, signed, scale, zero, blank, has_blank, bias, has_bias, dark,
+                    k, has_dark, inv_flat, has_flat, out):
+    # one row at a time, each step a loop of its own over the row (in the core's cache):
+    # loops without branches vectorise, one loop with them does not (measured 3x slower)
+    ny, nx = out.shape
+    for y in range(ny):
+        src = stored[y]
+        row = out[y]
+        for x in range(nx):
+            row[x] = _physical(src[x], swap, signed, scale, zero, blank, has_blank)
+        if has_bias:
+            b = bias[y]
+            for x in range(nx):
+                row[x] -= b[x]
+        if has_dark:
+            d = dark[y]
+            for x in range(nx):
+                row[x] -= k * d[x]
+        if has_flat:
+            f = inv_flat[y]
+            for x in range(nx):
+                row[x] *= f[x]
+
+
+def calibrate_rows(rows, out, *, scale=1.0, zero=0.0, blank=None, bias=None, dark=None, k=1.0,
+                   inv_flat=None):
+    """``out = (rows * scale + zero - bias - k * dark) * inv_flat`` in one pass.
+
+    ``rows`` are stored rows as a FITS reader gives them (any byte order,
+    8/16/32-bit integers or floats); a stored BLANK, NaN or infinity gives
+    NaN. ``bias``, ``dark`` and ``inv_flat`` (the reciprocal of the flat) are
+    float32 arrays of ``out``'s shape, or None for none. The reference is the
+    same arithmetic in numpy, in float32 (tests/test_kernels.py).
+    """
+    view, swap, signed, floating = _stored_view(rows)
+    has_blank, bits = _blank_bits(blank, np.asarray(rows).dtype, view.dtype)
+    empty = np.zeros((1, 1), np.float32)
+
+    def master(m):
+        return (empty, False) if m is None else (np.ascontiguousarray(m, np.float32), True)
+
+    b, hb = master(bias)
+    d, hd = master(dark)
+    f, hf = master(inv_flat)
+    _calibrate_rows(view, swap, signed, np.float32(scale), np.float32(zero), bits, has_blank,
+                    b, hb, d, np.float32(k), hd, f, hf, out)
+    return out
+
+
+@njit(**_JIT)
+def _calibrated(stored, s0, swap, signed, scale, zero, blank, has_blank, bias, has_bias, dark,
+                k, has_dark, inv_flat, has_flat, fr, fc):
+    """The calibrated value of frame pixel ``(fr, fc)``; ``stored[j]`` is frame row ``s0 + j``
+    and the masters are whole frames."""
+    v = _physical(stored[fr - s0, fc], swap, signed, scale, zero, blank, has_blank)
+    if has_bias:
+        v -= bias[fr, fc]
+    if has_dark:
+        v -= k * dark[fr, fc]
+    if has_flat:
+        v *= inv_flat[fr, fc]
+    return v
+
+
+@njit(**_JIT)
+def _add_calibrated(stored, s0, s1, swap, signed, scale, zero, blank, has_blank, bias, has_bias,
+                    dark, k, has_dark, inv_flat, has_flat, bad, has_bad, nan_bad, fr0, sx, gain,
+                    offset, total, invalid, oy, ox, nrows, length):
+    nx = stored.shape[1]
+    near = np.empty(8, np.float32)
+    zeros = np.zeros(length, np.float32)
+    ones = np.ones(length, np.float32)
+    good = np.zeros(length, np.bool_)
+    f0, i0, i1 = np.float32(0), np.int32(0), np.int32(1)
+    for q in range(nrows):
+        fr = fr0 + q
+        trow = total[oy + q, ox:ox + length]
+        irow = invalid[oy + q, ox:ox + length]
+        src = stored[fr - s0, sx:sx + length]
+        # rows hoisted out of the pixel loop, a missing master as a neutral row, and selects
+        # in place of branches: the loop vectorises (measured 10x, then 2x)
+        brow = bias[fr, sx:sx + length] if has_bias else zeros
+        drow = dark[fr, sx:sx + length] if has_dark else zeros
+        frow = inv_flat[fr, sx:sx + length] if has_flat else ones
+        badrow = bad[fr, sx:sx + length] if has_bad else good
+        for c in range(length):
+            v = (_physical(src[c], swap, signed, scale, zero, blank, has_blank) - brow[c]
+                 - k * drow[c]) * frow[c]
+            skip = badrow[c]  # a bad pixel is added below
+            ok = (v - v == 0) & (not skip)
+            trow[c] += (v * gain + offset) if ok else f0
+            irow[c] += i0 if (ok | skip) else i1
+        if not has_bad:
+            continue
+        for c in range(length):  # the few bad pixels: NaN, or their neighbours' median
+            if not badrow[c]:
+                continue
+            if nan_bad:
+                irow[c] += 1
+                continue
+            fc = sx + c
+            m = 0  # the median of the finite, good eight neighbours (within the frame)
+            for dy in range(-1, 2):
+                for dx in range(-1, 2):
+                    yy, xx = fr + dy, fc + dx
+                    if (dy == 0 and dx == 0) or yy < s0 or yy >= s1 or xx < 0 or xx >= nx:
+                        continue
+                    if bad[yy, xx]:
+                        continue
+                    u = _calibrated(stored, s0, swap, signed, scale, zero, blank, has_blank,
+                                    bias, has_bias, dark, k, has_dark, inv_flat, has_flat, yy, xx)
+                    if u - u == 0:
+                        near[m] = u
+                        m += 1
+            if m == 0:
+                irow[c] += 1
+                continue
+            srt = np.sort(near[:m])
+            v = srt[m // 2] if m % 2 else np.float32(0.5) * (srt[m // 2 - 1] + srt[m // 2])
+            trow[c] += v * gain + offset
+
+
+def add_calibrated(rows, s0, masters, fr0, sx, total, invalid, out, *, scale=1.0, zero=0.0,
+                   blank=None, gain=1.0, offset=0.0):
+    """Calibrate frame rows and add them to a tile in one pass.
+
+    ``rows`` are stored frame rows from row ``s0`` on (as a FITS reader gives
+    them); ``masters`` is ``(bias, dark, k, inv_flat, bad, nan_bad)``, whole
+    frames or None. Output pixel ``out = (oy, ox, nrows, length)`` + ``(q, c)``
+    takes frame pixel ``(fr0 + q, sx + c)``: ``total`` gets its calibrated
+    value times ``gain`` plus ``offset``; a NaN (or BLANK, or a bad pixel
+    with ``nan_bad``) adds 1 to ``invalid`` instead. A bad pixel otherwise
+    takes the median of its good, finite eight neighbours (neighbours
+    outside ``rows`` are not used). Reference: ``CalibratedReader`` plus a
+    numpy add (tests/test_kernels.py).
+    """
+    view, swap, signed, _ = _stored_view(rows)
+    has_blank, bits = _blank_bits(blank, np.asarray(rows).dtype, view.dtype)
+    bias, dark, k, inv_flat, bad, nan_bad = masters
+    empty = np.zeros((1, 1), np.float32)
+
+    def master(m):
+        return (empty, False) if m is None else (m, True)
+
+    b, hb = master(bias)
+    d, hd = master(dark)
+    f, hf = master(inv_flat)
+    bd, hbd = (np.zeros((1, 1), np.bool_), False) if bad is None else (bad, True)
+    oy, ox, nrows, length = out
+    _add_calibrated(view, s0, s0 + view.shape[0], swap, signed, np.float32(scale),
+                    np.float32(zero), bits, has_blank, b, hb, d, np.float32(k), hd, f, hf, bd,
+                    hbd, bool(nan_bad), fr0, sx, np.float32(gain), np.float32(offset), total,
+                    invalid, oy, ox, nrows, length)

@@ -210,3 +210,46 @@ def test_masters_count_in_the_memory_budget(night):
     calibrated = bigstack.calibrate(files["light"], bias=bias)
     with pytest.raises(BigstackError, match="the calibration masters alone take"):
         bigstack.stack(calibrated, memory=bias.values.nbytes // 2)
+
+
+@pytest.mark.parametrize("cosmetic", [None, Cosmetic(), Cosmetic(replace="nan")])
+@pytest.mark.parametrize("stored", ["float32", "int16"])
+def test_fused_calibrated_stack_equals_the_calibrated_frames_stacked(night, tmp_path, cosmetic,
+                                                                       stored, monkeypatch):
+    """The stack reads raw rows and calibrates them as it adds them (one pass, the masters'
+    rows kept in the cache): it must equal stacking the calibrated frames themselves."""
+    _, files = night
+    lights = files["light"]
+    if stored == "int16":  # camera frames: 16-bit with BZERO, a BLANK pixel in one
+        lights = []
+        for i, path in enumerate(files["light"]):
+            data = np.clip(np.round(fits.getdata(path)), 0, 65535).astype(np.uint16)
+            out = tmp_path / f"u{i}.fits"
+            hdu = fits.PrimaryHDU(data)
+            hdu.header["EXPTIME"] = 60.0
+            if i == 2:
+                hdu.scale("int16", bzero=32768)
+                hdu.header["BLANK"] = -32768
+                hdu.data[5, 7] = -32768
+            hdu.writeto(out)
+            lights.append(str(out))
+    bias = bigstack.make_master(files["bias"], "bias")
+    dark = bigstack.make_master(files["dark"], "dark", bias=bias)
+    flat = bigstack.make_master(files["flat"], "flat", bias=bias).values.copy()
+    flat[10:12, 20:24] = 0.0  # dead: masked below
+    cube = bigstack.calibrate(bigstack.open_frames(lights), bias=bias, dark=dark, flat=flat,
+                              cosmetic=cosmetic, low_flat="mask")
+    shifts = np.array([[0, 0], [1, -2], [-3, 1], [2, 2], [0, 4]], float)
+    from bigstack import _kernels
+
+    calls = []
+    kernel = _kernels.add_calibrated
+    monkeypatch.setattr(_kernels, "add_calibrated", lambda *a, **k: calls.append(1) or kernel(
+        *a, **k))
+    fused = bigstack.stack(cube, shifts, subpixel="nearest").compute()
+    assert len(calls) >= len(lights)  # the fused path ran
+    plain = bigstack.stack(np.asarray(cube.values), shifts, subpixel="nearest")
+    np.testing.assert_allclose(fused["stack"].values, plain["stack"].values, rtol=1e-6,
+                               atol=1e-4, equal_nan=True)
+    np.testing.assert_array_equal(fused["coverage"].values, plain["coverage"].values)
+    assert np.isnan(fused["stack"].values).any() == np.isnan(plain["stack"].values).any()

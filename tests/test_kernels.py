@@ -492,3 +492,74 @@ def test_rejection_options_are_validated_like_combine_block():
         reject_block(block, "mean")
     with pytest.raises(ValueError, match="kappa must be finite"):
         reject_block(block, "sigma_clip", kappa=-1)
+
+
+# ---- calibration
+
+
+@pytest.mark.parametrize("dtype", [">i2", ">u2", "<i2", ">i4", ">f4", "<f8", "u1"])
+def test_calibrate_rows_equals_numpy(dtype):
+    from bigstack._kernels import calibrate_rows
+
+    rng = np.random.default_rng(5)
+    shape = (7, 13)
+    info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else None
+    if info is not None:
+        stored = rng.integers(info.min, info.max, shape, endpoint=True).astype(dtype)
+    else:
+        stored = rng.normal(100, 30, shape).astype(dtype)
+        stored[1, 2], stored[3, 4] = np.nan, np.inf
+    scale, zero = (1.0, 32768.0) if dtype == ">i2" else (0.5, 3.0)
+    blank = int(stored[2, 5]) if info is not None else None
+    bias = rng.normal(300, 5, shape).astype(np.float32)
+    dark = rng.normal(2, 1, shape).astype(np.float32)
+    inv_flat = (1 / rng.uniform(0.5, 1.5, shape)).astype(np.float32)
+    out = np.empty(shape, np.float32)
+    calibrate_rows(stored, out, scale=scale, zero=zero, blank=blank, bias=bias, dark=dark,
+                   k=1.5, inv_flat=inv_flat)
+    # numpy reference, the same float32 operations in the same order
+    want = stored.astype(np.float32) * np.float32(scale) + np.float32(zero)
+    want = (want - bias - np.float32(1.5) * dark) * inv_flat
+    if blank is not None:
+        want[stored == blank] = np.nan
+    want[~np.isfinite(want)] = np.nan
+    np.testing.assert_allclose(out, want, rtol=2e-7, atol=1e-6)
+    assert np.array_equal(np.isnan(out), np.isnan(want))
+    # masters are optional
+    calibrate_rows(stored, out, scale=scale, zero=zero)
+    plain = stored.astype(np.float32) * np.float32(scale) + np.float32(zero)
+    plain[~np.isfinite(plain)] = np.nan  # no BLANK given: the stored value counts
+    np.testing.assert_allclose(out, plain, rtol=2e-7, atol=1e-6)
+
+
+@pytest.mark.parametrize("replace", ["median", "nan", None])
+def test_add_calibrated_equals_numpy(replace):
+    """The fused calibrate-and-add against numpy: the calibration formula, the bad pixels'
+    neighbour median (bigstack._calibrate._repair, numpy) and a masked add."""
+    from bigstack._calibrate import _repair
+    from bigstack._kernels import add_calibrated
+
+    rng = np.random.default_rng(11)
+    ny, nx = 30, 40
+    stored = rng.integers(0, 60000, (ny, nx)).astype(np.uint16).astype(">u2")
+    bias = rng.normal(300, 5, (ny, nx)).astype(np.float32)
+    dark = rng.normal(2, 1, (ny, nx)).astype(np.float32)
+    inv_flat = (1 / rng.uniform(0.5, 1.5, (ny, nx))).astype(np.float32)
+    inv_flat[4, 6] = np.nan  # a masked flat pixel
+    bad = None if replace is None else rng.random((ny, nx)) < 0.03
+    s0, s1 = 5, 25  # the rows read: frame rows 5..24; the add takes rows 6..23, columns 3..36
+    total = rng.normal(0, 1, (20, 36)).astype(np.float32)
+    invalid = np.zeros((20, 36), np.int32)
+    want_total, want_invalid = total.copy(), invalid.copy()
+    add_calibrated(stored[s0:s1], s0, (bias, dark, 0.5, inv_flat, bad, replace == "nan"), 6, 3,
+                   total, invalid, (1, 2, 18, 34), scale=1.0, zero=0.0, gain=2.0, offset=1.0)
+    values = (stored[s0:s1].astype(np.float32) - bias[s0:s1] - np.float32(0.5) * dark[s0:s1])
+    values = values * inv_flat[s0:s1]
+    if bad is not None:
+        values = _repair(values, bad[s0:s1], replace)
+    part = values[1:19, 3:37]
+    ok = np.isfinite(part)
+    want_total[1:19, 2:36] += np.where(ok, part * np.float32(2) + np.float32(1), 0)
+    want_invalid[1:19, 2:36] += ~ok
+    np.testing.assert_allclose(total, want_total, rtol=1e-6, atol=1e-3)
+    np.testing.assert_array_equal(invalid, want_invalid)
