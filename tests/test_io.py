@@ -305,9 +305,9 @@ def test_fits_without_image_hdu(tmp_path):
     assert str(path) in str(err.value)
 
 
-def test_3d_fits(tmp_path):
-    path = write_fits(tmp_path / "cube.fits", np.zeros((3, 10, 20), np.float32))
-    with pytest.raises(FrameError, match=r"3-D image of shape \(3, 10, 20\)") as err:
+def test_4d_fits(tmp_path):
+    path = write_fits(tmp_path / "cube.fits", np.zeros((2, 3, 10, 20), np.float32))
+    with pytest.raises(FrameError, match=r"4-D image of shape \(2, 3, 10, 20\)") as err:
         open_frames([path])
     assert str(path) in str(err.value)
 
@@ -320,7 +320,7 @@ def test_3d_fits_with_single_plane_is_a_frame(tmp_path):
 
 def test_channel_refused_for_fits(tmp_path):
     path = write_fits(tmp_path / "a.fit", np.zeros((3, 3), np.uint16))
-    with pytest.raises(FrameError, match="channel='G' applies to camera RAW files only"):
+    with pytest.raises(FrameError, match="channel='G': the file holds one \\(mono\\) plane"):
         open_frames([path], channel="G")
 
 
