@@ -1382,7 +1382,7 @@ class FileRows:
     def raw(self, i, r0, r1, buffers):
         """``(rows, scale, zero, blank, floating)`` of frame ``i``'s full rows ``[r0, r1)``."""
         source = self.reader.sources[int(self.files[i])]
-        if isinstance(source, FitsSource):
+        if isinstance(source, FitsSource) or getattr(source, "raw_rows", False):
             size = (r1 - r0) * source.shape[1]
             buffer = buffers.get(source.dtype)
             if buffer is None or buffer.size < size:

@@ -66,6 +66,21 @@ class SerSource:
     stamp: tuple | None = field(default=None, compare=False, repr=False)
 
     by_rows = True
+    bscale, bzero, blank = 1.0, 0.0, None  # what FileRows.raw hands the combine with rows
+
+    @property
+    def raw_rows(self):
+        """Mono and Bayer frames give their stored rows to the combine (no float copy)."""
+        return self.samples == 1
+
+    def read_raw(self, y0, y1, out=None):
+        """Full-width rows ``[y0, y1)`` as stored; ``out`` a reusable 1-D buffer (see FitsSource)."""
+        nx = self.shape[1]
+        dtype = np.dtype(self.dtype)
+        count = (y1 - y0) * nx
+        raw = np.empty(count, dtype) if out is None else out[:count]
+        read_at(self.path, self.stamp, raw, self.offset + y0 * nx * dtype.itemsize)
+        return raw.reshape(y1 - y0, nx)
 
     @property
     def planes(self):
