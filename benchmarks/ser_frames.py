@@ -88,7 +88,8 @@ shifts = np.load(shifts_path)
 t_find = None
 if find:
     t1 = time.perf_counter()
-    found = bigstack.find_shifts(cube, method="xcorr", star_pos=[cube.sizes["x"] // 2, cube.sizes["y"] // 2], search=64)
+    centre = [cube.sizes["x"] // 2, cube.sizes["y"] // 2]
+    found = bigstack.find_shifts(cube, method="xcorr", star_pos=centre, search=64)
     t_find = time.perf_counter() - t1
 t1 = time.perf_counter()
 out = bigstack.stack(cube, shifts, store=store, memory="512MB")

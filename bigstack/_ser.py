@@ -74,7 +74,7 @@ class SerSource:
         return self.samples == 1
 
     def read_raw(self, y0, y1, out=None):
-        """Full-width rows ``[y0, y1)`` as stored; ``out`` a reusable 1-D buffer (see FitsSource)."""
+        """Full-width rows ``[y0, y1)`` as stored; ``out``: a reusable buffer, as for FITS."""
         nx = self.shape[1]
         dtype = np.dtype(self.dtype)
         count = (y1 - y0) * nx

@@ -123,6 +123,8 @@ import numpy as np
 from . import _files
 from . import _synth_night as _night
 from . import _synth_scene as _scene
+from ._ser import write_ser
+from ._synth_formats import bayer_mosaic, make_ser
 from ._synth_night import NightFrame
 from ._synth_options import (
     FLAT_NAME,
@@ -141,8 +143,6 @@ from ._synth_options import (
     merge_flat,
     options_from_dict,
 )
-from ._ser import write_ser
-from ._synth_formats import bayer_mosaic, make_ser
 from ._synth_scene import GREY_WEIGHTS
 
 __all__ = [
