@@ -501,3 +501,48 @@ def test_channel_of_a_mono_file_is_an_error(tmp_path):
     bayer = _ser(tmp_path / "b.ser", colour="RGGB")
     with pytest.raises(FrameError, match="RGGB Bayer mosaic"):
         open_frames(bayer, channel="R")
+
+
+def test_load_image_reads_the_new_formats_as_the_tutorial_reads_png(tmp_path):
+    from bigstack import imaging
+
+    kw = {"n_frames": 1, "shape": (32, 48), "seed": 6}
+    tiff = synthetic.make_frames(tmp_path / "t", fmt="tiff", **kw)
+    png = synthetic.make_frames(tmp_path / "p", fmt="png", **kw)
+    grey = imaging.load_image(png.paths[0])
+    np.testing.assert_allclose(imaging.load_image(tiff.paths[0]), grey, rtol=1e-6)
+    ser = synthetic.make_ser(tmp_path / "v.ser", colour="RGB", **kw)
+    np.testing.assert_allclose(imaging.load_image(ser.paths[0]), grey, rtol=1e-6)
+    mono = synthetic.make_ser(tmp_path / "m.ser", **kw)
+    fits_truth = synthetic.make_frames(tmp_path / "f", **kw)
+    np.testing.assert_array_equal(imaging.load_image(mono.paths[0]),
+                                  fits.getdata(fits_truth.paths[0]))
+
+
+def _xisf_by_hand(path, planes, storage, order):
+    """An XISF file as the specification lays it out, with the storage and byte order asked.
+
+    (The xisf package writes planar little-endian blocks only.)
+    """
+    channels, ny, nx = planes.shape
+    data = planes if storage == "Planar" else np.moveaxis(planes, 0, -1)
+    block = np.ascontiguousarray(data, dtype=order + "u2").tobytes()
+    xml = ('<?xml version="1.0" encoding="UTF-8"?><xisf version="1.0" '
+           'xmlns="http://www.pixinsight.com/xisf"><Image '
+           f'geometry="{nx}:{ny}:{channels}" sampleFormat="UInt16" colorSpace="RGB" '
+           f'pixelStorage="{storage}" byteOrder="{"big" if order == ">" else "little"}" '
+           f'location="attachment:4096:{len(block)}"/><Metadata/></xisf>').encode()
+    head = b"XISF0100" + len(xml).to_bytes(4, "little") + b"\0" * 4 + xml
+    path.write_bytes(head.ljust(4096, b"\0") + block)
+    return path
+
+
+@pytest.mark.parametrize("storage", ["Planar", "Normal"])
+@pytest.mark.parametrize("order", ["<", ">"])
+def test_xisf_storage_and_byte_order(tmp_path, storage, order):
+    planes = _planes(_rgb(11))
+    path = _xisf_by_hand(tmp_path / "h.xisf", planes, storage, order)
+    assert inspect(str(path)).offset == 4096
+    cube = open_frames([path])
+    np.testing.assert_array_equal(cube.values[0], planes)
+    np.testing.assert_array_equal(cube[0, :, 5:17, 20:41].values, planes[:, 5:17, 20:41])
