@@ -100,8 +100,8 @@ def find_files(pattern_or_paths) -> list[str]:
             )
             if not paths:
                 raise FrameNotFoundError(
-                    pattern, "folder holds no frame files "
-                    f"(looked for {', '.join(SUPPORTED_SUFFIXES[:6])}, ... and camera RAW)"
+                    pattern, "folder holds no frame files (looked for FITS, .fz, .fits.gz, "
+                    "TIFF, SER, XISF, PNG, JPEG and camera RAW)"
                 )
             return paths
         if glob.has_magic(pattern):
@@ -1429,7 +1429,8 @@ def cube_source(frames, what):
         if frames.ndim != 3 or frames.dims[-2:] != ("y", "x"):
             raise ValueError(
                 f"{what} needs a (frame, y, x) cube; got dims {frames.dims}"
-                + (" (pick a RAW colour with channel=...)" if "channel" in frames.dims else "")
+                + (" (pick a colour with channel=..., or colour=False for grey)"
+                   if "channel" in frames.dims else "")
             )
         found = frame_reader(frames)
         if found is None:
