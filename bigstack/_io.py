@@ -1104,7 +1104,7 @@ def inspect_frames(path, channel=None, colour=None) -> list:
     if kind == "tiff":
         from ._tiff import inspect_tiff
 
-        return [inspect_tiff(path, channel, colour)]
+        return inspect_tiff(path, channel, colour)
     if kind == "ser":
         from ._ser import inspect_ser
 

@@ -1,8 +1,11 @@
 """TIFF frames through tifffile, read by rows where the file allows.
 
-The first image of the file (page 0) is the frame: 8-, 16-, 32- or 64-bit
-samples, unsigned, signed or float, one sample a pixel (mono) or three
-(RGB, an alpha sample after them is dropped), chunky or planar.
+Each full-resolution image (page) of the file is a frame: 8-, 16-, 32- or
+64-bit samples, unsigned, signed or float, one sample a pixel (mono) or
+three (RGB, an alpha sample after them is dropped), chunky or planar. A
+multi-page TIFF (an ImageJ stack, a capture program's sequence) gives one
+frame a page when every page has the first one's layout; otherwise, and
+for reduced-resolution pages (thumbnails), only the first page is read.
 
 How a band of rows is read:
 
@@ -50,6 +53,7 @@ class TiffSource:
     segment_rows: int = 0  # "segments": rows per strip or tile
     segment_cols: int = 0  # "segments": columns per tile (the width for strips)
     pick: str | None = None
+    page: int = 0
     header: dict = field(default_factory=dict, compare=False, repr=False)
     stamp: tuple | None = field(default=None, compare=False, repr=False)
 
@@ -106,7 +110,7 @@ class TiffSource:
         out = np.empty((y1 - y0, x1 - x0, self.samples), np.dtype(self.dtype).newbyteorder("="))
         try:
             with tifffile.TiffFile(self.path) as tif:
-                page = tif.pages.first
+                page = tif.pages[self.page]
                 offsets, counts = page.dataoffsets, page.databytecounts
                 fh = tif.filehandle
                 for k in range(self.samples if self.planar else 1):
@@ -141,7 +145,7 @@ class TiffSource:
         import tifffile
 
         try:
-            data = tifffile.imread(self.path, key=0)
+            data = tifffile.imread(self.path, key=self.page)
         except Exception as err:
             raise _error(self.path, err) from err
         if data.ndim == 2:
@@ -157,8 +161,8 @@ def _error(path, err):
     return FrameError(path, f"cannot read as TIFF: {problem}")
 
 
-def inspect_tiff(path, channel=None, colour=None) -> TiffSource:
-    """Read page 0's tags (no pixels) and choose how bands of rows will be read."""
+def inspect_tiff(path, channel=None, colour=None) -> list[TiffSource]:
+    """Read the pages' tags (no pixels) and choose how bands of rows will be read."""
     import tifffile
 
     from ._io import _stat, is_url
@@ -172,15 +176,21 @@ def inspect_tiff(path, channel=None, colour=None) -> TiffSource:
         with tifffile.TiffFile(path) as tif:
             if not tif.pages:
                 raise FrameError(path, "TIFF file holds no image")
-            page = tif.pages.first
-            info = _layout(path, page, size)
+            first = _layout(path, tif.pages.first, size)
+            layouts = [(0, first)]
+            if len(tif.pages) > 1:
+                more = [(k, _layout(path, p, size)) for k, p in enumerate(tif.pages)
+                        if k and not getattr(p, "is_reduced", False)]
+                same = ("shape", "dtype", "samples", "rgb", "planar")
+                if all(all(m[key] == first[key] for key in same) for _, m in more):
+                    layouts += more
     except FrameError:
         raise
     except Exception as err:
         raise _error(path, err) from err
-    pick = choose(path, info["rgb"], channel, colour, True)
-    return TiffSource(path=os.fspath(path), pick=pick, stamp=stamp,
-                      header={"format": "tiff"}, **info)
+    pick = choose(path, first["rgb"], channel, colour, True)
+    return [TiffSource(path=os.fspath(path), pick=pick, page=k, stamp=stamp,
+                       header={"format": "tiff"}, **info) for k, info in layouts]
 
 
 def _layout(path, page, size) -> dict:

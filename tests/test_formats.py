@@ -546,3 +546,24 @@ def test_xisf_storage_and_byte_order(tmp_path, storage, order):
     cube = open_frames([path])
     np.testing.assert_array_equal(cube.values[0], planes)
     np.testing.assert_array_equal(cube[0, :, 5:17, 20:41].values, planes[:, 5:17, 20:41])
+
+
+@pytest.mark.parametrize("options", [{}, {"compression": "zlib", "rowsperstrip": 6}])
+def test_multipage_tiff_is_a_frame_per_page(tmp_path, options):
+    stack = np.stack([_smooth() + 100 * k for k in range(5)])
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, stack, **options)
+    with tifffile.TiffFile(path) as tif:
+        assert len(tif.pages) == 5
+    cube = open_frames([path])
+    assert cube.shape == (5, *SHAPE)
+    np.testing.assert_array_equal(cube.values, tifffile.imread(path))
+    np.testing.assert_array_equal(cube[3, 7:20, 2:30].values, stack[3, 7:20, 2:30])
+    # a thumbnail of another size does not become a frame, nor stop the first page's reading
+    mixed = tmp_path / "mixed.tif"
+    with tifffile.TiffWriter(mixed) as writer:
+        writer.write(stack[0])
+        writer.write(stack[0, ::4, ::4])
+    cube = open_frames([mixed])
+    assert cube.shape == (1, *SHAPE)
+    np.testing.assert_array_equal(cube.values[0], stack[0])
