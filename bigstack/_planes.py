@@ -104,11 +104,14 @@ class ColourImageSource:
 
 def inspect_colour_image(path, channel=None, colour=None) -> ColourImageSource:
     """A PNG/JPEG read in colour or as one plane: its size and whether it is colour."""
-    from ._io import _PNG_SIGNATURE, _decode_image, _read_bytes, inspect_image
+    from ._io import _PNG_SIGNATURE, _decode_image, _read_bytes, inspect_image, is_url
 
     grey = inspect_image(path)
-    with open(path, "rb") as f:
-        head = f.read(26)
+    if is_url(path):
+        head = _read_bytes(path)[:26]
+    else:
+        with open(path, "rb") as f:
+            head = f.read(26)
     if head.startswith(_PNG_SIGNATURE):
         rgb = len(head) > 25 and head[25] in (2, 3, 6)  # IHDR colour type
     else:  # JPEG: its components are in the frame header; decode once to be sure

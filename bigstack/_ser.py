@@ -151,7 +151,9 @@ def _text(raw):
 def _ticks_to_time(ticks):
     """SER timestamps (100 ns since 0001-01-01 UTC) as datetime64[ns]; None if unusable."""
     ticks = np.asarray(ticks, np.int64)
-    if ticks.size == 0 or np.any(ticks <= _EPOCH_TICKS) or np.any(ticks > 3155378975999999999):
+    # after 1970 and before datetime64[ns] wraps (2262); else the stamps are not used
+    if ticks.size == 0 or np.any(ticks <= _EPOCH_TICKS) \
+            or np.any(ticks - _EPOCH_TICKS > (2**63 - 1) // 100):
         return None
     ns = (ticks - _EPOCH_TICKS) * 100
     return ns.astype("datetime64[ns]")
