@@ -28,6 +28,8 @@ from bigstack import FrameError, open_frames, synthetic
 from bigstack._io import frame_reader, inspect
 from bigstack.synthetic import Stars
 
+from .helpers import bytes_read
+
 GREY = np.array([0.2126, 0.7152, 0.0722])
 SHAPE = (40, 56)
 
@@ -567,3 +569,18 @@ def test_multipage_tiff_is_a_frame_per_page(tmp_path, options):
     cube = open_frames([mixed])
     assert cube.shape == (1, *SHAPE)
     np.testing.assert_array_equal(cube.values[0], stack[0])
+
+
+def test_fz_band_reads_its_tiles_not_the_file(tmp_path):
+    """fpack's tiles are rows: a band of 50 of 2000 rows reads well under half the file,
+    wherever it is (the gzipped file, by contrast, is read up to the band)."""
+    data = np.random.default_rng(12).normal(1000, 30, (2000, 600)).astype(np.uint16)
+    path = tmp_path / "l.fits.fz"
+    fits.CompImageHDU(data, compression_type="RICE_1").writeto(path)
+    size = path.stat().st_size
+    source = inspect(str(path))
+    for y0 in (100, 1900):
+        with bytes_read() as count:
+            band = source.read(y0, y0 + 50, 0, 600)
+        np.testing.assert_array_equal(band, data[y0:y0 + 50])
+        assert count.value < 0.5 * size
