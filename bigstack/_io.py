@@ -13,8 +13,13 @@ FITS
     row. Integer data are scaled with BSCALE/BZERO as astropy does (16-bit
     camera frames with BZERO=32768 come back as 0..65535) and BLANK becomes
     NaN. Every header value used is checked at open time (whole numbers in
-    range, finite scales, data that fit in the file). Tile-compressed FITS
-    is refused with a clear error.
+    range, finite scales, data that fit in the file). A cube (NAXIS3 > 1)
+    is a frame per plane, or R, G, B planes (see :mod:`bigstack._fitsz`).
+Tile-compressed and gzipped FITS, TIFF, SER, XISF
+    In their own modules (:mod:`bigstack._fitsz`, :mod:`bigstack._tiff`,
+    :mod:`bigstack._ser`, :mod:`bigstack._xisf`), each saying what it
+    reads by rows and what it decodes whole; :mod:`bigstack._planes` says
+    how a colour file becomes planes, one plane or grey.
 PNG / JPEG
     The size comes from the PNG IHDR chunk or the JPEG start-of-frame
     segment at open time. Pixels are decoded whole (these formats cannot be
@@ -578,9 +583,24 @@ def inspect_fits(path) -> FitsSource:
     return source
 
 
+class _TileCompressed(FrameError):
+    """A FITS file whose image is tile-compressed (fpack's format under a .fits name)."""
+
+
 def inspect_fits_frames(path, channel=None, colour=None) -> list:
-    """The frames of a FITS file: its 2-D image, each plane of a cube, or a colour image."""
-    source, depth, ctype3 = _inspect_fits(path)
+    """The frames of a FITS file: its 2-D image, each plane of a cube, or a colour image.
+
+    A tile-compressed image in a file named .fits (some programs write them
+    so) is read as a .fz file is.
+    """
+    try:
+        source, depth, ctype3 = _inspect_fits(path)
+    except _TileCompressed:
+        if is_url(path):
+            raise
+        from ._fitsz import inspect_compressed
+
+        return inspect_compressed(path, channel, colour)
     if depth == 1:
         from ._planes import choose
 
@@ -750,10 +770,10 @@ def _hdu_layout(path, hdu, cards) -> _Layout:
                                    "start (corrupt file?)")
         kind = kind.strip()
     if cards.get("ZIMAGE") is True:
-        raise FrameError(
+        raise _TileCompressed(
             path,
-            f"HDU {hdu} is a tile-compressed image, which bigstack cannot read "
-            "by rows; decompress it first (e.g. with funpack)",
+            f"HDU {hdu} is a tile-compressed image; name the file .fz (or open it with "
+            "open_frames, which reads it through astropy)",
         )
     bitpix = _whole(path, hdu, cards, "BITPIX", low=-64, high=64)
     if bitpix not in _BITPIX_DTYPES:

@@ -241,8 +241,8 @@ def test_ser_frames_map_back_after_selection(tmp_path):
 
 
 def test_stack_of_ser_and_fz_equals_the_fits_night(tmp_path, monkeypatch):
-    """The same frames as FITS, one SER video and .fz files stack to the same picture,
-    and the SER file is opened once a thread, not once a frame."""
+    """The same frames as FITS files, one SER video, .fz files and one FITS cube stack to the
+    same picture, and the SER file is opened once a thread, not once a frame."""
     truth = _fits_night(tmp_path, n=8)
     frames = [fits.getdata(p) for p in truth.paths]
     ser = tmp_path / "night.ser"
@@ -251,6 +251,8 @@ def test_stack_of_ser_and_fz_equals_the_fits_night(tmp_path, monkeypatch):
     for p, frame in zip(truth.paths, frames, strict=True):
         fz.append(p.replace(".fit", ".fits.fz"))
         fits.CompImageHDU(frame, compression_type="RICE_1").writeto(fz[-1])
+    cube = tmp_path / "night-cube.fits"
+    fits.PrimaryHDU(np.stack(frames)).writeto(cube)
     shifts = truth.shifts.copy()
     results = {}
     opens = []
@@ -262,11 +264,12 @@ def test_stack_of_ser_and_fz_equals_the_fits_night(tmp_path, monkeypatch):
         return real_open(path, *args, **kwargs)
 
     monkeypatch.setattr(os, "open", counting_open)
-    for name, paths in (("fits", truth.paths), ("ser", ser), ("fz", fz)):
+    for name, paths in (("fits", truth.paths), ("ser", ser), ("fz", fz), ("cube", cube)):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", bigstack.BigstackWarning)
             results[name] = bigstack.stack(open_frames(paths), shifts)
     reference = results["fits"]
+    np.testing.assert_array_equal(results["cube"]["stack"].values, reference["stack"].values)
     for name in ("ser", "fz"):
         np.testing.assert_array_equal(results[name]["coverage"].values,
                                       reference["coverage"].values)
