@@ -15,6 +15,9 @@ little-endian data and 1 for big-endian (the first SER writers used the
 field with the opposite meaning to the document, and Siril and later
 readers keep their reading so as to read those files).
 
+A ``FrameCount`` of 0 (a capture that stopped before writing it) counts
+the whole frames the file holds.
+
 Colour IDs: 0 mono; 8..11 Bayer RGGB, GRBG, GBRG, BGGR (the frame is the
 raw mosaic, one plane, with ``bayerpat`` in its metadata for debayering);
 100 RGB and 101 BGR (three interleaved samples a pixel: the frame has
@@ -123,13 +126,17 @@ def parse_header(path, head: bytes, size: int) -> dict:
                                "(1..16)")
     if width < 1 or height < 1:
         raise FrameError(path, f"SER frame size {width}x{height} is empty")
-    if count < 1:
-        raise FrameError(path, f"SER FrameCount {count}: no frames")
+    if count < 0:
+        raise FrameError(path, f"SER FrameCount {count} is negative")
     if big not in (0, 1):
         raise FrameError(path, f"SER LittleEndian = {big} is neither 0 nor 1")
     itemsize = 1 if depth <= 8 else 2
     samples = 3 if colour_id >= 100 else 1
     frame_bytes = width * height * samples * itemsize
+    if count == 0:  # a capture that stopped before writing its count: the frames there are
+        count = max(size - HEADER_BYTES, 0) // frame_bytes
+        if count == 0:
+            raise FrameError(path, "SER FrameCount 0 and no whole frame in the file")
     need = HEADER_BYTES + count * frame_bytes
     if size < need:
         whole = (size - HEADER_BYTES) // frame_bytes

@@ -230,6 +230,12 @@ def test_ser_header_fields_and_byte_order(tmp_path):
     np.testing.assert_array_equal(open_frames(path).values, np.stack(frames))
 
 
+def test_ser_without_frame_count_counts_its_frames(tmp_path):
+    frames = [np.full((6, 10), k, np.uint16) for k in range(4)]
+    path = _patch(synthetic.write_ser(tmp_path / "v.ser", frames), 38, 0)
+    np.testing.assert_array_equal(open_frames(path).values, np.stack(frames))
+
+
 def test_ser_frames_map_back_after_selection(tmp_path):
     path = tmp_path / "v.ser"
     synthetic.write_ser(path, [np.full((8, 8), k, np.uint8) for k in range(6)])
