@@ -593,3 +593,18 @@ def test_fz_band_reads_its_tiles_not_the_file(tmp_path):
             band = source.read(y0, y0 + 50, 0, 600)
         np.testing.assert_array_equal(band, data[y0:y0 + 50])
         assert count.value < 0.5 * size
+
+
+def test_ser_benchmark_runs_and_counts_opens(tmp_path):
+    """benchmarks/ser_frames.py on a small video: the file opened once to open the cube and
+    once a worker thread to stack it."""
+    import importlib.util
+
+    script = Path(__file__).parent.parent / "benchmarks" / "ser_frames.py"
+    spec = importlib.util.spec_from_file_location("ser_frames", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    (row,) = module.main(["--frames", "60", "--size", "48x64", "--dir", str(tmp_path)])
+    assert row["frames"] == 60 and np.isfinite(row["sum"])
+    assert row["opens_at_open"] == 1
+    assert 2 <= row["opens_total"] <= 1 + os.cpu_count()
