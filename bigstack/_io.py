@@ -13,8 +13,13 @@ FITS
     row. Integer data are scaled with BSCALE/BZERO as astropy does (16-bit
     camera frames with BZERO=32768 come back as 0..65535) and BLANK becomes
     NaN. Every header value used is checked at open time (whole numbers in
-    range, finite scales, data that fit in the file). Tile-compressed FITS
-    is refused with a clear error.
+    range, finite scales, data that fit in the file). A cube (NAXIS3 > 1)
+    is a frame per plane, or R, G, B planes (see :mod:`bigstack._fitsz`).
+Tile-compressed and gzipped FITS, TIFF, SER, XISF
+    In their own modules (:mod:`bigstack._fitsz`, :mod:`bigstack._tiff`,
+    :mod:`bigstack._ser`, :mod:`bigstack._xisf`), each saying what it
+    reads by rows and what it decodes whole; :mod:`bigstack._planes` says
+    how a colour file becomes planes, one plane or grey.
 PNG / JPEG
     The size comes from the PNG IHDR chunk or the JPEG start-of-frame
     segment at open time. Pixels are decoded whole (these formats cannot be
@@ -60,7 +65,12 @@ RAW_SUFFIXES = (
     ".rw2", ".raf", ".pef", ".srw", ".x3f", ".3fr", ".iiq", ".erf", ".kdc",
     ".mef", ".mos", ".nrw", ".rwl",
 )
-SUPPORTED_SUFFIXES = FITS_SUFFIXES + IMAGE_SUFFIXES + RAW_SUFFIXES
+TIFF_SUFFIXES = (".tif", ".tiff")
+SER_SUFFIXES = (".ser",)
+XISF_SUFFIXES = (".xisf",)
+COMPRESSED_FITS_SUFFIXES = (".fz", ".fits.gz", ".fit.gz", ".fts.gz")
+SUPPORTED_SUFFIXES = (FITS_SUFFIXES + COMPRESSED_FITS_SUFFIXES + TIFF_SUFFIXES + SER_SUFFIXES
+                      + XISF_SUFFIXES + IMAGE_SUFFIXES + RAW_SUFFIXES)
 
 _FITS_BLOCK = 2880
 _BITPIX_DTYPES = {8: ">u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
@@ -95,8 +105,8 @@ def find_files(pattern_or_paths) -> list[str]:
             )
             if not paths:
                 raise FrameNotFoundError(
-                    pattern, "folder holds no frame files "
-                    f"(looked for {', '.join(SUPPORTED_SUFFIXES[:6])}, ... and camera RAW)"
+                    pattern, "folder holds no frame files (looked for FITS, .fz, .fits.gz, "
+                    "TIFF, SER, XISF, PNG, JPEG and camera RAW)"
                 )
             return paths
         if glob.has_magic(pattern):
@@ -240,10 +250,21 @@ def _check_unchanged(path, stamp, st=None):
 
 
 def file_kind(path) -> str:
-    """Return ``"fits"``, ``"image"`` or ``"raw"`` from the file's suffix."""
-    suffix = Path(path).suffix.lower()
+    """Return the reader for a file from its suffix.
+
+    ``"fits"``, ``"fitsz"`` (tile-compressed or gzipped FITS), ``"tiff"``,
+    ``"ser"``, ``"xisf"``, ``"image"`` (PNG/JPEG) or ``"raw"``.
+    """
+    name = os.fspath(path).lower()
+    suffix = Path(name).suffix
+    if name.endswith(COMPRESSED_FITS_SUFFIXES):
+        return "fitsz"
     if suffix in FITS_SUFFIXES:
         return "fits"
+    for kind, suffixes in (("tiff", TIFF_SUFFIXES), ("ser", SER_SUFFIXES),
+                           ("xisf", XISF_SUFFIXES)):
+        if suffix in suffixes:
+            return kind
     if suffix in IMAGE_SUFFIXES:
         return "image"
     if suffix in RAW_SUFFIXES:
@@ -251,7 +272,8 @@ def file_kind(path) -> str:
     raise FrameError(
         path,
         f"unsupported file type {suffix or '(no suffix)'!r}; bigstack reads FITS "
-        f"({', '.join(FITS_SUFFIXES)}), PNG, JPEG and camera RAW",
+        f"({', '.join(FITS_SUFFIXES)}, .fz, .fits.gz), TIFF, XISF, SER, PNG, JPEG and "
+        "camera RAW",
     )
 
 
@@ -551,7 +573,46 @@ def read_raw_planes(path, colours=("R", "G", "B"), filtered=True) -> np.ndarray:
 
 
 def inspect_fits(path) -> FitsSource:
-    """Locate the first 2-D image HDU of a FITS file from its headers alone.
+    """The first 2-D image of a FITS file, from its headers alone (see :func:`inspect_fits_frames`).
+
+    A cube (NAXIS3 > 1) is refused here: this serves readers of one frame.
+    """
+    source, depth, _ctype3 = _inspect_fits(path)
+    if depth > 1:
+        raise FrameError(path, f"holds a cube of {depth} planes, not one 2-D frame")
+    return source
+
+
+class _TileCompressed(FrameError):
+    """A FITS file whose image is tile-compressed (fpack's format under a .fits name)."""
+
+
+def inspect_fits_frames(path, channel=None, colour=None) -> list:
+    """The frames of a FITS file: its 2-D image, each plane of a cube, or a colour image.
+
+    A tile-compressed image in a file named .fits (some programs write them
+    so) is read as a .fz file is.
+    """
+    try:
+        source, depth, ctype3 = _inspect_fits(path)
+    except _TileCompressed:
+        if is_url(path):
+            raise
+        from ._fitsz import inspect_compressed
+
+        return inspect_compressed(path, channel, colour)
+    if depth == 1:
+        from ._planes import choose
+
+        choose(path, False, channel, colour)
+        return [source]
+    from ._fitsz import fits_cube_frames
+
+    return fits_cube_frames(path, source, depth, ctype3, channel, colour)
+
+
+def _inspect_fits(path):
+    """Locate the first image HDU of a FITS file from its headers alone.
 
     Walks the HDUs by reading only their headers and seeking over their
     data. Every header value used is checked (:func:`_hdu_layout`), and the
@@ -591,7 +652,7 @@ def inspect_fits(path) -> FitsSource:
                         f"truncated: the header announces {layout.nbytes} bytes of image data "
                         f"but only {size - data_start} follow it",
                     )
-                return FitsSource(
+                source = FitsSource(
                     path=os.fspath(path),
                     shape=layout.shape,
                     offset=data_start,
@@ -602,6 +663,8 @@ def inspect_fits(path) -> FitsSource:
                     header=_frame_metadata(cards),
                     stamp=stamp,
                 )
+                ctype3 = cards.get("CTYPE3")
+                return source, layout.depth, ctype3 if isinstance(ctype3, str) else None
             if data_start + layout.nbytes > size:
                 raise FrameError(
                     path,
@@ -624,6 +687,7 @@ class _Layout:
     bscale: float = 1.0
     bzero: float = 0.0
     blank: int | None = None
+    depth: int = 1  # planes of a cube (NAXIS3)
 
 
 _MISSING = object()
@@ -706,10 +770,10 @@ def _hdu_layout(path, hdu, cards) -> _Layout:
                                    "start (corrupt file?)")
         kind = kind.strip()
     if cards.get("ZIMAGE") is True:
-        raise FrameError(
+        raise _TileCompressed(
             path,
-            f"HDU {hdu} is a tile-compressed image, which bigstack cannot read "
-            "by rows; decompress it first (e.g. with funpack)",
+            f"HDU {hdu} is a tile-compressed image; name the file .fz (or open it with "
+            "open_frames, which reads it through astropy)",
         )
     bitpix = _whole(path, hdu, cards, "BITPIX", low=-64, high=64)
     if bitpix not in _BITPIX_DTYPES:
@@ -723,11 +787,12 @@ def _hdu_layout(path, hdu, cards) -> _Layout:
     nbytes = itemsize * gcount * (pcount + math.prod(axes)) if naxis else 0
     if kind != "IMAGE" or naxis == 0 or 0 in axes:
         return _Layout(bitpix, nbytes)  # no pixels here
-    if naxis == 1 or any(n != 1 for n in axes[2:]):
+    depth = axes[2] if naxis >= 3 else 1
+    if naxis == 1 or any(n != 1 for n in axes[3:]):
         raise FrameError(
             path,
             f"HDU {hdu} holds a {naxis}-D image of shape {tuple(reversed(axes))}; "
-            "bigstack needs one 2-D frame per file",
+            "bigstack reads 2-D frames and 3-D cubes",
         )
     bscale = _real(path, hdu, cards, "BSCALE", 1.0)
     bzero = _real(path, hdu, cards, "BZERO", 0.0)
@@ -742,7 +807,7 @@ def _hdu_layout(path, hdu, cards) -> _Layout:
         raise FrameError(path, f"HDU {hdu}: BSCALE = {bscale} and BZERO = {bzero} take "
                                f"BITPIX = {bitpix} values beyond the float32 range")
     return _Layout(bitpix, itemsize * math.prod(axes), True, (axes[1], axes[0]),
-                   bscale, bzero, blank)
+                   bscale, bzero, blank, depth)
 
 
 # the cards open_frames needs; _quick_header reads only these
@@ -751,7 +816,7 @@ _NEEDED_CARDS = {
     "ZIMAGE", "EXPTIME", "EXPOSURE", "DATE-OBS", "TIME-OBS", "FILTER",
     # what calibration and a night's sorting look at
     "IMAGETYP", "FRAME", "OBJECT", "GAIN", "ISOSPEED", "CCD-TEMP", "SET-TEMP", "XBINNING",
-    "YBINNING", "INSTRUME",
+    "YBINNING", "INSTRUME", "CTYPE3",
 }
 
 
@@ -1033,18 +1098,48 @@ def _frame_metadata(cards) -> dict:
 _TIME_RANGE = (np.datetime64("1678-01-01"), np.datetime64("2262-04-11"))
 
 
-def inspect(path, channel=None):
-    """Return the source description of one frame file (headers only)."""
+def inspect(path, channel=None, colour=None):
+    """Return the source description of a file's first frame (headers only)."""
+    return inspect_frames(path, channel, colour)[0]
+
+
+def inspect_frames(path, channel=None, colour=None) -> list:
+    """Return the source of every frame in one file (headers only).
+
+    Most files hold one frame; a SER video holds many, a FITS cube one per
+    plane. ``channel`` and ``colour`` choose what a colour file gives (see
+    :mod:`bigstack._planes`).
+    """
     kind = file_kind(path)
     if is_url(path) and kind == "raw":
         raise FrameError(path, "camera RAW is read from local files only")
-    if channel is not None and kind != "raw":
-        raise FrameError(path, f"channel={channel!r} applies to camera RAW files only")
+    if colour is not None and kind == "raw":
+        raise FrameError(path, "camera RAW frames are Bayer planes; pick one with channel=")
     if kind == "fits":
-        return inspect_fits(path)
+        return inspect_fits_frames(path, channel, colour)
+    if kind == "fitsz":
+        from ._fitsz import inspect_compressed
+
+        return inspect_compressed(path, channel, colour)
+    if kind == "tiff":
+        from ._tiff import inspect_tiff
+
+        return inspect_tiff(path, channel, colour)
+    if kind == "ser":
+        from ._ser import inspect_ser
+
+        return inspect_ser(path, channel, colour)
+    if kind == "xisf":
+        from ._xisf import inspect_xisf
+
+        return [inspect_xisf(path, channel, colour)]
     if kind == "image":
-        return inspect_image(path)
-    return inspect_raw(path, channel)
+        if channel is None and not colour:
+            return [inspect_image(path)]
+        from ._planes import inspect_colour_image
+
+        return [inspect_colour_image(path, channel, colour)]
+    return [inspect_raw(path, channel)]
 
 
 # --------------------------------------------------------------------------
@@ -1078,8 +1173,8 @@ class FrameReader:
     def __dask_tokenize__(self):
         # computed once: each file's size and mtime, so a changed file is a new token
         if getattr(self, "_token", None) is None:
-            self._token = (type(self).__name__, self.sources,
-                           [_stamp(s.path) for s in self.sources])
+            paths = dict.fromkeys(s.path for s in self.sources)  # a video: one file
+            self._token = (type(self).__name__, self.sources, [_stamp(p) for p in paths])
         return self._token
 
     def read(self, frame, y0, y1, x0=0, x1=None, plane=None) -> np.ndarray:
@@ -1123,12 +1218,13 @@ def _stamp(path):
 
 
 def _default_rows(source, nx, nplanes=1, target_bytes=32 * 2**20) -> int:
-    if not isinstance(source, FitsSource):
-        return source.shape[0]  # compressed formats decode whole frames
+    if not getattr(source, "by_rows", isinstance(source, FitsSource)):
+        return source.shape[0]  # formats that decode whole frames
     return max(1, min(source.shape[0], target_bytes // (4 * nx * nplanes)))
 
 
-def open_frames(pattern_or_paths, *, rows: int | None = None, channel: str | None = None):
+def open_frames(pattern_or_paths, *, rows: int | None = None, channel: str | None = None,
+                colour: bool | None = None):
     """Open frame files as a lazy ``(frame, y, x)`` cube without reading pixels.
 
     Parameters
@@ -1140,9 +1236,16 @@ def open_frames(pattern_or_paths, *, rows: int | None = None, channel: str | Non
         Rows per dask chunk. By default FITS frames are cut into bands of at
         most 32 MiB of float32; PNG/JPEG/RAW frames are one chunk each,
         since those formats decode whole.
-    channel : {"R", "G", "B"}, optional
-        Camera RAW only: keep one Bayer colour and drop the ``channel``
-        dimension. Given for another format it is an error.
+    channel : {"R", "G", "B", "grey"}, optional
+        Keep one colour of a colour file (camera RAW: one Bayer colour; RGB
+        TIFF, XISF, SER, FITS, PNG/JPEG: one plane, or ``"grey"`` for the
+        tutorial's grey mix) and drop the ``channel`` dimension. Given for a
+        mono file it is an error.
+    colour : bool, optional
+        For files with R, G, B planes: True keeps them (a ``channel``
+        dimension), False makes them grey. By default TIFF, XISF, SER and
+        3-plane FITS keep colour and PNG/JPEG are grey, as the tutorial's
+        ``load_image`` reads them.
 
     Returns
     -------
@@ -1183,7 +1286,8 @@ def open_frames(pattern_or_paths, *, rows: int | None = None, channel: str | Non
     paths = [p if is_url(p) else os.path.abspath(p) for p in find_files(pattern_or_paths)]
     sources = []
     for path in paths:
-        source = inspect(path, channel)
+        found = inspect_frames(path, channel, colour)
+        source = found[0]
         if sources and source.shape != sources[0].shape:
             raise FrameError(
                 path,
@@ -1191,8 +1295,10 @@ def open_frames(pattern_or_paths, *, rows: int | None = None, channel: str | Non
                 f"first frame {sources[0].path}",
             )
         if sources and source.planes != sources[0].planes:
-            raise FrameError(path, f"Bayer colours {source.planes} differ from the first frame's")
-        sources.append(source)
+            raise FrameError(path, f"colour planes {source.planes} differ from the first "
+                                   f"frame's {sources[0].planes}")
+        sources.extend(found)
+    paths = [s.path for s in sources]  # a video or a cube: one entry a frame
 
     reader = FrameReader(sources)
     ny, nx = reader.frame_shape
@@ -1257,12 +1363,24 @@ def frame_reader(frames) -> tuple[FrameReader, np.ndarray] | None:
         return None
     if "channel" in frames.dims or (reader.planes is not None and "channel" not in frames.coords):
         return None
+    wanted = np.atleast_1d(frames["path"].values)
     index = {s.path: i for i, s in enumerate(reader.sources)}
-    try:
-        indices = np.array([index[p] for p in np.atleast_1d(frames["path"].values)])
-    except KeyError:
+    if len(index) == len(reader.sources):
+        try:
+            indices = np.array([index[p] for p in wanted])
+        except KeyError:
+            return None
+        return reader, indices
+    # frames of a video or a cube share a path: the frame coordinate says which
+    if "frame" not in frames.coords:
         return None
-    return reader, indices
+    indices = np.atleast_1d(np.asarray(frames["frame"].values))
+    if indices.dtype.kind not in "iu" or np.any(indices < 0) \
+            or np.any(indices >= len(reader.sources)):
+        return None
+    if any(reader.sources[i].path != p for i, p in zip(indices, wanted, strict=True)):
+        return None
+    return reader, indices.astype(np.int64)
 
 
 # --------------------------------------------------------------------------
@@ -1284,7 +1402,7 @@ class FileRows:
     def raw(self, i, r0, r1, buffers):
         """``(rows, scale, zero, blank, floating)`` of frame ``i``'s full rows ``[r0, r1)``."""
         source = self.reader.sources[int(self.files[i])]
-        if isinstance(source, FitsSource):
+        if isinstance(source, FitsSource) or getattr(source, "raw_rows", False):
             size = (r1 - r0) * source.shape[1]
             buffer = buffers.get(source.dtype)
             if buffer is None or buffer.size < size:
@@ -1331,7 +1449,8 @@ def cube_source(frames, what):
         if frames.ndim != 3 or frames.dims[-2:] != ("y", "x"):
             raise ValueError(
                 f"{what} needs a (frame, y, x) cube; got dims {frames.dims}"
-                + (" (pick a RAW colour with channel=...)" if "channel" in frames.dims else "")
+                + (" (pick a colour with channel=..., or colour=False for grey)"
+                   if "channel" in frames.dims else "")
             )
         found = frame_reader(frames)
         if found is None:

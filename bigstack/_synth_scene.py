@@ -25,6 +25,7 @@ FORMATS = {
     "png": ("png", ("uint8", "uint16"), "uint16", 3),
     "jpg": ("jpg", ("uint8",), "uint8", 3),
     "dng": ("dng", ("uint16",), "uint16", 3),
+    "tiff": ("tif", ("uint8", "uint16"), "uint16", 3),
 }
 MAXVAL = {"uint8": 255.0, "uint16": 65535.0}
 
@@ -1095,6 +1096,15 @@ def write_frame(scene, i, path, date):
         else:
             payload = mark_jpeg(imagecodecs.jpeg8_encode(rgb, level=p["jpeg_quality"]))
         _write_bytes(path, bytes(payload), p["overwrite"])
+    elif fmt == "tiff":  # RGB, uncompressed strips, as converters and stackers write
+        import tifffile
+
+        from ._files import SOFTWARE
+
+        rgb = np.ascontiguousarray(np.moveaxis(values, 0, -1))
+        with open(path, "wb" if p["overwrite"] else "xb") as f:
+            tifffile.imwrite(f, rgb, photometric="rgb", software=SOFTWARE,
+                             datetime=date.replace(microsecond=0))
     else:  # dng
         from ._dng import write_dng
 

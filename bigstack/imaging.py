@@ -93,8 +93,16 @@ def load_image(filename, gray_conv=_io.GREY_WEIGHTS, bayer_colors=("R", "G", "B"
         data = source.read(0, source.shape[0], 0, source.shape[1])
     elif kind == "image":
         data = _io.read_image_grey(path, gray_conv)
-    else:
+    elif kind == "raw":
         data = _io.read_raw_planes(path, tuple(bayer_colors), filtered=return_filtered_raw)
+    else:  # TIFF, XISF, SER, compressed FITS: the first frame, colour made grey as for PNG
+        source = _io.inspect_frames(path, colour=True)[0]
+        ny, nx = source.shape
+        if source.planes is None:
+            data = source.read(0, ny, 0, nx)
+        else:
+            planes = [source.read(0, ny, 0, nx, c).astype(np.float64) for c in source.planes]
+            data = sum(w * p for w, p in zip(gray_conv, planes, strict=True))
     if print_log:
         shown = data.sum(axis=0) if data.ndim == 3 else data
         display(shown, cmap=cmap, stretch=stretch, log_a=log_a)

@@ -123,6 +123,8 @@ import numpy as np
 from . import _files
 from . import _synth_night as _night
 from . import _synth_scene as _scene
+from ._ser import write_ser
+from ._synth_formats import bayer_mosaic, make_ser
 from ._synth_night import NightFrame
 from ._synth_options import (
     FLAT_NAME,
@@ -165,11 +167,14 @@ __all__ = [
     "Sky",
     "Stars",
     "Truth",
+    "bayer_mosaic",
     "make_case",
     "make_frames",
     "make_night",
+    "make_ser",
     "make_tutorial_frames",
     "options_from_dict",
+    "write_ser",
 ]
 
 #: ``[x, y]`` of the tutorial's reference star in each of its five frames.
@@ -580,13 +585,16 @@ def make_frames(
         Number of frames.
     shape : tuple of int
         ``(ny, nx)`` of every frame.
-    fmt : {"fits", "png", "jpg", "dng"}
-        File format: monochrome FITS; RGB colour PNG or JPEG; Bayer (RGGB)
-        DNG camera RAW (needs ``bigstack._dng`` and ``tifffile``).
+    fmt : {"fits", "png", "jpg", "dng", "tiff"}
+        File format: monochrome FITS; RGB colour PNG, JPEG or TIFF
+        (uncompressed, ``tifffile``); Bayer (RGGB) DNG camera RAW (needs
+        ``bigstack._dng`` and ``tifffile``). For a SER video see
+        :func:`make_ser`.
     dtype : {"uint16", "float32", "uint8"}, optional
         Pixel type: FITS ``uint16`` (BITPIX=16, BZERO=32768, as cameras
         write) or ``float32`` (BITPIX=-32, not rounded or clipped); PNG
-        ``uint8`` or ``uint16``; JPEG ``uint8``; DNG ``uint16``. Default:
+        ``uint8`` or ``uint16``; JPEG ``uint8``; DNG ``uint16``; TIFF
+        ``uint8`` or ``uint16``. Default:
         ``uint8`` for JPEG, ``uint16`` otherwise.
     seed : int or None
         Master seed; None draws one (recorded in ``truth.params``).
@@ -614,7 +622,7 @@ def make_frames(
     jpeg_quality : int
         JPEG quality.
     prefix : str
-        File names are ``{prefix}-{i:04d}.{fit|png|jpg|dng}``.
+        File names are ``{prefix}-{i:04d}.{fit|png|jpg|dng|tif}``.
     overwrite : bool
         Replace files of the same names; otherwise a FileExistsError names
         the first one found, before anything is written.

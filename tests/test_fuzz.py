@@ -2,14 +2,16 @@
 
 Each example writes a pair of small frames from :mod:`bigstack.synthetic`
 (FITS uint16 with BZERO=32768 and BLANK pixels, FITS float32 with NaN
-pixels, PNG 8/16-bit, JPEG, DNG), corrupts one of them and runs the public
+pixels, PNG 8/16-bit, JPEG, DNG, RGB TIFF read grey, one-frame SER videos),
+corrupts one of them and runs the public
 API on the pair::
 
     cube = bigstack.open_frames(paths)
     bigstack.stack(cube)["stack"].values
 
 It must either work -- the untouched frame then reads as the reference
-library reads it (astropy, imagecodecs, rawpy) and the stack is the
+library reads it (astropy, imagecodecs, rawpy, tifffile; SER by its
+header's layout) and the stack is the
 NaN-aware mean of the two frames, so finite wherever a frame is -- or raise
 :class:`bigstack.FrameError` with a one-line message naming the corrupted
 file. Any other exception, or any warning (the suite runs with warnings as
@@ -34,6 +36,7 @@ from pathlib import Path
 import imagecodecs
 import numpy as np
 import pytest
+import tifffile
 from astropy.io import fits
 from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
@@ -51,6 +54,8 @@ KINDS = {  # name: (fmt, dtype) of synthetic.make_frames
     "png-16": ("png", "uint16"),
     "jpg": ("jpg", "uint8"),
     "dng": ("dng", "uint16"),
+    "tiff-16": ("tiff", "uint16"),
+    "ser-16": ("ser", "uint16"),
 }
 
 
@@ -98,6 +103,12 @@ def _reference(kind, data) -> np.ndarray:
     if fmt in ("png", "jpg"):
         rgb = imagecodecs.imread(data).astype(np.float64)
         return rgb[..., :3] @ GREY
+    if fmt == "tiff":
+        rgb = tifffile.imread(io.BytesIO(data)).astype(np.float64)
+        return rgb[..., :3] @ GREY
+    if fmt == "ser":  # one mono 16-bit little-endian frame after the 178-byte header
+        return np.frombuffer(data[178:178 + 2 * SHAPE[0] * SHAPE[1]], "<u2").reshape(
+            SHAPE).astype(np.float64)
     import rawpy
 
     with tempfile.TemporaryDirectory() as folder:
@@ -115,10 +126,16 @@ def _pair(kind):
     if fmt == "dng":
         pytest.importorskip("rawpy")
     with tempfile.TemporaryDirectory() as folder:
-        truth = synthetic.make_frames(folder, n_frames=2, shape=SHAPE, fmt=fmt, dtype=dtype,
-                                      seed=3, stars=synthetic.Stars(n_stars=5))
-        frames = [Path(p).read_bytes() for p in truth.paths]
-        suffix = Path(truth.paths[0]).suffix
+        if fmt == "ser":  # two videos of one frame each
+            paths = [os.path.join(folder, f"v{i}.ser") for i in range(2)]
+            for i, path in enumerate(paths):
+                synthetic.make_ser(path, n_frames=1, shape=SHAPE, seed=3 + i,
+                                   stars=synthetic.Stars(n_stars=5))
+        else:
+            paths = synthetic.make_frames(folder, n_frames=2, shape=SHAPE, fmt=fmt, dtype=dtype,
+                                          seed=3, stars=synthetic.Stars(n_stars=5)).paths
+        frames = [Path(p).read_bytes() for p in paths]
+        suffix = Path(paths[0]).suffix
     if fmt == "fits":
         frames = [_fits_with_invalid_pixels(data, dtype) for data in frames]
     return suffix, frames, [_reference(kind, data) for data in frames]
@@ -336,6 +353,12 @@ def corruptions(draw, kind):
     elif fmt == "jpg":
         own, header = st.builds(JpegHeader, st.sampled_from(sorted(_SOF)),
                                 st.integers(0, 2**16 - 1)), frames[0].index(b"\xff\xda")
+    elif fmt == "ser":  # the header's 32-bit fields: colour, byte order, size, depth, count
+        fields = st.sampled_from([14, 18, 22, 26, 30, 34, 38])
+        values = st.one_of(st.sampled_from([0, 1, 2, 3, 7, 8, 11, 16, 17, 24, 100, 101,
+                                            2**31 - 1, 2**32 - 1]), st.integers(0, 2**32 - 1))
+        own = st.builds(Overwrite, fields, values.map(lambda v: struct.pack("<I", v)))
+        header = 178
     else:
         tags = sorted({tag for _, tag in _tiff_entries(frames[0])})
         values = st.one_of(st.integers(0, 2**32 - 1), st.sampled_from([0, 1, 2, 3, 4, 23, 24,
@@ -354,7 +377,8 @@ def corruptions(draw, kind):
 
 
 def _options(kind):
-    return {"channel": "G"} if KINDS[kind][0] == "dng" else {}
+    fmt = KINDS[kind][0]
+    return {"channel": "G"} if fmt == "dng" else {"colour": False} if fmt == "tiff" else {}
 
 
 def check_pair(kind, bad, changes):
