@@ -3,11 +3,11 @@
 Conventions: images are indexed ``[y, x]`` and drawn with ``y = 0`` at the
 bottom (matplotlib's ``origin="lower"``); positions are written ``[x, y]``.
 
-All four functions take a numpy array, a dask array or an
-``xarray.DataArray`` with dims ``(..., y, x)``; ``display``, ``save_png``
-and ``save_fits`` also take the ``Dataset`` that :func:`bigstack.stack`
-returns (variables ``stack`` and ``coverage``) and then show or write its
-``stack``.
+All five functions take a numpy array, a dask array or an
+``xarray.DataArray`` with dims ``(..., y, x)``; ``display``, ``save_png``,
+``save_tiff`` and ``save_fits`` also take the ``Dataset`` that
+:func:`bigstack.stack` returns (variables ``stack`` and ``coverage``) and
+then show or write its ``stack``, mono or colour (see "Colour images").
 
 Large lazy images
 -----------------
@@ -45,6 +45,34 @@ NaN (uncovered) pixels take no part. An image whose finite pixels all
 have one value is all sky and comes out at 0.22; an image with no finite
 pixel is refused (``ValueError``).
 
+Colour images
+-------------
+A colour image is indexed ``(channel, y, x)`` with the channels R, G, B: a
+DataArray with a ``channel`` dim (put in R, G, B order by its ``channel``
+coordinate), a Dataset whose ``stack`` is one (with a ``coverage`` per
+channel, or one shared), or an array of shape ``(3, ny, nx)``. ``display``
+and ``save_png`` draw it in colour (see :mod:`bigstack._render_colour` for
+the formulas):
+
+* ``neutralise=True`` (default) moves each channel's sky median to the mean
+  of the three, measured on the same sky pixels in each;
+  ``background="plane"``/``"poly2"`` first removes each channel's own
+  gradient;
+* ``white_balance="stars"`` (default) multiplies each channel's signal above
+  the sky so that the stars' total flux is the same in R, G and B; three
+  numbers give the factors, ``"none"`` keeps the colours;
+* the stretch (``auto`` or an explicit one) is computed on the luminance,
+  the mean of the channels, and each channel is scaled by the same factor
+  ``s(L) / (L - black)``: colour ratios above black are kept; a pixel whose
+  brightest channel would pass white is scaled down as a whole.
+
+A pixel uncovered in a channel (NaN, or coverage 0) is left out of every
+statistic and is empty in that channel only: 0 in a PNG or 16-bit TIFF,
+NaN in a 32-bit TIFF, and on screen 0 in that channel (transparent where no
+channel is covered). ``cmap`` and ``norm_array`` are for mono images and
+refused for colour; ``white_balance`` and ``neutralise`` are refused for
+mono.
+
 Unfinished stacks
 -----------------
 A Dataset or DataArray whose ``attrs["complete"]`` is false comes from a
@@ -67,6 +95,13 @@ Primary HDU
     stack, so pixels map back to the reference grid.
 ``COVERAGE`` image extension
     The coverage (number of frames per pixel), when given.
+Colour stacks
+    The primary HDU is a cube ``NAXIS3 = 3`` with the planes R, G, B (the
+    layout Siril and PixInsight read as an RGB image), ``CTYPE3 = 'RGB'``
+    and ``ROWORDER = 'BOTTOM-UP'`` (the first row is the bottom of the
+    picture, the FITS convention and bigstack's); the ``COVERAGE``
+    extension is a 3-plane cube too, one coverage per channel (a shared
+    ``(y, x)`` coverage is repeated).
 ``PROVENANCE`` binary table
     One row, one column ``JSON``: all the attributes as JSON text (ASCII,
     non-ASCII characters escaped). ``json.loads`` gives them back exactly,
@@ -1377,8 +1412,10 @@ def save_fits(data, path, *, overwrite=False, allow_incomplete=False):
     ----------
     data : xarray.Dataset, xarray.DataArray, numpy.ndarray or dask.array.Array
         The Dataset from :func:`bigstack.stack` (``stack`` and optional
-        ``coverage``, dims ``(y, x)``, attributes = provenance), or a single
-        2-D image (a DataArray's own attributes are its provenance).
+        ``coverage``, dims ``(y, x)`` or ``(channel, y, x)`` for colour,
+        attributes = provenance), or a single 2-D or colour image (a
+        DataArray's own attributes are its provenance). A colour stack is
+        written as a 3-plane cube, R, G, B (see the module notes).
         Attributes must be JSON-serialisable (numpy scalars and arrays are
         converted).
     path : str or path-like
@@ -1401,7 +1438,8 @@ def save_fits(data, path, *, overwrite=False, allow_incomplete=False):
     FileExistsError
         ``path`` exists and ``overwrite`` is false.
     ValueError
-        Data that is not 2-D, a Dataset without ``stack``, or a coverage of
+        Data that is neither 2-D nor colour, a Dataset without ``stack``, a
+        colour image whose channels are not R, G, B, or a coverage of
         another shape than the stack.
     TypeError
         An attribute that cannot be written as JSON (named).

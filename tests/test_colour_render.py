@@ -402,3 +402,46 @@ def test_cli_refuses_colour_options_on_a_mono_store_and_bad_factors(colour_store
     assert main(["render", str(mono), "-o", str(tmp_path / "m.png"), "--no-neutralise"]) == 2
     assert "apply to colour stacks" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists() and not (tmp_path / "m.png").exists()
+
+
+def test_a_lazy_colour_stack_is_drawn_as_block_means_without_loading_it():
+    rgb, _ = _field(seed=14)
+    ds = _dataset(rgb).chunk({"y": 50})
+    from .helpers import raise_if_dask_computes
+
+    img = display(ds, max_pixels=SHAPE[0] * SHAPE[1] // 9, white_balance="none")
+    shown = img.get_array()
+    assert shown.shape == (SHAPE[0] // 3, SHAPE[1] // 3, 4)
+    assert img.get_extent() == [-0.5, SHAPE[1] - 0.5, -0.5, SHAPE[0] - 0.5]
+    # the red plane drawn follows the red block means (a monotonic stretch of them)
+    means = rgb[0].astype(np.float32).reshape(SHAPE[0] // 3, 3, SHAPE[1] // 3, 3).mean((1, 3))
+    bright = means > np.percentile(means, 99)
+    assert shown[..., 0][bright].mean() > shown[..., 0][~bright].mean()
+    with raise_if_dask_computes():  # opening and checking a lazy colour stack reads nothing
+        from bigstack._render_colour import colour_parts
+
+        data, coverage, _ = colour_parts(ds)
+        assert data.shape == coverage.shape == (3, *SHAPE)
+
+
+def test_cli_stack_writes_the_fits_and_tiff_asked_for(tmp_path, capsys):
+    from bigstack import open_stack, synthetic
+
+    truth = synthetic.make_frames(tmp_path / "lights", n_frames=3, shape=(64, 80), seed=3,
+                                  stars=synthetic.Stars(ref_isolation=20))
+    pattern = str(tmp_path / "lights")
+    store = tmp_path / "s.zarr"
+    assert main(["stack", pattern, "-o", str(store), "--no-align", "--white-balance", "none",
+                 "--no-progress"]) == 2
+    assert "apply to colour stacks" in capsys.readouterr().err and not store.exists()
+    assert main(["stack", pattern, "-o", str(store), "--no-align", "--no-progress",
+                 "--png", str(tmp_path / "s.png"), "--bits", "16",
+                 "--fits", str(tmp_path / "s.fits"), "--tiff", str(tmp_path / "s.tif"),
+                 "--tiff-bits", "32"]) == 0
+    ds = open_stack(store)
+    with fits.open(tmp_path / "s.fits") as hdul:
+        np.testing.assert_array_equal(hdul[0].data, ds["stack"].values)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "s.tif"), ds["stack"].values[::-1])
+    mode, pixels = _read(tmp_path / "s.png")
+    assert pixels.dtype == np.uint16 or mode.startswith("I;16")
+    assert len(truth.paths) == 3
