@@ -523,9 +523,14 @@ def _colour_render(image, name, *, stretch, log_a, min_percent, max_percent, bac
 def _colour_pixels(levels, bits):
     """PNG/TIFF pixels ``(ny, nx, 3)`` of ``bits`` bits, top row first; uncovered: 0."""
     top = 2**bits - 1
-    values = np.where(np.isfinite(levels), levels, 0.0)
-    pixels = np.rint(values * top).astype(np.uint8 if bits == 8 else np.uint16)
-    return np.ascontiguousarray(pixels.transpose(1, 2, 0)[::-1])
+    ny, nx = levels.shape[1:]
+    pixels = np.empty((ny, nx, 3), np.uint8 if bits == 8 else np.uint16)
+    rows = max(1, 2**20 // max(nx, 1))  # a band at a time: no full-size float temporaries
+    for y0 in range(0, ny, rows):
+        band = levels[:, y0:y0 + rows]
+        values = np.rint(np.where(np.isfinite(band), band, 0.0) * top)
+        pixels[ny - y0 - band.shape[1]:ny - y0] = values.transpose(1, 2, 0)[::-1]
+    return pixels
 
 
 # --------------------------------------------------------------------------

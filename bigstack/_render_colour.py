@@ -50,6 +50,7 @@ WHITE_BALANCES = ("stars", "none")
 _MIN_STARS = 3  # stars a white balance from the stars needs at least
 _APERTURE_FWHM = 2.5  # aperture radius, in star FWHMs
 _RING_WIDTH = 4.0  # width of the ring around the aperture that gives the local sky, px
+_BAND_PIXELS = 1 << 20  # pixels per row band of the per-pixel steps (bounds their temporaries)
 
 
 # --------------------------------------------------------------------------
@@ -205,33 +206,53 @@ def sky_levels(rgb):
     return levels, noise
 
 
-def neutralise(rgb, skies=None):
+def neutralise(rgb, skies=None, out=None):
     """``rgb`` with each channel's sky moved to the mean sky level of the three.
 
-    Returns ``(neutralised, skies)``: a new float64 array and the channels'
-    sky levels before.
+    Returns ``(neutralised, skies)``: a new float64 array (or ``out``,
+    which may be ``rgb`` itself) and the channels' sky levels before.
     """
     if skies is None:
         skies, _ = sky_levels(rgb)
+    if out is None:
+        out = np.array(rgb, dtype=np.float64)
     common = float(np.mean(skies))
-    out = np.asarray(rgb, dtype=np.float64) - (skies - common)[:, None, None]
+    for c in range(3):
+        out[c] -= skies[c] - common
     return out, skies
 
 
-def apply_white_balance(rgb, factors, skies):
-    """``sky_c + f_c (x_c - sky_c)`` for each channel (a new float64 array)."""
-    skies = np.asarray(skies, dtype=np.float64)[:, None, None]
-    factors = np.asarray(factors, dtype=np.float64)[:, None, None]
-    return skies + factors * (np.asarray(rgb, dtype=np.float64) - skies)
+def apply_white_balance(rgb, factors, skies, out=None):
+    """``sky_c + f_c (x_c - sky_c)`` for each channel: a new float64 array, or ``out``."""
+    if out is None:
+        out = np.array(rgb, dtype=np.float64)
+    for c in range(3):
+        if factors[c] != 1.0:
+            out[c] -= skies[c]
+            out[c] *= factors[c]
+            out[c] += skies[c]
+    return out
+
+
+def _bands(shape):
+    """Row slices of about ``_BAND_PIXELS`` pixels over an image of ``shape`` ``(ny, nx)``."""
+    ny, nx = shape
+    rows = max(1, _BAND_PIXELS // max(nx, 1))
+    for y0 in range(0, ny, rows):
+        yield slice(y0, min(ny, y0 + rows))
 
 
 def luminance(rgb):
-    """The mean of the covered channels (NaN where none is covered)."""
-    finite = np.isfinite(rgb)
-    count = finite.sum(axis=0)
-    total = np.where(finite, rgb, 0.0).sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    """The mean of the covered channels (NaN where none is covered), a row band at a time."""
+    out = np.empty(rgb.shape[1:])
+    for band in _bands(rgb.shape[1:]):
+        part = np.asarray(rgb[:, band], dtype=np.float64)
+        finite = np.isfinite(part)
+        count = finite.sum(axis=0)
+        total = np.where(finite, part, 0.0).sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[band] = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    return out
 
 
 def star_fluxes(rgb, *, n_stars=200):
@@ -286,23 +307,31 @@ def star_white_balance(rgb):
     return total[1] / total
 
 
-def stretch_luminance(rgb, norm):
+def stretch_luminance(rgb, norm, lum=None, out=None):
     """Levels ``(3, ny, nx)`` in 0..1: the stretch of the luminance, the colours kept.
 
     ``norm`` is the stretch computed on the luminance (an astropy
-    ``ImageNormalize`` with ``vmin`` its black point). NaN where a channel
-    is uncovered.
+    ``ImageNormalize`` with ``vmin`` its black point); ``lum`` the
+    luminance when already computed. NaN where a channel is uncovered.
+    Computed a row band at a time into ``out`` (a new array by default; it
+    may be ``rgb`` itself).
     """
-    lum = luminance(rgb)
+    if lum is None:
+        lum = luminance(rgb)
+    if out is None:
+        out = np.empty(rgb.shape)
     black = float(norm.vmin)
-    stretched = np.ma.getdata(norm(lum, clip=True)).astype(np.float64)
-    above = lum - black
-    with np.errstate(invalid="ignore", divide="ignore"):
-        scale = np.where(above > 0, stretched / above, 0.0)
-        levels = np.clip((rgb - black) * scale, 0.0, None)
-        peak = np.nanmax(np.where(np.isfinite(levels), levels, -np.inf), axis=0)
-        levels = np.where(peak > 1.0, levels / np.where(peak > 1.0, peak, 1.0), levels)
-    return np.where(np.isfinite(rgb), np.clip(levels, 0.0, 1.0), np.nan)
+    for band in _bands(rgb.shape[1:]):
+        part = np.asarray(rgb[:, band], dtype=np.float64)
+        stretched = np.ma.getdata(norm(lum[band], clip=True)).astype(np.float64)
+        above = lum[band] - black
+        with np.errstate(invalid="ignore", divide="ignore"):
+            scale = np.where(above > 0, stretched / above, 0.0)
+            levels = np.clip((part - black) * scale, 0.0, None)
+            peak = np.max(np.where(np.isfinite(levels), levels, -np.inf), axis=0)
+            levels = np.where(peak > 1.0, levels / np.where(peak > 1.0, peak, 1.0), levels)
+        out[:, band] = np.where(np.isfinite(part), np.clip(levels, 0.0, 1.0), np.nan)
+    return out
 
 
 def colour_levels(rgb, *, stretch, log_a, min_percent, max_percent, neutral, white_balance,
@@ -310,31 +339,32 @@ def colour_levels(rgb, *, stretch, log_a, min_percent, max_percent, neutral, whi
     """The three steps on a ``(3, ny, nx)`` float array: levels in 0..1, NaN where uncovered.
 
     Returns ``(levels, info)``; ``info`` has the channels' ``sky`` levels
-    before neutralisation and the ``white_balance`` factors used.
+    before neutralisation and the ``white_balance`` factors used. One
+    float64 copy of ``rgb`` is made and worked on in place.
     """
     from ._render import _norm
 
-    if not np.isfinite(rgb).any():
+    work = np.array(rgb, dtype=np.float64)
+    if not np.isfinite(work).any():
         raise ValueError(f"{name} has no finite pixel values to set the display range from")
-    skies, _ = sky_levels(rgb)
+    skies, _ = sky_levels(work)
     info = {"sky": skies}
     if neutral:
-        rgb, _ = neutralise(rgb, skies)
+        neutralise(work, skies, out=work)
         balance_skies = np.full(3, float(np.mean(skies)))
     else:
-        rgb = np.asarray(rgb, dtype=np.float64)
         balance_skies = skies
     if isinstance(white_balance, str) and white_balance == "none":
         factors = np.ones(3)
     elif isinstance(white_balance, str):
-        factors = star_white_balance(rgb - balance_skies[:, None, None])
+        factors = star_white_balance(work)  # fluxes above a local sky: no level needed
     else:
         factors = np.asarray(white_balance, dtype=np.float64)
     info["white_balance"] = factors
-    if not np.array_equal(factors, np.ones(3)):
-        rgb = apply_white_balance(rgb, factors, balance_skies)
-    norm = _norm(luminance(rgb), stretch, log_a, min_percent, max_percent, name)
-    return stretch_luminance(rgb, norm), info
+    apply_white_balance(work, factors, balance_skies, out=work)
+    lum = luminance(work)
+    norm = _norm(lum, stretch, log_a, min_percent, max_percent, name)
+    return stretch_luminance(work, norm, lum, out=work), info
 
 
 def parse_factors(text):
