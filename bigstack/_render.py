@@ -58,9 +58,12 @@ the formulas):
   of the three, measured on the same sky pixels in each;
   ``background="plane"``/``"poly2"`` first removes each channel's own
   gradient;
-* ``white_balance="stars"`` (default) multiplies each channel's signal above
-  the sky so that the stars' total flux is the same in R, G and B; three
-  numbers give the factors, ``"none"`` keeps the colours;
+* ``white_balance="stars"`` multiplies each channel's signal above the sky
+  so that the stars' total flux is the same in R, G and B; three numbers
+  give the factors, ``"none"`` keeps the colours. The default (``None``)
+  is ``"stars"``, except that an image with fewer than 3 usable stars
+  keeps its colours with a :class:`~bigstack.BigstackWarning` (``"stars"``
+  then raises ``ValueError``);
 * the stretch (``auto`` or an explicit one) is computed on the luminance,
   the mean of the channels, and each channel is scaled by the same factor
   ``s(L) / (L - black)``: colour ratios above black are kept; a pixel whose
@@ -850,8 +853,9 @@ def display(image, stretch=None, log_a=None, norm_array=None, min_percent=None,
         Show a stack whose attributes say it is unfinished (its missing
         tiles are NaN), with a :class:`~bigstack.BigstackWarning`.
     white_balance : {None, "stars", "none"} or (float, float, float)
-        Colour images only (default ``"stars"``): factors for R, G, B
-        measured from the average colour of the stars, none, or given. See
+        Colour images only: factors for R, G, B measured from the average
+        colour of the stars, none, or given. The default is from the stars
+        when at least 3 are usable, else none with a warning. See
         "Colour images" in the module notes.
     neutralise : bool, optional
         Colour images only (default true): move each channel's sky median

@@ -20,7 +20,9 @@ changes the data themselves):
    gradient of another colour than the sky's.
 2. **White balance**: each channel's signal above its sky is multiplied by
    a factor, ``out_c = sky_c + f_c (x_c - sky_c)``, so the sky stays
-   where step 1 put it. ``"stars"`` measures the factors from the stars:
+   where step 1 put it. ``"stars"`` measures the factors from the stars
+   (by default too, but then too few stars leave the colours as they are,
+   with a :class:`~bigstack.BigstackWarning`, where ``"stars"`` is an error):
    stars are detected on the luminance, each star's flux is summed in an
    aperture in each channel (a local sky from a ring around it
    subtracted), stars with a clipped (saturated) core or an uncovered
@@ -42,8 +44,11 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 
 import numpy as np
+
+from ._errors import BigstackWarning
 
 CHANNELS = ("R", "G", "B")
 WHITE_BALANCES = ("stars", "none")
@@ -152,9 +157,13 @@ def masked_values(data, coverage):
 
 
 def check_white_balance(value):
-    """``"stars"``, ``"none"`` or three positive factors as a float64 array."""
+    """``"stars"``, ``"none"``, three positive factors as a float64 array, or ``"default"``.
+
+    ``None`` is ``"default"``: from the stars when enough are found, else
+    none (with a warning).
+    """
     if value is None:
-        return "stars"
+        return "default"
     if isinstance(value, str):
         if value not in WHITE_BALANCES:
             raise ValueError(f"white_balance={value!r} is not 'stars', 'none' or three "
@@ -296,13 +305,24 @@ def star_fluxes(rgb, *, n_stars=200):
     return fluxes[:, (fluxes > 0).all(axis=0)]
 
 
+class TooFewStars(ValueError):
+    """Too few stars for a white balance from the stars."""
+
+    def __init__(self, found):
+        self.found = found
+        super().__init__(
+            f"white_balance='stars': only {found} unsaturated, fully covered stars found "
+            f"(at least {_MIN_STARS} needed); give the factors R,G,B or 'none'")
+
+    def __reduce__(self):
+        return type(self), (self.found,)
+
+
 def star_white_balance(rgb):
     """White-balance factors ``(F_G / F_R, 1, F_G / F_B)`` from the stars' total fluxes."""
     fluxes = star_fluxes(rgb)
     if fluxes.shape[1] < _MIN_STARS:
-        raise ValueError(
-            f"white_balance='stars': only {fluxes.shape[1]} unsaturated, fully covered "
-            f"stars found (at least {_MIN_STARS} needed); give the factors R,G,B or 'none'")
+        raise TooFewStars(fluxes.shape[1])
     total = fluxes.sum(axis=1)
     return total[1] / total
 
@@ -354,12 +374,21 @@ def colour_levels(rgb, *, stretch, log_a, min_percent, max_percent, neutral, whi
         balance_skies = np.full(3, float(np.mean(skies)))
     else:
         balance_skies = skies
-    if isinstance(white_balance, str) and white_balance == "none":
-        factors = np.ones(3)
-    elif isinstance(white_balance, str):
-        factors = star_white_balance(work)  # fluxes above a local sky: no level needed
-    else:
+    if not isinstance(white_balance, str):
         factors = np.asarray(white_balance, dtype=np.float64)
+    elif white_balance == "none":
+        factors = np.ones(3)
+    elif white_balance == "default":
+        try:
+            factors = star_white_balance(work)
+        except TooFewStars as err:
+            warnings.warn(f"{name}: {err.found} stars usable for a white balance (at least "
+                          f"{_MIN_STARS} needed); colours left as they are (give "
+                          "white_balance as three factors to set it)", BigstackWarning,
+                          stacklevel=4)
+            factors = np.ones(3)
+    else:
+        factors = star_white_balance(work)  # fluxes above a local sky: no level needed
     info["white_balance"] = factors
     apply_white_balance(work, factors, balance_skies, out=work)
     lum = luminance(work)

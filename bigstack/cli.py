@@ -443,12 +443,10 @@ def _cmd_render(args):
     if args.crop:
         left, right, top, bottom = args.crop
         image = crop(image, left=left, right=right, top=top, bottom=bottom)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", BigstackWarning)  # the unfinished stack: said above
-        _write_pictures(args, image, colour, cmap=args.cmap, max_pixels=args.max_pixels,
-                        background=args.background, allow_incomplete=args.allow_incomplete,
-                        **_stretch_options(args.stretch, args.log_a, args.min_percent,
-                                           args.max_percent))
+    _write_pictures(args, image, colour, cmap=args.cmap, max_pixels=args.max_pixels,
+                    background=args.background, allow_incomplete=args.allow_incomplete,
+                    **_stretch_options(args.stretch, args.log_a, args.min_percent,
+                                       args.max_percent))
     return 0
 
 
@@ -509,7 +507,18 @@ def _colour_options(args, image, name):
 
 
 def _write_pictures(args, image, colour, **picture):
-    """The PNG (-o or --png), TIFF and FITS outputs the command asked for, each reported."""
+    """The PNG (-o or --png), TIFF and FITS outputs the command asked for, each reported.
+
+    bigstack's warnings are printed in one line each, except that the stack
+    is unfinished (said when it was opened).
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", BigstackWarning)
+        _write_outputs(args, image, colour, **picture)
+    _report_warnings(caught, skip=("incomplete stack",))
+
+
+def _write_outputs(args, image, colour, **picture):
     from . import save_fits, save_png, save_tiff
 
     png = getattr(args, "output", None) if args.command == "render" else args.png

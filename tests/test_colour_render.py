@@ -17,7 +17,7 @@ from astropy.io import fits
 from astropy.visualization import simple_norm
 from PIL import Image
 
-from bigstack import display, save_fits, save_png, save_tiff
+from bigstack import BigstackWarning, display, save_fits, save_png, save_tiff
 from bigstack._files import made_by_bigstack
 from bigstack._render_colour import (
     colour_levels,
@@ -445,3 +445,18 @@ def test_cli_stack_writes_the_fits_and_tiff_asked_for(tmp_path, capsys):
     mode, pixels = _read(tmp_path / "s.png")
     assert pixels.dtype == np.uint16 or mode.startswith("I;16")
     assert len(truth.paths) == 3
+
+
+def test_the_default_white_balance_leaves_a_starless_image_with_a_warning(tmp_path):
+    flat = np.random.default_rng(15).normal(100.0, 2.0, (3, *SHAPE))
+    flat[0] += 30.0
+    with pytest.warns(BigstackWarning, match="0 stars usable for a white balance"):
+        levels, info = colour_levels(flat, stretch="auto", log_a=None, min_percent=None,
+                                     max_percent=None, neutral=True, white_balance="default")
+    np.testing.assert_array_equal(info["white_balance"], np.ones(3))
+    # neutralised: the red excess is gone from the picture too
+    assert abs(np.median(levels[0]) - np.median(levels[1])) < 0.01
+    with pytest.raises(ValueError, match="white_balance='stars': only 0"):
+        save_png(flat, tmp_path / "s.png", white_balance="stars")
+    with pytest.warns(BigstackWarning, match="stars usable"):
+        save_png(flat, tmp_path / "d.png")
