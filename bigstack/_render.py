@@ -483,7 +483,7 @@ def _colour_picture(image, name, max_pixels, decimate_eager):
     if (fy, fx) != (1, 1):
         rgb = np.stack([_block_mean(data[c], fy, fx) for c in range(3)])
     else:
-        rgb = np.asarray(data, dtype=np.float64)
+        rgb = np.array(data, dtype=np.float64)  # a copy: the steps work on it in place
     return rgb, _extent(rgb.shape[1:], fy, fx, ycoord, xcoord)
 
 
@@ -519,7 +519,7 @@ def _colour_render(image, name, *, stretch, log_a, min_percent, max_percent, bac
         rgb = np.stack([_flatten(rgb[c], background) for c in range(3)])
     levels, info = colour_levels(rgb, stretch=stretch, log_a=log_a, min_percent=min_percent,
                                  max_percent=max_percent, neutral=neutralise,
-                                 white_balance=white_balance, name=name)
+                                 white_balance=white_balance, name=name, copy=False)
     return levels, extent, info
 
 

@@ -355,16 +355,17 @@ def stretch_luminance(rgb, norm, lum=None, out=None):
 
 
 def colour_levels(rgb, *, stretch, log_a, min_percent, max_percent, neutral, white_balance,
-                  name="image"):
+                  name="image", copy=True):
     """The three steps on a ``(3, ny, nx)`` float array: levels in 0..1, NaN where uncovered.
 
     Returns ``(levels, info)``; ``info`` has the channels' ``sky`` levels
-    before neutralisation and the ``white_balance`` factors used. One
-    float64 copy of ``rgb`` is made and worked on in place.
+    before neutralisation and the ``white_balance`` factors used. The
+    steps work in place on a float64 copy of ``rgb`` (with ``copy=False``,
+    on ``rgb`` itself when it is a float64 array: the levels replace it).
     """
     from ._render import _norm
 
-    work = np.array(rgb, dtype=np.float64)
+    work = np.array(rgb, dtype=np.float64, copy=copy or None)
     if not np.isfinite(work).any():
         raise ValueError(f"{name} has no finite pixel values to set the display range from")
     skies, _ = sky_levels(work)

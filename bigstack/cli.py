@@ -526,9 +526,9 @@ def _write_outputs(args, image, colour, **picture):
         save_png(image, png, overwrite=args.overwrite, bits=args.bits, **picture, **colour)
         print(f"wrote {png}")
     if args.tiff:
-        if args.tiff_bits == 32:
-            save_tiff(image, args.tiff, bits=32, overwrite=args.overwrite,
-                      max_pixels=picture.get("max_pixels"),
+        if args.tiff_bits == 32:  # the data: shrunk only when render is told --max-pixels
+            shrink = picture.get("max_pixels") if args.command == "render" else None
+            save_tiff(image, args.tiff, bits=32, overwrite=args.overwrite, max_pixels=shrink,
                       allow_incomplete=picture.get("allow_incomplete", False))
         else:
             options = {k: v for k, v in picture.items() if k != "cmap"}
