@@ -104,7 +104,9 @@ Colour stacks
     and ``ROWORDER = 'BOTTOM-UP'`` (the first row is the bottom of the
     picture, the FITS convention and bigstack's); the ``COVERAGE``
     extension is a 3-plane cube too, one coverage per channel (a shared
-    ``(y, x)`` coverage is repeated).
+    ``(y, x)`` coverage is repeated). The values are the stack's own
+    (float32, linear); Siril reads float data whose maximum is above 1 as
+    on a 0..65535 scale, which a stack of 16-bit frames is.
 ``PROVENANCE`` binary table
     One row, one column ``JSON``: all the attributes as JSON text (ASCII,
     non-ASCII characters escaped). ``json.loads`` gives them back exactly,
