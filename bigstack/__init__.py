@@ -26,7 +26,7 @@ from ._night import plan_night, stack_night
 from ._quality import frame_quality
 from ._register import StarNotFoundError, find_shifts, find_star
 from ._reject import Rejection
-from ._render import crop, display, save_fits, save_png
+from ._render import crop, display, save_fits, save_png, save_tiff
 from ._stack import stack
 from ._store import open_stack
 from ._transforms import find_transforms
@@ -60,5 +60,6 @@ __all__ = [
     "stack_night",
     "save_fits",
     "save_png",
+    "save_tiff",
     "__version__",
 ]

@@ -3,11 +3,11 @@
 Conventions: images are indexed ``[y, x]`` and drawn with ``y = 0`` at the
 bottom (matplotlib's ``origin="lower"``); positions are written ``[x, y]``.
 
-All four functions take a numpy array, a dask array or an
-``xarray.DataArray`` with dims ``(..., y, x)``; ``display``, ``save_png``
-and ``save_fits`` also take the ``Dataset`` that :func:`bigstack.stack`
-returns (variables ``stack`` and ``coverage``) and then show or write its
-``stack``.
+All five functions take a numpy array, a dask array or an
+``xarray.DataArray`` with dims ``(..., y, x)``; ``display``, ``save_png``,
+``save_tiff`` and ``save_fits`` also take the ``Dataset`` that
+:func:`bigstack.stack` returns (variables ``stack`` and ``coverage``) and
+then show or write its ``stack``, mono or colour (see "Colour images").
 
 Large lazy images
 -----------------
@@ -45,6 +45,37 @@ NaN (uncovered) pixels take no part. An image whose finite pixels all
 have one value is all sky and comes out at 0.22; an image with no finite
 pixel is refused (``ValueError``).
 
+Colour images
+-------------
+A colour image is indexed ``(channel, y, x)`` with the channels R, G, B: a
+DataArray with a ``channel`` dim (put in R, G, B order by its ``channel``
+coordinate), a Dataset whose ``stack`` is one (with a ``coverage`` per
+channel, or one shared), or an array of shape ``(3, ny, nx)``. ``display``
+and ``save_png`` draw it in colour (see :mod:`bigstack._render_colour` for
+the formulas):
+
+* ``neutralise=True`` (default) moves each channel's sky median to the mean
+  of the three, measured on the same sky pixels in each;
+  ``background="plane"``/``"poly2"`` first removes each channel's own
+  gradient;
+* ``white_balance="stars"`` multiplies each channel's signal above the sky
+  so that the stars' total flux is the same in R, G and B; three numbers
+  give the factors, ``"none"`` keeps the colours. The default (``None``)
+  is ``"stars"``, except that an image with fewer than 3 usable stars
+  keeps its colours with a :class:`~bigstack.BigstackWarning` (``"stars"``
+  then raises ``ValueError``);
+* the stretch (``auto`` or an explicit one) is computed on the luminance,
+  the mean of the channels, and each channel is scaled by the same factor
+  ``s(L) / (L - black)``: colour ratios above black are kept; a pixel whose
+  brightest channel would pass white is scaled down as a whole.
+
+A pixel uncovered in a channel (NaN, or coverage 0) is left out of every
+statistic and is empty in that channel only: 0 in a PNG or 16-bit TIFF,
+NaN in a 32-bit TIFF, and on screen 0 in that channel (transparent where no
+channel is covered). ``cmap`` and ``norm_array`` are for mono images and
+refused for colour; ``white_balance`` and ``neutralise`` are refused for
+mono.
+
 Unfinished stacks
 -----------------
 A Dataset or DataArray whose ``attrs["complete"]`` is false comes from a
@@ -67,6 +98,15 @@ Primary HDU
     stack, so pixels map back to the reference grid.
 ``COVERAGE`` image extension
     The coverage (number of frames per pixel), when given.
+Colour stacks
+    The primary HDU is a cube ``NAXIS3 = 3`` with the planes R, G, B (the
+    layout Siril and PixInsight read as an RGB image), ``CTYPE3 = 'RGB'``
+    and ``ROWORDER = 'BOTTOM-UP'`` (the first row is the bottom of the
+    picture, the FITS convention and bigstack's); the ``COVERAGE``
+    extension is a 3-plane cube too, one coverage per channel (a shared
+    ``(y, x)`` coverage is repeated). The values are the stack's own
+    (float32, linear); Siril reads float data whose maximum is above 1 as
+    on a 0..65535 scale, which a stack of 16-bit frames is.
 ``PROVENANCE`` binary table
     One row, one column ``JSON``: all the attributes as JSON text (ASCII,
     non-ASCII characters escaped). ``json.loads`` gives them back exactly,
@@ -89,8 +129,15 @@ import numpy as np
 
 from ._errors import BigstackWarning, IncompleteStoreError
 from ._files import SOFTWARE, atomic_output, mark_png, refuse_existing
+from ._render_colour import (
+    check_white_balance,
+    colour_levels,
+    colour_parts,
+    is_colour,
+    masked_values,
+)
 
-__all__ = ["crop", "display", "save_png", "save_fits"]
+__all__ = ["crop", "display", "save_png", "save_fits", "save_tiff"]
 
 STRETCHES = ("auto", "linear", "sqrt", "power", "log", "asinh")
 BACKGROUNDS = ("none", "plane", "poly2")
@@ -410,12 +457,85 @@ def _picture(image, name, max_pixels, decimate_eager):
         picture = _block_mean(data, fy, fx)
     else:
         picture = np.asarray(data)
+    return picture, _extent(picture.shape, fy, fx, ycoord, xcoord)
+
+
+def _extent(shape, fy, fx, ycoord, xcoord):
+    """imshow's extent of a picture of ``shape`` made of ``fy x fx`` blocks (``None``: default)."""
     if ycoord is None and xcoord is None and (fy, fx) == (1, 1):
-        return picture, None
-    ny, nx = picture.shape[0] * fy, picture.shape[1] * fx
+        return None
+    ny, nx = shape[0] * fy, shape[1] * fx
     left, right = _edges(xcoord, nx)
     bottom, top = _edges(ycoord, ny)
-    return picture, (left, right, bottom, top)
+    return left, right, bottom, top
+
+
+def _colour_picture(image, name, max_pixels, decimate_eager):
+    """The ``(3, ny, nx)`` float64 array of a colour image to draw, and its extent.
+
+    Uncovered pixels (NaN, or coverage 0) are NaN in their channel; lazy
+    images over ``max_pixels`` (also eager ones with ``decimate_eager``)
+    are replaced by each channel's block mean.
+    """
+    data, coverage, (ycoord, xcoord) = colour_parts(image, name)
+    data = masked_values(data, coverage)
+    lazy = _is_dask(data)
+    shape = data.shape[1:]
+    fy, fx = _block_factors(shape, max_pixels) if lazy or decimate_eager else (1, 1)
+    if (fy, fx) != (1, 1):
+        rgb = np.stack([_block_mean(data[c], fy, fx) for c in range(3)])
+    else:
+        rgb = np.array(data, dtype=np.float64)  # a copy: the steps work on it in place
+    return rgb, _extent(rgb.shape[1:], fy, fx, ycoord, xcoord)
+
+
+def _check_colour_options(image, white_balance, neutralise):
+    """``(colour?, white_balance, neutralise)``: the colour options checked and defaulted.
+
+    They are refused for a mono image, which would not use them.
+    """
+    if not is_colour(image):
+        for option, value in (("white_balance", white_balance), ("neutralise", neutralise)):
+            if value is not None:
+                raise ValueError(f"{option}={value!r} is for colour images (channel, y, x); "
+                                 "this image is mono")
+        return False, None, None
+    return True, check_white_balance(white_balance), True if neutralise is None else \
+        bool(neutralise)
+
+
+def _refuse_for_colour(cmap, norm_array):
+    if norm_array is not None:
+        raise ValueError("norm_array is for mono images; a colour image's range is set from "
+                         "its own luminance")
+    if cmap is not None and _grey_inversion(cmap) is not False:
+        raise ValueError(f"cmap={cmap!r} is for mono images; a colour image is drawn in its "
+                         "own colours")
+
+
+def _colour_render(image, name, *, stretch, log_a, min_percent, max_percent, background,
+                   max_pixels, decimate_eager, white_balance, neutralise):
+    """Levels ``(3, ny, nx)`` in 0..1 (NaN where uncovered), the extent and the steps' info."""
+    rgb, extent = _colour_picture(image, name, max_pixels, decimate_eager)
+    if background != "none":
+        rgb = np.stack([_flatten(rgb[c], background) for c in range(3)])
+    levels, info = colour_levels(rgb, stretch=stretch, log_a=log_a, min_percent=min_percent,
+                                 max_percent=max_percent, neutral=neutralise,
+                                 white_balance=white_balance, name=name, copy=False)
+    return levels, extent, info
+
+
+def _colour_pixels(levels, bits):
+    """PNG/TIFF pixels ``(ny, nx, 3)`` of ``bits`` bits, top row first; uncovered: 0."""
+    top = 2**bits - 1
+    ny, nx = levels.shape[1:]
+    pixels = np.empty((ny, nx, 3), np.uint8 if bits == 8 else np.uint16)
+    rows = max(1, 2**20 // max(nx, 1))  # a band at a time: no full-size float temporaries
+    for y0 in range(0, ny, rows):
+        band = levels[:, y0:y0 + rows]
+        values = np.rint(np.where(np.isfinite(band), band, 0.0) * top)
+        pixels[ny - y0 - band.shape[1]:ny - y0] = values.transpose(1, 2, 0)[::-1]
+    return pixels
 
 
 # --------------------------------------------------------------------------
@@ -673,9 +793,20 @@ def _flatten(picture, background):
     return out
 
 
+def _mono_norm(picture, norm_array, stretch, log_a, min_percent, max_percent, background,
+               max_pixels, decimate_eager):
+    """The stretch of a mono picture, computed from it or from ``norm_array``."""
+    if norm_array is None:
+        return _norm(picture, stretch, log_a, min_percent, max_percent, "image")
+    norm_values, _ = _picture(norm_array, "norm_array", max_pixels, decimate_eager)
+    norm_values = _flatten(norm_values, background)
+    return _norm(norm_values, stretch, log_a, min_percent, max_percent, "norm_array")
+
+
 def display(image, stretch=None, log_a=None, norm_array=None, min_percent=None,
             max_percent=None, cmap="Greys_r", fig=None, ax=None, title=None, xlim=None,
-            ylim=None, max_pixels=4_000_000, background="none", allow_incomplete=False):
+            ylim=None, max_pixels=4_000_000, background="none", allow_incomplete=False,
+            white_balance=None, neutralise=None):
     """Show an image with matplotlib, origin at the lower left.
 
     Parameters
@@ -723,6 +854,14 @@ def display(image, stretch=None, log_a=None, norm_array=None, min_percent=None,
     allow_incomplete : bool
         Show a stack whose attributes say it is unfinished (its missing
         tiles are NaN), with a :class:`~bigstack.BigstackWarning`.
+    white_balance : {None, "stars", "none"} or (float, float, float)
+        Colour images only: factors for R, G, B measured from the average
+        colour of the stars, none, or given. The default is from the stars
+        when at least 3 are usable, else none with a warning. See
+        "Colour images" in the module notes.
+    neutralise : bool, optional
+        Colour images only (default true): move each channel's sky median
+        to a common level, so the sky is grey.
 
     Returns
     -------
@@ -755,15 +894,24 @@ def display(image, stretch=None, log_a=None, norm_array=None, min_percent=None,
     stretch = _check_stretch(stretch, log_a, min_percent, max_percent)
     background = _check_background(background)
     _check_max_pixels(max_pixels)
+    colour, white_balance, neutralise = _check_colour_options(image, white_balance, neutralise)
+    if colour:
+        _refuse_for_colour(cmap, norm_array)
     _check_complete(image, allow_incomplete)
-    picture, extent = _picture(image, "image", max_pixels, decimate_eager=False)
-    picture = _flatten(picture, background)
-    if norm_array is None:
-        norm = _norm(picture, stretch, log_a, min_percent, max_percent, "image")
+    if colour:
+        levels, extent, _ = _colour_render(
+            image, "image", stretch=stretch, log_a=log_a, min_percent=min_percent,
+            max_percent=max_percent, background=background, max_pixels=max_pixels,
+            decimate_eager=False, white_balance=white_balance, neutralise=neutralise)
+        covered = np.isfinite(levels)
+        rgba = np.concatenate([np.where(covered, levels, 0.0),
+                               covered.any(axis=0, keepdims=True).astype(np.float64)])
+        picture, norm, cmap = rgba.transpose(1, 2, 0), None, None
     else:
-        norm_values, _ = _picture(norm_array, "norm_array", max_pixels, decimate_eager=False)
-        norm_values = _flatten(norm_values, background)
-        norm = _norm(norm_values, stretch, log_a, min_percent, max_percent, "norm_array")
+        picture, extent = _picture(image, "image", max_pixels, decimate_eager=False)
+        picture = _flatten(picture, background)
+        norm = _mono_norm(picture, norm_array, stretch, log_a, min_percent, max_percent,
+                          background, max_pixels, decimate_eager=False)
 
     import matplotlib.pyplot as plt
 
@@ -798,7 +946,7 @@ def _grey_inversion(cmap):
 
 def save_png(image, path, *, stretch=None, log_a=None, norm_array=None, min_percent=None,
              max_percent=None, cmap="Greys_r", max_pixels=None, overwrite=False, bits=8,
-             background="none", allow_incomplete=False):
+             background="none", allow_incomplete=False, white_balance=None, neutralise=None):
     """Write an image as a PNG, one image pixel per PNG pixel, origin at the lower left.
 
     The image is stretched exactly as :func:`display` does (by default the
@@ -809,15 +957,22 @@ def save_png(image, path, *, stretch=None, log_a=None, norm_array=None, min_perc
     ``"grey_r"``) give a one-channel grey PNG; any other matplotlib colormap
     an 8-bit RGB PNG. NaN (uncovered) pixels get the lowest level.
 
+    A colour image (``(channel, y, x)``, see the module notes) gives an RGB
+    PNG of 8 or 16 bits per channel, made as "Colour images" describes;
+    a pixel uncovered in a channel gets that channel's lowest level.
+
     Parameters
     ----------
     image : numpy.ndarray, dask.array.Array, xarray.DataArray or xarray.Dataset
-        A 2-D image indexed ``[y, x]``; a Dataset from :func:`bigstack.stack`
-        writes its ``stack``.
+        A 2-D image indexed ``[y, x]``, or a colour image ``(channel, y,
+        x)``; a Dataset from :func:`bigstack.stack` writes its ``stack``
+        (a colour one with its per-channel ``coverage``).
     path : str or path-like
         The PNG file to write.
     stretch, log_a, norm_array, min_percent, max_percent, cmap, background
         As for :func:`display`.
+    white_balance, neutralise
+        Colour images only, as for :func:`display`.
     max_pixels : int, optional
         Write at most this many pixels: a larger image (lazy or not) is
         reduced to its block mean first, as :func:`display` does. By default
@@ -826,7 +981,7 @@ def save_png(image, path, *, stretch=None, log_a=None, norm_array=None, min_perc
         Replace an existing file. The file is written under a temporary
         name and renamed, so a failure never leaves a partial PNG.
     bits : {8, 16}
-        Levels per channel; 16 is for grey colormaps only.
+        Levels per channel; 16 is for grey colormaps and colour images.
     allow_incomplete : bool
         Write a stack whose attributes say it is unfinished (its missing
         tiles are NaN, drawn black), with a :class:`~bigstack.BigstackWarning`.
@@ -859,14 +1014,23 @@ def save_png(image, path, *, stretch=None, log_a=None, norm_array=None, min_perc
     >>> os.path.getsize(path) > 0
     True
     """
-    import imagecodecs
-
     path = os.fspath(path)
     stretch = _check_stretch(stretch, log_a, min_percent, max_percent)
     background = _check_background(background)
     _check_max_pixels(max_pixels)
     if bits not in (8, 16):
         raise ValueError(f"bits must be 8 or 16, got {bits!r}")
+    colour, white_balance, neutralise = _check_colour_options(image, white_balance, neutralise)
+    if colour:
+        _refuse_for_colour(cmap, norm_array)
+        refuse_existing(path, overwrite)
+        _check_complete(image, allow_incomplete)
+        levels, _, _ = _colour_render(
+            image, "image", stretch=stretch, log_a=log_a, min_percent=min_percent,
+            max_percent=max_percent, background=background, max_pixels=max_pixels,
+            decimate_eager=True, white_balance=white_balance, neutralise=neutralise)
+        _write_png(path, _colour_pixels(levels, bits), overwrite)
+        return path
     inverted = _grey_inversion(cmap)
     colormap = None
     if inverted is None:
@@ -883,17 +1047,8 @@ def save_png(image, path, *, stretch=None, log_a=None, norm_array=None, min_perc
     refuse_existing(path, overwrite)
     _check_complete(image, allow_incomplete)
 
-    picture, _ = _picture(image, "image", max_pixels, decimate_eager=True)
-    picture = _flatten(picture, background)
-    if norm_array is None:
-        norm = _norm(picture, stretch, log_a, min_percent, max_percent, "image")
-    else:
-        norm_values, _ = _picture(norm_array, "norm_array", max_pixels, decimate_eager=True)
-        norm_values = _flatten(norm_values, background)
-        norm = _norm(norm_values, stretch, log_a, min_percent, max_percent, "norm_array")
-    levels = np.ma.getdata(norm(picture, clip=True)).astype(np.float64)
-    levels[~np.isfinite(levels)] = 0.0
-    np.clip(levels, 0.0, 1.0, out=levels)
+    levels = _mono_levels(image, stretch, log_a, norm_array, min_percent, max_percent,
+                          background, max_pixels)
     if colormap is None:
         if inverted:
             levels = 1.0 - levels
@@ -902,9 +1057,143 @@ def save_png(image, path, *, stretch=None, log_a=None, norm_array=None, min_perc
     else:
         rgba = colormap(levels)
         pixels = np.rint(rgba[..., :3] * 255).astype(np.uint8)
-    encoded = mark_png(imagecodecs.png_encode(np.ascontiguousarray(pixels[::-1])))
+    _write_png(path, np.ascontiguousarray(pixels[::-1]), overwrite)
+    return path
+
+
+def _mono_levels(image, stretch, log_a, norm_array, min_percent, max_percent, background,
+                 max_pixels):
+    """The stretched levels (0..1, NaN as 0) of a mono image, decimated to ``max_pixels``."""
+    picture, _ = _picture(image, "image", max_pixels, decimate_eager=True)
+    picture = _flatten(picture, background)
+    norm = _mono_norm(picture, norm_array, stretch, log_a, min_percent, max_percent, background,
+                      max_pixels, decimate_eager=True)
+    levels = np.ma.getdata(norm(picture, clip=True)).astype(np.float64)
+    levels[~np.isfinite(levels)] = 0.0
+    np.clip(levels, 0.0, 1.0, out=levels)
+    return levels
+
+
+def _write_png(path, pixels, overwrite):
+    """Encode ``pixels`` (top row first) as a PNG marked as bigstack's, written atomically."""
+    import imagecodecs
+
+    encoded = mark_png(imagecodecs.png_encode(pixels))
     with atomic_output(path, overwrite) as tmp, open(tmp, "wb") as f:
         f.write(encoded)
+
+
+# --------------------------------------------------------------------------
+# TIFF
+
+
+def save_tiff(image, path, *, bits=16, stretch=None, log_a=None, min_percent=None,
+              max_percent=None, max_pixels=None, overwrite=False, background="none",
+              allow_incomplete=False, white_balance=None, neutralise=None):
+    """Write an image as a TIFF: a 16-bit picture, or the linear values as 32-bit floats.
+
+    Row ``y = 0`` is the bottom row of the picture, as in :func:`save_png`.
+    The file's ``Software`` tag (305) says bigstack, so ``overwrite`` can
+    replace it later.
+
+    Parameters
+    ----------
+    image : numpy.ndarray, dask.array.Array, xarray.DataArray or xarray.Dataset
+        A 2-D image ``[y, x]`` (a grey TIFF) or a colour image ``(channel,
+        y, x)`` (an RGB TIFF); a Dataset from :func:`bigstack.stack` writes
+        its ``stack``.
+    path : str or path-like
+        The TIFF file to write.
+    bits : {16, 32}
+        16: the picture :func:`save_png` makes with ``bits=16`` (stretched,
+        0..65535; uncovered pixels 0). 32: the data themselves as float32,
+        not stretched, uncovered pixels NaN (in their channel), for further
+        processing in another program; the stretch and colour options are
+        then refused.
+    stretch, log_a, min_percent, max_percent, background, white_balance, neutralise
+        As for :func:`display` (``bits=16`` only).
+    max_pixels : int, optional
+        Write at most this many pixels (block means), as :func:`save_png`.
+    overwrite, allow_incomplete : bool
+        As for :func:`save_png`.
+
+    Returns
+    -------
+    str
+        The path written.
+
+    Raises
+    ------
+    FileExistsError
+        ``path`` exists and ``overwrite`` is false (checked before any
+        computing).
+    ValueError
+        ``bits`` not 16 or 32, a stretch or colour option with ``bits=32``,
+        or what :func:`save_png` refuses.
+    bigstack.BigstackError
+        tifffile is not installed.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np, tifffile
+    >>> from bigstack import save_tiff
+    >>> image = np.random.default_rng(0).gamma(2.0, 100.0, (3, 64, 96))
+    >>> path = save_tiff(image, os.path.join(tempfile.mkdtemp(), "pic.tif"), bits=32)
+    >>> back = tifffile.imread(path)
+    >>> back.shape, back.dtype.name, bool(back[-1, 0, 1] == np.float32(image[1, 0, 0]))
+    ((64, 96, 3), 'float32', True)
+    """
+    try:
+        import tifffile
+    except ImportError as err:
+        from ._errors import BigstackError
+
+        raise BigstackError("TIFF output needs tifffile: pip install tifffile") from err
+
+    path = os.fspath(path)
+    if bits not in (16, 32):
+        raise ValueError(f"bits must be 16 or 32 for a TIFF, got {bits!r}")
+    stretch_given = {"stretch": stretch, "log_a": log_a, "min_percent": min_percent,
+                     "max_percent": max_percent, "white_balance": white_balance,
+                     "neutralise": neutralise}
+    if background != "none":
+        stretch_given["background"] = background
+    if bits == 32:
+        for name, value in stretch_given.items():
+            if value is not None:
+                raise ValueError(f"{name}={value!r} is for stretched pictures; a 32-bit TIFF "
+                                 "holds the linear values as they are (use bits=16)")
+    else:
+        stretch = _check_stretch(stretch, log_a, min_percent, max_percent)
+        background = _check_background(background)
+    _check_max_pixels(max_pixels)
+    colour, white_balance, neutralise = _check_colour_options(image, white_balance, neutralise)
+    refuse_existing(path, overwrite)
+    _check_complete(image, allow_incomplete)
+    if bits == 32:
+        if colour:
+            rgb, _ = _colour_picture(image, "image", max_pixels, decimate_eager=True)
+            pixels = rgb.astype(np.float32).transpose(1, 2, 0)[::-1]
+        else:
+            picture, _ = _picture(image, "image", max_pixels, decimate_eager=True)
+            pixels = np.asarray(picture, dtype=np.float32)[::-1]
+    elif colour:
+        levels, _, _ = _colour_render(
+            image, "image", stretch=stretch, log_a=log_a, min_percent=min_percent,
+            max_percent=max_percent, background=background, max_pixels=max_pixels,
+            decimate_eager=True, white_balance=white_balance, neutralise=neutralise)
+        pixels = _colour_pixels(levels, 16)
+    else:
+        levels = _mono_levels(image, stretch, log_a, None, min_percent, max_percent,
+                              background, max_pixels)
+        pixels = np.rint(levels * 65535).astype(np.uint16)[::-1]
+    from . import __version__
+
+    with atomic_output(path, overwrite) as tmp:
+        tifffile.imwrite(tmp, np.ascontiguousarray(pixels),
+                         photometric="rgb" if colour else "minisblack",
+                         software=f"{SOFTWARE} {__version__}", metadata=None)
     return path
 
 
@@ -1049,18 +1338,21 @@ def _offset_cards(ycoord, xcoord):
 
 
 def _image_header(shape, dtype, extname=None):
+    """The mandatory cards of an image of ``shape`` ``(y, x)``, or ``(3, y, x)`` for colour."""
     from astropy.io import fits
 
-    ny, nx = shape
+    ny, nx = shape[-2:]
     header = fits.Header()
     if extname is None:
         header["SIMPLE"] = (True, "conforms to FITS standard")
     else:
         header["XTENSION"] = ("IMAGE", "image extension")
     header["BITPIX"] = _BITPIX[np.dtype(dtype).name]
-    header["NAXIS"] = 2
+    header["NAXIS"] = len(shape)
     header["NAXIS1"] = (nx, "x: columns")
     header["NAXIS2"] = (ny, "y: rows")
+    if len(shape) == 3:
+        header["NAXIS3"] = (shape[0], "colour planes: red, green, blue")
     if extname is None:
         header["EXTEND"] = True
     else:
@@ -1097,14 +1389,23 @@ def _row_bands(data, target_bytes=64 * 2**20):
 
 
 def _stream_image(path, header, data, dtype):
+    """Write an image HDU a row band at a time; a ``(3, y, x)`` cube plane by plane."""
     from astropy.io import fits
 
+    planes = [data] if data.ndim == 2 else [data[c] for c in range(data.shape[0])]
     hdu = fits.StreamingHDU(path, header)
     try:
-        for band in _row_bands(data):
-            hdu.write(np.ascontiguousarray(band, dtype=dtype))
+        for plane in planes:
+            for band in _row_bands(plane):
+                hdu.write(np.ascontiguousarray(band, dtype=dtype))
     finally:
         hdu.close()
+
+
+def _colour_cards():
+    """Cards that say a 3-plane cube is an RGB image, bottom row first (Siril, PixInsight)."""
+    return [("CTYPE3", "RGB", "planes 1, 2, 3 are red, green, blue"),
+            ("ROWORDER", "BOTTOM-UP", "first row is the bottom of the picture")]
 
 
 def save_fits(data, path, *, overwrite=False, allow_incomplete=False):
@@ -1122,8 +1423,10 @@ def save_fits(data, path, *, overwrite=False, allow_incomplete=False):
     ----------
     data : xarray.Dataset, xarray.DataArray, numpy.ndarray or dask.array.Array
         The Dataset from :func:`bigstack.stack` (``stack`` and optional
-        ``coverage``, dims ``(y, x)``, attributes = provenance), or a single
-        2-D image (a DataArray's own attributes are its provenance).
+        ``coverage``, dims ``(y, x)`` or ``(channel, y, x)`` for colour,
+        attributes = provenance), or a single 2-D or colour image (a
+        DataArray's own attributes are its provenance). A colour stack is
+        written as a 3-plane cube, R, G, B (see the module notes).
         Attributes must be JSON-serialisable (numpy scalars and arrays are
         converted).
     path : str or path-like
@@ -1146,7 +1449,8 @@ def save_fits(data, path, *, overwrite=False, allow_incomplete=False):
     FileExistsError
         ``path`` exists and ``overwrite`` is false.
     ValueError
-        Data that is not 2-D, a Dataset without ``stack``, or a coverage of
+        Data that is neither 2-D nor colour, a Dataset without ``stack``, a
+        colour image whose channels are not R, G, B, or a coverage of
         another shape than the stack.
     TypeError
         An attribute that cannot be written as JSON (named).
@@ -1185,9 +1489,14 @@ def save_fits(data, path, *, overwrite=False, allow_incomplete=False):
     else:
         stack = data
         attrs = dict(data.attrs) if isinstance(data, dataarray) else {}
-    stack_data, (ycoord, xcoord) = _unwrap(stack, "stack")
+    colour = is_colour(stack)
     cover_data = None
-    if coverage is not None:
+    if colour:
+        source = data if isinstance(data, dataset) else stack
+        stack_data, cover_data, (ycoord, xcoord) = colour_parts(source, "stack")
+    else:
+        stack_data, (ycoord, xcoord) = _unwrap(stack, "stack")
+    if coverage is not None and not colour:
         cover_data, _ = _unwrap(coverage, "coverage")
         if cover_data.shape != stack_data.shape:
             raise ValueError(
@@ -1200,13 +1509,17 @@ def save_fits(data, path, *, overwrite=False, allow_incomplete=False):
     from . import __version__
 
     header["CREATOR"] = (f"{SOFTWARE} {__version__}", "software that wrote this file")
+    plane_cards = _colour_cards() if colour else []
+    for card in plane_cards:
+        header.append(card)
     offsets = _offset_cards(ycoord, xcoord)
     for card in offsets:
         header.append(card)
     observation = _observation_cards(attrs)
     for card in observation:
         header.append(card)
-    for card in _attribute_cards(attrs, taken={card[0] for card in observation}):
+    taken = {card[0] for card in observation + plane_cards}
+    for card in _attribute_cards(attrs, taken=taken):
         header.append(card)
     if provenance is not None:
         header["PROVHDU"] = ("PROVENANCE", "extension with all attributes as JSON")
@@ -1218,9 +1531,10 @@ def save_fits(data, path, *, overwrite=False, allow_incomplete=False):
         if cover_data is not None:
             dtype = _fits_dtype(cover_data.dtype)
             cover_header = _image_header(cover_data.shape, dtype, extname="COVERAGE")
-            for card in offsets:
+            for card in plane_cards + offsets:
                 cover_header.append(card)
-            cover_header.add_comment("Number of frames that cover each pixel")
+            cover_header.add_comment("Number of frames that cover each pixel" +
+                                     (", per colour" if colour else ""))
             _stream_image(tmp, cover_header, cover_data, dtype)
         if provenance is not None:
             column = fits.Column(name="JSON", format=f"{len(provenance)}A",

@@ -310,7 +310,7 @@ def _stack_mode(args):
 
 
 def _cmd_stack(args):
-    from . import find_shifts, save_png, stack
+    from . import find_shifts, stack
     from ._memory import PeakMemory
     from ._stack import check_budget
     from ._store import check_target
@@ -326,8 +326,10 @@ def _cmd_stack(args):
     inputs = [str(p) for p in cube["path"].values]
     # everything that can be refused is refused before any pixel is read
     check_target(args.output, mode, inputs)
-    _check_file_output(args.png, args.overwrite, inputs)
-    _check_file_output(args.report, args.overwrite, inputs)
+    for path in (args.png, args.tiff, args.fits, args.report):
+        _check_file_output(path, args.overwrite, inputs)
+    _check_picture_options(args, "--png", args.png)
+    colour = _colour_options(args, cube, args.pattern)
     check_budget(cube.shape[-2:], cube.sizes["frame"], method=args.method, memory=args.memory,
                  weighted=args.weights != "none", kappa=args.kappa)
     if args.no_align:
@@ -365,10 +367,7 @@ def _cmd_stack(args):
     print(f"wrote {args.output}: {ds.sizes['x']} x {ds.sizes['y']} pixels from "
           f"{ds.attrs['n_frames']} frames, coverage {int(coverage.min())}..{int(coverage.max())}, "
           f"{mem.seconds:.1f} s, peak memory {_mib(mem.peak)}")
-    if args.png:
-        save_png(ds, args.png, overwrite=args.overwrite, max_pixels=16_000_000,
-                 **_stretch_options(args.stretch))
-        print(f"wrote {args.png}")
+    _write_pictures(args, ds, colour, max_pixels=16_000_000, **_stretch_options(args.stretch))
     if shifts is not None and hasattr(shifts, "data_vars"):
         _write_report(args, shifts)
     return 0
@@ -422,11 +421,15 @@ def _frame_image(path, channel):
 
 
 def _cmd_render(args):
-    from . import crop, open_stack, save_png
+    from . import crop, open_stack
 
+    outputs = [path for path in (args.output, args.tiff, args.fits) if path]
+    if not outputs:
+        raise BigstackError("render: give an output: -o FILE.png, --tiff FILE.tif or "
+                            "--fits FILE.fits")
+    _check_picture_options(args, "-o", args.output)
     if _is_frame_file(args.store):  # a frame: to look at the data or pick a star
         image = _frame_image(args.store, args.channel)
-        _check_file_output(args.output, args.overwrite, [args.store])
         inputs = [args.store]
     else:
         if args.channel:
@@ -434,19 +437,107 @@ def _cmd_render(args):
         ds = open_stack(args.store, allow_incomplete=args.allow_incomplete)
         inputs = ds.attrs.get("inputs", ())
         image = ds  # the Dataset, so save_png sees whether the stack is finished
-    _check_file_output(args.output, args.overwrite, inputs)
+    for path in outputs:
+        _check_file_output(path, args.overwrite, inputs)
+    colour = _colour_options(args, image, args.store)
     if args.crop:
         left, right, top, bottom = args.crop
         image = crop(image, left=left, right=right, top=top, bottom=bottom)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", BigstackWarning)  # the unfinished stack: said above
-        save_png(image, args.output, cmap=args.cmap, overwrite=args.overwrite,
-                 max_pixels=args.max_pixels, background=args.background,
-                 allow_incomplete=args.allow_incomplete,
-                 **_stretch_options(args.stretch, args.log_a, args.min_percent,
-                                    args.max_percent))
-    print(f"wrote {args.output}")
+    _write_pictures(args, image, colour, cmap=args.cmap, max_pixels=args.max_pixels,
+                    background=args.background, allow_incomplete=args.allow_incomplete,
+                    **_stretch_options(args.stretch, args.log_a, args.min_percent,
+                                       args.max_percent))
     return 0
+
+
+def _white_balance(text):
+    from ._render_colour import parse_factors
+
+    if text in ("stars", "none"):
+        return text
+    try:
+        return parse_factors(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+
+
+def _add_picture_options(parser, png_flag):
+    """Options of the pictures and files written from a stack: bits, TIFF, FITS, colour."""
+    parser.add_argument("--bits", type=int, choices=(8, 16), default=8,
+                        help=f"levels per channel of the {png_flag} picture (default 8)")
+    parser.add_argument("--tiff", metavar="FILE.tif",
+                        help="also write a TIFF: the picture in 16 bits, or the linear values "
+                             "with --tiff-bits 32")
+    parser.add_argument("--tiff-bits", type=int, choices=(16, 32), default=16,
+                        help="16: the stretched picture; 32: the linear values as floats")
+    parser.add_argument("--fits", metavar="FILE.fits",
+                        help="also write the stack, its coverage and provenance as FITS (a "
+                             "3-plane cube for colour)")
+    parser.add_argument("--white-balance", type=_white_balance, metavar="stars|none|R,G,B",
+                        help="colour stacks: from the average colour of the stars (default), "
+                             "none, or three factors")
+    parser.add_argument("--no-neutralise", dest="neutralise", action="store_false",
+                        default=None,
+                        help="colour stacks: keep each channel's sky level (by default each "
+                             "channel's sky is brought to a common grey level)")
+
+
+def _check_picture_options(args, png_flag, png):
+    """Refuse --bits and --tiff-bits when the file they are for is not asked for."""
+    if args.bits != 8 and not png:
+        raise BigstackError(f"--bits {args.bits} is for the {png_flag} picture; give "
+                            f"{png_flag} FILE.png")
+    if args.tiff_bits != 16 and not args.tiff:
+        raise BigstackError(f"--tiff-bits {args.tiff_bits} is for the TIFF; give --tiff "
+                            "FILE.tif")
+
+
+def _colour_options(args, image, name):
+    """save_png's colour keywords for ``image``; the colour options refused for a mono one."""
+    from ._render_colour import is_colour
+
+    if is_colour(image):
+        return {"white_balance": args.white_balance, "neutralise": args.neutralise}
+    given = [flag for flag, value in (("--white-balance", args.white_balance),
+                                      ("--no-neutralise", args.neutralise)) if value is not None]
+    if given:
+        raise BigstackError(f"{name}: {' and '.join(given)} apply to colour stacks; this one "
+                            "is mono")
+    return {}
+
+
+def _write_pictures(args, image, colour, **picture):
+    """The PNG (-o or --png), TIFF and FITS outputs the command asked for, each reported.
+
+    bigstack's warnings are printed in one line each, except that the stack
+    is unfinished (said when it was opened).
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", BigstackWarning)
+        _write_outputs(args, image, colour, **picture)
+    _report_warnings(caught, skip=("incomplete stack",))
+
+
+def _write_outputs(args, image, colour, **picture):
+    from . import save_fits, save_png, save_tiff
+
+    png = getattr(args, "output", None) if args.command == "render" else args.png
+    if png:
+        save_png(image, png, overwrite=args.overwrite, bits=args.bits, **picture, **colour)
+        print(f"wrote {png}")
+    if args.tiff:
+        if args.tiff_bits == 32:  # the data: shrunk only when render is told --max-pixels
+            shrink = picture.get("max_pixels") if args.command == "render" else None
+            save_tiff(image, args.tiff, bits=32, overwrite=args.overwrite, max_pixels=shrink,
+                      allow_incomplete=picture.get("allow_incomplete", False))
+        else:
+            options = {k: v for k, v in picture.items() if k != "cmap"}
+            save_tiff(image, args.tiff, bits=16, overwrite=args.overwrite, **options, **colour)
+        print(f"wrote {args.tiff}")
+    if args.fits:
+        save_fits(image, args.fits, overwrite=args.overwrite,
+                  allow_incomplete=picture.get("allow_incomplete", False))
+        print(f"wrote {args.fits}")
 
 
 def _store_summary(path):
@@ -657,6 +748,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--png", metavar="FILE", help="also write a picture of the stack")
     p.add_argument("--stretch", choices=_STRETCHES, default="auto",
                    help="stretch of the --png picture (default auto: set from the sky)")
+    _add_picture_options(p, "--png")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the store (only one bigstack made) and the picture")
     p.add_argument("--resume", action="store_true",
@@ -697,7 +789,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a stack store, or one frame file (to look at it or pick a star)")
     p.add_argument("--channel", choices=("R", "G", "B"),
                    help="a camera RAW frame: this Bayer colour (default G)")
-    p.add_argument("-o", "--output", required=True, metavar="FILE.png")
+    p.add_argument("-o", "--output", metavar="FILE.png",
+                   help="the picture (a colour PNG for a colour stack)")
     p.add_argument("--stretch", choices=_STRETCHES, default="auto",
                    help="default auto: black just below the sky, white at the brightest star")
     p.add_argument("--background", choices=("none", "plane", "poly2"), default="none",
@@ -714,6 +807,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shrink by block means to at most this many pixels")
     p.add_argument("--allow-incomplete", action="store_true",
                    help="render an unfinished stack (missing rows shown as empty)")
+    _add_picture_options(p, "-o")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_render)
 
