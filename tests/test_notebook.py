@@ -68,3 +68,28 @@ def test_basic_stacking_notebook_runs(tmp_path, monkeypatch):
     assert not workdir.exists()  # the notebook cleaned up after itself
     assert list(cwd.iterdir()) == []  # and never wrote into its working folder
     assert list(tmp.iterdir()) == []
+
+
+def test_whole_night_notebook_runs(tmp_path, monkeypatch):
+    """The night notebook: folder -> plan -> masters -> stack -> picture, against the truth."""
+    cwd, tmp = tmp_path / "cwd", tmp_path / "tmp"
+    cwd.mkdir()
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    notebook = nbformat.read(NOTEBOOK.with_name("whole_night.ipynb"), as_version=4)
+    client = nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
+                                     resources={"metadata": {"path": str(cwd)}})
+    text = ""
+    with client.setup_kernel():
+        for index, cell in enumerate(notebook.cells):
+            if cell.cell_type != "code":
+                continue
+            client.execute_cell(cell, index)
+            assert not _errors(cell), _errors(cell)
+            text += _stream_text(cell)
+    assert "master flat-" in text and "12 of 12 frames usable" in text
+    centre, corners = (float(v) for v in re.search(
+        r"stack / truth on the sky: centre (\S+), corners (\S+)", text).groups())
+    assert abs(corners / centre - 1) < 0.002  # the vignetting is gone
+    assert "wrote " in text and "night.png" in text
+    assert list(tmp.iterdir()) == [] and list(cwd.iterdir()) == []  # nothing left behind
