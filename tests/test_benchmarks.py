@@ -96,7 +96,7 @@ def test_siril_row(tmp_path):
 def test_registration_warp_and_calibration_rows(tmp_path):
     """The rows that register rotated frames, warp with Lanczos and calibrate: each checked
     against its own reference (true transforms, a bilinear stack, a numpy calibration)."""
-    names = ["floor", "bigstack-calibrated", "bigstack-lanczos3", "find_transforms",
+    names = ["floor", "bigstack-calibrated", "bigstack-lanczos3", "register",
              "bigstack-rotated"]
     proc = _run(tmp_path, "--methods", ",".join(names), "--size", "256", "--frames", "6")
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -118,7 +118,7 @@ def test_method_table():
     for name in ("tutorial", "ccdproc", "dask-naive", "bigstack-nearest", "bigstack-bilinear",
                  "bigstack-cluster", "bigstack-median", "bigstack-sigma_clip", "find_shifts",
                  "bigstack-cli", "siril", "bigstack-calibrated", "bigstack-lanczos3",
-                 "find_transforms", "bigstack-rotated"):
+                 "register", "bigstack-rotated"):
         assert name in names
     for entry in methods.METHODS.values():
         assert (entry.run is None) != (entry.command is None), entry.name

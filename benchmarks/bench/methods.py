@@ -499,7 +499,7 @@ def _corner_error(found, truth, shape):
     return np.abs(np.einsum("fij,cj->fci", found - truth, corners)).max(axis=(1, 2))
 
 
-@method("find_transforms", check=check_transforms, reads_all=False, recipe="rotated",
+@method("register", check=check_transforms, reads_all=False, recipe="rotated",
         imports=BIGSTACK, matches="every frame valid, corners within 0.1 px of the truth",
         what="`bigstack.find_transforms(cube, model='similarity')` alone, on frames turning 1 "
              "degree over the night with a meridian flip before the last frame")
@@ -517,7 +517,7 @@ def find_transforms(job):
 
 @method("bigstack-rotated", check=check_transforms, recipe="rotated", imports=BIGSTACK,
         setup=lambda job: _warm_kernels(job, "bilinear"),
-        matches="registered as find_transforms, and stacked",
+        matches="registered as the register row, and stacked",
         what="`find_transforms` then `stack(cube, transforms, subpixel='bilinear')` on the "
              "rotated frames: registration and the warp together")
 def bigstack_rotated(job):
