@@ -97,14 +97,15 @@ def test_registration_warp_and_calibration_rows(tmp_path):
     """The rows that register rotated frames, warp with Lanczos and calibrate: each checked
     against its own reference (true transforms, a bilinear stack, a numpy calibration)."""
     names = ["floor", "bigstack-calibrated", "bigstack-lanczos3", "register",
-             "bigstack-rotated"]
+             "rotated-bilinear", "register+stack"]
     proc = _run(tmp_path, "--methods", ",".join(names), "--size", "256", "--frames", "6")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     text = (tmp_path / "RESULTS.md").read_text()
     for method in names:
         cells = _row(text, method)
         assert cells[7] == "yes", cells
-    assert "6/6 valid, corners within" in _row(text, "bigstack-rotated")[8]
+    assert "6/6 valid, corners within" in _row(text, "register+stack")[8]
+    assert "coverage differs at 0 of" in _row(text, "rotated-bilinear")[8]
     assert "(recipe `rotated`)" in text
 
 
@@ -118,7 +119,8 @@ def test_method_table():
     for name in ("tutorial", "ccdproc", "dask-naive", "bigstack-nearest", "bigstack-bilinear",
                  "bigstack-cluster", "bigstack-median", "bigstack-sigma_clip", "find_shifts",
                  "bigstack-cli", "siril", "bigstack-calibrated", "bigstack-lanczos3",
-                 "register", "bigstack-rotated"):
+                 "register", "bigstack-rotated", "rotated-bilinear", "rotated-lanczos3",
+                 "register+stack"):
         assert name in names
     for entry in methods.METHODS.values():
         assert (entry.run is None) != (entry.command is None), entry.name

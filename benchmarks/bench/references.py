@@ -23,6 +23,8 @@ KINDS = {
     "nearest-median": "np.nanmedian of the whole-pixel-shifted frames",
     "nearest-sigma_clip": "mean kept by astropy sigma_clip (3, 3 sigma, median centre, std, "
                           "5 iterations) of the whole-pixel-shifted frames",
+    "bilinear-transform": "scipy.ndimage.map_coordinates (order 1) of every frame at its true "
+                          "transform, divided by coverage (source point inside the frame)",
     "nearest-calibrated": "shifted mean of (frame - bias - dark) / flat in float64, whole-pixel "
                           "shifts, divided by coverage",
 }
@@ -71,6 +73,8 @@ def reference_bands(frames, kind, bands):
     ny, nx = frames.shape
     if kind in ("nearest-median", "nearest-sigma_clip"):
         return _rejection_bands(frames, kind, bands)
+    if kind == "bilinear-transform":
+        return _transform_bands(frames, bands)
     calibrated = kind == "nearest-calibrated"
     if calibrated:
         bias, dark, flat = (np.asarray(m, np.float64) for m in masters(frames.shape))
@@ -108,6 +112,30 @@ def reference_bands(frames, kind, bands):
                 cover += ok
     if kind in ("unshifted", "nearest-count"):
         return [total / frames.n for total in totals]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return [np.where(cover > 0, total / cover, np.nan)
+                for total, cover in zip(totals, covers, strict=True)]
+
+
+def _transform_bands(frames, bands):
+    """Bilinear warp of every frame by scipy at its true transform (output pixel [x, y] takes
+    frame point A @ [x, y] + t), averaged over the frames whose point lies in the frame."""
+    from astropy.io import fits
+    from scipy.ndimage import map_coordinates
+
+    ny, nx = frames.shape
+    totals = [np.zeros((b - a, nx)) for a, b in bands]
+    covers = [np.zeros((b - a, nx), np.int64) for a, b in bands]
+    for path, m in zip(frames.paths, frames.transforms, strict=True):
+        image = fits.getdata(path).astype(np.float64)
+        for (a, b), total, cover in zip(bands, totals, covers, strict=True):
+            y, x = np.mgrid[a:b, 0:nx].astype(np.float64)
+            sx = m[0, 0] * x + m[0, 1] * y + m[0, 2]
+            sy = m[1, 0] * x + m[1, 1] * y + m[1, 2]
+            ok = (sx >= 0) & (sx <= nx - 1) & (sy >= 0) & (sy <= ny - 1)
+            value = map_coordinates(image, [sy, sx], order=1, mode="nearest")
+            total += np.where(ok, value, 0.0)
+            cover += ok
     with np.errstate(invalid="ignore", divide="ignore"):
         return [np.where(cover > 0, total / cover, np.nan)
                 for total, cover in zip(totals, covers, strict=True)]
