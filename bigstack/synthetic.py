@@ -558,6 +558,7 @@ def make_frames(
     sensor=None,
     png_options=None,
     jpeg_quality=95,
+    bayer=None,
     prefix="frame",
     overwrite=False,
     workers=None,
@@ -583,6 +584,12 @@ def make_frames(
     fmt : {"fits", "png", "jpg", "dng"}
         File format: monochrome FITS; RGB colour PNG or JPEG; Bayer (RGGB)
         DNG camera RAW (needs ``bigstack._dng`` and ``tifffile``).
+    bayer : {"RGGB", "GRBG", "GBRG", "BGGR"}, optional
+        With ``fmt="fits"``: a one-shot-colour night, each frame the Bayer
+        mosaic of the colour frame (coloured sky and stars, as for PNG) with
+        that pattern, written with ``BAYERPAT`` (and ``ROWORDER='TOP-DOWN'``).
+        Each star's flux in colour c is ``stars["flux"] * stars[c]``
+        (c in ``r``, ``g``, ``b``), the sky's ``sky * unit sky colour``.
     dtype : {"uint16", "float32", "uint8"}, optional
         Pixel type: FITS ``uint16`` (BITPIX=16, BZERO=32768, as cameras
         write) or ``float32`` (BITPIX=-32, not rounded or clipped); PNG
@@ -667,15 +674,23 @@ def make_frames(
         raise TypeError(f"make_frames() got an unexpected keyword argument {unknown[0]!r}")
     groups = merge_flat(deprecated, groups, caller="make_frames")
     return _make(directory, n_frames, shape, fmt, dtype, seed, groups, png_options,
-                 jpeg_quality, prefix, overwrite, workers)
+                 jpeg_quality, prefix, overwrite, workers, bayer=bayer)
 
 
 def _make(directory, n_frames, shape, fmt, dtype, seed, groups, png_options, jpeg_quality,
-          prefix, overwrite, workers):
+          prefix, overwrite, workers, bayer=None):
     """make_frames on option groups: resolve, check the files, render, write, return the truth."""
     groups = {name: groups.get(name) or cls() for name, cls in GROUPS.items()}
     p = _resolve(n_frames, shape, fmt, dtype, seed, groups, png_options, jpeg_quality, prefix,
                  overwrite)
+    if bayer is not None:
+        from ._bayer import PATTERNS
+
+        if p["fmt"] != "fits" or str(bayer).upper() not in PATTERNS:
+            raise ValueError(f"bayer={bayer!r} needs fmt='fits' and one of {PATTERNS}")
+        if p["shape"][0] % 2 or p["shape"][1] % 2:
+            raise ValueError(f"bayer needs even sides, not shape {p['shape']}")
+        p["bayer"] = str(bayer).upper()
     geom = _scene.geometry(p)
     p["shifts"] = geom["shifts"]
     n_frames = p["n_frames"]
