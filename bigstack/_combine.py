@@ -690,3 +690,17 @@ def compute_tile(source, plan, a, b, factors=None):
     result, kept, rejected = reduce(values, plan.combine.method, weights=weights,
                                     **plan.combine.options)
     return {"stack": result, "coverage": kept, "rejected": rejected}
+
+
+def compute_colour_tile(source, plan, a, b, factors=None):
+    """:func:`compute_tile` for every colour of a colour cube: ``(channel, b - a, W)`` arrays.
+
+    ``source`` has ``channels`` and ``channel_rows(c)``, each colour's row
+    source (a Bayer mosaic debayered band by band). The colours share the
+    plan (transforms, frame factors): they are one exposure. Each colour's
+    pass reads its frames' mosaic rows again: the OS page cache serves the
+    second and third reads, and one colour at a time keeps a tile's memory
+    that of a mono tile plus the finished colours' results.
+    """
+    parts = [compute_tile(source.channel_rows(c), plan, a, b, factors) for c in source.channels]
+    return {name: np.stack([p[name] for p in parts]) for name in parts[0]}

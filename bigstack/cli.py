@@ -142,7 +142,12 @@ def _add_progress(parser):
 def _add_input_options(parser):
     parser.add_argument("pattern", help="frame files: a glob pattern (quote it), or a folder")
     parser.add_argument("--channel", choices=("R", "G", "B"),
-                        help="camera RAW frames: stack this Bayer colour's plane")
+                        help="colour (Bayer) frames: use only this colour's plane")
+    parser.add_argument("--debayer", choices=("bilinear", "superpixel", "cfa"),
+                        default="bilinear",
+                        help="colour (Bayer FITS or camera RAW) frames: bilinear (default, "
+                             "full size), superpixel (half size) or cfa (each colour's own "
+                             "samples placed on the grid)")
 
 
 def _add_star_options(parser, required):
@@ -217,7 +222,8 @@ def _write_report(args, ds):
 def _open(args):
     from . import open_frames
 
-    return open_frames(args.pattern, channel=args.channel)
+    return open_frames(args.pattern, channel=args.channel,
+                       debayer=getattr(args, "debayer", "bilinear"))
 
 
 def _report_warnings(caught, skip=()):
@@ -366,12 +372,22 @@ def _cmd_stack(args):
           f"{ds.attrs['n_frames']} frames, coverage {int(coverage.min())}..{int(coverage.max())}, "
           f"{mem.seconds:.1f} s, peak memory {_mib(mem.peak)}")
     if args.png:
-        save_png(ds, args.png, overwrite=args.overwrite, max_pixels=16_000_000,
-                 **_stretch_options(args.stretch))
+        _save_picture(save_png, ds, args.png, overwrite=args.overwrite,
+                      max_pixels=16_000_000, **_stretch_options(args.stretch))
         print(f"wrote {args.png}")
     if shifts is not None and hasattr(shifts, "data_vars"):
         _write_report(args, shifts)
     return 0
+
+
+def _save_picture(save_png, ds, path, **options):
+    """The stack's picture. A colour stack's PNG is the colour renderer's job; until
+    save_png draws colour, the picture shows the green plane (the store has all three)."""
+    if "channel" in ds.dims:
+        print("bigstack: note: the picture shows the green plane (the store holds R, G, B)",
+              file=sys.stderr)
+        ds = ds.sel(channel="G")
+    return save_png(ds, path, **options)
 
 
 def _cmd_register(args):
@@ -418,7 +434,8 @@ def _frame_image(path, channel):
 
     if channel is None and path.lower().endswith(RAW_SUFFIXES):
         channel = "G"
-    return open_frames([path], channel=channel).isel(frame=0)
+    image = open_frames([path], channel=channel).isel(frame=0)
+    return image.sel(channel="G") if "channel" in image.dims else image
 
 
 def _cmd_render(args):
