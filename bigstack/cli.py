@@ -597,7 +597,7 @@ def _cmd_demo(args):
 
     run_demo(args.directory, n_frames=args.frames, shape=(args.height, args.width),
              seed=args.seed, overwrite=args.overwrite, memory=args.memory,
-             progress=_show_progress(args))
+             progress=_show_progress(args), colour=args.colour)
     return 0
 
 
@@ -752,6 +752,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory", default="512MB")
     p.add_argument("--overwrite", action="store_true",
                    help="replace what an earlier demo left in DIRECTORY")
+    p.add_argument("--colour", "--color", action="store_true",
+                   help="a one-shot-colour night (Bayer FITS), stacked in colour")
     _add_progress(p)
     p.set_defaults(func=_cmd_demo)
     return parser

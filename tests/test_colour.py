@@ -287,3 +287,29 @@ def test_colour_calibration_on_the_mosaic(tmp_path):
     result = stack(calibrated).compute()
     assert result["stack"].dims == ("channel", "y", "x")
     assert result.attrs["calibration"]["bias"] is not None
+
+
+def test_raw_frames_debayer_through_the_same_path(tmp_path):
+    """Camera RAW: the visible mosaic and LibRaw's pattern, debayered as Bayer FITS are."""
+    rawpy = pytest.importorskip("rawpy")
+    from bigstack._dng import write_dng
+
+    mosaic = np.random.default_rng(6).integers(0, 4000, (40, 64)).astype(np.uint16)
+    path = write_dng(tmp_path / "r.dng", mosaic, pattern="GBRG")
+    with rawpy.imread(str(path)) as raw:
+        visible = raw.raw_image_visible.astype(float)
+    cube = open_frames([path])
+    assert cube.dims == ("frame", "channel", "y", "x") and cube.attrs["bayer"]["pattern"] == "GBRG"
+    np.testing.assert_allclose(cube.values[0], _reference_bilinear(visible, "GBRG"), rtol=1e-6)
+    np.testing.assert_array_equal(open_frames([path], debayer=None).values[0], visible)
+
+
+def test_colour_demo(tmp_path):
+    from bigstack._demo import run_demo
+
+    summary = run_demo(tmp_path, n_frames=5, shape=(192, 256), colour=True, out=lambda s: None)
+    measured, expected = summary["star_colour"]
+    np.testing.assert_allclose(measured, expected, rtol=0.02)
+    from bigstack import open_stack
+
+    assert open_stack(summary["store"])["stack"].dims == ("channel", "y", "x")
