@@ -586,7 +586,8 @@ def _cmd_night(args):
             if name == "plan":
                 continue
             path = f"{stem}-{name}.png"
-            save_png(ds, path, overwrite=args.overwrite or args.append, max_pixels=16_000_000)
+            _save_picture(save_png, ds, path, overwrite=args.overwrite or args.append,
+                          max_pixels=16_000_000)
             print(f"wrote {path}")
     print(f"wrote {args.output}")
     return 0
