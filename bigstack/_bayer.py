@@ -152,7 +152,7 @@ def _superpixel(rows, pattern, channels):
     for k, colour in enumerate(channels):
         where = _positions(pattern, colour)
         py, px = where[0]
-        np.copyto(out[k], rows[py:2 * h:2, px:2 * w:2])
+        np.copyto(out[k], rows[py:2 * h:2, px:2 * w:2], casting="unsafe")
         for py, px in where[1:]:
             out[k] += rows[py:2 * h:2, px:2 * w:2]
         if len(where) > 1:
@@ -173,7 +173,7 @@ def _extended(rows, a, r0, r1, ny):
     """Mosaic rows ``[r0 - 1, r1 + 1)`` with one column each side, mirrored at the
     frame's edges (row -1 is row 1, column -1 column 1: the pattern is kept)."""
     h, nx = r1 - r0, rows.shape[1]
-    e = np.empty((h + 2, nx + 2), np.float32)
+    e = np.empty((h + 2, nx + 2), np.float32)  # the stored values converted once, here
     top = r0 - 1 if r0 > 0 else 1
     bottom = r1 if r1 < ny else ny - 2
     e[0, 1:-1] = rows[top - a]
@@ -185,6 +185,75 @@ def _extended(rows, a, r0, r1, ny):
 
 
 def _bilinear(rows, a, r0, r1, ny, pattern, channels):
+    """Bilinear demosaicing of a band: the compiled kernel (one pass over the band for all
+    colours), with the numpy version below as its reference."""
+    values = rows if rows.dtype == np.float32 and rows.dtype.isnative \
+        else rows.astype(np.float32)
+    colour = np.array(["RGB".index(c) for c in shifted(pattern, r0, 0)], np.int64)
+    out = np.empty((3, r1 - r0, rows.shape[1]), np.float32)
+    _bilinear_kernel()(values, a, r0, r1, ny, colour, out)
+    if tuple(channels) == CHANNELS:
+        return out
+    return out[["RGB".index(c) for c in channels]]
+
+
+_KERNEL = None
+
+
+def _bilinear_kernel():
+    """The compiled bilinear kernel (numba; compiled once, cached on disk)."""
+    global _KERNEL
+    if _KERNEL is None:
+        from numba import njit
+
+        @njit(cache=True, nogil=True, error_model="numpy")
+        def kernel(rows, a, r0, r1, ny, colour, out):
+            # per row: the neighbours' means with unit strides (these vectorise), then
+            # each column parity's colours picked from them with stride two
+            nx = rows.shape[1]
+            last = nx - 1
+            hh = np.empty(nx, np.float32)  # mean of left and right
+            vv = np.empty(nx, np.float32)  # mean of above and below
+            dd = np.empty(nx, np.float32)  # mean of the four corners
+            half, quarter = np.float32(0.5), np.float32(0.25)
+            for i in range(r1 - r0):
+                r = r0 + i
+                here = rows[r - a]
+                above = rows[(r - 1 if r > 0 else 1) - a]
+                below = rows[(r + 1 if r < ny - 1 else ny - 2) - a]
+                for j in range(1, last):
+                    hh[j] = half * (here[j - 1] + here[j + 1])
+                    vv[j] = half * (above[j] + below[j])
+                    dd[j] = quarter * (above[j - 1] + above[j + 1] + below[j - 1]
+                                       + below[j + 1])
+                for j, side in ((0, 1), (last, last - 1)):  # mirrored at the edges
+                    hh[j] = here[side]
+                    vv[j] = half * (above[j] + below[j])
+                    dd[j] = half * (above[side] + below[side])
+                c0, c1 = colour[2 * (i % 2)], colour[2 * (i % 2) + 1]
+                row_colour = c1 if c0 == 1 else c0  # the row's red or blue
+                green = out[1, i]
+                for q in (0, 1):
+                    c = c0 if q == 0 else c1
+                    if c == 1:  # green: red and blue from the row and from the column
+                        across, down = out[row_colour, i], out[2 - row_colour, i]
+                        for j in range(q, nx, 2):
+                            green[j] = here[j]
+                            across[j] = hh[j]
+                            down[j] = vv[j]
+                    else:  # red or blue: green from the cross, the other from the corners
+                        own, other = out[c, i], out[2 - c, i]
+                        for j in range(q, nx, 2):
+                            own[j] = here[j]
+                            green[j] = half * (hh[j] + vv[j])
+                            other[j] = dd[j]
+
+        _KERNEL = kernel
+    return _KERNEL
+
+
+def _bilinear_numpy(rows, a, r0, r1, ny, pattern, channels):
+    """Bilinear demosaicing in numpy slices (the reference of the compiled kernel)."""
     h, nx = r1 - r0, rows.shape[1]
     e = _extended(rows, a, r0, r1, ny)  # e[i + 1, j + 1] is mosaic (r0 + i, j)
     local = shifted(pattern, r0, 0)  # the cell at output row 0
@@ -302,11 +371,34 @@ class BayerReader:
 
     def band(self, i, r0, r1, channels=None, method=None):
         """float32 ``(len(channels), r1 - r0, w)`` of frame ``i``'s output rows."""
+        planes, scale, zero, _ = self.stored_band(i, r0, r1, channels, method)
+        if scale != 1:
+            planes *= np.float32(scale)
+        if zero != 0:
+            planes += np.float32(zero)
+        return planes
+
+    def stored_band(self, i, r0, r1, channels=None, method=None):
+        """``(planes, scale, zero, floating)``: the band debayered from the stored values.
+
+        Every method is linear with weights summing to one, so debayering the
+        stored integers and scaling after (``planes * scale + zero``, which the
+        tile kernels apply while adding) gives the same values with two passes
+        fewer. ``floating`` is False when the planes cannot hold NaN (integer
+        data without BLANK, debayered without gaps).
+        """
         method = method or self.method
         channels = channels or ((self.channel,) if self.channel else CHANNELS)
         a, b = band_rows(method, r0, r1, self.mosaic_shape[0])
-        values = _as_float(*self.mosaic.raw(i, a, b, {})[:4])
-        return debayer(values, a, r0, r1, self.mosaic_shape[0], self.pattern, method, channels)
+        stored, scale, zero, blank, floating = self.mosaic.raw(i, a, b, {})
+        if blank is not None:
+            values, scale, zero = _as_float(stored, scale, zero, blank), 1.0, 0.0
+            floating = True
+        else:
+            values = stored
+        planes = debayer(values, a, r0, r1, self.mosaic_shape[0], self.pattern, method,
+                         channels)
+        return planes, scale, zero, floating or method == "cfa"
 
     def rows(self, indices, channel=None, method=None):
         return BayerRows(self, np.asarray(indices), channel or self.channel or "G", method)
@@ -334,7 +426,9 @@ class BayerRows:
     """One colour of a Bayer cube as a row source (what the tile tasks read).
 
     ``method`` overrides the reader's: registration of a ``cfa`` cube reads
-    the bilinear green, which has no gaps.
+    the bilinear green, which has no gaps. With ``channel=None`` the rows are
+    every colour's, ``(colour, rows, W)`` (see
+    :func:`bigstack._combine.compute_colour_tile`).
     """
 
     def __init__(self, reader, files, channel, method=None):
@@ -348,8 +442,13 @@ class BayerRows:
         return self.reader.resident_bytes
 
     def raw(self, i, r0, r1, buffers):
-        band = self.reader.band(int(self.files[i]), r0, r1, (self.channel,), self.method)
-        return band[0], 1.0, 0.0, None, True
+        channels = CHANNELS if self.channel is None else (self.channel,)
+        planes, scale, zero, floating = self.reader.stored_band(
+            int(self.files[i]), r0, r1, channels, self.method)
+        if self.channel is None:  # a colour tile adds these planes one by one (no flat add)
+            return planes, scale, zero, None, floating
+        # one colour's rows are not integers: keep them off the integer-only flat add
+        return planes[0], scale, zero, None, True
 
     def box(self, i, y0, y1, x0, x1):
         band = self.reader.band(int(self.files[i]), y0, y1, (self.channel,), self.method)
@@ -367,3 +466,6 @@ class ColourRows(BayerRows):
 
     def channel_rows(self, colour):
         return BayerRows(self.reader, self.files, colour)
+
+    def all_rows(self):
+        return BayerRows(self.reader, self.files, None)
