@@ -313,3 +313,17 @@ def test_colour_demo(tmp_path):
     from bigstack import open_stack
 
     assert open_stack(summary["store"])["stack"].dims == ("channel", "y", "x")
+
+
+def test_shifts_and_rejection_on_a_colour_cube(night):
+    """find_shifts runs on the green plane; rejection methods gather colour by colour."""
+    from bigstack import find_shifts
+
+    truth, cube, found = night
+    shifts = find_shifts(cube, star_pos=truth.ref_star, search=30)
+    np.testing.assert_allclose(shifts["shift"].values, truth.shifts, atol=0.15)
+    median = stack(cube, found, method="median").compute()
+    mean = stack(cube, found).compute()
+    assert median["stack"].dims == ("channel", "y", "x") and "rejected" in median
+    sky = np.nanmedian(median["stack"].values, axis=(1, 2))
+    np.testing.assert_allclose(sky, np.nanmedian(mean["stack"].values, axis=(1, 2)), rtol=0.01)
