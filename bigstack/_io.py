@@ -23,10 +23,15 @@ PNG / JPEG
     for 16-bit). Note that matplotlib's ``imread`` scales PNG to 0..1
     instead.
 Camera RAW (NEF, CR2, DNG, ...)
-    Through ``rawpy`` (the ``raw`` extra): one plane per Bayer colour, each
-    half the sensor size, the two greens averaged, as the tutorial's
-    ``load_image`` does. The cube then has a ``channel`` dimension, or pick
-    one colour with ``open_frames(..., channel="G")``.
+    Through ``rawpy`` (the ``raw`` extra): the visible Bayer mosaic, decoded
+    whole, with LibRaw's 2x2 pattern; ``open_frames`` debayers it as it does
+    a Bayer FITS (below). The tutorial's ``load_image`` still gives one plane
+    per Bayer colour, half the sensor size (:func:`read_raw_planes`).
+Colour (Bayer) frames
+    A FITS frame with ``BAYERPAT`` (or ``COLORTYP``), and camera RAW, is a
+    mosaic: ``open_frames`` returns ``(frame, channel, y, x)`` debayered band
+    by band (:mod:`bigstack._bayer`), or one colour with ``channel=``, or the
+    mosaic itself with ``debayer=None``.
 
 Bad input
 ---------

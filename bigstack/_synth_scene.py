@@ -1107,7 +1107,7 @@ def write_frame(scene, i, path, date):
         write_dng(
             path,
             np.ascontiguousarray(values[0]),
-            "RGGB",
+            p.get("bayer") or "RGGB",
             exptime=p["exptime"],
             datetime=date.replace(microsecond=0),
             overwrite=p["overwrite"],

@@ -585,9 +585,10 @@ def make_frames(
         File format: monochrome FITS; RGB colour PNG or JPEG; Bayer (RGGB)
         DNG camera RAW (needs ``bigstack._dng`` and ``tifffile``).
     bayer : {"RGGB", "GRBG", "GBRG", "BGGR"}, optional
-        With ``fmt="fits"``: a one-shot-colour night, each frame the Bayer
-        mosaic of the colour frame (coloured sky and stars, as for PNG) with
-        that pattern, written with ``BAYERPAT`` (and ``ROWORDER='TOP-DOWN'``).
+        A one-shot-colour night: each frame the Bayer mosaic of the colour
+        frame (coloured sky and stars, as for PNG) with this pattern, as FITS
+        with ``BAYERPAT`` (and ``ROWORDER='TOP-DOWN'``), or with
+        ``fmt="dng"`` as a DNG of that pattern (RGGB without it).
         Each star's flux in colour c is ``stars["flux"] * stars[c]``
         (c in ``r``, ``g``, ``b``), the sky's ``sky * unit sky colour``.
     dtype : {"uint16", "float32", "uint8"}, optional
@@ -686,8 +687,9 @@ def _make(directory, n_frames, shape, fmt, dtype, seed, groups, png_options, jpe
     if bayer is not None:
         from ._bayer import PATTERNS
 
-        if p["fmt"] != "fits" or str(bayer).upper() not in PATTERNS:
-            raise ValueError(f"bayer={bayer!r} needs fmt='fits' and one of {PATTERNS}")
+        if p["fmt"] not in ("fits", "dng") or str(bayer).upper() not in PATTERNS:
+            raise ValueError(f"bayer={bayer!r} needs fmt='fits' or 'dng' and one of "
+                             f"{PATTERNS}")
         if p["shape"][0] % 2 or p["shape"][1] % 2:
             raise ValueError(f"bayer needs even sides, not shape {p['shape']}")
         p["bayer"] = str(bayer).upper()

@@ -327,3 +327,29 @@ def test_shifts_and_rejection_on_a_colour_cube(night):
     assert median["stack"].dims == ("channel", "y", "x") and "rejected" in median
     sky = np.nanmedian(median["stack"].values, axis=(1, 2))
     np.testing.assert_allclose(sky, np.nanmedian(mean["stack"].values, axis=(1, 2)), rtol=0.01)
+
+
+def test_bottom_up_rows_read_as_the_same_colours(tmp_path):
+    """A frame stored bottom-up (rows flipped, ROWORDER='BOTTOM-UP') debayers to the
+    same colours, flipped: the pattern is counted from the last stored row."""
+    truth = synthetic.make_frames(tmp_path / "td", n_frames=1, shape=(32, 48), bayer="RGGB",
+                                  seed=8)
+    with fits.open(truth.paths[0]) as hdul:
+        data, header = hdul[0].data, hdul[0].header.copy()
+    header["ROWORDER"] = "BOTTOM-UP"
+    flipped = tmp_path / "bu.fit"
+    fits.PrimaryHDU(data[::-1], header).writeto(flipped)
+    top_down = open_frames(truth.paths).values[0]
+    bottom_up = open_frames([str(flipped)]).values[0]
+    np.testing.assert_allclose(bottom_up, top_down[:, ::-1], rtol=1e-6)
+
+
+def test_colour_dng_night(tmp_path):
+    pytest.importorskip("rawpy")
+    truth = synthetic.make_frames(tmp_path, n_frames=2, shape=(64, 96), fmt="dng",
+                                  bayer="BGGR", seed=9)
+    cube = open_frames(truth.paths)
+    assert cube.attrs["bayer"]["pattern"] == "BGGR"
+    sky = np.median(cube.values[0], axis=(1, 2))
+    colour = np.asarray(truth.params["sky_colour"], float)
+    assert sky[2] / sky[1] == pytest.approx(colour[2] / colour[1], rel=0.05)
