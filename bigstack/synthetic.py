@@ -1274,6 +1274,7 @@ def make_night(
     temperature_jitter=0.2,
     overwrite=False,
     workers=None,
+    bayer=None,
 ):
     """Write a whole night's folder: lights, darks, flats and bias, as a capture program would.
 
@@ -1365,6 +1366,10 @@ def make_night(
     workers : int, optional
         Threads that render and write (default: the CPUs, at most 8); the
         files do not depend on it.
+    bayer : {"RGGB", "GRBG", "GBRG", "BGGR"}, optional
+        A one-shot-colour camera: the lights are Bayer mosaics of coloured
+        sky and stars (as :func:`make_frames` with ``bayer``), and every frame
+        carries ``BAYERPAT``.
 
     Returns
     -------
@@ -1418,6 +1423,13 @@ def make_night(
         groups[name] = value if value is not None else defaults.get(name, cls())
 
     base = _resolve(1, shape, "fits", "uint16", seed, groups, None, 95, "night", overwrite)
+    if bayer is not None:
+        from ._bayer import PATTERNS
+
+        if str(bayer).upper() not in PATTERNS or base["shape"][0] % 2 or base["shape"][1] % 2:
+            raise ValueError(f"make_night: bayer={bayer!r} needs one of {PATTERNS} and even "
+                             f"sides, not shape {base['shape']}")
+        bayer = str(bayer).upper()
     base_geom = _scene.geometry(base)
     base_scene = _scene.Scene(base, base_geom)
     cam = groups["camera"]
@@ -1437,7 +1449,7 @@ def make_night(
         if s.field == 1:
             g["artefacts"] = replace(groups["artefacts"], other_field=tuple(range(s.n)))
         p = _resolve(s.n, shape, "fits", "uint16", base["seed"], g, None, 95, "night", overwrite)
-        p.update(frame_base=1_000_000 * s.index, temperature_jitter=jitter,
+        p.update(frame_base=1_000_000 * s.index, temperature_jitter=jitter, bayer=bayer,
                  dark_reference=base["dark_reference"], hot_exptime=base["hot_exptime"],
                  cosmic_rays=base["cosmic_rays"] * s.exptime / base["hot_exptime"])
         geom = _scene.geometry(p)
@@ -1485,6 +1497,8 @@ def make_night(
                                                        s.filter, s.roi, s.binning)
         header = _night.cards(style, s, spellings[s.kind], date, temp, egain=egain,
                               offset=offset)
+        if bayer is not None:  # every frame of a colour camera is a mosaic
+            header.append(("BAYERPAT", bayer, "Bayer cell, top row first"))
         payload = _night.fits_bytes(data, header, saturate)
         with open(path, "wb" if overwrite else "xb") as f:
             f.write(payload)

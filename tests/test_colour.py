@@ -353,3 +353,37 @@ def test_colour_dng_night(tmp_path):
     sky = np.median(cube.values[0], axis=(1, 2))
     colour = np.asarray(truth.params["sky_colour"], float)
     assert sky[2] / sky[1] == pytest.approx(colour[2] / colour[1], rel=0.05)
+
+
+def test_colour_night_end_to_end(tmp_path):
+    """A colour camera's night: masters as mosaics, calibrated colour lights, colour stack."""
+    from bigstack._night import stack_night
+
+    night = synthetic.make_night(
+        tmp_path / "raw", lights=6, darks=4, flats=4, bias=4, shape=(128, 160), seed=5,
+        bayer="GRBG", artefacts=Artefacts(cosmic_rays=0),
+        stars=Stars(n_stars=30, fwhm=3.5, flux_min=40000.0, flux_max=150000.0))
+    results = stack_night(tmp_path / "raw", tmp_path / "night.zarr", method="mean",
+                          out=lambda line: None)
+    (name,) = [k for k in results if k != "plan"]
+    result = results[name]
+    assert result["stack"].dims == ("channel", "y", "x")
+    assert result.attrs["calibration"]["flat"] is not None
+    truth = night.lights[0]
+    reference = result.attrs["registration"]["reference"]
+    image = result["stack"].values
+    s = truth.stars
+    # star positions in the reference frame's grid
+    a = truth.transforms[reference]
+    x, y = (a[:, :2] @ np.array([s["x"], s["y"]]) + a[:, 2:]).tolist()
+    x, y = np.array(x), np.array(y)
+    inside = (x > 15) & (x < 160 - 16) & (y > 15) & (y < 128 - 16)
+    d2 = (x[:, None] - x[None]) ** 2 + (y[:, None] - y[None]) ** 2
+    np.fill_diagonal(d2, np.inf)
+    chosen = np.flatnonzero(inside & (d2.min(axis=1) > 144))
+    chosen = chosen[np.argsort(s["flux"][chosen])[::-1][:4]]
+    assert chosen.size >= 2
+    for k in chosen:
+        f = [_measure(image[c], x[k], y[k])[0] for c in range(3)]
+        assert f[0] / f[1] == pytest.approx(s["r"][k] / s["g"][k], rel=0.03)
+        assert f[2] / f[1] == pytest.approx(s["b"][k] / s["g"][k], rel=0.03)
