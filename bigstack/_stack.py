@@ -460,6 +460,8 @@ def _provenance(request, inputs, plan, tile, table, factors):
                   "select": None if request.select is None else str(request.select),
                   **{k: (list(v) if isinstance(v, tuple) else v)
                      for k, v in request.combine.options.items()}}
+    if inputs.debayer is not None:  # a colour stack: resume only with the same method
+        parameters["debayer"] = inputs.debayer
     operation = {
         "mode": request.mode,
         "inputs": list(inputs.paths) if inputs.paths is not None else [],

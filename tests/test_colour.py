@@ -7,7 +7,7 @@ from scipy.ndimage import convolve
 
 from bigstack import find_transforms, open_frames, stack, synthetic
 from bigstack._bayer import PATTERNS, band_rows, debayer, header_pattern
-from bigstack._errors import FrameError
+from bigstack._errors import BigstackError, FrameError
 from bigstack.synthetic import Artefacts, Camera, Motion, Sky, Stars
 
 SHAPE = (96, 128)
@@ -387,3 +387,15 @@ def test_colour_night_end_to_end(tmp_path):
         f = [_measure(image[c], x[k], y[k])[0] for c in range(3)]
         assert f[0] / f[1] == pytest.approx(s["r"][k] / s["g"][k], rel=0.03)
         assert f[2] / f[1] == pytest.approx(s["b"][k] / s["g"][k], rel=0.03)
+
+
+def test_colour_store_records_its_debayer_and_refuses_append(night, tmp_path):
+    truth, cube, found = night
+    store = tmp_path / "r.zarr"
+    out = stack(cube, found, store=store)
+    # the parameters are what a resume compares: another debayer method is another run
+    assert out.attrs["parameters"]["debayer"] == "bilinear"
+    cfa = stack(open_frames(truth.paths, debayer="cfa"), found)
+    assert cfa.attrs["parameters"]["debayer"] == "cfa"
+    with pytest.raises(BigstackError, match="mode='append' is for mono stacks"):
+        stack(cube, found, store=store, mode="append")
