@@ -446,9 +446,12 @@ def _cmd_render(args):
         _check_file_output(args.output, args.overwrite, [args.store])
         inputs = [args.store]
     else:
-        if args.channel:
-            raise BigstackError("--channel applies to a camera RAW frame, not to a store")
         ds = open_stack(args.store, allow_incomplete=args.allow_incomplete)
+        if args.channel:
+            if "channel" not in ds.dims:
+                raise BigstackError("--channel picks a colour of a colour frame or stack; "
+                                    f"{args.store} is a mono stack")
+            ds = ds.sel(channel=args.channel)
         inputs = ds.attrs.get("inputs", ())
         image = ds  # the Dataset, so save_png sees whether the stack is finished
     _check_file_output(args.output, args.overwrite, inputs)
@@ -457,11 +460,11 @@ def _cmd_render(args):
         image = crop(image, left=left, right=right, top=top, bottom=bottom)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", BigstackWarning)  # the unfinished stack: said above
-        save_png(image, args.output, cmap=args.cmap, overwrite=args.overwrite,
-                 max_pixels=args.max_pixels, background=args.background,
-                 allow_incomplete=args.allow_incomplete,
-                 **_stretch_options(args.stretch, args.log_a, args.min_percent,
-                                    args.max_percent))
+        _save_picture(save_png, image, args.output, cmap=args.cmap,
+                      overwrite=args.overwrite, max_pixels=args.max_pixels,
+                      background=args.background, allow_incomplete=args.allow_incomplete,
+                      **_stretch_options(args.stretch, args.log_a, args.min_percent,
+                                         args.max_percent))
     print(f"wrote {args.output}")
     return 0
 
@@ -714,7 +717,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store", metavar="STORE|FRAME",
                    help="a stack store, or one frame file (to look at it or pick a star)")
     p.add_argument("--channel", choices=("R", "G", "B"),
-                   help="a camera RAW frame: this Bayer colour (default G)")
+                   help="a colour frame or stack: this colour (a frame: default G)")
     p.add_argument("-o", "--output", required=True, metavar="FILE.png")
     p.add_argument("--stretch", choices=_STRETCHES, default="auto",
                    help="default auto: black just below the sky, white at the brightest star")

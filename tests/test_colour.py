@@ -399,3 +399,8 @@ def test_colour_store_records_its_debayer_and_refuses_append(night, tmp_path):
     assert cfa.attrs["parameters"]["debayer"] == "cfa"
     with pytest.raises(BigstackError, match="mode='append' is for mono stacks"):
         stack(cube, found, store=store, mode="append")
+    from bigstack.cli import main
+
+    assert main(["render", str(store), "-o", str(tmp_path / "r.png"), "--channel", "R"]) == 0
+    assert main(["render", str(store), "-o", str(tmp_path / "c.png")]) == 0
+    assert (tmp_path / "r.png").exists() and (tmp_path / "c.png").exists()
