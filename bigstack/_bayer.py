@@ -469,3 +469,21 @@ class ColourRows(BayerRows):
 
     def all_rows(self):
         return BayerRows(self.reader, self.files, None)
+
+    @property
+    def cfa(self):
+        """``(mosaic rows, pattern)`` of a ``cfa`` cube (the tiles add the stored samples
+        straight), None for the other methods."""
+        if self.reader.method != "cfa":
+            return None
+        return _Indexed(self.reader.mosaic, self.files), self.reader.pattern
+
+
+class _Indexed:
+    """A row source's frames ``files`` as frames 0, 1, ... (what the tile kernels index)."""
+
+    def __init__(self, rows, files):
+        self.rows, self.files = rows, files
+
+    def raw(self, i, r0, r1, buffers):
+        return self.rows.raw(int(self.files[i]), r0, r1, buffers)

@@ -404,3 +404,39 @@ def test_colour_store_records_its_debayer_and_refuses_append(night, tmp_path):
     assert main(["render", str(store), "-o", str(tmp_path / "r.png"), "--channel", "R"]) == 0
     assert main(["render", str(store), "-o", str(tmp_path / "c.png")]) == 0
     assert (tmp_path / "r.png").exists() and (tmp_path / "c.png").exists()
+
+
+@pytest.mark.parametrize("pattern", ["GBRG", "BGGR"])
+def test_cfa_fast_path_equals_the_colour_planes(tmp_path, pattern):
+    """Whole-pixel shifts: the cfa tile adds the stored samples straight; the result equals
+    adding the NaN-filled colour planes frame by frame (plain numpy)."""
+    rng = np.random.default_rng(11)
+    mosaics = rng.integers(0, 60000, (4, 20, 26)).astype(np.uint16)
+    mosaics[2, 5, 7] = 0
+    paths = []
+    for i, m in enumerate(mosaics):
+        path = tmp_path / f"f{i}.fit"
+        fits.PrimaryHDU(m, fits.Header({"BAYERPAT": pattern})).writeto(path)
+        paths.append(str(path))
+    shifts = np.array([[0, 0], [1, 0], [0, -1], [3, 2]], float)
+    cube = open_frames(paths, debayer="cfa")
+    got = stack(cube, shifts, extent="union").compute()
+    planes = cube.values.astype(np.float64)  # (frame, channel, y, x), NaN off each colour
+    y0, x0 = int(got["y"].values[0]), int(got["x"].values[0])
+    ny, nx = got.sizes["y"], got.sizes["x"]
+    total = np.zeros((3, ny, nx))
+    count = np.zeros((3, ny, nx), int)
+    for f, (dx, dy) in enumerate(shifts.astype(int)):
+        for y in range(ny):
+            for x in range(nx):
+                sy, sx = y + y0 + dy, x + x0 + dx
+                if 0 <= sy < 20 and 0 <= sx < 26:
+                    v = planes[f, :, sy, sx]
+                    ok = np.isfinite(v)
+                    total[ok, y, x] += v[ok]
+                    count[ok, y, x] += 1
+    np.testing.assert_array_equal(got["coverage"].values, count)
+    with np.errstate(invalid="ignore"):
+        expected = total / count
+    np.testing.assert_allclose(got["stack"].values, expected, rtol=1e-6)
+    assert got.attrs["parameters"]["subpixel"] == "nearest"
