@@ -58,10 +58,13 @@ REPLACE = ("median", "nan")
 
 
 def _cube(frames, what):
+    """The frames as a mono cube; colour (Bayer) frames as their mosaics."""
     from ._io import open_frames
 
     if isinstance(frames, (str, os.PathLike, list, tuple)):
-        frames = open_frames(frames)
+        frames = open_frames(frames, debayer=None)
+    elif _bayer_of(frames) is not None:
+        frames = _mosaic_cube(frames)
     if not hasattr(frames, "dims") or frames.ndim != 3:
         raise ValueError(f"{what} needs frames: a pattern, a list of files or a cube "
                          f"(frame, y, x)")
@@ -155,16 +158,65 @@ def make_master(frames, kind, method="sigma_clip", *, bias=None, dark=None, stor
         "subtracted": _describe(base),
     }
     values = image.values.astype(np.float32)
+    pattern = _pattern(cube)
+    if pattern is not None:
+        attrs["bayer"] = pattern
     if kind == "flat":
-        level = float(np.nanmedian(values))
-        if not level > 0:
-            raise BigstackError(f"the flat frames combine to a median of {level:g}: not a flat")
-        values = values / np.float32(level)
-        attrs["normalised_by"] = level
+        values, attrs["normalised_by"] = _normalise_flat(values, pattern)
     master = _as_master(values, attrs)
     if store is not None:
         save_master(master, store, overwrite=overwrite)
     return master
+
+
+def _bayer_of(cube):
+    from ._io import bayer_reader
+
+    return bayer_reader(cube) if hasattr(cube, "dims") else None
+
+
+def _mosaic_cube(cube):
+    """The Bayer mosaics of a colour cube's frames, opened again as a mono cube."""
+    from ._io import FileRows, open_frames
+
+    reader, indices = _bayer_of(cube)
+    if not isinstance(reader.mosaic, FileRows):
+        raise BigstackError("these colour frames are calibrated already; calibrate the frames "
+                            "from open_frames once")
+    return open_frames([reader.sources[int(i)].path for i in indices], debayer=None)
+
+
+def _pattern(cube):
+    """The Bayer pattern of a mono cube's mosaics, None if not Bayer (or not from files)."""
+    from ._io import frame_reader
+
+    found = frame_reader(cube)
+    if found is None or not hasattr(found[0], "sources") or not found[0].sources:
+        return None
+    return getattr(found[0].sources[0], "bayer", None)
+
+
+def _normalise_flat(values, pattern):
+    """Divide a flat by its median; a Bayer flat each colour by its own median, so the
+    calibrated lights keep their colour balance. Returns the values and the level(s)."""
+    if pattern is None:
+        level = float(np.nanmedian(values))
+        if not level > 0:
+            raise BigstackError(f"the flat frames combine to a median of {level:g}: not a flat")
+        return values / np.float32(level), level
+    out = np.empty_like(values)
+    levels = {}
+    for colour in sorted(set(pattern)):
+        where = [(k // 2, k % 2) for k, c in enumerate(pattern) if c == colour]
+        samples = np.concatenate([values[r::2, c::2].ravel() for r, c in where])
+        level = float(np.nanmedian(samples))
+        if not level > 0:
+            raise BigstackError(f"the flat frames' {colour} pixels combine to a median of "
+                                f"{level:g}: not a flat")
+        for r, c in where:
+            out[r::2, c::2] = values[r::2, c::2] / np.float32(level)
+        levels[colour] = level
+    return out, levels
 
 
 def _check_flats(cube, saturation):
@@ -367,6 +419,11 @@ def calibrate(cube, bias=None, dark=None, flat=None, *, dark_scale="exptime", co
 
     from ._io import cube_source
 
+    colour = _bayer_of(cube)
+    if colour is not None:  # calibrate the mosaics, then debayer the calibrated rows
+        mosaic = calibrate(_mosaic_cube(cube), bias, dark, flat, dark_scale=dark_scale,
+                           cosmetic=cosmetic, flat_floor=flat_floor, low_flat=low_flat)
+        return _debayered(mosaic, colour[0], cube)
     cube = _cube(cube, "calibrate")
     if dark_scale not in DARK_SCALES:
         raise ValueError(f"dark_scale must be one of {DARK_SCALES}, got {dark_scale!r}")
@@ -412,6 +469,19 @@ def calibrate(cube, bias=None, dark=None, flat=None, *, dark_scale="exptime", co
     attrs["calibration"] = record
     return xr.DataArray(data, dims=("frame", "y", "x"), coords=cube.coords, attrs=attrs,
                         name="frames")
+
+
+def _debayered(mosaic, like, cube):
+    """The calibrated mosaics ``mosaic`` debayered as the colour cube ``cube`` was
+    (``like`` its reader)."""
+    from ._io import bayer_array, frame_reader
+
+    reader, indices = frame_reader(mosaic)
+    rows = reader.rows(indices)
+    channel = None if "channel" in cube.dims else like.channel
+    return bayer_array(rows, len(indices), reader.frame_shape, like.pattern, like.method,
+                       channel, reader.sources, coords=dict(mosaic.coords),
+                       attrs=mosaic.attrs)
 
 
 def _dark_factors(masters, coords, n, dark_scale, source, shape, record):

@@ -405,9 +405,19 @@ class _Window:
 
     def __init__(self, **fields):
         self.warp = False
+        self.flat = self.bad = self.block = self.out = self.r0 = self.blank = None
         self.fused = None
         for name, value in fields.items():
             setattr(self, name, value)
+
+    def plane(self, c):
+        """Colour ``c`` of a window whose rows are ``(colour, rows, W)``."""
+        bad = None
+        if self.bad is not None and self.bad[c].any():
+            bad = self.bad[c]
+        return _Window(k=self.k, i=self.i, rows=self.rows[c], r0=self.r0, blank=self.blank,
+                       scale=self.scale, zero=self.zero, warp=self.warp, out=self.out,
+                       block=None if self.block is None else self.block[c], bad=bad)
 
 
 def _frame_windows(source, plan, a, b, fused=False):
@@ -465,13 +475,13 @@ def _frame_windows(source, plan, a, b, fused=False):
                           out=(slice(oy, oy + r_hi - r_lo), slice(ox, ox + c_hi - c_lo)))
             continue
         rows, scale, zero, blank, floating = source.raw(i, r_lo + iy, r_hi + iy, buffers)
-        block = rows[:, c_lo + ix:c_hi + ix]
+        block = rows[..., c_lo + ix:c_hi + ix]  # (colour,) rows, columns
         bad = block == blank if blank is not None else (
             ~np.isfinite(block) if floating else None)
         if bad is not None and not bad.any():
             bad = None
         flat = None
-        if not floating and rows.shape[1] == width:
+        if not floating and rows.ndim == 2 and rows.shape[1] == width:
             flat = (oy, ox, c_lo + ix, c_hi - c_lo)
         yield _Window(k=k, i=i, rows=rows, block=block, bad=bad, scale=scale, zero=zero,
                       out=(slice(oy, oy + r_hi - r_lo), slice(ox, ox + c_hi - c_lo)),
@@ -498,90 +508,115 @@ def combine_tile(source, plan, a, b):
     Returns ``(sum float64 (b - a, W), coverage int32 (b - a, W), weight)``,
     ``weight`` the sum of the covering frames' weights (None unweighted).
     """
-    y0, _, x0, x1 = plan.grid
-    gains, biases, weights = plan.gains, plan.biases, plan.weights
-    matrices = plan.matrices
-    if plan.warped.any():
-        from . import _kernels
-    h, width = b - a, x1 - x0
-    total = np.zeros((h, width), np.float32)  # running sum of up to _FLUSH frames
-    exact = np.zeros((h, width), np.float64)  # where the float32 sums are flushed
-    count = np.zeros((h + 1, width + 1), np.int32)  # difference array of frame windows
-    offset = np.zeros((h + 1, width + 1), np.float64)  # difference array of offsets
-    weight = None if weights is None else np.zeros((h + 1, width + 1), np.float64)
-    warped = None  # the warped frames' coverage (and weight), counted per pixel
-    invalid = None  # per pixel, covering values that were NaN or BLANK
-    lost = None  # per pixel, the weight of those
-    zeros = set()  # the offsets marked; one value for all frames is the common case
-    work = {}
-    added = 0
+    sums = _Sums(plan, a, b)
     fused = []  # calibrated whole-pixel copies, added after the loop (see _add_fused)
-    can_fuse = weights is None and hasattr(source, "stored")
+    can_fuse = plan.weights is None and hasattr(source, "stored")
     for w in _frame_windows(source, plan, a, b, fused=can_fuse):
+        if w.fused is not None:
+            _mark(sums.count, w.out, 1)
+            g = 1.0 if plan.gains is None else float(plan.gains[w.i])
+            bias = 0.0 if plan.biases is None else float(plan.biases[w.i])
+            fused.append((w, g, bias))
+            continue
+        sums.add(w)
+    if fused:
+        if sums.invalid is None:
+            sums.invalid = np.zeros((sums.h, sums.width), np.int32)
+        _add_fused(source, fused, sums.total, sums.exact, sums.invalid)
+    return sums.result()
+
+
+class _Sums:
+    """The running sums of :func:`combine_tile` for one tile: :meth:`add` a frame's window,
+    then :meth:`result`. A colour tile keeps one per colour and feeds each its plane of
+    every frame's window, so a frame's rows are read once for all colours."""
+
+    def __init__(self, plan, a, b):
+        y0, _, x0, x1 = plan.grid
+        self.plan, self.a = plan, a
+        self.origin = (y0 + a, x0)
+        h, width = b - a, x1 - x0
+        self.h, self.width = h, width
+        self.total = np.zeros((h, width), np.float32)  # running sum of up to _FLUSH frames
+        self.exact = np.zeros((h, width), np.float64)  # where the float32 sums are flushed
+        self.count = np.zeros((h + 1, width + 1), np.int32)  # difference array of windows
+        self.offset = np.zeros((h + 1, width + 1), np.float64)  # difference array of offsets
+        self.weight = None if plan.weights is None else np.zeros((h + 1, width + 1),
+                                                                 np.float64)
+        self.warped = None  # the warped frames' coverage (and weight), counted per pixel
+        self.invalid = None  # per pixel, covering values that were NaN or BLANK
+        self.lost = None  # per pixel, the weight of those
+        self.zeros = set()  # the offsets marked; one value for all frames is the common case
+        self.work = {}
+        self.added = 0
+
+    def add(self, w):
+        plan = self.plan
+        gains, biases, weights = plan.gains, plan.biases, plan.weights
+        h, width = self.h, self.width
+        total = self.total
+        self.added += 1
+        if self.added % _FLUSH == 0:
+            self.exact += total
+            total[:] = 0
         g = 1.0 if gains is None else float(gains[w.i])
         bias = 0.0 if biases is None else float(biases[w.i])
         wt = 1.0 if weights is None else float(weights[w.i])
-        if w.fused is not None:
-            _mark(count, w.out, 1)
-            fused.append((w, g, bias))
-            continue
-        added += 1
-        if added % _FLUSH == 0:
-            exact += total
-            total[:] = 0
         if w.warp:
-            if warped is None:
-                warped = (np.zeros((h, width), np.int32),
-                          None if weights is None else np.zeros((h, width), np.float64))
+            from . import _kernels
+
+            if self.warped is None:
+                self.warped = (np.zeros((h, width), np.int32),
+                               None if weights is None else np.zeros((h, width), np.float64))
+            matrices = plan.matrices
             _kernels.warp_accumulate(
                 w.rows, w.r0, plan.shape, matrices[w.i, :, :2], matrices[w.i, :, 2],
-                (y0 + a, x0), total, warped[0], plan.subpixel, scale=w.scale * g,
+                self.origin, total, self.warped[0], plan.subpixel, scale=w.scale * g,
                 zero=w.zero * g + bias, blank=w.blank, weight=None if weights is None else wt,
-                weight_sum=warped[1], work=work)
-            continue
+                weight_sum=self.warped[1], work=self.work)
+            return
         scale, zero = w.scale * g * wt, (w.zero * g + bias) * wt
-        _mark(count, w.out, 1)
-        if weight is not None:
-            _mark(weight, w.out, wt)
+        _mark(self.count, w.out, 1)
+        if self.weight is not None:
+            _mark(self.weight, w.out, wt)
         if w.bad is None:  # the common case: add stored values, convert on the fly
             if scale == 1 and w.flat is not None:
                 _add_rows_flat(total, w.rows, *w.flat)
             else:
                 total[w.out] += w.block if scale == 1 else w.block * np.float32(scale)
-            zeros.add(zero)
+            self.zeros.add(zero)
             if zero:
-                _mark(offset, w.out, zero)
+                _mark(self.offset, w.out, zero)
         else:
             values = w.block.astype(np.float32) * np.float32(scale) + np.float32(zero)
             values[w.bad] = 0
             total[w.out] += values
-            if invalid is None:
-                invalid = np.zeros((h, width), np.int32)
-                lost = np.zeros((h, width), np.float64)
-            invalid[w.out] += w.bad
-            lost[w.out] += w.bad * wt
-    if fused:
-        if invalid is None:
-            invalid = np.zeros((h, width), np.int32)
-        _add_fused(source, fused, total, exact, invalid)
-    copies = _integrate(count)  # coverage of the whole-pixel copies
-    exact += total
-    if len(zeros) == 1 and invalid is None:  # every copied window added the same offset
-        zero = zeros.pop()
-        if zero:
-            exact += zero * copies
-    elif any(zeros):
-        exact += _integrate(offset)
-    coverage = copies
-    if invalid is not None:
-        coverage -= invalid
-    if weight is not None:
-        weight = _integrate(weight) - (0.0 if lost is None else lost)
-    if warped is not None:
-        coverage += warped[0]
+            if self.invalid is None:
+                self.invalid = np.zeros((h, width), np.int32)
+                self.lost = np.zeros((h, width), np.float64)
+            self.invalid[w.out] += w.bad
+            self.lost[w.out] += w.bad * wt
+
+    def result(self):
+        exact, zeros, weight = self.exact, self.zeros, self.weight
+        copies = _integrate(self.count)  # coverage of the whole-pixel copies
+        exact += self.total
+        if len(zeros) == 1 and self.invalid is None:  # every window added the same offset
+            zero = zeros.pop()
+            if zero:
+                exact += zero * copies
+        elif any(zeros):
+            exact += _integrate(self.offset)
+        coverage = copies
+        if self.invalid is not None:
+            coverage -= self.invalid
         if weight is not None:
-            weight += warped[1]
-    return exact, coverage, weight
+            weight = _integrate(weight) - (0.0 if self.lost is None else self.lost)
+        if self.warped is not None:
+            coverage += self.warped[0]
+            if weight is not None:
+                weight += self.warped[1]
+        return exact, coverage, weight
 
 
 #: bytes of masters per step of the fused calibrated add (about 13 bytes a pixel): the
@@ -751,3 +786,107 @@ def compute_tile(source, plan, a, b, factors=None):
     result, kept, rejected = reduce(values, plan.combine.method, weights=weights,
                                     **plan.combine.options)
     return {"stack": result, "coverage": kept, "rejected": rejected}
+
+
+def compute_colour_tile(source, plan, a, b, factors=None):
+    """:func:`compute_tile` for every colour of a colour cube: ``(channel, b - a, W)`` arrays.
+
+    ``source`` has ``channels``, ``all_rows()`` (a row source whose rows are
+    ``(channel, rows, W)``: a Bayer mosaic's band read once and debayered
+    into every colour) and ``channel_rows(c)`` (one colour's). The colours
+    share the plan (transforms, frame factors): they are one exposure. The
+    streaming methods add each frame's colours into one set of sums per
+    colour, so every mosaic row is read once; the rejection methods gather
+    one colour at a time (their memory is all frames' rows of a tile).
+    """
+    plan = plan.with_factors(factors)
+    if not plan.streaming:
+        parts = [compute_tile(source.channel_rows(c), plan, a, b) for c in source.channels]
+        return {name: np.stack([p[name] for p in parts]) for name in parts[0]}
+    if getattr(source, "cfa", None) is not None and not plan.warped.any():
+        return _cfa_tile(source, plan, a, b)
+    sums = [_Sums(plan, a, b) for _ in source.channels]
+    for w in _frame_windows(source.all_rows(), plan, a, b):
+        for c, part in enumerate(sums):
+            part.add(w.plane(c))
+    out = {"stack": [], "coverage": [], "sum": []}
+    for part in sums:
+        total, coverage, weight = part.result()
+        out["stack"].append(_finish(total, coverage if weight is None else weight,
+                                    plan.combine.method, plan.normalize, plan.n_total))
+        out["coverage"].append(coverage)
+        out["sum"].append(total)
+    return {name: np.stack(values) for name, values in out.items()}
+
+
+def _cfa_tile(source, plan, a, b):
+    """The colour tile of a ``cfa`` cube whose frames are all whole-pixel copies.
+
+    Each frame's mosaic window is added as it is stored: its samples of a
+    colour sit on one or two of the four sub-lattices of the window (which
+    ones follow from the frame's pattern and its shift), and each is added
+    to that colour's sums and coverage with a stride of two. The same values
+    as adding the NaN-filled colour planes, without their gaps to test.
+    """
+    rows_source, pattern = source.cfa
+    y0, _, x0, _ = plan.grid
+    gains, biases, weights = plan.gains, plan.biases, plan.weights
+    whole = np.floor(plan.shifts + 0.5).astype(np.int64)
+    n = len(source.channels)
+    h, width = b - a, plan.grid[3] - plan.grid[2]
+    total = np.zeros((n, h, width), np.float32)
+    exact = np.zeros((n, h, width), np.float64)
+    count = np.zeros((n, h, width), np.int32)
+    offset = np.zeros((n, h, width), np.float64)
+    weight = None if weights is None else np.zeros((n, h, width), np.float64)
+    places = {c: [(k // 2, k % 2) for k, cc in enumerate(pattern) if cc == c]
+              for c in source.channels}
+    added = 0
+    first_zero = None  # the offset of the first frame: counted once at the end
+    shifted = False  # some frame had another offset: ``offset`` holds the differences
+    for w in _frame_windows(rows_source, plan, a, b):
+        added += 1
+        if added % _FLUSH == 0:
+            exact += total
+            total[:] = 0
+        g = 1.0 if gains is None else float(gains[w.i])
+        bias = 0.0 if biases is None else float(biases[w.i])
+        wt = 1.0 if weights is None else float(weights[w.i])
+        scale, zero = np.float32(w.scale * g * wt), (w.zero * g + bias) * wt
+        if first_zero is None:
+            first_zero = zero
+        zero -= first_zero
+        shifted = shifted or zero != 0
+        rows, cols = w.out
+        frame_row = y0 + a + rows.start + int(whole[w.i, 1])  # of the window's first row
+        frame_col = x0 + cols.start + int(whole[w.i, 0])
+        good = None if w.bad is None else ~w.bad
+        for k, colour in enumerate(source.channels):
+            for py, px in places[colour]:
+                u, v = (py - frame_row) % 2, (px - frame_col) % 2
+                here = (slice(rows.start + u, rows.stop, 2), slice(cols.start + v, cols.stop, 2))
+                values = w.block[u::2, v::2]
+                if good is None:
+                    total[k][here] += values * scale if scale != 1 else values
+                    count[k][here] += 1
+                    if zero:
+                        offset[k][here] += zero
+                    if weight is not None:
+                        weight[k][here] += wt
+                else:
+                    ok = good[u::2, v::2]
+                    total[k][here] += np.where(ok, values * scale, np.float32(0))
+                    count[k][here] += ok
+                    if zero:
+                        offset[k][here] += ok * zero
+                    if weight is not None:
+                        weight[k][here] += ok * wt
+    exact += total
+    if first_zero:
+        exact += first_zero * count
+    if shifted:
+        exact += offset
+    denominator = count if weight is None else weight
+    return {"stack": np.stack([_finish(exact[k], denominator[k], plan.combine.method,
+                                       plan.normalize, plan.n_total) for k in range(n)]),
+            "coverage": count, "sum": exact}

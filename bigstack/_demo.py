@@ -39,8 +39,13 @@ def _star_fwhm(image, position, box=40):
 
 
 def run_demo(directory="bigstack-demo", *, n_frames=60, shape=(1536, 2048), seed=0,
-             overwrite=False, memory="512MB", progress=False, out=print):
-    """Generate, align and stack a synthetic night; return the measured summary (dict)."""
+             overwrite=False, memory="512MB", progress=False, out=print, colour=False):
+    """Generate, align and stack a synthetic night; return the measured summary (dict).
+
+    ``colour``: a one-shot-colour night (RGGB Bayer FITS), debayered and stacked in
+    colour; registration and the measurements use the green plane, and the summary
+    adds the reference star's colour against the truth.
+    """
     from . import find_shifts, open_frames, stack, synthetic
     from ._memory import PeakMemory
     from ._tables import write_shifts_csv
@@ -63,7 +68,7 @@ def run_demo(directory="bigstack-demo", *, n_frames=60, shape=(1536, 2048), seed
         os.path.join(directory, "frames"), n_frames=n_frames, shape=shape, seed=seed,
         motion=synthetic.Motion(subpixel=True, drift_step=1.2, jitter=0.5),
         artefacts=synthetic.Artefacts(trail=True), stars=synthetic.Stars(ref_isolation=60),
-        overwrite=overwrite)
+        overwrite=overwrite, bayer="RGGB" if colour else None)
     made = time.perf_counter() - t0
     out(f"generated {n_frames} frames of {shape[1]} x {shape[0]} in {made:.1f} s "
         f"({os.path.join(directory, 'frames')})")
@@ -89,11 +94,14 @@ def run_demo(directory="bigstack-demo", *, n_frames=60, shape=(1536, 2048), seed
     used = int(shifts["valid"].sum())
     error = np.abs(shifts["shift"].values - truth.shifts)[shifts["valid"].values]
 
-    # measurements: a single frame against the stacks
-    single = cube.isel(frame=0).values
-    naive = stack(cube).compute()["stack"].values
-    aligned = result["stack"].values
-    full = result["coverage"].values == used
+    # measurements: a single frame against the stacks (a colour night: its green plane)
+    rgb = result["stack"].values if colour else None
+    green = {"channel": "G"} if colour else {}
+    single = cube.isel(frame=0).sel(**green).values
+    naive = stack(cube).compute()["stack"].sel(**green).values
+    aligned = result["stack"].sel(**green).values
+    full = result["coverage"].sel(**green).values == used
+    clipped_stack = clipped["stack"].sel(**green).values
     noise_single = pixel_noise(single, full)
     noise_stack = pixel_noise(aligned, full)
     fwhm_single = _star_fwhm(single, truth.ref_star)
@@ -109,8 +117,9 @@ def run_demo(directory="bigstack-demo", *, n_frames=60, shape=(1536, 2048), seed
     }
     summary["seconds_sigma_clip"] = clip_seconds
     summary["rejected"] = int(clipped["rejected"].sum())
-    _picture(picture, single, naive, aligned, clipped["stack"].values, truth.ref_star,
-             overwrite)
+    if colour:
+        summary["star_colour"] = _star_colour(rgb, truth)
+    _picture(picture, single, naive, aligned, clipped_stack, truth.ref_star, overwrite)
 
     mib = "unknown" if run.peak is None else f"{run.peak / 2**20:.0f} MiB"
     out(f"aligned and stacked {used} of {n_frames} frames in {summary['seconds_total']:.1f} s "
@@ -123,8 +132,26 @@ def run_demo(directory="bigstack-demo", *, n_frames=60, shape=(1536, 2048), seed
         f"gain {summary['noise_gain']:.2f} (sqrt(N) = {summary['expected_gain']:.2f})")
     out(f"sigma-clipped stack in {clip_seconds:.1f} s: {summary['rejected']} values rejected "
         "(the noise's own tails, and the trails, cosmic rays and hot pixels)")
+    if colour:
+        measured, expected = summary["star_colour"]
+        out(f"reference star colour R/G, B/G: {measured[0]:.3f}, {measured[1]:.3f} "
+            f"(truth {expected[0]:.3f}, {expected[1]:.3f})")
     out(f"wrote {store}, {table} and {picture}")
     return summary
+
+
+def _star_colour(rgb, truth, radius=8):
+    """The reference star's ``([R/G, B/G] measured, [R/G, B/G] true)`` in a colour stack."""
+    x, y = truth.ref_star
+    yy, xx = np.mgrid[0:rgb.shape[1], 0:rgb.shape[2]]
+    d = np.hypot(xx - x, yy - y)
+    flux = []
+    for plane in rgb:
+        sky = np.nanmedian(plane[(d >= radius + 3) & (d < radius + 8)])
+        flux.append(float(np.nansum(plane[d < radius] - sky)))
+    s = truth.stars
+    return ([flux[0] / flux[1], flux[2] / flux[1]],
+            [float(s["r"][0] / s["g"][0]), float(s["b"][0] / s["g"][0])])
 
 
 def _picture(path, single, naive, aligned, clipped, star, overwrite):

@@ -28,10 +28,15 @@ PNG / JPEG
     for 16-bit). Note that matplotlib's ``imread`` scales PNG to 0..1
     instead.
 Camera RAW (NEF, CR2, DNG, ...)
-    Through ``rawpy`` (the ``raw`` extra): one plane per Bayer colour, each
-    half the sensor size, the two greens averaged, as the tutorial's
-    ``load_image`` does. The cube then has a ``channel`` dimension, or pick
-    one colour with ``open_frames(..., channel="G")``.
+    Through ``rawpy`` (the ``raw`` extra): the visible Bayer mosaic, decoded
+    whole, with LibRaw's 2x2 pattern; ``open_frames`` debayers it as it does
+    a Bayer FITS (below). The tutorial's ``load_image`` still gives one plane
+    per Bayer colour, half the sensor size (:func:`read_raw_planes`).
+Colour (Bayer) frames
+    A FITS frame with ``BAYERPAT`` (or ``COLORTYP``), and camera RAW, is a
+    mosaic: ``open_frames`` returns ``(frame, channel, y, x)`` debayered band
+    by band (:mod:`bigstack._bayer`), or one colour with ``channel=``, or the
+    mosaic itself with ``debayer=None``.
 
 Bad input
 ---------
@@ -294,6 +299,7 @@ class FitsSource:
     blank: int | None = None
     header: dict = field(default_factory=dict, compare=False, repr=False)
     stamp: tuple | None = field(default=None, compare=False, repr=False)
+    bayer: str | None = None  # the effective Bayer pattern of a one-shot-colour mosaic
 
     planes = None
 
@@ -370,6 +376,29 @@ class RawSource:
         if colour is None:
             return planes[:, y0:y1, x0:x1]
         return planes[0, y0:y1, x0:x1]
+
+
+@dataclass(frozen=True)
+class RawMosaicSource:
+    """A camera RAW frame's whole Bayer mosaic (the visible area), read through rawpy.
+
+    Decoded whole (RAW cannot be read by rows); ``bayer`` is the effective
+    pattern of the visible area's origin.
+    """
+
+    path: str
+    shape: tuple[int, int]
+    bayer: str
+    header: dict = field(default_factory=dict, compare=False, repr=False)
+    stamp: tuple | None = field(default=None, compare=False, repr=False)
+
+    planes = None
+
+    def read(self, y0, y1, x0, x1, plane=None):
+        _check_unchanged(self.path, self.stamp)
+        mosaic = read_raw_mosaic(self.path)[0]
+        _check_decoded(self.path, mosaic.shape, self.shape)
+        return mosaic[y0:y1, x0:x1]
 
 
 def _check_decoded(path, shape, expected):
@@ -568,6 +597,29 @@ def read_raw_planes(path, colours=("R", "G", "B"), filtered=True) -> np.ndarray:
     return np.stack(out)
 
 
+def read_raw_mosaic(path) -> tuple[np.ndarray, str]:
+    """A RAW file's visible Bayer mosaic as float32 and its effective 2x2 pattern."""
+    from ._bayer import PATTERNS
+
+    rawpy = _import_rawpy(path)
+    try:
+        with rawpy.imread(os.fspath(path)) as raw:
+            image = np.array(raw.raw_image_visible, dtype=np.float32)
+            colors = np.array(raw.raw_colors_visible[:2, :2])
+            desc = raw.color_desc
+            pattern = raw.raw_pattern
+    except (rawpy.LibRawError, rawpy.NotSupportedError, OSError, ValueError) as err:
+        raise _raw_error(path, err) from err
+    pattern, desc = _bayer(path, pattern, desc)
+    if image.ndim != 2 or min(image.shape) < 2 or colors.shape != (2, 2):
+        raise FrameError(path, f"cannot read as camera RAW: raw image of shape {image.shape}")
+    cell = "".join(desc[int(k)] for k in colors.reshape(-1))
+    if pattern.shape != (2, 2) or cell not in PATTERNS:
+        raise FrameError(path, f"Bayer cell {cell!r} of {pattern.shape[0]}x{pattern.shape[1]}"
+                               f" is not one of {', '.join(PATTERNS)}")
+    return image, cell
+
+
 # --------------------------------------------------------------------------
 # header inspection (open time): read headers once, check sizes, no pixels
 
@@ -652,9 +704,12 @@ def _inspect_fits(path):
                         f"truncated: the header announces {layout.nbytes} bytes of image data "
                         f"but only {size - data_start} follow it",
                     )
+                from ._bayer import header_pattern
+
                 source = FitsSource(
                     path=os.fspath(path),
                     shape=layout.shape,
+                    bayer=header_pattern(path, cards, layout.shape[0]),
                     offset=data_start,
                     dtype=_BITPIX_DTYPES[layout.bitpix],
                     bscale=layout.bscale,
@@ -817,6 +872,8 @@ _NEEDED_CARDS = {
     # what calibration and a night's sorting look at
     "IMAGETYP", "FRAME", "OBJECT", "GAIN", "ISOSPEED", "CCD-TEMP", "SET-TEMP", "XBINNING",
     "YBINNING", "INSTRUME", "CTYPE3",
+    # one-shot-colour mosaics (see bigstack._bayer)
+    "BAYERPAT", "COLORTYP", "XBAYROFF", "YBAYROFF", "ROWORDER",
 }
 
 
@@ -1098,17 +1155,19 @@ def _frame_metadata(cards) -> dict:
 _TIME_RANGE = (np.datetime64("1678-01-01"), np.datetime64("2262-04-11"))
 
 
-def inspect(path, channel=None, colour=None):
+def inspect(path, channel=None, colour=None, mosaic=False):
     """Return the source description of a file's first frame (headers only)."""
-    return inspect_frames(path, channel, colour)[0]
+    return inspect_frames(path, channel, colour, mosaic)[0]
 
 
-def inspect_frames(path, channel=None, colour=None) -> list:
+def inspect_frames(path, channel=None, colour=None, mosaic=False) -> list:
     """Return the source of every frame in one file (headers only).
 
     Most files hold one frame; a SER video holds many, a FITS cube one per
     plane. ``channel`` and ``colour`` choose what a colour file gives (see
-    :mod:`bigstack._planes`).
+    :mod:`bigstack._planes`). ``mosaic``: a camera RAW file is described as
+    its whole Bayer mosaic (:class:`RawMosaicSource`, what ``open_frames``
+    debayers) rather than as one plane per colour.
     """
     kind = file_kind(path)
     if is_url(path) and kind == "raw":
@@ -1139,7 +1198,35 @@ def inspect_frames(path, channel=None, colour=None) -> list:
         from ._planes import inspect_colour_image
 
         return [inspect_colour_image(path, channel, colour)]
+    if mosaic:
+        return [inspect_raw_mosaic(path)]
     return [inspect_raw(path, channel)]
+
+
+def inspect_raw_mosaic(path) -> RawMosaicSource:
+    """A RAW file's mosaic source: its size and pattern (LibRaw reads the header only)."""
+    from ._bayer import PATTERNS
+
+    _size, stamp = _stat(path)
+    rawpy = _import_rawpy(path)
+    try:
+        with rawpy.imread(os.fspath(path)) as raw:
+            sizes = raw.sizes
+            colors = np.array(raw.raw_colors_visible[:2, :2]) if sizes.height >= 2 \
+                and sizes.width >= 2 else None
+            pattern, desc = raw.raw_pattern, raw.color_desc
+    except (rawpy.LibRawError, rawpy.NotSupportedError, OSError, ValueError) as err:
+        raise _raw_error(path, err) from err
+    pattern, desc = _bayer(path, pattern, desc)
+    if colors is None:
+        raise FrameError(path, f"cannot read as camera RAW: {sizes.height}x{sizes.width} "
+                               "visible pixels")
+    cell = "".join(desc[int(k)] for k in colors.reshape(-1))
+    if pattern.shape != (2, 2) or cell not in PATTERNS:
+        raise FrameError(path, f"Bayer cell {cell!r} of {pattern.shape[0]}x{pattern.shape[1]}"
+                               f" is not one of {', '.join(PATTERNS)}")
+    return RawMosaicSource(path=os.fspath(path), shape=(int(sizes.height), int(sizes.width)),
+                           bayer=cell, stamp=stamp)
 
 
 # --------------------------------------------------------------------------
@@ -1224,7 +1311,7 @@ def _default_rows(source, nx, nplanes=1, target_bytes=32 * 2**20) -> int:
 
 
 def open_frames(pattern_or_paths, *, rows: int | None = None, channel: str | None = None,
-                colour: bool | None = None):
+                colour: bool | None = None, debayer: str | None = "bilinear"):
     """Open frame files as a lazy ``(frame, y, x)`` cube without reading pixels.
 
     Parameters
@@ -1237,22 +1324,33 @@ def open_frames(pattern_or_paths, *, rows: int | None = None, channel: str | Non
         most 32 MiB of float32; PNG/JPEG/RAW frames are one chunk each,
         since those formats decode whole.
     channel : {"R", "G", "B", "grey"}, optional
-        Keep one colour of a colour file (camera RAW: one Bayer colour; RGB
-        TIFF, XISF, SER, FITS, PNG/JPEG: one plane, or ``"grey"`` for the
-        tutorial's grey mix) and drop the ``channel`` dimension. Given for a
-        mono file it is an error.
+        Keep one colour of a colour file and drop the ``channel`` dimension:
+        of a Bayer mosaic (FITS ``BAYERPAT``, camera RAW) one debayered
+        colour; of RGB TIFF, XISF, SER, FITS or PNG/JPEG one plane, or
+        ``"grey"`` for the tutorial's grey mix. Given for a mono file it is
+        an error.
     colour : bool, optional
         For files with R, G, B planes: True keeps them (a ``channel``
         dimension), False makes them grey. By default TIFF, XISF, SER and
         3-plane FITS keep colour and PNG/JPEG are grey, as the tutorial's
         ``load_image`` reads them.
+    debayer : {"bilinear", "superpixel", "cfa"} or None
+        For one-shot-colour frames (a FITS ``BAYERPAT``/``COLORTYP`` header,
+        or camera RAW): how the Bayer mosaic becomes colour planes (see
+        :mod:`bigstack._bayer`): ``"bilinear"`` (default) at full size,
+        ``"superpixel"`` (each 2x2 cell one pixel, half size) or ``"cfa"``
+        (each colour's own samples, NaN elsewhere: stack it with
+        ``subpixel="nearest"`` for a Bayer drizzle). ``None`` keeps the
+        mosaic as a mono ``(frame, y, x)`` cube (what calibration masters
+        are made of). Mono frames ignore it.
 
     Returns
     -------
     xarray.DataArray
         float32, dims ``("frame", "y", "x")`` (``("frame", "channel", "y",
-        "x")`` for RAW without ``channel``), backed by dask with one chunk per
-        frame row band. Coordinates: ``frame`` (0..N-1), ``y`` and ``x``
+        "x")``, channel ``["R", "G", "B"]``, for colour frames without
+        ``channel``), backed by dask with one chunk per frame row band (all
+        colours of a band in one chunk). Coordinates: ``frame`` (0..N-1), ``y`` and ``x``
         (pixel indices: images are indexed ``[y, x]``), per-frame ``path``
         (absolute),
         and where every header gives them ``exptime`` (s), ``time`` (from
@@ -1283,10 +1381,17 @@ def open_frames(pattern_or_paths, *, rows: int | None = None, channel: str | Non
     import xarray as xr
     from dask.base import tokenize
 
+    from ._bayer import METHODS
+
+    if debayer is not None and debayer not in METHODS:
+        raise ValueError(f"debayer must be one of {METHODS} or None, got {debayer!r}")
     paths = [p if is_url(p) else os.path.abspath(p) for p in find_files(pattern_or_paths)]
     sources = []
     for path in paths:
-        found = inspect_frames(path, channel, colour)
+        found = inspect_frames(path, None, colour, mosaic=True)
+        if channel is not None and getattr(found[0], "bayer", None) is None:
+            # a plane of a colour file (RGB TIFF, SER, ...), or a one-line error for mono
+            found = inspect_frames(path, channel, colour, mosaic=True)
         source = found[0]
         if sources and source.shape != sources[0].shape:
             raise FrameError(
@@ -1297,10 +1402,23 @@ def open_frames(pattern_or_paths, *, rows: int | None = None, channel: str | Non
         if sources and source.planes != sources[0].planes:
             raise FrameError(path, f"colour planes {source.planes} differ from the first "
                                    f"frame's {sources[0].planes}")
+        if sources and getattr(source, "bayer", None) != getattr(sources[0], "bayer", None):
+            raise FrameError(path, f"Bayer pattern {getattr(source, 'bayer', None)} differs "
+                                   f"from {getattr(sources[0], 'bayer', None)} of the first "
+                                   f"frame {sources[0].path}")
         sources.extend(found)
     paths = [s.path for s in sources]  # a video or a cube: one entry a frame
+    pattern = getattr(sources[0], "bayer", None)
+    if channel is not None and pattern is not None:  # a colour of a Bayer mosaic
+        if channel not in ("R", "G", "B"):
+            raise FrameError(sources[0].path, f"channel {channel!r} is not one of 'R', 'G', 'B'")
+        if debayer is None:
+            raise FrameError(sources[0].path, f"channel={channel!r} picks a colour of colour "
+                             "(Bayer) frames with a debayer method")
 
     reader = FrameReader(sources)
+    if pattern is not None and debayer is not None:
+        return _bayer_cube(reader, pattern, debayer, channel, rows, paths)
     ny, nx = reader.frame_shape
     nplanes = 1 if reader.planes is None else len(reader.planes)
     band = rows if rows is not None else _default_rows(sources[0], nx, nplanes)
@@ -1313,17 +1431,74 @@ def open_frames(pattern_or_paths, *, rows: int | None = None, channel: str | Non
         meta=np.empty((0,) * reader.ndim, np.float32), inline_array=False,
     )
     dims = ("frame", "y", "x") if reader.planes is None else ("frame", "channel", "y", "x")
-    coords = {
-        "frame": np.arange(len(paths)),
-        "y": np.arange(ny),
-        "x": np.arange(nx),
-        "path": ("frame", np.array([s.path for s in sources])),
-    }
+    coords = _cube_coords(sources, reader.frame_shape)
     if reader.planes is not None:
         coords["channel"] = list(reader.planes)
+    return xr.DataArray(data, dims=dims, coords=coords, name="frames")
+
+
+def _cube_coords(sources, shape):
+    coords = {
+        "frame": np.arange(len(sources)),
+        "y": np.arange(shape[0]),
+        "x": np.arange(shape[1]),
+        "path": ("frame", np.array([s.path for s in sources])),
+    }
     for name_, values in _header_coords(sources).items():
         coords[name_] = ("frame", values)
-    return xr.DataArray(data, dims=dims, coords=coords, name="frames")
+    return coords
+
+
+def _bayer_cube(reader, pattern, method, channel, rows, paths):
+    """The debayered cube over a mosaic reader (see :func:`bayer_array`)."""
+    from ._bayer import check_mosaic
+
+    check_mosaic(reader.sources[0].path, reader.frame_shape)
+    mosaic = FileRows(reader, np.arange(len(reader)))
+    return bayer_array(mosaic, len(reader), reader.frame_shape, pattern, method, channel,
+                       reader.sources, rows)
+
+
+def bayer_array(mosaic, n, mosaic_shape, pattern, method, channel, sources, rows=None,
+                coords=None, attrs=None):
+    """A lazy colour cube (or one colour's) over ``mosaic``, a row source of Bayer mosaics.
+
+    One chunk per frame row band holds every colour of the band, so the
+    band's mosaic rows are read once for the three planes.
+    """
+    import dask.array as da
+    import xarray as xr
+    from dask.base import tokenize
+
+    from ._bayer import CHANNELS, BayerReader
+
+    reader = BayerReader(mosaic, n, mosaic_shape, pattern, method, channel)
+    ny, nx = reader.frame_shape
+    nplanes = 1 if channel else len(CHANNELS)
+    if rows is None:
+        whole = isinstance(sources[0], RawMosaicSource)  # decoded whole anyway
+        rows = ny if whole else max(1, min(ny, (32 * 2**20) // (4 * nx * nplanes)))
+    if rows < 1:
+        raise ValueError(f"rows must be at least 1, got {rows}")
+    chunks = (1, rows, nx) if channel else (1, nplanes, rows, nx)
+    name = "bayer-" + tokenize(reader, chunks)
+    data = da.from_array(reader, chunks=chunks, name=name, asarray=False, fancy=False,
+                         lock=False, meta=np.empty((0,) * reader.ndim, np.float32),
+                         inline_array=False)
+    if coords is None:
+        coords = _cube_coords(sources, (ny, nx))
+    else:
+        coords = {k: v for k, v in coords.items() if k not in ("y", "x", "channel")}
+        coords.update(y=np.arange(ny), x=np.arange(nx))
+    if channel:
+        dims = ("frame", "y", "x")
+        coords["channel"] = channel
+    else:
+        dims = ("frame", "channel", "y", "x")
+        coords["channel"] = list(CHANNELS)
+    out = xr.DataArray(data, dims=dims, coords=coords, name="frames", attrs=dict(attrs or {}))
+    out.attrs["bayer"] = {"pattern": pattern, "debayer": method}
+    return out
 
 
 def _header_coords(sources) -> dict:
@@ -1336,32 +1511,24 @@ def _header_coords(sources) -> dict:
     return out
 
 
-def frame_reader(frames) -> tuple[FrameReader, np.ndarray] | None:
-    """The reader behind a cube from :func:`open_frames`, if pixels are untouched.
-
-    Returns ``(reader, frame_indices)`` when ``frames`` is an
-    ``open_frames`` cube or a selection of its frames (``isel``/``sel`` on
-    ``frame`` only), so fast paths may read files directly; ``None`` when
-    the cube was computed on (arithmetic, another y/x extent, a
-    user-built array).
-    """
+def _graph_reader(frames):
+    """``(reader, frame_indices)`` of an untouched ``open_frames`` (or ``calibrate``) cube."""
     data = getattr(frames, "data", None)
     graph = getattr(data, "dask", None)
     if graph is None or "path" not in getattr(frames, "coords", {}):
         return None
     readers = []
     for layer_name, layer in graph.layers.items():
-        if layer_name.startswith(("original-frames-", "original-calibrated-")):
+        if layer_name.startswith(("original-frames-", "original-calibrated-",
+                                  "original-bayer-")):
             readers.extend(v for v in layer.values() if hasattr(v, "sources"))
-        elif not layer_name.startswith(("frames-", "calibrated-", "getitem-")):
+        elif not layer_name.startswith(("frames-", "calibrated-", "bayer-", "getitem-")):
             return None
     if len(readers) != 1:
         return None
     reader = readers[0]
     ny, nx = reader.frame_shape
     if frames.sizes.get("y") != ny or frames.sizes.get("x") != nx:
-        return None
-    if "channel" in frames.dims or (reader.planes is not None and "channel" not in frames.coords):
         return None
     wanted = np.atleast_1d(frames["path"].values)
     index = {s.path: i for i, s in enumerate(reader.sources)}
@@ -1381,6 +1548,48 @@ def frame_reader(frames) -> tuple[FrameReader, np.ndarray] | None:
     if any(reader.sources[i].path != p for i, p in zip(indices, wanted, strict=True)):
         return None
     return reader, indices.astype(np.int64)
+
+
+def frame_reader(frames) -> tuple[FrameReader, np.ndarray] | None:
+    """The reader behind a cube from :func:`open_frames`, if pixels are untouched.
+
+    Returns ``(reader, frame_indices)`` when ``frames`` is an
+    ``open_frames`` cube or a selection of its frames (``isel``/``sel`` on
+    ``frame`` only, or one colour of a colour cube), so fast paths may read
+    files directly; ``None`` when the cube was computed on (arithmetic,
+    another y/x extent, a user-built array) or still has a ``channel``
+    dimension (see :func:`colour_reader`).
+    """
+    found = _graph_reader(frames)
+    if found is None or "channel" in frames.dims:
+        return None
+    reader, indices = found
+    if reader.planes is not None:
+        if "channel" not in frames.coords or not hasattr(reader, "with_channel"):
+            return None
+        reader = reader.with_channel(str(frames["channel"].values))
+    return reader, indices
+
+
+def colour_reader(frames):
+    """``(BayerReader, frame_indices)`` of an untouched colour cube ``(frame, channel, y,
+    x)`` from :func:`open_frames` or :func:`bigstack.calibrate`, else None."""
+    if getattr(frames, "dims", None) is None or "channel" not in frames.dims:
+        return None
+    found = _graph_reader(frames)
+    if found is None or not hasattr(found[0], "with_channel") or found[0].planes is None:
+        return None
+    if list(frames["channel"].values) != list(found[0].planes):
+        return None
+    return found
+
+
+def bayer_reader(frames):
+    """``(BayerReader, frame_indices)`` of a colour cube or one colour of it, else None."""
+    found = _graph_reader(frames)
+    if found is None or not hasattr(found[0], "with_channel"):
+        return None
+    return found
 
 
 # --------------------------------------------------------------------------
@@ -1446,6 +1655,11 @@ def cube_source(frames, what):
     if isinstance(frames, (str, os.PathLike, list, tuple)):
         frames = open_frames(frames)
     if hasattr(frames, "dims"):
+        colour = colour_reader(frames)
+        if colour is not None:  # measured on green; the stack reads every colour
+            reader, indices = colour
+            coords = {k: v for k, v in frames.coords.items() if v.dims == (frames.dims[0],)}
+            return reader.colour_rows(indices), frames.shape[0], frames.shape[-2:], coords
         if frames.ndim != 3 or frames.dims[-2:] != ("y", "x"):
             raise ValueError(
                 f"{what} needs a (frame, y, x) cube; got dims {frames.dims}"

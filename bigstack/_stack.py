@@ -163,6 +163,8 @@ def stack(frames, shifts=None, *, method="mean", store=None, mode="write", subpi
                         "nhigh": nhigh, "percentile": percentile})
     store = _store.as_store(store)
     inputs = _inputs(frames, shifts)
+    if inputs.channels is not None:
+        request = _colour_request(request, inputs)
     existing = None
     if store is not None:
         existing = _store.check_target(store, request.mode, inputs.paths or ())
@@ -245,6 +247,8 @@ class _Inputs:
     registration: dict
     frames_table: dict | None = None
     calibration: dict | None = None
+    channels: tuple | None = None  # the colours of a colour cube, each stacked
+    debayer: str | None = None
 
     @property
     def resident_bytes(self):
@@ -273,8 +277,24 @@ def _inputs(frames, shifts):
     else:
         registration = {"registration": "none" if shifts is None else "given"}
     calibration = getattr(frames, "attrs", {}).get("calibration")
+    channels = getattr(source, "channels", None)
+    debayer = source.reader.method if channels is not None else None
     return _Inputs(source, n, tuple(shape), coords, paths, values, keep, registration,
-                   frames_table, calibration)
+                   frames_table, calibration, channels, debayer)
+
+
+def _colour_request(request, inputs):
+    """A colour cube: ``cfa`` places each colour's own samples (nearest); the tiles hold
+    every colour's results, so they get a third of the budget each."""
+    if request.mode == "append":
+        raise BigstackError("mode='append' is for mono stacks; stack a colour night at once")
+    if inputs.debayer == "cfa":
+        if request.subpixel not in (None, "nearest"):
+            raise ValueError(f"debayer='cfa' places each colour's own samples with "
+                             f"subpixel='nearest'; got subpixel={request.subpixel!r}")
+        request = replace(request, subpixel="nearest")
+    memory = _combine.parse_memory(request.memory) // len(inputs.channels)
+    return replace(request, memory=memory)
 
 
 def _as_transforms(shifts, n):
@@ -440,6 +460,8 @@ def _provenance(request, inputs, plan, tile, table, factors):
                   "select": None if request.select is None else str(request.select),
                   **{k: (list(v) if isinstance(v, tuple) else v)
                      for k, v in request.combine.options.items()}}
+    if inputs.debayer is not None:  # a colour stack: resume only with the same method
+        parameters["debayer"] = inputs.debayer
     operation = {
         "mode": request.mode,
         "inputs": list(inputs.paths) if inputs.paths is not None else [],
@@ -469,6 +491,9 @@ def _provenance(request, inputs, plan, tile, table, factors):
         **frame_meta,
     }
     attrs["registration"] = inputs.registration
+    if inputs.channels is not None:
+        attrs["channels"] = list(inputs.channels)
+        attrs["debayer"] = inputs.debayer
     if inputs.calibration is not None:
         attrs["calibration"] = inputs.calibration
     if inputs.frames_table is not None:
@@ -510,16 +535,23 @@ def _lazy(source, plan, provenance):
     tile = provenance.attrs["parameters"]["tile_rows"]
     source_d = dask.delayed(source, traverse=False)
     bounds = _combine.tile_bounds(grid[1] - grid[0], tile)
-    task = dask.delayed(_combine.compute_tile, pure=True)
+    channels = getattr(source, "channels", None)
+    task = dask.delayed(_combine.compute_tile if channels is None
+                        else _combine.compute_colour_tile, pure=True)
     parts = [task(source_d, plan, a, b, provenance.factors) for a, b in bounds]
     names = {"stack": np.float32, "coverage": np.int32}
     if not plan.streaming:
         names["rejected"] = np.int32
     cols = grid[3] - grid[2]
-    data = {name: (("y", "x"), da.concatenate([
-        da.from_delayed(p[name], (b - a, cols), dtype)
-        for p, (a, b) in zip(parts, bounds, strict=True)])) for name, dtype in names.items()}
+    lead = () if channels is None else (len(channels),)
+    dims = ("y", "x") if channels is None else ("channel", "y", "x")
+    data = {name: (dims, da.concatenate([
+        da.from_delayed(p[name], (*lead, b - a, cols), dtype)
+        for p, (a, b) in zip(parts, bounds, strict=True)], axis=len(lead)))
+        for name, dtype in names.items()}
     coords = {"y": np.arange(grid[0], grid[1]), "x": np.arange(grid[2], grid[3])}
+    if channels is not None:
+        coords["channel"] = list(channels)
     return xr.Dataset(data, coords=coords, attrs=provenance.attrs)
 
 
@@ -558,7 +590,10 @@ def _comparable(operation):
 
 def _tile_task(store, source, plan, tile, a, b, base):
     """Compute tile ``tile`` (rows ``[a, b)``) and write its chunk of every array."""
-    arrays = _combine.compute_tile(source, plan, a, b)
+    if getattr(source, "channels", None) is not None:
+        arrays = _combine.compute_colour_tile(source, plan, a, b)
+    else:
+        arrays = _combine.compute_tile(source, plan, a, b)
     return _store.write_tile(store, arrays, tile, a, b, base, _combine.finish_stack(plan))
 
 

@@ -289,7 +289,7 @@ def create(store, attrs, arrays):
     rows, cols = grid["y1"] - grid["y0"], grid["x1"] - grid["x0"]
     tile = attrs["parameters"]["tile_rows"]
     group = zarr.open_group(store, mode="w-", zarr_format=3, attributes=attrs)
-    _create_arrays(group, rows, cols, tile, arrays)
+    _create_arrays(group, rows, cols, tile, arrays, len(attrs.get("channels") or ()))
     for name, values in (("y", np.arange(grid["y0"], grid["y1"])),
                          ("x", np.arange(grid["x0"], grid["x1"]))):
         array = group.create_array(name, shape=values.shape, dtype="int64",
@@ -316,11 +316,15 @@ def _compressors(kind):
     return kind
 
 
-def _create_arrays(group, rows, cols, tile, names):
+def _create_arrays(group, rows, cols, tile, names, channels=0):
+    """The (y, x) arrays, or (channel, y, x) for a colour stack (a tile's colours in one
+    chunk)."""
+    lead = (channels,) if channels else ()
+    dims = ("channel", "y", "x") if channels else ("y", "x")
     for name in names:
         dtype, fill, compressors = _SPECS[name]
-        group.create_array(name, shape=(rows, cols), chunks=(tile, cols), dtype=dtype,
-                           fill_value=fill, dimension_names=("y", "x"),
+        group.create_array(name, shape=(*lead, rows, cols), chunks=(*lead, tile, cols),
+                           dtype=dtype, fill_value=fill, dimension_names=dims,
                            compressors=_compressors(compressors))
 
 
@@ -419,7 +423,10 @@ def write_tile(store, arrays, tile, a, b, base, finish_stack):
         arrays["coverage"] += saved["coverage"][a:b]
         arrays["stack"] = finish_stack(arrays["sum"], arrays["coverage"])
     for name, values in arrays.items():
-        group[name][a:b] = values
+        if values.ndim == 3:  # a colour stack
+            group[name][:, a:b] = values
+        else:
+            group[name][a:b] = values
     group[BOOK]["tiles_done"][tile] = 1
     return b - a
 
@@ -503,6 +510,8 @@ def open_stack(store, *, allow_incomplete=False):
         ds = xr.open_zarr(store, consolidated=complete)
     drop = [name for name in ds.data_vars if name.startswith(BOOK)]
     ds = ds.drop_vars(drop)
+    if attrs.get("channels") and "channel" in ds.dims:
+        ds = ds.assign_coords(channel=list(attrs["channels"]))
     ds.attrs.update(extra)
     return ds
 

@@ -413,7 +413,9 @@ class Scene:
         self.ny, self.nx = p["shape"]
         self.fmt = p["fmt"]
         self.dtype = p["dtype"]
-        self.colour = FORMATS[self.fmt][3] == 3
+        self.bayer = p.get("bayer")  # a Bayer FITS: colour planes stored as this mosaic
+        self.colour = FORMATS[self.fmt][3] == 3 or self.bayer is not None
+        self.mosaic = self.fmt == "dng" or self.bayer is not None
         self.scale = p["adu_scale"]
         self.gain = p["gain"]
         self.read_noise = p["read_noise"]
@@ -772,12 +774,11 @@ class Scene:
         return ys[keep], xs[keep], adu[keep]
 
     def _mosaic(self, planes):
-        """RGGB mosaic (1, ny, nx) of colour planes (3, ny, nx)."""
+        """Bayer mosaic (1, ny, nx) of colour planes (3, ny, nx): RGGB, or ``bayer``."""
         out = np.empty((1, self.ny, self.nx), np.float32)
-        out[0, 0::2, 0::2] = planes[0, 0::2, 0::2]
-        out[0, 0::2, 1::2] = planes[1, 0::2, 1::2]
-        out[0, 1::2, 0::2] = planes[1, 1::2, 0::2]
-        out[0, 1::2, 1::2] = planes[2, 1::2, 1::2]
+        for k, colour in enumerate(self.bayer or "RGGB"):
+            r, c = divmod(k, 2)
+            out[0, r::2, c::2] = planes["RGB".index(colour), r::2, c::2]
         return out
 
     def signal(self, i, extras=True, sensor=True):
@@ -793,7 +794,7 @@ class Scene:
         """
         planes = self.sky.copy()
         self._add_stars(planes, i)
-        if self.fmt == "dng":
+        if self.mosaic:
             planes = self._mosaic(planes)
         if extras:
             line = self.trail_line(i)
@@ -915,7 +916,7 @@ class Scene:
 
     def _as_image(self, planes, rgb):
         """Planes (P, ny, nx) -> the image as read: grey (or RGB) for colour files, the plane."""
-        if self.colour and self.fmt != "dng":
+        if self.colour and not self.mosaic:
             if rgb:
                 return np.ascontiguousarray(np.moveaxis(planes, 0, -1))
             return self._grey(planes)
@@ -1005,7 +1006,7 @@ class Scene:
         if self.p["noise"] == "none":
             return np.zeros((self.ny, self.nx), np.float32)
         sig = self.sigma_adu(planes) * np.float32(self.scale)
-        if self.colour and self.fmt != "dng":
+        if self.colour and not self.mosaic:
             w = np.asarray(GREY_WEIGHTS, np.float32)
             return np.sqrt(np.tensordot(w**2, sig**2, axes=1)).astype(np.float32)
         return sig[0].astype(np.float32)
@@ -1021,7 +1022,7 @@ class Scene:
         if not self.colour:
             return float(self.sigma_adu(sky + dark) * self.scale)
         var = self.sigma_adu(sky * self.sky_colour + dark) ** 2
-        if self.fmt == "dng":  # R, G, G, B pixels of the cell
+        if self.mosaic:  # R, G, G, B pixels of the cell
             return float(math.sqrt((var[0] + 2 * var[1] + var[2]) / 4) * self.scale)
         return float(math.sqrt(np.dot(np.asarray(GREY_WEIGHTS) ** 2, var)) * self.scale)
 
@@ -1054,6 +1055,11 @@ def _fits_bytes(data, p, date, index):
     header["INSTRUME"] = ("bigstack synthetic camera", "instrument")
     header["SWCREATE"] = ("bigstack.synthetic", "software that wrote the file")
     header["FRAMENO"] = (index, "frame number in the sequence")
+    if p.get("bayer"):
+        header["BAYERPAT"] = (p["bayer"], "Bayer cell, top row first")
+        header["XBAYROFF"] = (0, "Bayer pattern x offset")
+        header["YBAYROFF"] = (0, "Bayer pattern y offset")
+        header["ROWORDER"] = ("TOP-DOWN", "order of the stored rows")
     saturate = None
     if p["dtype"] == "uint16":
         saturate = 65535
@@ -1111,7 +1117,7 @@ def write_frame(scene, i, path, date):
         write_dng(
             path,
             np.ascontiguousarray(values[0]),
-            "RGGB",
+            p.get("bayer") or "RGGB",
             exptime=p["exptime"],
             datetime=date.replace(microsecond=0),
             overwrite=p["overwrite"],

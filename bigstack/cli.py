@@ -142,7 +142,12 @@ def _add_progress(parser):
 def _add_input_options(parser):
     parser.add_argument("pattern", help="frame files: a glob pattern (quote it), or a folder")
     parser.add_argument("--channel", choices=("R", "G", "B"),
-                        help="camera RAW frames: stack this Bayer colour's plane")
+                        help="colour (Bayer) frames: use only this colour's plane")
+    parser.add_argument("--debayer", choices=("bilinear", "superpixel", "cfa"),
+                        default="bilinear",
+                        help="colour (Bayer FITS or camera RAW) frames: bilinear (default, "
+                             "full size), superpixel (half size) or cfa (each colour's own "
+                             "samples placed on the grid)")
 
 
 def _add_star_options(parser, required):
@@ -217,7 +222,8 @@ def _write_report(args, ds):
 def _open(args):
     from . import open_frames
 
-    return open_frames(args.pattern, channel=args.channel)
+    return open_frames(args.pattern, channel=args.channel,
+                       debayer=getattr(args, "debayer", "bilinear"))
 
 
 def _report_warnings(caught, skip=()):
@@ -417,7 +423,8 @@ def _frame_image(path, channel):
 
     if channel is None and path.lower().endswith(RAW_SUFFIXES):
         channel = "G"
-    return open_frames([path], channel=channel).isel(frame=0)
+    image = open_frames([path], channel=channel).isel(frame=0)
+    return image.sel(channel="G") if "channel" in image.dims else image
 
 
 def _cmd_render(args):
@@ -432,9 +439,12 @@ def _cmd_render(args):
         image = _frame_image(args.store, args.channel)
         inputs = [args.store]
     else:
-        if args.channel:
-            raise BigstackError("--channel applies to a camera RAW frame, not to a store")
         ds = open_stack(args.store, allow_incomplete=args.allow_incomplete)
+        if args.channel:
+            if "channel" not in ds.dims:
+                raise BigstackError("--channel picks a colour of a colour frame or stack; "
+                                    f"{args.store} is a mono stack")
+            ds = ds.sel(channel=args.channel)
         inputs = ds.attrs.get("inputs", ())
         image = ds  # the Dataset, so save_png sees whether the stack is finished
     for path in outputs:
@@ -671,7 +681,7 @@ def _cmd_demo(args):
 
     run_demo(args.directory, n_frames=args.frames, shape=(args.height, args.width),
              seed=args.seed, overwrite=args.overwrite, memory=args.memory,
-             progress=_show_progress(args))
+             progress=_show_progress(args), colour=args.colour)
     return 0
 
 
@@ -788,7 +798,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store", metavar="STORE|FRAME",
                    help="a stack store, or one frame file (to look at it or pick a star)")
     p.add_argument("--channel", choices=("R", "G", "B"),
-                   help="a camera RAW frame: this Bayer colour (default G)")
+                   help="a colour frame or stack: this colour (a frame: default G)")
     p.add_argument("-o", "--output", metavar="FILE.png",
                    help="the picture (a colour PNG for a colour stack)")
     p.add_argument("--stretch", choices=_STRETCHES, default="auto",
@@ -829,6 +839,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory", default="512MB")
     p.add_argument("--overwrite", action="store_true",
                    help="replace what an earlier demo left in DIRECTORY")
+    p.add_argument("--colour", "--color", action="store_true",
+                   help="a one-shot-colour night (Bayer FITS), stacked in colour")
     _add_progress(p)
     p.set_defaults(func=_cmd_demo)
     return parser

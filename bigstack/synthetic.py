@@ -563,6 +563,7 @@ def make_frames(
     sensor=None,
     png_options=None,
     jpeg_quality=95,
+    bayer=None,
     prefix="frame",
     overwrite=False,
     workers=None,
@@ -590,6 +591,13 @@ def make_frames(
         (uncompressed, ``tifffile``); Bayer (RGGB) DNG camera RAW (needs
         ``bigstack._dng`` and ``tifffile``). For a SER video see
         :func:`make_ser`.
+    bayer : {"RGGB", "GRBG", "GBRG", "BGGR"}, optional
+        A one-shot-colour night: each frame the Bayer mosaic of the colour
+        frame (coloured sky and stars, as for PNG) with this pattern, as FITS
+        with ``BAYERPAT`` (and ``ROWORDER='TOP-DOWN'``), or with
+        ``fmt="dng"`` as a DNG of that pattern (RGGB without it).
+        Each star's flux in colour c is ``stars["flux"] * stars[c]``
+        (c in ``r``, ``g``, ``b``), the sky's ``sky * unit sky colour``.
     dtype : {"uint16", "float32", "uint8"}, optional
         Pixel type: FITS ``uint16`` (BITPIX=16, BZERO=32768, as cameras
         write) or ``float32`` (BITPIX=-32, not rounded or clipped); PNG
@@ -675,15 +683,24 @@ def make_frames(
         raise TypeError(f"make_frames() got an unexpected keyword argument {unknown[0]!r}")
     groups = merge_flat(deprecated, groups, caller="make_frames")
     return _make(directory, n_frames, shape, fmt, dtype, seed, groups, png_options,
-                 jpeg_quality, prefix, overwrite, workers)
+                 jpeg_quality, prefix, overwrite, workers, bayer=bayer)
 
 
 def _make(directory, n_frames, shape, fmt, dtype, seed, groups, png_options, jpeg_quality,
-          prefix, overwrite, workers):
+          prefix, overwrite, workers, bayer=None):
     """make_frames on option groups: resolve, check the files, render, write, return the truth."""
     groups = {name: groups.get(name) or cls() for name, cls in GROUPS.items()}
     p = _resolve(n_frames, shape, fmt, dtype, seed, groups, png_options, jpeg_quality, prefix,
                  overwrite)
+    if bayer is not None:
+        from ._bayer import PATTERNS
+
+        if p["fmt"] not in ("fits", "dng") or str(bayer).upper() not in PATTERNS:
+            raise ValueError(f"bayer={bayer!r} needs fmt='fits' or 'dng' and one of "
+                             f"{PATTERNS}")
+        if p["shape"][0] % 2 or p["shape"][1] % 2:
+            raise ValueError(f"bayer needs even sides, not shape {p['shape']}")
+        p["bayer"] = str(bayer).upper()
     geom = _scene.geometry(p)
     p["shifts"] = geom["shifts"]
     n_frames = p["n_frames"]
@@ -1265,6 +1282,7 @@ def make_night(
     temperature_jitter=0.2,
     overwrite=False,
     workers=None,
+    bayer=None,
 ):
     """Write a whole night's folder: lights, darks, flats and bias, as a capture program would.
 
@@ -1356,6 +1374,10 @@ def make_night(
     workers : int, optional
         Threads that render and write (default: the CPUs, at most 8); the
         files do not depend on it.
+    bayer : {"RGGB", "GRBG", "GBRG", "BGGR"}, optional
+        A one-shot-colour camera: the lights are Bayer mosaics of coloured
+        sky and stars (as :func:`make_frames` with ``bayer``), and every frame
+        carries ``BAYERPAT``.
 
     Returns
     -------
@@ -1409,6 +1431,13 @@ def make_night(
         groups[name] = value if value is not None else defaults.get(name, cls())
 
     base = _resolve(1, shape, "fits", "uint16", seed, groups, None, 95, "night", overwrite)
+    if bayer is not None:
+        from ._bayer import PATTERNS
+
+        if str(bayer).upper() not in PATTERNS or base["shape"][0] % 2 or base["shape"][1] % 2:
+            raise ValueError(f"make_night: bayer={bayer!r} needs one of {PATTERNS} and even "
+                             f"sides, not shape {base['shape']}")
+        bayer = str(bayer).upper()
     base_geom = _scene.geometry(base)
     base_scene = _scene.Scene(base, base_geom)
     cam = groups["camera"]
@@ -1428,7 +1457,7 @@ def make_night(
         if s.field == 1:
             g["artefacts"] = replace(groups["artefacts"], other_field=tuple(range(s.n)))
         p = _resolve(s.n, shape, "fits", "uint16", base["seed"], g, None, 95, "night", overwrite)
-        p.update(frame_base=1_000_000 * s.index, temperature_jitter=jitter,
+        p.update(frame_base=1_000_000 * s.index, temperature_jitter=jitter, bayer=bayer,
                  dark_reference=base["dark_reference"], hot_exptime=base["hot_exptime"],
                  cosmic_rays=base["cosmic_rays"] * s.exptime / base["hot_exptime"])
         geom = _scene.geometry(p)
@@ -1476,6 +1505,8 @@ def make_night(
                                                        s.filter, s.roi, s.binning)
         header = _night.cards(style, s, spellings[s.kind], date, temp, egain=egain,
                               offset=offset)
+        if bayer is not None:  # every frame of a colour camera is a mosaic
+            header.append(("BAYERPAT", bayer, "Bayer cell, top row first"))
         payload = _night.fits_bytes(data, header, saturate)
         with open(path, "wb" if overwrite else "xb") as f:
             f.write(payload)

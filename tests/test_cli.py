@@ -223,16 +223,20 @@ def test_raw_frames_stack_with_channel(tmp_path, capsys):
                                   seed=5)
     store = tmp_path / "g.zarr"
     assert main(["stack", str(tmp_path / "raw"), "-o", str(store), "--channel", "G",
-                 "--no-progress", "--no-align"]) == 0
+                 "--debayer", "superpixel", "--no-progress", "--no-align"]) == 0
     got = bigstack.open_stack(store)
-    expected = bigstack.stack(bigstack.open_frames(truth.paths, channel="G")).compute()
+    expected = bigstack.stack(bigstack.open_frames(truth.paths, channel="G",
+                                                   debayer="superpixel")).compute()
     assert got.sizes == {"y": 32, "x": 40}
     np.testing.assert_array_equal(got["stack"].values, expected["stack"].values)
-    # without --channel the colour planes cannot be stacked as one: said in one line
-    assert main(["stack", str(tmp_path / "raw"), "-o", str(tmp_path / "x.zarr"),
-                 "--no-progress", "--no-align"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("bigstack: error:") and "channel" in err
+    # without --channel a colour night stacks in colour, debayered (bilinear) at full size
+    colour = tmp_path / "c.zarr"
+    assert main(["stack", str(tmp_path / "raw"), "-o", str(colour), "--no-progress",
+                 "--no-align", "--png", str(tmp_path / "c.png")]) == 0
+    got = bigstack.open_stack(colour)
+    assert got["stack"].dims == ("channel", "y", "x")
+    assert got.sizes == {"channel": 3, "y": 64, "x": 80}
+    assert (tmp_path / "c.png").exists()
 
 
 def test_info_json_is_only_json_and_has_the_registration(night, tmp_path, capsys):
