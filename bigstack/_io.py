@@ -1264,6 +1264,14 @@ class FrameReader:
             self._token = (type(self).__name__, self.sources, [_stamp(p) for p in paths])
         return self._token
 
+    method = None  # planes as stored, nothing debayered
+
+    def colour_rows(self, indices):
+        """The row source of a colour cube's frames ``indices`` (see :class:`PlaneRows`)."""
+        if tuple(self.planes or ()) != PlaneRows.channels:
+            raise ValueError(f"colour planes {self.planes} are not R, G, B")
+        return PlaneRows(self, indices)
+
     def read(self, frame, y0, y1, x0=0, x1=None, plane=None) -> np.ndarray:
         """Read rows ``[y0, y1)`` and columns ``[x0, x1)`` of one frame as float32."""
         ny, nx = self.frame_shape
@@ -1294,6 +1302,40 @@ class FrameReader:
             for p, plane in enumerate(planes):
                 out[k, p] = self.read(i, y0, y1, x0, x1, plane)
         return out
+
+
+class PlaneRows:
+    """The R, G, B planes of colour files (RGB TIFF, XISF, SER, a 3-plane FITS, PNG/JPEG
+    with ``colour=True``) as row sources, as :class:`bigstack._bayer.ColourRows` gives a
+    Bayer cube's: ``channel`` one plane (registration reads green), ``every`` all three
+    ``(colour, rows, W)`` for a colour tile."""
+
+    channels = ("R", "G", "B")
+    cfa = None
+
+    def __init__(self, reader, files, channel="G", every=False):
+        self.reader = reader
+        self.files = np.asarray(files)
+        self.channel = channel
+        self.every = every
+
+    def raw(self, i, r0, r1, buffers):
+        j = int(self.files[i])
+        if self.every:
+            rows = np.stack([self.reader.read(j, r0, r1, plane=c) for c in self.channels])
+        else:
+            rows = self.reader.read(j, r0, r1, plane=self.channel)
+        return rows, 1.0, 0.0, None, True
+
+    def box(self, i, y0, y1, x0, x1):
+        j = int(self.files[i])
+        return self.reader.read(j, y0, y1, x0, x1, plane=self.channel).astype(np.float64)
+
+    def channel_rows(self, colour):
+        return PlaneRows(self.reader, self.files, colour)
+
+    def all_rows(self):
+        return PlaneRows(self.reader, self.files, None, every=True)
 
 
 def _stamp(path):
@@ -1577,9 +1619,10 @@ def colour_reader(frames):
     if getattr(frames, "dims", None) is None or "channel" not in frames.dims:
         return None
     found = _graph_reader(frames)
-    if found is None or not hasattr(found[0], "with_channel") or found[0].planes is None:
+    if found is None or not hasattr(found[0], "colour_rows") or found[0].planes is None:
         return None
-    if list(frames["channel"].values) != list(found[0].planes):
+    if list(frames["channel"].values) != list(found[0].planes) or tuple(
+            found[0].planes) != ("R", "G", "B"):
         return None
     return found
 

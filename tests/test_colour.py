@@ -440,3 +440,23 @@ def test_cfa_fast_path_equals_the_colour_planes(tmp_path, pattern):
         expected = total / count
     np.testing.assert_allclose(got["stack"].values, expected, rtol=1e-6)
     assert got.attrs["parameters"]["subpixel"] == "nearest"
+
+
+def test_rgb_files_stack_in_colour_like_each_plane_alone(tmp_path):
+    """An RGB TIFF night (planes stored, nothing debayered) registers on green and stacks
+    every colour in one pass: each colour equals that plane's own stack."""
+    truth = synthetic.make_frames(tmp_path, n_frames=5, shape=(160, 200), fmt="tiff", seed=2)
+    cube = open_frames(truth.paths)
+    assert cube.dims == ("frame", "channel", "y", "x")
+    transforms = find_transforms(cube, reference=0)  # the truth's reference
+    assert transforms["valid"].values.all()
+    err = np.abs(np.asarray(transforms["shift"].values) - truth.shifts).max()
+    assert err < 0.1, err
+    result = stack(cube, transforms, store=str(tmp_path / "rgb.zarr"))
+    assert result["stack"].dims == ("channel", "y", "x")
+    for c in "RGB":
+        alone = stack(open_frames(truth.paths, channel=c), transforms)
+        np.testing.assert_array_equal(result["stack"].sel(channel=c).values,
+                                      alone["stack"].values)
+        np.testing.assert_array_equal(result["coverage"].sel(channel=c).values,
+                                      alone["coverage"].values)
