@@ -101,8 +101,8 @@ def stack(frames, shifts=None, *, method="mean", store=None, mode="write", subpi
         How a frame is resampled onto the output grid. ``"nearest"`` copies
         whole pixels (shifts rounded; exact, the fastest); ``"bilinear"``
         and ``"lanczos3"``/``"lanczos4"`` interpolate, with weights summing
-        to one (flux is conserved) and Lanczos' ringing clamped at sharp
-        stars and hot pixels. A frame covers an output pixel where every
+        to one (flux is conserved) and Lanczos' ringing clamped around hot
+        pixels (stars keep their flux). A frame covers an output pixel where every
         source pixel the interpolation uses exists (nearest: where the
         nearest source pixel exists). Default: ``"nearest"`` when every
         frame is a whole-pixel translation, else ``"lanczos3"``, which keeps

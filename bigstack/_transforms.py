@@ -24,11 +24,17 @@ Stages
    resolution). It returns the ``n_stars`` brightest stars and the frame's
    background, noise and FWHM: a few kB. Only when fewer than
    ``min_stars`` stars are found does the task read the rest of the frame.
-2. **Reference.** ``reference="auto"`` takes the frame with the most stars
-   per row read, then the smallest FWHM (within 10%), then the lowest
-   background; the choice and why are in ``attrs``. One more task reads
-   the reference frame whole and lists its brightest stars (enough to
-   cover every star a frame's bands can hold).
+2. **Reference, one task.** ``reference="auto"`` ranks the frames by
+   quality: the most stars per row read, then the smallest FWHM (within
+   10%), then the lowest background. Quality alone can pick a frame of
+   another field (as rich in stars and as sharp), so the best candidate
+   is read whole, its brightest stars listed (enough to cover every star
+   a frame's bands can hold), and matched to the band stars of up to 12
+   other frames spread over the night (no reads). It is taken when it
+   matches at least half of them; otherwise the next candidate is tried,
+   up to 3, and the one that matches the most is taken. The choice and
+   why (with the frames passed over) are in ``attrs``. A given reference
+   is read whole the same way, without the check.
 3. **Matching, a task per batch of frames (no pixel reads).** Each
    frame's stars are matched to the reference's by
    :func:`bigstack._match.match_stars`: votes of pair differences under a
@@ -82,8 +88,8 @@ frame; the matched filter and the centroids are most of it.
 
 Tasks
 -----
-One task per frame (stars), one that picks the reference, one that
-lists the reference's stars, one per batch of 32 frames (matching) and
+One task per frame (stars), one that picks the reference and lists its
+stars, one per batch of 32 frames (matching) and
 one that builds the table; the graph is written out as a dict (2000
 frames: 0.6 s to build).
 """
@@ -91,6 +97,7 @@ frames: 0.6 s to build).
 from __future__ import annotations
 
 import math
+import operator
 import warnings
 
 import numpy as np
@@ -102,6 +109,8 @@ MODELS = ("shift", "similarity", "affine")
 _BATCH = 32  # frames matched per task
 _CHUNK = 512  # rows per read when a frame is read whole
 _MAX_REF_STARS = 3000
+_CANDIDATES = 3  # frames tried as the automatic reference, at most
+_SAMPLE = 12  # frames each candidate reference is matched to
 
 
 # --------------------------------------------------------------------------
@@ -217,10 +226,8 @@ def _frame_task(source, i, shape, opts):
     return _record(found, found["whole"])
 
 
-def _reference_task(source, picked, shape, records):
-    """The reference frame's stars over the whole frame (read once more unless it was)."""
-    ref, _, opts = picked
-    record = records[ref]
+def _reference_stars(source, ref, record, opts, shape):
+    """Frame ``ref``'s stars over the whole frame (read once more unless it was)."""
     if record["whole"]:
         return record
     ny = shape[0]
@@ -233,15 +240,26 @@ def _reference_task(source, picked, shape, records):
 # the reference
 
 
-def choose_reference(records):
-    """``(index, reason)``: most stars per row read, then smallest FWHM, lowest background."""
+def choose_reference(records, exclude=()):
+    """``(index, reason)``: most stars per row read, then smallest FWHM, lowest background.
+
+    Frames in ``exclude`` are not considered (``(None, "")`` when none is left).
+    This is the frames' quality only; :func:`_pick_task` then checks that the
+    choice's stars are those of the other frames.
+    """
     n = len(records)
+    keep = np.ones(n, bool)
+    keep[list(exclude)] = False
+    if not keep.any():
+        return None, ""
     density = np.array([r["n_found"] / max(r["rows"], 1) for r in records])
+    density = np.where(keep, density, -1.0)
     fwhm = np.array([r["frame_fwhm"] for r in records])
     background = np.array([r["background"] for r in records])
     fwhm = np.where(np.isfinite(fwhm), fwhm, np.inf)
     background = np.where(np.isfinite(background), background, np.inf)
-    pool = np.flatnonzero(density >= 0.8 * density.max()) if density.max() > 0 else np.arange(n)
+    top = density.max()
+    pool = np.flatnonzero(density >= 0.8 * top) if top > 0 else np.flatnonzero(keep)
     best_fwhm = fwhm[pool].min()
     if np.isfinite(best_fwhm):
         pool = pool[fwhm[pool] <= 1.1 * best_fwhm]
@@ -251,6 +269,64 @@ def choose_reference(records):
               f"({r['frame_fwhm']:.2f} px) and lowest background ({r['background']:.1f}) among "
               f"the {pool.size} frame(s) within 20% of the most stars and 10% of the best FWHM")
     return ref, reason
+
+
+def _sample(n, exclude, usable, k):
+    """Up to ``k`` frames spread evenly over ``0..n-1``, not ``exclude``, ``usable`` only."""
+    pool = np.flatnonzero(usable)
+    pool = pool[pool != exclude]
+    if len(pool) <= k:
+        return [int(i) for i in pool]
+    return [int(pool[j]) for j in np.round(np.linspace(0, len(pool) - 1, k)).astype(int)]
+
+
+def _score(ref_stars, records, sample, opts):
+    """How many frames of ``sample`` the candidate's stars convincingly match (bands only)."""
+    hits = 0
+    for i in sample:
+        solved = _solve(ref_stars, records[i], "similarity", opts, [])
+        hits += bool(_convincing(solved, opts))
+    return hits
+
+
+def _pick_task(source, records, reference, opts, shape):
+    """Task body: ``((reference, why, options), the reference's stars)``.
+
+    ``reference="auto"``: the best frames by quality (:func:`choose_reference`)
+    are candidates, best first, at most ``_CANDIDATES``. A candidate's stars
+    (over the whole frame) are matched to the band stars of up to
+    ``_SAMPLE`` other frames spread over the night; the first that matches
+    at least half of them is taken (a frame of another field cannot: its
+    field is not the night's). If none does, the one that matches the most
+    is. Each candidate tried costs one whole read, the first one the read
+    the reference needs anyway; the matching reads nothing.
+    """
+    opts = _finish(opts, records)
+    if reference != "auto":
+        ref = int(reference)
+        return (ref, "given", opts), _reference_stars(source, ref, records[ref], opts, shape)
+    n = len(records)
+    usable = np.array([r["n_found"] >= opts["min_matches"] for r in records])
+    tried = []  # (index, quality reason, stars, hits, sample size)
+    for _ in range(_CANDIDATES):
+        ref, why = choose_reference(records, [t[0] for t in tried])
+        if ref is None:
+            break
+        stars = _reference_stars(source, ref, records[ref], opts, shape)
+        sample = _sample(n, ref, usable, _SAMPLE)
+        hits = _score(stars, records, sample, opts) if sample else 0
+        tried.append((ref, why, stars, hits, len(sample)))
+        if not sample or 2 * hits >= len(sample):
+            break
+    best = max(range(len(tried)), key=lambda k: (tried[k][3], -k))
+    ref, why, stars, hits, m = tried[best]
+    if m:
+        why += f"; its stars match {hits} of the {m} other frames sampled"
+    others = [f"frame {t[0]} matched only {t[3]} of {t[4]}" for k, t in enumerate(tried)
+              if k != best]
+    if others:
+        why += " (passed over: " + ", ".join(others) + ")"
+    return (ref, why, opts), stars
 
 
 # --------------------------------------------------------------------------
@@ -504,15 +580,6 @@ def _finish(opts, records):
     return opts
 
 
-def _pick(records, reference, opts):
-    """``(reference index, why, options completed from the frames)``."""
-    if reference == "auto":
-        ref, why = choose_reference(records)
-    else:
-        ref, why = int(reference), "given"
-    return ref, why, _finish(opts, records)
-
-
 def find_transforms(frames, model="similarity", reference="auto", *, n_stars=100,
                     min_matches=6, max_residual=None, strict=False, compute=True, rows=48,
                     bands=4, fwhm=None, threshold=5.0, max_scale=0.1, min_stars=None,
@@ -531,8 +598,10 @@ def find_transforms(frames, model="similarity", reference="auto", *, n_stars=100
     reference : "auto" or int
         The frame the others are mapped to (its transform is the
         identity). ``"auto"`` picks the frame with the most stars, the
-        smallest FWHM and the lowest background (``attrs`` say which and
-        why).
+        smallest FWHM and the lowest background whose stars also match
+        at least half of a sample of the other frames (else the candidate
+        that matches the most), so a frame of another field is never the
+        reference; ``attrs`` say which and why.
     n_stars : int
         Stars kept per frame, the brightest (default 100).
     min_matches : int
@@ -653,8 +722,10 @@ def _graph(source, n, shape, opts, reference, model, order):
     dsk = {src: source}
     for i, key in enumerate(records):
         dsk[key] = (_frame_task, src, i, shape, opts)
-    dsk[pick] = (_pick, list(records), reference, opts)
-    dsk[ref_stars] = (_reference_task, src, pick, shape, list(records))
+    both = f"find_transforms-reference-pick-{token}"
+    dsk[both] = (_pick_task, src, list(records), reference, opts, shape)
+    dsk[pick] = (operator.getitem, both, 0)
+    dsk[ref_stars] = (operator.getitem, both, 1)
     parts = []
     for b, k in enumerate(range(0, n, _BATCH)):
         batch = [int(i) for i in order[k:k + _BATCH]]

@@ -285,7 +285,27 @@ def reference_pixel(frame, x, y, interpolation, clamp):
         return np.nan
     value = float((weights[used] * patch[used]).sum())
     if clamp and interpolation.startswith("lanczos"):
-        support = frame[np.ix_([iy, min(iy + 1, ny - 1)] if fy else [iy],
-                               [ix, min(ix + 1, nx - 1)] if fx else [ix])]
-        value = min(max(value, float(support.min())), float(support.max()))
+        value = dering(value, patch, used, a)
+    return value
+
+
+DERING = 0.01  # bigstack._kernels._DERING
+
+
+def dering(value, patch, used, a):
+    """Lanczos' clamp, as documented in ``bigstack._kernels``, over the window of taps with a
+    non-zero weight (``used``, 2a x 2a): an undershoot below its minimum by more than
+    ``DERING`` of its range is raised to the minimum; a value above the maximum of its
+    inner 4 x 4 (tap offsets -1 .. 2; on an axis with a zero fraction, the one tap) is
+    lowered to it when the window's maximum lies outside them."""
+    window = patch[used]
+    lo, hi = float(window.min()), float(window.max())
+    offsets = np.arange(2 * a) - (a - 1)
+    near = (offsets >= -1) & (offsets <= 2)
+    inner = np.outer(near, near) & used  # offset 0, the one tap of a zero fraction, is near
+    inner_hi = float(patch[inner].max())
+    if lo - value > np.float32(DERING) * (hi - lo):
+        value = lo
+    if inner_hi < hi and value > inner_hi:
+        value = inner_hi
     return value

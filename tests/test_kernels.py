@@ -128,6 +128,66 @@ def test_lanczos_equals_numpy(A, shift, interpolation, clamp):
     assert_matches(got, want)
 
 
+def _warp_square(image, A, t, interpolation, clamp):
+    n = image.shape[0]
+    total = np.zeros((n, n), np.float32)
+    coverage = np.zeros((n, n), np.int32)
+    warp_accumulate(image.astype(np.float32), 0, (n, n), A, t, (0, 0), total, coverage,
+                    interpolation, clamp=clamp)
+    return np.where(coverage > 0, total, np.nan).astype(np.float64)
+
+
+@pytest.mark.parametrize("A", [np.eye(2), rotation(1.0)], ids=["shift", "1deg"])
+def test_lanczos_clamp_keeps_the_flux_of_stars(A):
+    """Stars of FWHM >= 2 px keep their unclamped flux to 1e-3 (the 2 x 2 clamp this
+    replaced lost 0.6% on average and up to 3.4% at FWHM 2; issue 13)."""
+    n = 40
+    yy, xx = np.mgrid[:n, :n].astype(np.float64)
+    rng = np.random.default_rng(5)
+    for fwhm in (2.0, 2.5, 3.0):
+        sigma = fwhm / 2.3548
+        for _ in range(12):
+            sx, sy = 19.5 + rng.uniform(-0.5, 0.5, 2)
+            t = np.array([19.5, 19.5]) - A @ [19.5, 19.5] + rng.uniform(-0.5, 0.5, 2)
+            star = 100 + 5000 * np.exp(-((xx - sx) ** 2 + (yy - sy) ** 2) / (2 * sigma**2))
+            inner = (slice(8, -8), slice(8, -8))
+            raw = _warp_square(star, A, t, "lanczos3", False)[inner] - 100
+            got = _warp_square(star, A, t, "lanczos3", True)[inner] - 100
+            assert abs(got.sum() / raw.sum() - 1) < 1e-3, (fwhm, sx, sy, t)
+
+
+@pytest.mark.parametrize("interpolation", ["lanczos3", "lanczos4"])
+def test_lanczos_clamp_stops_the_rings_of_a_hot_pixel(interpolation):
+    """A hot pixel of 10000 on 100: unclamped, a dark ring down to about -1300 and a bright
+    one up to about +400 (+700 for Lanczos-4); clamped, what is left of the dark ring is
+    under 1% of the hot pixel's height, and nothing is left of the ring its outer lobe
+    makes (pixels whose inner 4 x 4 taps miss it). The pixels around it whose 2 x 2
+    holds it are its own light."""
+    n = 48
+    yy, xx = np.mgrid[:n, :n].astype(np.float64)
+    rng = np.random.default_rng(4)
+    deepest, outer_max, raw_min = np.inf, -np.inf, np.inf
+    for k in range(16):
+        A = np.eye(2) if k % 2 == 0 else rotation(1.0)
+        t = np.array([0.5, 0.5]) if k == 0 else rng.uniform(-0.5, 0.5, 2)
+        if k % 2:
+            t = t + np.array([24.0, 24.0]) - A @ [24.0, 24.0]
+        image = np.full((n, n), 100.0)
+        image[24, 24] = 10000.0
+        got = _warp_square(image, A, t, interpolation, True)
+        raw = _warp_square(image, A, t, interpolation, False)
+        p = np.stack([xx, yy], axis=-1) @ A.T + t
+        fx, fy = np.floor(p[..., 0]), np.floor(p[..., 1])
+        off2 = ~(np.isin(fx, [23, 24]) & np.isin(fy, [23, 24]))
+        off4 = ~((np.abs(fx - 23.5) < 2) & (np.abs(fy - 23.5) < 2))
+        deepest = min(deepest, np.nanmin(got[off2]))
+        raw_min = min(raw_min, np.nanmin(raw[off2]))
+        outer_max = max(outer_max, np.nanmax(got[off4]))
+    assert raw_min < -700
+    assert deepest >= 100 - 0.01 * 9900 - 0.01
+    assert outer_max <= 100 + 1e-3
+
+
 def test_lanczos_weights_are_accurate_and_sum_to_one():
     f = np.linspace(0, 1, 1001, endpoint=False)
     for a in (3, 4):

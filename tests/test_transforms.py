@@ -242,3 +242,46 @@ def test_stack_takes_the_transforms_of_a_translation_night(night):
     scale = np.nanmax(truth["stack"].values)
     assert np.nanmax(np.abs(got["stack"].values[inner] - truth["stack"].values[inner])) < \
         0.05 * scale
+
+
+def _relative(truth, ref):
+    """The generator's transforms (onto frame 0) made relative to frame ``ref``."""
+    inv = np.linalg.inv(np.vstack([truth.transforms[ref], [0, 0, 1]]))
+    return [(np.vstack([t, [0, 0, 1]]) @ inv)[:2] for t in truth.transforms]
+
+
+@pytest.mark.parametrize(("name", "seed"), [
+    ("other_field", 2), ("other_field", 9), ("other_field", 0), ("other_field", 1),
+    ("meridian_flip", 2), ("cloud", 2), ("trail_through_star", 2), ("crowded", 2)])
+def test_reference_auto_is_a_frame_of_the_night(name, seed, tmp_path):
+    """reference="auto" never takes a frame of another field, whatever its quality.
+
+    With seeds 2 and 9 the other field's frame has the most stars in its bands
+    (issue 12): the choice must pass over it because its stars match none of
+    the other frames, and the true frames must then all be valid and right.
+    """
+    shape = (384, 384)
+    truth = synthetic.make_case(name, tmp_path, n_frames=8, shape=shape, seed=seed)
+    frames = open_frames(truth.paths)
+    if truth.other_field.any():
+        with pytest.warns(BigstackWarning, match="not of this field"):
+            ds = find_transforms(frames, reference="auto")
+    else:
+        ds = find_transforms(frames, reference="auto")
+    ref = ds.attrs["reference"]
+    assert not truth.other_field[ref]
+    why = ds.attrs["reference_reason"]
+    assert "other frames sampled" in why
+    if name == "other_field" and seed in (2, 9):
+        assert "passed over: frame 4 matched only 0 of 7" in why
+    np.testing.assert_array_equal(ds["valid"].values, ~truth.other_field)
+    for k in np.flatnonzero(truth.other_field):
+        assert str(ds["reason"].values[k]).startswith("frame is not of this field")
+    gy, gx = np.mgrid[0:shape[0] - 1:17j, 0:shape[1] - 1:17j]
+    grid = np.column_stack([gx.ravel(), gy.ravel()])
+    for k, t in enumerate(_relative(truth, ref)):
+        if not ds["valid"].values[k]:
+            continue
+        p = grid @ t[:, :2].T + t[:, 2]
+        inside = ((p >= 0) & (p <= shape[1] - 1)).all(axis=1)
+        assert transform_error(ds["transform"].values[k], t, grid[inside]).max() < 0.1, k

@@ -190,7 +190,9 @@ def noiseless_rotated(tmp_path_factory):
         motion=synthetic.Motion(subpixel=True, drift_step=0.7, rotation_rate=0.2))
 
 
-@pytest.mark.parametrize("subpixel, limit, flux_limit", [("lanczos3", 0.03, 7e-3),
+# flux_limit: 2e-3 is this measurement's floor (bilinear conserves flux exactly); the
+# Lanczos clamp keeps stars' flux (measured -6.6e-4 at the centre, 2e-5 at the corner)
+@pytest.mark.parametrize("subpixel, limit, flux_limit", [("lanczos3", 0.03, 2e-3),
                                                          ("bilinear", 0.15, 2e-3)])
 def test_rotated_stack_keeps_stars_sharp_at_the_centre_and_corners(noiseless_rotated, subpixel,
                                                                    limit, flux_limit):
