@@ -252,6 +252,7 @@ def _relative(truth, ref):
 
 @pytest.mark.parametrize(("name", "seed"), [
     ("other_field", 2), ("other_field", 9), ("other_field", 0), ("other_field", 1),
+    ("other_field", 7),  # fitted from bands alone, 0.10-0.16 px off at the corners
     ("meridian_flip", 2), ("cloud", 2), ("trail_through_star", 2), ("crowded", 2)])
 def test_reference_auto_is_a_frame_of_the_night(name, seed, tmp_path):
     """reference="auto" never takes a frame of another field, whatever its quality.

@@ -430,14 +430,28 @@ def bigstack_sigma_clip(job):
 
 def _warm_kernels(job, subpixel="lanczos3"):
     """Compile (or load from numba's cache) the warp kernels before the timing: a user pays
-    that once per machine, not per stack. Returns the seconds it took."""
+    that once per machine, not per stack. Numba compiles per stored type, so the warm-up
+    stacks two small frames of the benchmark's own type (16-bit FITS with BZERO), rotated
+    and shifted. Returns the seconds it took."""
+    import tempfile
+
+    from astropy.io import fits
+
     import bigstack
 
     t0 = time.perf_counter()
-    frames = np.zeros((2, 16, 16), np.float32)
-    bigstack.stack(frames, np.array([[0.0, 0.0], [0.5, 0.25]]), subpixel=subpixel)
-    if subpixel != "nearest":
-        bigstack.stack(frames, np.array([[0.0, 0.0], [1.0, 1.0]]), subpixel="nearest")
+    with tempfile.TemporaryDirectory(dir=job.workdir or None) as folder:
+        paths = []
+        for k in range(2):
+            path = os.path.join(folder, f"warm{k}.fits")
+            hdu = fits.PrimaryHDU(np.full((32, 32), 1000 + k, np.uint16))
+            hdu.writeto(path)
+            paths.append(path)
+        cube = bigstack.open_frames(paths)
+        turn = np.array([[[1, 0, 0], [0, 1, 0]], [[0.9998, -0.017, 0.4], [0.017, 0.9998, 0.3]]])
+        for sub in dict.fromkeys([subpixel, "nearest"]):
+            bigstack.stack(cube, turn, subpixel=sub).compute()
+            bigstack.stack(cube, np.array([[0.0, 0.0], [0.5, 0.25]]), subpixel=sub).compute()
     return {"warm_s": time.perf_counter() - t0}
 
 
@@ -478,9 +492,9 @@ def _near(kind, tolerance):
     return check
 
 
-@method("bigstack-lanczos3", check=_near("bilinear-coverage", 2e-3), imports=BIGSTACK,
+@method("bigstack-lanczos3", check=_near("bilinear-coverage", 5e-3), imports=BIGSTACK,
         setup=_warm_kernels,
-        matches="within 0.2% (median) of the bilinear-shifted mean",
+        matches="within 0.5% (median) of the bilinear-shifted mean",
         what="bigstack-nearest with `subpixel='lanczos3'` (numba kernel)")
 def bigstack_lanczos3(job):
     return _stacked(job, "lanczos3")
@@ -553,9 +567,9 @@ def rotated_bilinear(job):
     return _warped(job, "bilinear")
 
 
-@method("rotated-lanczos3", check=_near("bilinear-transform", 2e-3), recipe="rotated",
+@method("rotated-lanczos3", check=_near("bilinear-transform", 5e-3), recipe="rotated",
         imports=BIGSTACK, setup=_warm_kernels,
-        matches="within 0.2% (median) of the scipy bilinear warp",
+        matches="within 0.5% (median) of the scipy bilinear warp",
         what="`stack(cube, true transforms, subpixel='lanczos3')` on the rotated frames")
 def rotated_lanczos3(job):
     return _warped(job, "lanczos3")
