@@ -56,8 +56,10 @@ Stages
 Validity
 --------
 A frame is valid when at least ``min_matches`` stars (default 6) match,
-they are at least ``min_fraction`` (default half) of the frame's listed
-stars that the transform puts on the reference frame, and the RMS
+they are at least ``min_fraction`` (default half) of the pairs possible
+(the frame's listed stars that the transform puts on the reference frame,
+or the reference's listed stars that it puts on the frame, whichever are
+fewer: a frame read whole lists more stars than the reference), and the RMS
 distance of the matched pairs after the fit of ``model`` (``residual``,
 weighted by the stars' signal to noise) is at most ``max_residual``
 (default: 0.5 px or a tenth of the frames' median FWHM, whichever is
@@ -354,7 +356,10 @@ def _solve(ref_stars, stars, model, opts, hints):
            "search": found, "expected": len(dst), "error": np.nan}
     if found.n_matched < 3:
         return out
-    out["expected"] = _on_reference(found.matrix, dst, opts["shape"])
+    # the pairs possible: the frame's stars that land on the reference, and no more than the
+    # reference's listed stars that land on the frame (the two lists may go to other depths)
+    out["expected"] = min(_on_reference(found.matrix, dst, opts["shape"]),
+                          _on_frame(found.matrix, src, opts["shape"]))
     i, j = found.src_index, found.dst_index
     rotation, scale, flip = describe(found.matrix)
     w = _weights(ref_stars, i, stars, j)
@@ -392,6 +397,15 @@ def _on_reference(matrix, dst, shape, margin=2.0):
     return int(inside.sum())
 
 
+def _on_frame(matrix, src, shape, margin=2.0):
+    """How many of the reference's stars ``matrix`` puts on the frame (off its edges)."""
+    p = src @ matrix[:, :2].T + matrix[:, 2]
+    ny, nx = shape
+    inside = ((p[:, 0] >= margin) & (p[:, 0] <= nx - 1 - margin) & (p[:, 1] >= margin)
+              & (p[:, 1] <= ny - 1 - margin))
+    return int(inside.sum())
+
+
 def _weights(ref_stars, i, stars, j, floor=0.005):
     """Inverse variances of matched pairs: each star's position error ~ FWHM / SNR."""
     def var(st, k):
@@ -421,7 +435,7 @@ def _judge(stars, solved, model, opts):
         return False, f"{n_found} stars detected, {n} matched (need {need})"
     if not _convincing(solved, opts):
         return False, (f"frame is not of this field: the best transform pairs only {n} of the "
-                       f"{solved['expected']} stars it puts on the reference frame (need "
+                       f"{solved['expected']} stars the two frames share (need "
                        f"{opts['min_fraction']:.0%})")
     rotation, flip = solved["rotation"], solved["flip"]
     if not solved["residual"] <= limit:
