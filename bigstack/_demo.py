@@ -46,9 +46,9 @@ def run_demo(directory="bigstack-demo", *, n_frames=60, shape=(1536, 2048), seed
     colour; registration and the measurements use the green plane, and the summary
     adds the reference star's colour against the truth.
     """
-    from . import find_shifts, open_frames, stack, synthetic
+    from . import find_shifts, find_transforms, open_frames, stack, synthetic
     from ._memory import PeakMemory
-    from ._tables import write_shifts_csv
+    from ._tables import write_shifts_csv, write_transforms_csv
 
     directory = os.fspath(directory)
     store = os.path.join(directory, "stack.zarr")
@@ -77,7 +77,10 @@ def run_demo(directory="bigstack-demo", *, n_frames=60, shape=(1536, 2048), seed
     with PeakMemory() as run:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", BigstackWarning)
-            shifts = find_shifts(cube, star_pos=truth.ref_star, search=100, track=True)
+            if colour:  # registered on many stars of the green plane (find_transforms)
+                shifts = find_transforms(cube, reference=0)
+            else:
+                shifts = find_shifts(cube, star_pos=truth.ref_star, search=100, track=True)
             found = time.perf_counter()
             # frames find_shifts flagged (a trail beside the star, say) are left out
             result = stack(cube, shifts, store=store, memory=memory,
@@ -90,7 +93,7 @@ def run_demo(directory="bigstack-demo", *, n_frames=60, shape=(1536, 2048), seed
         clip_seconds = time.perf_counter() - clip_start
     for w in caught:
         out(f"warning: {w.message}")
-    write_shifts_csv(shifts, table, overwrite=overwrite)
+    (write_transforms_csv if colour else write_shifts_csv)(shifts, table, overwrite=overwrite)
     used = int(shifts["valid"].sum())
     error = np.abs(shifts["shift"].values - truth.shifts)[shifts["valid"].values]
 
