@@ -515,7 +515,6 @@ def _lazy_columns(table, n):
 
 
 def _report(ds, reference, strict):
-    bad = np.flatnonzero(~ds["valid"].values)
     ref_reason = str(ds["reason"].values[reference])
     if ref_reason or not np.isfinite(ds["star"].values[reference]).all():
         raise StarNotFoundError(
@@ -530,6 +529,13 @@ def _report(ds, reference, strict):
         warnings.warn(f"{jumps.size} valid frame(s) lie off the drift of their neighbours "
                       f"by more than {limit:.1f} px (each measured well on its own; check "
                       f"them): {listed}", BigstackWarning, stacklevel=3)
+    report_invalid(ds, strict)
+
+
+def report_invalid(ds, strict):
+    """Warn (raise with ``strict``) naming the frames ``ds["valid"]`` leaves out, with their
+    reasons; called by :func:`find_shifts`' and :func:`bigstack.find_transforms`' reports."""
+    bad = np.flatnonzero(~ds["valid"].values)
     if bad.size == 0:
         return
     lines = [f"frame {i} ({_frame_name(ds, i)}): {ds['reason'].values[i]}" for i in bad[:10]]
@@ -538,7 +544,7 @@ def _report(ds, reference, strict):
                + "\n".join(lines) + more)
     if strict:
         raise StarNotFoundError(message)
-    warnings.warn(message, BigstackWarning, stacklevel=3)
+    warnings.warn(message, BigstackWarning, stacklevel=4)  # the user's find_* call
 
 
 def _frame_name(ds, i):

@@ -103,12 +103,10 @@ from __future__ import annotations
 
 import math
 import operator
-import warnings
 
 import numpy as np
 
-from ._errors import BigstackWarning
-from ._register import StarNotFoundError
+from ._register import StarNotFoundError, _frame_name, report_invalid
 
 MODELS = ("shift", "similarity", "affine")
 _BATCH = 32  # frames matched per task
@@ -760,28 +758,11 @@ def _time_order(coords, n):
     return np.arange(n)
 
 
-def _frame_name(ds, i):
-    if "path" in ds.coords:
-        import os
-
-        return os.path.basename(str(ds["path"].values[i]))
-    return f"frame {i}"
-
-
 def _report(ds, ref, strict, min_matches):
     if int(ds["n_stars"].values[ref]) < min_matches:
         raise StarNotFoundError(
             f"reference frame {ref} ({_frame_name(ds, ref)}): "
             f"{int(ds['n_stars'].values[ref])} stars detected (need {min_matches}); "
             "choose another reference")
-    bad = np.flatnonzero(~ds["valid"].values)
-    if bad.size == 0:
-        return
-    lines = [f"frame {i} ({_frame_name(ds, i)}): {ds['reason'].values[i]}" for i in bad[:10]]
-    more = f"\n... and {bad.size - 10} more" if bad.size > 10 else ""
-    message = (f"{bad.size} of {ds.sizes['frame']} frames flagged invalid:\n"
-               + "\n".join(lines) + more)
-    if strict:
-        raise StarNotFoundError(message)
-    warnings.warn(message, BigstackWarning, stacklevel=3)
+    report_invalid(ds, strict)
 
