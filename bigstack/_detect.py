@@ -58,12 +58,11 @@ import numpy as np
 
 from ._measure import (
     FWHM_PER_SIGMA,
-    background_map,
+    background_grids,
     cut_stamps,
     fwhm_from_m2,
     iterate_centroids,
     subsample,
-    window_max,
 )
 
 #: FWHMs (pixels) the matched filter tries when none is given
@@ -79,7 +78,13 @@ _STAR_FIELDS = ("x", "y", "flux", "snr", "fwhm")
 
 
 def _fill(data):
-    """A float32 copy of ``data`` with NaNs replaced by the median (the input is not changed)."""
+    """``data`` as float32 with NaNs replaced by the median: ``data`` itself when it is float32
+    and finite, else a copy (the input is never changed)."""
+    from ._kernels import all_finite
+
+    data = np.asarray(data)
+    if data.dtype == np.float32 and data.ndim == 2 and all_finite(data):
+        return data
     data = np.array(data, dtype=np.float32)
     bad = ~np.isfinite(data)
     if bad.any():
@@ -109,27 +114,26 @@ def neighbours(data, ys, xs):
 
 def _clean_sharp(resid, sigma, ratio=SHARP):
     """Replace hot pixels and cosmic rays (sharp peaks, by shape) in place; return the count."""
-    ys, xs = np.nonzero(resid > 4.0 * sigma)
-    if ys.size == 0:
-        return 0
-    sharp, med = sharp_pixels(resid, ys, xs, ratio)
-    resid[ys[sharp], xs[sharp]] = med[sharp]
-    return int(sharp.sum())
+    from ._kernels import clean_sharp
 
-
-def _half(data):
-    """2 x 2 sums (odd last row or column dropped)."""
-    h, w = data.shape[0] // 2 * 2, data.shape[1] // 2 * 2
-    out = data[0:h:2, 0:w:2] + data[1:h:2, 0:w:2]
-    out += data[0:h:2, 1:w:2]
-    out += data[1:h:2, 1:w:2]
-    return out
+    cap = resid.size // 64 + 256
+    n = clean_sharp(resid, 4.0 * sigma, ratio, np.empty(cap, np.int64), np.empty(cap, np.float32))
+    if n < 0:  # more than the scratch holds: once more, with room for all
+        n = clean_sharp(resid, 4.0 * sigma, ratio, np.empty(-n, np.int64),
+                        np.empty(-n, np.float32))
+    return int(n)
 
 
 def _binned(pyramid, b):
-    """``b`` x ``b`` sums of the band (``pyramid[1]``), from the next finer level."""
+    """``b`` x ``b`` sums of the band (``pyramid[1]``), 2 x 2 sums of the next finer level
+    (an odd last row or column is dropped)."""
     if b not in pyramid:
-        pyramid[b] = _half(_binned(pyramid, b // 2))
+        from ._kernels import bin2
+
+        finer = _binned(pyramid, b // 2)
+        out = np.empty((finer.shape[0] // 2, finer.shape[1] // 2), np.float32)
+        bin2(finer, out)
+        pyramid[b] = out
     return pyramid[b]
 
 
@@ -148,7 +152,7 @@ def _filtered(pyramid, fwhm, sigma):
     * b`` pixels has ``b * sigma``, and the Gaussian kernel scales it by
     its L2 norm.
     """
-    from scipy.ndimage import gaussian_filter
+    from ._kernels import smooth
 
     b = bin_factor(fwhm)
     while b > 1 and min(pyramid[1].shape) // b < 8:
@@ -161,30 +165,29 @@ def _filtered(pyramid, fwhm, sigma):
     k = np.exp(-0.5 * (np.arange(-radius, radius + 1) / s) ** 2)
     k /= k.sum()
     noise = b * sigma * float(np.sum(k * k))  # 2-D kernel norm = (1-D norm)^2
-    smooth = gaussian_filter(binned, s, truncate=3.0, mode="nearest")
-    smooth *= np.float32(1.0 / noise)
-    return smooth, b
+    work = pyramid.setdefault(("work", b), np.empty_like(binned))
+    out = np.empty_like(binned)
+    smooth(binned, k.astype(np.float32), 1.0 / noise, work, out)
+    return out, b
 
 
 def _peaks(snr, threshold):
-    """``(iy, ix)`` of the round local maxima of ``snr`` above ``threshold``."""
-    h, w = snr.shape
-    peaks = (snr > threshold) & (snr == window_max(snr, 1))
-    peaks[0] = peaks[-1] = False
-    peaks[:, 0] = peaks[:, -1] = False
-    iy, ix = np.nonzero(peaks)
-    if iy.size == 0:
-        return iy, ix
-    c = 2 * snr[iy, ix]
-    hx = c - snr[iy, ix - 1] - snr[iy, ix + 1]
-    hy = c - snr[iy - 1, ix] - snr[iy + 1, ix]
-    hd = c - snr[iy - 1, ix - 1] - snr[iy + 1, ix + 1]
-    ha = c - snr[iy - 1, ix + 1] - snr[iy + 1, ix - 1]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r1 = 2 * (hx - hy) / (hx + hy)
-        r2 = 2 * (hd - ha) / (hd + ha)
-    round_ = (hx > 0) & (hy > 0) & (hd > 0) & (ha > 0) & (np.abs(r1) <= 1) & (np.abs(r2) <= 1)
-    return iy[round_], ix[round_]
+    """``(iy, ix)`` of the round local maxima of ``snr`` above ``threshold``.
+
+    A peak is at least each of its 8 neighbours, off the border; round: its
+    curvatures along x, y and both diagonals are positive and alike
+    (:func:`bigstack._kernels.round_peaks`).
+    """
+    from ._kernels import round_peaks
+
+    cap = 4096
+    while True:
+        iy = np.empty(cap, np.int64)
+        ix = np.empty(cap, np.int64)
+        n = round_peaks(snr, threshold, iy, ix)
+        if n <= cap:
+            return iy[:n], ix[:n]
+        cap = n
 
 
 def _mad_sigma(arrays):
@@ -192,14 +195,6 @@ def _mad_sigma(arrays):
     if sample.size == 0:
         return 0.0
     return 1.4826 * float(np.median(np.abs(sample - np.median(sample))))
-
-
-def _clipped_mean(data, limit, axis):
-    """Mean along ``axis`` of the values within ``limit`` of zero (0 where none)."""
-    inside = np.abs(data) < limit
-    total = np.where(inside, data, 0.0).sum(axis=axis, dtype=np.float64)
-    count = inside.sum(axis=axis)
-    return (total / np.maximum(count, 1)).astype(np.float32)
 
 
 def _prepare(bands, sharp=SHARP):
@@ -214,28 +209,35 @@ def _prepare(bands, sharp=SHARP):
     left under the cells would leave a cell-sized pattern that a wide
     matched filter finds). Last, sharp pixels (more than ``sharp`` of their
     value above their neighbours' median, see :func:`sharp_pixels`) over 4
-    sigma are replaced by that median.
+    sigma are replaced by that median. Each step is one compiled pass over
+    the rows (:mod:`bigstack._kernels`).
     """
+    from ._kernels import column_clipped_sums, remove_rows, subtract_background
+
     resids = [_fill(data) for _, data in bands]
     level = float(np.median(subsample(resids, 1 << 12)))
     sigma = _mad_sigma(resids)
     nrows = sum(r.shape[0] for r in resids)
     if sigma > 0 and nrows >= 16 and resids[0].shape[1] >= 16:
         step = max(1, nrows // 16)
-        start = np.median(np.concatenate([r[::step] for r in resids]), axis=0)
-        total = sum(_clipped_mean(r - start, 3 * sigma, 0).astype(np.float64) * r.shape[0]
-                    for r in resids)
-        column = (total / nrows + start).astype(np.float32)
+        sample = np.sort(np.concatenate([r[::step] for r in resids]), axis=0)  # ~16 rows
+        k = len(sample)
+        start = (0.5 * (sample[(k - 1) // 2] + sample[k // 2])).astype(np.float32)  # median
+        sums = np.zeros(start.size, np.float32)
+        counts = np.zeros(start.size, np.int32)
         for r in resids:
-            r -= column
-            r -= _clipped_mean(r, 3 * sigma, 1)[:, None]
+            column_clipped_sums(r, start, 3 * sigma, sums, counts)
+        column = (sums / np.maximum(counts, 1) + start).astype(np.float32)
+        for k, r in enumerate(resids):  # into new arrays: the bands given stay as they are
+            resids[k] = np.empty_like(r)
+            remove_rows(r, column, 3 * sigma, resids[k])
     else:
-        for r in resids:
-            r -= np.float32(level)
-    for r in resids:
-        if min(r.shape) >= 32:
-            background, _ = background_map(r, cell=128, step=4)
-            r -= background
+        resids = [r - np.float32(level) for r in resids]
+    shapes = {r.shape for r in resids if min(r.shape) >= 32}
+    for shape in shapes:  # the bands of one shape together (one set of numpy calls)
+        same = [r for r in resids if r.shape == shape]
+        for r, grid in zip(same, background_grids(same, cell=128, step=4), strict=True):
+            subtract_background(r, *grid[:5])
     sigma = _mad_sigma(resids)
     cleaned = 0
     if sigma > 0:

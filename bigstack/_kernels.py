@@ -151,6 +151,8 @@ REJECTIONS = ("median", "sigma_clip", "winsorized")
 
 _JIT = dict(cache=True, nogil=True, error_model="numpy")
 _FAST = dict(_JIT, fastmath={"contract"})
+# sums whose order does not matter (a row's clipped mean): reassociated, so they vectorise
+_SUMS = dict(_JIT, fastmath={"contract", "reassoc"})
 
 _KIND = {"nearest": 0, "bilinear": 1, "lanczos3": 3, "lanczos4": 4}
 # pixels per vector loop: numba's LLVM runs 16 float32 lanes 4 times interleaved,
@@ -2075,3 +2077,292 @@ def add_calibrated(rows, s0, masters, fr0, sx, total, invalid, out, *, scale=1.0
                     np.float32(zero), bits, has_blank, b, hb, d, np.float32(k), hd, f, hf, bd,
                     hbd, bool(nan_bad), fr0, sx, np.float32(gain), np.float32(offset), total,
                     invalid, oy, ox, nrows, length)
+
+
+# --------------------------------------------------------------------------
+# star detection (bigstack._detect): the passes over a frame's rows
+#
+# Each is one pass over float32 rows, in place where it can be; the numpy
+# references are in tests/test_kernels.py. Measured on 192 x 2048 bands of a
+# 2048 x 2048 frame (``benchmarks/registration_speed.py``): see _detect's notes.
+
+
+@njit(**_JIT)
+def column_clipped_sums(rows, start, limit, sums, counts):
+    """Add, per column, the sum and count of ``rows - start`` within ``limit`` of 0.
+
+    ``sums`` float32 (the values are within ``limit`` of 0, so a float32 sum of a few
+    thousand rows keeps about 1e-4 of ``limit``), ``counts`` int32.
+    """
+    ny, nx = rows.shape
+    lim = np.float32(limit)
+    f0 = np.float32(0.0)
+    for y in range(ny):
+        r = rows[y]
+        for x in range(nx):
+            v = r[x] - start[x]
+            inside = abs(v) < lim
+            sums[x] += v if inside else f0
+            counts[x] += np.int32(1) if inside else np.int32(0)
+
+
+@njit(**_SUMS)
+def remove_rows(rows, column, limit, out):
+    """``out`` = ``rows`` less ``column`` in every row, less each row's mean within ``limit`` of 0
+    (``out`` may be ``rows``)."""
+    ny, nx = rows.shape
+    lim = np.float32(limit)
+    f0 = np.float32(0.0)
+    for y in range(ny):
+        r = rows[y]
+        o = out[y]
+        total = f0
+        count = np.int32(0)
+        for x in range(nx):
+            v = r[x] - column[x]
+            o[x] = v
+            inside = abs(v) < lim
+            total += v if inside else f0
+            count += np.int32(1) if inside else np.int32(0)
+        m = total / np.float32(max(count, 1))
+        for x in range(nx):
+            o[x] -= m
+
+
+@njit(**_JIT)
+def subtract_background(rows, grid, i0, f, xterm, yterm):
+    """In place: ``rows[y, x] -= grid[i0[y], x] + f[y] (grid[i0[y] + 1, x] - grid[i0[y], x])
+    + xterm[x] + yterm[y]`` (a cell grid interpolated between its rows, plus a plane)."""
+    ny, nx = rows.shape
+    for y in range(ny):
+        r = rows[y]
+        g0 = grid[i0[y]]
+        g1 = grid[i0[y] + 1]
+        fy = f[y]
+        ty = yterm[y]
+        for x in range(nx):
+            b = g0[x] + fy * (g1[x] - g0[x])
+            r[x] -= b + xterm[x] + ty
+
+
+@njit(inline="always", **_JIT)
+def _median8(a):
+    """The median of 8 values (the mean of the middle two), sorting ``a`` in place."""
+    for i in range(1, 8):
+        v = a[i]
+        j = i - 1
+        while j >= 0 and a[j] > v:
+            a[j + 1] = a[j]
+            j -= 1
+        a[j + 1] = v
+    return np.float32(0.5) * (a[3] + a[4])
+
+
+@njit(**_JIT)
+def clean_sharp(rows, limit, ratio, where, value):
+    """Replace the sharp pixels of ``rows`` (over ``limit``, and above the median of their 8
+    neighbours by more than ``ratio`` of their value) by that median; return their count.
+
+    The medians are taken from the rows as given (a replacement does not change its
+    neighbours' tests). ``where``/``value`` are scratch of the caller's size; when more
+    pixels are sharp than they hold, nothing is changed and ``-count`` is returned.
+    """
+    ny, nx = rows.shape
+    lim = np.float32(limit)
+    rat = np.float32(ratio)
+    near = np.empty(8, np.float32)
+    n = 0
+    cap = where.size
+    for y in range(ny):
+        r = rows[y]
+        for x in range(nx):
+            v = r[x]
+            if not v > lim:
+                continue
+            k = 0
+            for dy in (-1, 0, 1):
+                yy = min(max(y + dy, 0), ny - 1)
+                for dx in (-1, 0, 1):
+                    if dy == 0 and dx == 0:
+                        continue
+                    near[k] = rows[yy, min(max(x + dx, 0), nx - 1)]
+                    k += 1
+            med = _median8(near)
+            if v - med > rat * v:
+                if n < cap:
+                    where[n] = y * nx + x
+                    value[n] = med
+                n += 1
+    if n > cap:
+        return -n
+    for k in range(n):
+        rows[where[k] // nx, where[k] % nx] = value[k]
+    return n
+
+
+@njit(**_JIT)
+def bin2(rows, out):
+    """``out[i, j]`` = the sum of the 2 x 2 block ``rows[2 i:2 i + 2, 2 j:2 j + 2]``."""
+    h, w = out.shape
+    for i in range(h):
+        a = rows[2 * i]
+        b = rows[2 * i + 1]
+        o = out[i]
+        for j in range(w):
+            o[j] = (a[2 * j] + a[2 * j + 1]) + (b[2 * j] + b[2 * j + 1])
+
+
+@njit(**_FAST)
+def smooth(image, kernel, gain, work, out):
+    """``out`` = ``image`` convolved with the symmetric 1-D ``kernel`` along both axes, edges
+    repeated (scipy.ndimage's ``mode="nearest"``), times ``gain``; ``work`` is scratch of
+    ``image``'s shape."""
+    h, w = image.shape
+    rad = (kernel.size - 1) // 2
+    pad = np.empty(w + 2 * rad, np.float32)
+    for i in range(h):  # along x, from a copy of the row with its edges repeated
+        src = image[i]
+        for j in range(rad):
+            pad[j] = src[0]
+            pad[w + rad + j] = src[w - 1]
+        pad[rad:rad + w] = src
+        dst = work[i]
+        c = kernel[0]
+        for j in range(w):
+            dst[j] = c * pad[j]
+        for k in range(1, 2 * rad + 1):
+            c = kernel[k]
+            for j in range(w):
+                dst[j] += c * pad[j + k]
+    g = np.float32(gain)
+    for i in range(h):  # along y: whole rows, so the inner loop runs along x
+        dst = out[i]
+        src = work[min(max(i - rad, 0), h - 1)]
+        c = kernel[0]
+        for j in range(w):
+            dst[j] = c * src[j]
+        for k in range(1, 2 * rad + 1):
+            src = work[min(max(i - rad + k, 0), h - 1)]
+            c = kernel[k]
+            for j in range(w):
+                dst[j] += c * src[j]
+        for j in range(w):
+            dst[j] *= g
+
+
+@njit(**_JIT)
+def round_peaks(snr, threshold, iy, ix):
+    """The round local maxima of ``snr`` above ``threshold``, off the border; their count.
+
+    A peak is at least each of its 8 neighbours. Round: the curvatures along x, y and the two
+    diagonals (``2 v - left - right``) are all positive and ``|2 (a - b) / (a + b)| <= 1`` for
+    the pairs (x, y) and (diagonal, antidiagonal). At most ``iy.size`` are written; the count
+    of all is returned.
+    """
+    h, w = snr.shape
+    thr = np.float32(threshold)
+    n = 0
+    for y in range(1, h - 1):
+        up = snr[y - 1]
+        r = snr[y]
+        dn = snr[y + 1]
+        for x in range(1, w - 1):
+            v = r[x]
+            if not v > thr:
+                continue
+            if (r[x - 1] > v or r[x + 1] > v or up[x - 1] > v or up[x] > v or up[x + 1] > v
+                    or dn[x - 1] > v or dn[x] > v or dn[x + 1] > v):
+                continue
+            c = 2 * v
+            hx = c - r[x - 1] - r[x + 1]
+            hy = c - up[x] - dn[x]
+            hd = c - up[x - 1] - dn[x + 1]
+            ha = c - up[x + 1] - dn[x - 1]
+            if not (hx > 0 and hy > 0 and hd > 0 and ha > 0):
+                continue
+            if abs(2 * (hx - hy)) > hx + hy or abs(2 * (hd - ha)) > hd + ha:
+                continue
+            if n < iy.size:
+                iy[n] = y
+                ix[n] = x
+            n += 1
+    return n
+
+
+@njit(**_JIT)
+def all_finite(rows):
+    """Whether every value of the 2-D ``rows`` is finite."""
+    ny, nx = rows.shape
+    for y in range(ny):
+        r = rows[y]
+        bad = False
+        for x in range(nx):
+            v = r[x]
+            bad |= not (v - v == 0)
+        if bad:
+            return False
+    return True
+
+
+@njit(**_JIT)
+def centroid_stamps(stamps, gx, gy, x, y, sigma, slack, iterations, tol, flux, m2, done):
+    """Iterated Gaussian-windowed centroids on stamps (:func:`bigstack._measure.cut_stamps`).
+
+    Star ``s`` starts at ``(x[s], y[s])``; each step moves by twice the
+    window-weighted mean offset over its stamp (pixel ``[i, j]`` at ``(gx[s,
+    j], gy[s, i])``) and records ``flux`` (the weighted sum) and ``m2`` (the
+    weighted second moment per axis). It stops when a step is under ``tol``
+    on both axes (``done``), when the window holds no positive flux or the
+    position is more than ``slack`` from the stamp's centre (not done), or
+    after ``iterations``. ``x``, ``y``, ``flux``, ``m2``, ``done`` are
+    updated in place.
+    """
+    m, n, _ = stamps.shape
+    inv = 1.0 / (2.0 * sigma * sigma)
+    r = (n - 1) // 2
+    wx = np.empty(n)
+    wy = np.empty(n)
+    ddx = np.empty(n)
+    ddy = np.empty(n)
+    for s in range(m):
+        xs, ys = x[s], y[s]
+        if not (np.isfinite(xs) and np.isfinite(ys)):
+            continue
+        x0, y0 = gx[s, r], gy[s, r]
+        for _ in range(iterations):
+            for j in range(n):
+                d = gx[s, j] - xs
+                ddx[j] = d
+                wx[j] = math.exp(-d * d * inv)
+                d = gy[s, j] - ys
+                ddy[j] = d
+                wy[j] = math.exp(-d * d * inv)
+            t0 = t1x = t2x = t1y = t2y = 0.0
+            for i in range(n):
+                row = stamps[s, i]
+                a0 = a1 = a2 = 0.0
+                for j in range(n):
+                    v = row[j] * wx[j]
+                    a0 += v
+                    a1 += v * ddx[j]
+                    a2 += v * ddx[j] * ddx[j]
+                w = wy[i]
+                t0 += w * a0
+                t1x += w * a1
+                t2x += w * a2
+                t1y += w * ddy[i] * a0
+                t2y += w * ddy[i] * ddy[i] * a0
+            ok = t0 > 0
+            sx = 2.0 * t1x / t0 if ok else 0.0
+            sy = 2.0 * t1y / t0 if ok else 0.0
+            m2[s] = (t2x + t2y) / t0 / 2.0 if t0 != 0 else np.nan
+            flux[s] = t0
+            xs += sx
+            ys += sy
+            if not ok or abs(xs - x0) > slack or abs(ys - y0) > slack:
+                break
+            if abs(sx) < tol and abs(sy) < tol:
+                done[s] = True
+                break
+        x[s] = xs
+        y[s] = ys

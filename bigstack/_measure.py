@@ -133,56 +133,117 @@ def background_map(data, cell=64, step=2):
     noise : numpy.ndarray
         float32 ``(ncy, ncx)``, the noise of each cell (after the filter).
     """
+    grid, i0, f, xterm, yterm, sigma = background_grid(data, cell, step)
+    background = grid[i0]
+    background += f[:, None] * (grid[i0 + 1] - background)
+    background += xterm
+    background += yterm[:, None]
+    return background, sigma
+
+
+def background_grid(data, cell=64, step=2):
+    """:func:`background_map`'s pieces, for a caller that subtracts them in one pass.
+
+    Returns ``(grid, i0, f, xterm, yterm, noise)``: the background at pixel
+    ``[y, x]`` is ``grid[i0[y], x] + f[y] * (grid[i0[y] + 1, x] - grid[i0[y],
+    x]) + xterm[x] + yterm[y]``; ``grid`` (float32, at least 2 rows) holds
+    the cells' departures from the plane interpolated along each cell row,
+    ``xterm``/``yterm`` the plane; ``noise`` is as :func:`background_map`'s.
+    (:func:`bigstack._kernels.subtract_background` subtracts it.)
+    """
+    return background_grids([data], cell, step)[0]
+
+
+def background_grids(datas, cell=64, step=2):
+    """:func:`background_grid` of each of ``datas`` (2-D arrays of one shape), together.
+
+    The same numbers as one call per array, in one numpy call per step for
+    all of them (a frame's row bands cost one set of calls, not one each).
+    """
     from scipy.ndimage import median_filter
 
-    ny, nx = data.shape
+    nb = len(datas)
+    ny, nx = datas[0].shape
     ncy, ncx = max(ny // cell, 1), max(nx // cell, 1)
     hy, hx = ny // ncy, nx // ncx  # cell sides, remainder to the last cells
     ys = np.minimum(np.arange(ncy * hy).reshape(ncy, hy)[:, ::step], ny - 1)
     xs = np.minimum(np.arange(ncx * hx).reshape(ncx, hx)[:, ::step], nx - 1)
-    cells = data[ys[:, None, :, None], xs[None, :, None, :]]  # (ncy, ncx, sy, sx)
-    level, sigma = _cell_stats(cells.reshape(ncy, ncx, -1).astype(np.float32, copy=False))
-    level = level.astype(np.float64)
+    cells = np.stack([d[ys[:, None, :, None], xs[None, :, None, :]] for d in datas])
+    level, sigma = _cell_stats(cells.reshape(nb, ncy, ncx, -1).astype(np.float32, copy=False))
+    level = level.astype(np.float64)  # (nb, ncy, ncx)
     cy = (np.arange(ncy) + 0.5) * hy - 0.5
     cx = (np.arange(ncx) + 0.5) * hx - 0.5
-    plane = _plane(level, cx, cy)
-    resid = level - (plane[0] + plane[1] * cx[None, :] + plane[2] * cy[:, None])
+    plane = _planes(level.reshape(nb, -1), cx, cy)  # (nb, 3)
+    resid = level - (plane[:, 0, None, None] + plane[:, 1, None, None] * cx
+                     + plane[:, 2, None, None] * cy[:, None])
     if ncy * ncx > 1:
-        resid = median_filter(resid, size=3, mode="nearest")
-        sigma = median_filter(sigma, size=3, mode="nearest")
-    rows = np.array([np.interp(np.arange(nx), cx, line) for line in resid],
-                    dtype=np.float32)  # (ncy, nx)
+        resid = median_filter(resid, size=(1, 3, 3), mode="nearest")
+        sigma = median_filter(sigma, size=(1, 3, 3), mode="nearest")
+    grid = (resid.reshape(nb * ncy, ncx) @ _interp_matrix(cx, nx)).astype(np.float32)
+    grid = grid.reshape(nb, ncy, nx)
     if ncy == 1:
-        background = np.repeat(rows, ny, axis=0)
+        grid = np.concatenate([grid, grid], axis=1)
+        i0 = np.zeros(ny, np.int64)
+        f = np.zeros(ny, np.float32)
     else:
         iy = np.interp(np.arange(ny), cy, np.arange(ncy))
-        i0 = np.minimum(iy.astype(int), ncy - 2)
-        f = (iy - i0).astype(np.float32)[:, None]
-        background = rows[i0]
-        background += f * (rows[i0 + 1] - background)
-    background += (plane[0] + plane[1] * np.arange(nx, dtype=np.float64)).astype(np.float32)
-    background += (plane[2] * np.arange(ny, dtype=np.float64)).astype(np.float32)[:, None]
-    return background, sigma.astype(np.float32)
+        i0 = np.minimum(iy.astype(np.int64), ncy - 2)
+        f = (iy - i0).astype(np.float32)
+    x = np.arange(nx, dtype=np.float64)
+    y = np.arange(ny, dtype=np.float64)
+    return [(grid[k], i0, f, (plane[k, 0] + plane[k, 1] * x).astype(np.float32),
+             (plane[k, 2] * y).astype(np.float32), sigma[k].astype(np.float32))
+            for k in range(nb)]
 
 
-def _plane(level, cx, cy):
-    """``(a, b, c)`` of ``level ~ a + b x + c y`` over the cell centres, outlying cells left out."""
+def _interp_matrix(cx, nx):
+    """``W`` ``(len(cx), nx)`` with ``line @ W == np.interp(np.arange(nx), cx, line)``."""
+    n = len(cx)
+    w = np.zeros((n, nx))
+    if n == 1:
+        w[0] = 1.0
+        return w
+    x = np.arange(nx, dtype=np.float64)
+    j = np.clip(np.searchsorted(cx, x, side="right") - 1, 0, n - 2)
+    t = np.clip((x - cx[j]) / (cx[j + 1] - cx[j]), 0.0, 1.0)
+    w[j, np.arange(nx)] = 1.0 - t
+    w[j + 1, np.arange(nx)] += t
+    return w
+
+
+def _masked_median(values, mask):
+    """The median of each row of ``values`` over its ``mask`` (at least one per row)."""
+    ordered = np.sort(np.where(mask, values, np.inf), axis=1)
+    count = mask.sum(axis=1)
+    rows = np.arange(len(values))
+    return 0.5 * (ordered[rows, (count - 1) // 2] + ordered[rows, count // 2])
+
+
+def _planes(values, cx, cy):
+    """:func:`_plane` of each row of ``values`` ``(nb, ncy * ncx)``, together: ``(nb, 3)``."""
     yy, xx = np.meshgrid(cy, cx, indexing="ij")
-    design = np.column_stack([np.ones(level.size), xx.ravel(), yy.ravel()])
-    use = [len(cx) > 1, len(cx) > 1, len(cy) > 1]
-    design = design[:, [True, use[1], use[2]]]
-    values = level.ravel()
-    keep = np.isfinite(values)
-    coef = np.zeros(design.shape[1])
+    use = np.array([True, len(cx) > 1, len(cy) > 1])
+    design = np.column_stack([np.ones(xx.size), xx.ravel(), yy.ravel()])[:, use]
+    p = design.shape[1]
+    nb = values.shape[0]
+    finite = np.isfinite(values)
+    keep = finite.copy()
+    coef = np.zeros((nb, p))
+    active = np.ones(nb, bool)
     for _ in range(2):
-        if keep.sum() < design.shape[1]:
+        active &= keep.sum(axis=1) >= p
+        if not active.any():
             break
-        coef = np.linalg.lstsq(design[keep], values[keep], rcond=None)[0]
-        res = values - design @ coef
-        mad = 1.4826 * np.median(np.abs(res[keep]))
-        keep = np.isfinite(values) & (np.abs(res) <= 3 * mad + 1e-9)
-    out = np.zeros(3)
-    out[[True, use[1], use[2]]] = coef
+        w = (keep & active[:, None]).astype(np.float64)
+        v = np.where(finite, values, 0.0) * w
+        normal = np.einsum("bm,mp,mq->bpq", w, design, design)
+        rhs = v @ design
+        coef[active] = np.einsum("bpq,bq->bp", np.linalg.pinv(normal[active]), rhs[active])
+        res = np.abs(values - coef @ design.T)[active]
+        mad = 1.4826 * _masked_median(res, keep[active])
+        keep[active] = finite[active] & (res <= 3 * mad[:, None] + 1e-9)
+    out = np.zeros((nb, 3))
+    out[:, use] = coef
     return out
 
 
@@ -271,44 +332,25 @@ def cut_stamps(data, x, y, sigma):
 
 
 def iterate_centroids(stamps, gx, gy, x, y, sigma, iterations=20, tol=1e-4):
-    """The iteration of :func:`windowed_centroids` on stamps cut by :func:`cut_stamps`."""
-    x = np.asarray(x, np.float64).copy()
-    y = np.asarray(y, np.float64).copy()
+    """The iteration of :func:`windowed_centroids` on stamps cut by :func:`cut_stamps`.
+
+    Compiled (:func:`bigstack._kernels.centroid_stamps`, one star at a time);
+    the numpy reference, all stars at once, is in the tests.
+    """
+    from ._kernels import centroid_stamps
+
+    x = np.array(x, np.float64)
+    y = np.array(y, np.float64)
     m = x.size
     flux = np.full(m, np.nan)
     m2 = np.full(m, np.nan)
     if m == 0:
         return x, y, flux, m2
-    r = (gx.shape[1] - 1) // 2
-    x0, y0 = gx[:, r].copy(), gy[:, r].copy()
-    slack = int(math.ceil(sigma)) + 3
-    active = np.isfinite(x) & np.isfinite(y)
     done = np.zeros(m, bool)
-    inv = 1.0 / (2 * sigma * sigma)
-    for _ in range(iterations):
-        idx = np.flatnonzero(active & ~done)
-        if idx.size == 0:
-            break
-        dx = gx[idx] - x[idx][:, None]
-        dy = gy[idx] - y[idx][:, None]
-        wx = np.exp(-dx * dx * inv)
-        wy = np.exp(-dy * dy * inv)
-        cols = np.stack([wx, wx * dx, wx * dx * dx], axis=-1)  # (k, n, 3)
-        rows = stamps[idx] @ cols  # (k, n, 3): sums along x
-        wys = np.stack([wy, wy * dy, wy * dy * dy], axis=1)  # (k, 3, n)
-        sums = wys @ rows  # (k, 3, 3): [y moment, x moment]
-        total = sums[:, 0, 0]
-        ok = total > 0
-        with np.errstate(invalid="ignore", divide="ignore"):
-            sx = np.where(ok, 2 * sums[:, 0, 1] / total, 0.0)
-            sy = np.where(ok, 2 * sums[:, 1, 0] / total, 0.0)
-            m2[idx] = (sums[:, 0, 2] + sums[:, 2, 0]) / total / 2
-        flux[idx] = total
-        x[idx] += sx
-        y[idx] += sy
-        bad = ~ok | (np.abs(x[idx] - x0[idx]) > slack) | (np.abs(y[idx] - y0[idx]) > slack)
-        active[idx[bad]] = False
-        done[idx[~bad & (np.abs(sx) < tol) & (np.abs(sy) < tol)]] = True
+    slack = int(math.ceil(sigma)) + 3
+    centroid_stamps(np.ascontiguousarray(stamps, np.float64), np.ascontiguousarray(gx),
+                    np.ascontiguousarray(gy), x, y, float(sigma), float(slack),
+                    int(iterations), float(tol), flux, m2, done)
     x[~done] = np.nan
     y[~done] = np.nan
     return x, y, 2 * flux, m2

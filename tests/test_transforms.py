@@ -53,8 +53,8 @@ def test_translation_night_against_truth(night):
     assert ds["valid"].all()
     np.testing.assert_allclose(ds["transform"].values[:, :, :2],
                                np.broadcast_to(np.eye(2), (8, 2, 2)), atol=1e-4)
-    # (4 bands of 48 x 256 px hold some 60 stars, most of them faint: the fitted
-    # rotation is good to about 1e-4 rad, 0.05 px at the far corners)
+    # (the bands grow to some 100 stars, most of them faint: the fitted rotation is good to
+    # about 5e-5 rad, 0.06 px at the far corners of this narrow frame)
     gy, gx = np.mgrid[0:1024:9j, 0:256:5j]
     grid = np.column_stack([gx.ravel(), gy.ravel()])
     for k in range(8):
@@ -68,10 +68,12 @@ def test_translation_night_against_truth(night):
     assert ds.attrs["reference"] == 0 and ds["reference"].values[0]
     assert ds.attrs["model"] == "similarity"
     assert (ds["n_matched"] >= 6).all() and (ds["residual"] <= ds.attrs["max_residual"]).all()
-    # reads: 4 bands of 48 of the 1024 rows per frame, and the reference once whole
+    # reads: 4 bands of 48 of the 1024 rows per frame hold fewer than the 100 stars the fit
+    # wants (n_stars), so they grow (reading only the new rows) but stay under half the
+    # frame; and the reference once whole
     frame_bytes = 1024 * 256 * 2
-    assert counter.value < 8 * frame_bytes * 0.25 + 1.2 * frame_bytes
-    assert (ds["rows_read"] == 192).all()
+    assert counter.value < 8 * frame_bytes * 0.5 + 1.2 * frame_bytes
+    assert ((ds["rows_read"] > 192) & (ds["rows_read"] < 512)).all()
     # a translation night fitted as such: the tutorial's shifts
     shifts = find_transforms(frames, model="shift", reference=0)
     np.testing.assert_allclose(np.asarray(shifts["shift"]), night.shifts, atol=0.05)
@@ -257,7 +259,7 @@ def _relative(truth, ref):
 def test_reference_auto_is_a_frame_of_the_night(name, seed, tmp_path):
     """reference="auto" never takes a frame of another field, whatever its quality.
 
-    With seeds 2 and 9 the other field's frame has the most stars in its bands
+    With seeds 1 and 2 the other field's frame has the most stars in its bands
     (issue 12): the choice must pass over it because its stars match none of
     the other frames, and the true frames must then all be valid and right.
     """
@@ -273,7 +275,7 @@ def test_reference_auto_is_a_frame_of_the_night(name, seed, tmp_path):
     assert not truth.other_field[ref]
     why = ds.attrs["reference_reason"]
     assert "other frames sampled" in why
-    if name == "other_field" and seed in (2, 9):
+    if name == "other_field" and seed in (1, 2):
         assert "passed over: frame 4 matched only 0 of 7" in why
     np.testing.assert_array_equal(ds["valid"].values, ~truth.other_field)
     for k in np.flatnonzero(truth.other_field):
