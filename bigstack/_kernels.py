@@ -2366,3 +2366,87 @@ def centroid_stamps(stamps, gx, gy, x, y, sigma, slack, iterations, tol, flux, m
                 break
         x[s] = xs
         y[s] = ys
+
+
+@njit(**_JIT)
+def _select(a, n, k):
+    """The ``k``-th smallest of ``a[:n]`` (``a`` is reordered): quickselect, median-of-3 pivot."""
+    lo, hi = 0, n - 1
+    while hi > lo:
+        mid = (lo + hi) // 2
+        if a[mid] < a[lo]:
+            a[mid], a[lo] = a[lo], a[mid]
+        if a[hi] < a[lo]:
+            a[hi], a[lo] = a[lo], a[hi]
+        if a[hi] < a[mid]:
+            a[hi], a[mid] = a[mid], a[hi]
+        pivot = a[mid]
+        i, j = lo, hi
+        while i <= j:
+            while a[i] < pivot:
+                i += 1
+            while a[j] > pivot:
+                j -= 1
+            if i <= j:
+                a[i], a[j] = a[j], a[i]
+                i += 1
+                j -= 1
+        if k <= j:
+            hi = j
+        elif k >= i:
+            lo = i
+        else:
+            return a[k]
+    return a[k]
+
+
+@njit(**_JIT)
+def _median(a, n, work):
+    """The median of ``a[:n]`` as numpy gives it (the mean of the middle two for even ``n``);
+    ``work`` is scratch of at least ``n``."""
+    work[:n] = a[:n]
+    k = n // 2
+    upper = _select(work, n, k)
+    if n % 2:
+        return upper
+    lower = work[0]
+    for q in range(1, k):
+        lower = max(lower, work[q])
+    return np.float32(0.5) * (lower + upper)
+
+
+@njit(**_JIT)
+def cell_stats(data, ys, xs, level, sigma):
+    """Clipped median and MAD sigma of each cell's sample of ``data``.
+
+    Cell ``(i, j)`` is the pixels ``data[ys[i, a], xs[j, b]]``. Its median and MAD
+    sigma, then the values more than 3 sigma off replaced by the median, then the
+    median and MAD sigma again, go to ``level[i, j]`` and ``sigma[i, j]``
+    (:func:`bigstack._measure.background_map`'s cells).
+    """
+    sy, sx = ys.shape[1], xs.shape[1]
+    n = sy * sx
+    buf = np.empty(n, np.float32)
+    dev = np.empty(n, np.float32)
+    work = np.empty(n, np.float32)
+    k = np.float32(1.4826)
+    for i in range(ys.shape[0]):
+        for j in range(xs.shape[0]):
+            q = 0
+            for a in range(sy):
+                row = data[ys[i, a]]
+                for b in range(sx):
+                    buf[q] = row[xs[j, b]]
+                    q += 1
+            centre = _median(buf, n, work)
+            for q in range(n):
+                dev[q] = abs(buf[q] - centre)
+            s = k * _median(dev, n, work)
+            for q in range(n):
+                if not dev[q] <= 3 * s:
+                    buf[q] = centre
+            centre = _median(buf, n, work)
+            for q in range(n):
+                dev[q] = abs(buf[q] - centre)
+            level[i, j] = centre
+            sigma[i, j] = k * _median(dev, n, work)

@@ -87,22 +87,6 @@ def clipped_stats(arrays, size=STATS_SAMPLE):
     return background, noise
 
 
-def _cell_stats(cells):
-    """Clipped median and MAD sigma along the last axis.
-
-    Median and MAD, then one 3-sigma pass in which values outside are
-    replaced by the median (cheaper than dropping them, and as robust for
-    a coarse map).
-    """
-    centre = np.median(cells, axis=-1, keepdims=True)
-    dev = np.abs(cells - centre)
-    sigma = _MAD_TO_SIGMA * np.median(dev, axis=-1, keepdims=True)
-    cells = np.where(dev <= 3.0 * sigma, cells, centre)
-    centre = np.median(cells, axis=-1, keepdims=True)
-    sigma = _MAD_TO_SIGMA * np.median(np.abs(cells - centre), axis=-1, keepdims=True)
-    return centre[..., 0], sigma[..., 0]
-
-
 def background_map(data, cell=64, step=2):
     """Coarse background and noise map of ``data``, at every pixel.
 
@@ -162,14 +146,18 @@ def background_grids(datas, cell=64, step=2):
     """
     from scipy.ndimage import median_filter
 
+    from ._kernels import cell_stats
+
     nb = len(datas)
     ny, nx = datas[0].shape
     ncy, ncx = max(ny // cell, 1), max(nx // cell, 1)
     hy, hx = ny // ncy, nx // ncx  # cell sides, remainder to the last cells
     ys = np.minimum(np.arange(ncy * hy).reshape(ncy, hy)[:, ::step], ny - 1)
     xs = np.minimum(np.arange(ncx * hx).reshape(ncx, hx)[:, ::step], nx - 1)
-    cells = np.stack([d[ys[:, None, :, None], xs[None, :, None, :]] for d in datas])
-    level, sigma = _cell_stats(cells.reshape(nb, ncy, ncx, -1).astype(np.float32, copy=False))
+    level = np.empty((nb, ncy, ncx), np.float32)
+    sigma = np.empty((nb, ncy, ncx), np.float32)
+    for k, d in enumerate(datas):
+        cell_stats(np.asarray(d, np.float32), ys, xs, level[k], sigma[k])
     level = level.astype(np.float64)  # (nb, ncy, ncx)
     cy = (np.arange(ncy) + 0.5) * hy - 0.5
     cx = (np.arange(ncx) + 0.5) * hx - 0.5

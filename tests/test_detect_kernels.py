@@ -120,6 +120,18 @@ def plane_ref(level, cx, cy):
     return out
 
 
+def cell_stats_ref(cells):
+    """Median and MAD sigma along the last axis; values over 3 sigma off set to the median;
+    median and MAD sigma again."""
+    centre = np.median(cells, axis=-1, keepdims=True)
+    dev = np.abs(cells - centre)
+    sigma = 1.4826 * np.median(dev, axis=-1, keepdims=True)
+    cells = np.where(dev <= 3.0 * sigma, cells, centre)
+    centre = np.median(cells, axis=-1, keepdims=True)
+    sigma = 1.4826 * np.median(np.abs(cells - centre), axis=-1, keepdims=True)
+    return centre[..., 0], sigma[..., 0]
+
+
 def frame_rows(shape, seed, hot=40):
     """Noise with a column pattern, a gradient, a few stars and hot pixels (float32)."""
     rng = np.random.default_rng(seed)
@@ -176,6 +188,21 @@ def test_background_grids_are_background_map_per_band(shape, cell, step):
         out = band.copy()
         _kernels.subtract_background(out, *grid[:5])
         np.testing.assert_allclose(out, band - background, rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize(("sy", "sx"), [(3, 5), (4, 4), (12, 32)])
+def test_cell_stats_match_numpy(sy, sx):
+    data = frame_rows((100, 150), 8)
+    rng = np.random.default_rng(sy)
+    ys = np.sort(rng.integers(0, 100, (4, sy)), axis=1)
+    xs = np.sort(rng.integers(0, 150, (6, sx)), axis=1)
+    level = np.empty((4, 6), np.float32)
+    sigma = np.empty((4, 6), np.float32)
+    _kernels.cell_stats(data, ys, xs, level, sigma)
+    want_level, want_sigma = cell_stats_ref(data[ys[:, None, :, None], xs[None, :, None, :]]
+                                            .reshape(4, 6, -1))
+    np.testing.assert_allclose(level, want_level, rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(sigma, want_sigma, rtol=1e-5, atol=1e-5)
 
 
 def test_background_planes_match_lstsq():
