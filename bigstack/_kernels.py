@@ -2369,7 +2369,7 @@ def centroid_stamps(stamps, gx, gy, x, y, sigma, slack, iterations, tol, flux, m
 
 
 @njit(**_JIT)
-def _select(a, n, k):
+def _quickselect(a, n, k):
     """The ``k``-th smallest of ``a[:n]`` (``a`` is reordered): quickselect, median-of-3 pivot."""
     lo, hi = 0, n - 1
     while hi > lo:
@@ -2401,12 +2401,12 @@ def _select(a, n, k):
 
 
 @njit(**_JIT)
-def _median(a, n, work):
+def _sample_median(a, n, work):
     """The median of ``a[:n]`` as numpy gives it (the mean of the middle two for even ``n``);
     ``work`` is scratch of at least ``n``."""
     work[:n] = a[:n]
     k = n // 2
-    upper = _select(work, n, k)
+    upper = _quickselect(work, n, k)
     if n % 2:
         return upper
     lower = work[0]
@@ -2438,15 +2438,15 @@ def cell_stats(data, ys, xs, level, sigma):
                 for b in range(sx):
                     buf[q] = row[xs[j, b]]
                     q += 1
-            centre = _median(buf, n, work)
+            centre = _sample_median(buf, n, work)
             for q in range(n):
                 dev[q] = abs(buf[q] - centre)
-            s = k * _median(dev, n, work)
+            s = k * _sample_median(dev, n, work)
             for q in range(n):
                 if not dev[q] <= 3 * s:
                     buf[q] = centre
-            centre = _median(buf, n, work)
+            centre = _sample_median(buf, n, work)
             for q in range(n):
                 dev[q] = abs(buf[q] - centre)
             level[i, j] = centre
-            sigma[i, j] = k * _median(dev, n, work)
+            sigma[i, j] = k * _sample_median(dev, n, work)

@@ -415,6 +415,21 @@ def ring_excess(star, ref, ratio):
             f" of its peak, {star['radii'][0]:.0f}-{star['radii'][1]:.0f} px from it)")
 
 
+def _noise_energy(values, sigma):
+    """The mean square of the noise among background-free ``values``: of those within 4
+    ``sigma`` (a MAD estimate) of zero, where stars are few.
+
+    Not ``sigma ** 2``: on an interpolated plane (a debayered green, where half
+    the pixels are averages of four) the noise is uneven from pixel to pixel
+    and the MAD sits well under the mean square (measured: the mean square
+    about 2x the MAD's square), which made noise look like the light of stars.
+    """
+    core = values[np.abs(values) < 4.0 * sigma]
+    if core.size < 10:
+        return sigma * sigma
+    return float(np.einsum("i,i->", core, core)) / core.size
+
+
 def field_mismatch(star, ref, ratio):
     """Whether the other stars of the reference box are missing at this shift, as a reason.
 
@@ -441,7 +456,7 @@ def field_mismatch(star, ref, ratio):
     if n < 20:
         return ""
     r, f = r[valid], f[valid]
-    noise = (ratio * ref["noise"]) ** 2
+    noise = _noise_energy(r, ratio * ref["noise"])
     # (einsum, not a BLAS dot: threaded BLAS is slow on short vectors of a busy machine)
     light = float(np.einsum("i,i->", r, r)) - n * noise  # the other stars, beyond the noise
     if not light > FIELD_SIGNIFICANT * np.sqrt(2.0 * n) * noise:
