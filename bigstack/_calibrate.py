@@ -581,6 +581,14 @@ class CalibratedReader:
         self.inv_flat = None if flat is None else (np.float32(1) / flat).astype(np.float32)
         self.dark_factor = np.asarray(dark_factor, float)
         self.bad, self.replace = bad, replace
+        # frame rows whose masters are finite and hold no bad pixel: the fused combine adds
+        # integer rows there without checking each value (bigstack._kernels.add_calibrated)
+        self.clean = np.ones(shape[0], bool)
+        for m in (bias, dark, self.inv_flat):
+            if m is not None:
+                self.clean &= np.isfinite(m).all(axis=1)
+        if bad is not None:
+            self.clean &= ~bad.any(axis=1)
 
     @property
     def sources(self):
@@ -691,9 +699,11 @@ class CalibratedRows:
 
     @property
     def masters(self):
-        """``(bias, dark, inv_flat, bad, nan_bad)`` for :func:`bigstack._kernels.add_calibrated`."""
+        """``(bias, dark, inv_flat, bad, nan_bad, clean)`` for
+        :func:`bigstack._kernels.add_calibrated`."""
         reader = self.reader
-        return (reader.bias, reader.dark, reader.inv_flat, reader.bad, reader.replace == "nan")
+        return (reader.bias, reader.dark, reader.inv_flat, reader.bad, reader.replace == "nan",
+                reader.clean)
 
     def box(self, i, y0, y1, x0, x1):
         rows = self.reader.calibrated(int(self.files[i]), y0, y1)

@@ -592,11 +592,13 @@ def test_calibrate_rows_equals_numpy(dtype):
     np.testing.assert_allclose(out, plain, rtol=2e-7, atol=1e-6)
 
 
+@pytest.mark.parametrize("clean", [False, True])
 @pytest.mark.parametrize("replace", ["median", "nan", None])
-def test_add_calibrated_equals_numpy(replace):
+def test_add_calibrated_equals_numpy(replace, clean):
     """The fused calibrate-and-add of a group of frames against numpy, frame by frame: the
     calibration formula, the bad pixels' neighbour median (bigstack._calibrate._repair,
-    numpy) and a masked add, for frames of their own windows, BLANK, dark factor and gain."""
+    numpy) and a masked add, for frames of their own windows, BLANK, dark factor and gain;
+    with ``clean`` the rows of finite masters without bad pixels take the unchecked loop."""
     from bigstack._calibrate import _repair
     from bigstack._kernels import add_calibrated
 
@@ -614,7 +616,7 @@ def test_add_calibrated_equals_numpy(replace):
     # (s0, s1) rows read; output (oy, ox, nrows, length) takes frame pixel (fr0, sx) on
     frames = [(5, 25, 6, 3, (1, 2, 18, 34), 1.0, 0.0, None, 0.5, 2.0, 1.0),
               (0, 21, 0, 0, (0, 0, 20, 36), 1.0, 32768.0, 7, 1.0, 1.0, 0.0),
-              (12, 30, 13, 10, (3, 5, 16, 30), 0.5, 3.0, 40000, 0.0, 1.5, -2.0)]
+              (12, 30, 13, 10, (3, 5, 16, 30), 0.5, 3.0, None, 0.0, 1.5, -2.0)]
     group = np.zeros((4, 21, nx), ">u2")  # a slot left over: the group may be short
     stacked = []
     for g, (s0, s1, *_) in enumerate(frames):
@@ -622,7 +624,14 @@ def test_add_calibrated_equals_numpy(replace):
         stored[s0 + 2, 4] = frames[g][7] or 0  # a BLANK pixel (when the frame has BLANK)
         group[g, :s1 - s0] = stored[s0:s1]
         stacked.append(stored)
-    add_calibrated(group, frames, (bias, dark, inv_flat, bad, replace == "nan"), total, invalid)
+    rows = None
+    if clean:  # as CalibratedReader finds them
+        rows = np.isfinite(bias).all(1) & np.isfinite(dark).all(1) & np.isfinite(inv_flat).all(1)
+        if bad is not None:
+            rows &= ~bad.any(1)
+        assert 0 < rows.sum() < ny
+    add_calibrated(group, frames, (bias, dark, inv_flat, bad, replace == "nan", rows), total,
+                   invalid)
     for stored, (s0, s1, fr0, sx, out, scale, zero, blank, k, gain, offset) in zip(
             stacked, frames, strict=True):
         values = stored[s0:s1].astype(np.float32) * np.float32(scale) + np.float32(zero)
