@@ -581,6 +581,14 @@ class CalibratedReader:
         self.inv_flat = None if flat is None else (np.float32(1) / flat).astype(np.float32)
         self.dark_factor = np.asarray(dark_factor, float)
         self.bad, self.replace = bad, replace
+        # frame rows whose masters are finite and hold no bad pixel: the fused combine adds
+        # integer rows there without checking each value (bigstack._kernels.add_calibrated)
+        self.clean = np.ones(shape[0], bool)
+        for m in (bias, dark, self.inv_flat):
+            if m is not None:
+                self.clean &= np.isfinite(m).all(axis=1)
+        if bad is not None:
+            self.clean &= ~bad.any(axis=1)
 
     @property
     def sources(self):
@@ -681,16 +689,21 @@ class CalibratedRows:
         return self.reader.calibrated(int(self.files[i]), r0, r1), 1.0, 0.0, None, True
 
     def stored(self, i, r0, r1, buffers):
-        """Frame ``i``'s stored rows ``[r0, r1)`` and its masters, for the fused combine
-        (:func:`bigstack._kernels.add_calibrated`): ``(rows, scale, zero, blank, masters)``.
-        """
+        """Frame ``i``'s stored rows ``[r0, r1)`` for the fused combine
+        (:func:`bigstack._kernels.add_calibrated`): ``(rows, scale, zero, blank, k)``,
+        ``k`` its dark factor. ``buffers`` as for ``FileRows.raw``."""
         reader = self.reader
         j = int(self.files[i])
         rows, scale, zero, blank, _ = reader.source.raw(j, r0, r1, buffers)
-        k = float(reader.dark_factor[j])
-        masters = (reader.bias, reader.dark if reader.dark is not None and k else None, k,
-                   reader.inv_flat, reader.bad, reader.replace == "nan")
-        return rows, scale, zero, blank, masters
+        return rows, scale, zero, blank, float(reader.dark_factor[j])
+
+    @property
+    def masters(self):
+        """``(bias, dark, inv_flat, bad, nan_bad, clean)`` for
+        :func:`bigstack._kernels.add_calibrated`."""
+        reader = self.reader
+        return (reader.bias, reader.dark, reader.inv_flat, reader.bad, reader.replace == "nan",
+                reader.clean)
 
     def box(self, i, y0, y1, x0, x1):
         rows = self.reader.calibrated(int(self.files[i]), y0, y1)

@@ -45,6 +45,11 @@ _FLUSH = 256
 # and bilinear's two float32 temporaries, the float32 result
 _BYTES_PER_PIXEL = 4 + 8 + 4 + 8 + 4 + 8 + 4
 
+#: frames per call of the fused calibrated add, and the bytes per output pixel their stored
+#: rows may take (counted in the tile plan of a calibrated source: 8 16-bit frames)
+_GROUP = 8
+_GROUP_BYTES = 16
+
 
 # --------------------------------------------------------------------------
 # geometry
@@ -253,15 +258,18 @@ def _source_rows(reach, slant, stretch, out_cols):
     return slant * out_cols + 2 * reach + 2, stretch
 
 
-def plan_tiles(out_rows, out_cols, memory, threads=None, max_rows=512, warp=None):
+def plan_tiles(out_rows, out_cols, memory, threads=None, max_rows=512, warp=None,
+               fused=False):
     """Rows per tile from a memory budget: tiles in flight must fit in ``memory``.
 
     ``warp`` is ``(reach, slant, stretch, frame_cols)`` when some frames are
     warped: their source window (a slanted band for a rotation) counts too,
-    so a rotated night gets lower tiles within the same budget.
+    so a rotated night gets lower tiles within the same budget. ``fused``
+    (a calibrated source) counts the stored rows of a group of frames that
+    :func:`_add_fused` calibrates and adds at once.
     """
     per_thread, threads = _budget(memory, threads)
-    per_row = out_cols * _BYTES_PER_PIXEL
+    per_row = out_cols * (_BYTES_PER_PIXEL + (_GROUP_BYTES if fused else 0))
     fixed = 0
     if warp is not None:
         reach, slant, stretch, frame_cols = warp
@@ -301,12 +309,12 @@ def _gather_rows(rows, cols, memory, n_kept, method, weighted, threads=None, war
     return _clamp_rows(fit, rows, threads)
 
 
-def tile_rows(grid, memory, combine, n_kept, weighted, warp=None):
+def tile_rows(grid, memory, combine, n_kept, weighted, warp=None, fused=False):
     """Rows per output tile for ``combine`` (a :class:`~bigstack._reject.Rejection`);
-    ``warp`` as for :func:`plan_tiles`."""
+    ``warp`` and ``fused`` as for :func:`plan_tiles`."""
     rows, cols = grid[1] - grid[0], grid[3] - grid[2]
     if combine.streaming:
-        return plan_tiles(rows, cols, memory, warp=warp)
+        return plan_tiles(rows, cols, memory, warp=warp, fused=fused and not weighted)
     return _gather_rows(rows, cols, memory, n_kept, combine.method, weighted, warp=warp)
 
 
@@ -619,46 +627,61 @@ class _Sums:
         return exact, coverage, weight
 
 
-#: bytes of masters per step of the fused calibrated add (about 13 bytes a pixel): the
-#: masters of a step stay in the cache while every frame's rows pass through (4 MiB: 1.1x the
-#: uncalibrated stack at 100 frames of 2048x2048 and 1.3x at 400; 1, 2, 8 and 16 MiB measured
-#: 1.9x, 1.4x, 1.4x and 1.5x at 400)
-_FUSED_BYTES = 1 << 22
-
-
 def _add_fused(source, windows, total, exact, invalid):
-    """Calibrate and add whole-pixel copies in steps of a few rows, every frame per step.
+    """Calibrate and add whole-pixel copies, a group of frames per kernel call.
 
-    Looping frames inside the row steps keeps the steps' master rows (bias,
-    dark, 1 / flat, bad pixels) in the cache, where frame by frame over a
-    whole tile they would come from memory once per frame: the masters are
-    six times the bytes of a 16-bit frame. Each frame's rows of a step are
-    one read (with a row above and below, for the bad pixels' neighbours).
+    Each frame's rows of the tile are one read (with a row above and below,
+    for the bad pixels' neighbours), into its slot of the group's buffer;
+    the kernel then walks the tile's rows and, in each, adds every frame of
+    the group (:func:`bigstack._kernels.add_calibrated`): a row of the sums
+    stays in the cache while the group's frames add to it, and the master
+    rows (bias, dark, 1 / flat, bad pixels: six times the bytes of a 16-bit
+    frame) are read once for the frames they share (the frames' shifts are
+    a few rows apart), where frame by frame over a whole tile they would
+    come from memory once per frame. One call per group, not per frame,
+    also pays Python's cost per call once per group.
     """
     from . import _kernels
 
     h, width = total.shape
-    ny = source.reader.frame_shape[0]
-    step = max(4, _FUSED_BYTES // (13 * width))
+    ny, nx = source.reader.frame_shape
+    masters = source.masters
     buffers = {}
-    for q0 in range(0, h, step):
-        q1 = min(q0 + step, h)
-        added = 0
-        for w, g, bias in windows:
-            rows, cols = w.out
-            lo, hi = max(rows.start, q0), min(rows.stop, q1)
-            if hi <= lo:
-                continue
-            fr0 = w.fused[0] + lo - rows.start
-            s0, s1 = max(fr0 - 1, 0), min(fr0 + hi - lo + 1, ny)
-            stored, scale, zero, blank, masters = source.stored(w.i, s0, s1, buffers)
-            _kernels.add_calibrated(stored, s0, masters, fr0, w.fused[1], total, invalid,
-                                    (lo, cols.start, hi - lo, cols.stop - cols.start),
-                                    scale=scale, zero=zero, blank=blank, gain=g, offset=bias)
-            added += 1
-            if added % _FLUSH == 0:
-                exact[q0:q1] += total[q0:q1]
-                total[q0:q1] = 0
+    group, frames = None, []
+    added = 0
+
+    def add():
+        if frames:
+            _kernels.add_calibrated(group, frames, masters, total, invalid)
+            frames.clear()
+
+    for w, g, bias in windows:
+        rows, cols = w.out
+        fr0, sx = w.fused
+        nrows = rows.stop - rows.start
+        s0, s1 = max(fr0 - 1, 0), min(fr0 + nrows + 1, ny)
+        if group is not None:  # read straight into the frame's slot
+            buffers[group.dtype] = group[len(frames)].reshape(-1)
+        stored, scale, zero, blank, k = source.stored(w.i, s0, s1, buffers)
+        if group is None or stored.dtype != group.dtype:
+            add()
+            if group is not None:
+                buffers.pop(group.dtype, None)
+            # the plan's _GROUP_BYTES per output pixel (and the pad rows)
+            size = max(1, min(_GROUP, _GROUP_BYTES * width // (nx * stored.dtype.itemsize)))
+            group = np.empty((size, h + 2, nx), stored.dtype)
+        slot = group[len(frames)]
+        if stored.__array_interface__["data"][0] != slot.__array_interface__["data"][0]:
+            slot[:s1 - s0] = stored
+        frames.append((s0, s1, fr0, sx, (rows.start, cols.start, nrows, cols.stop - cols.start),
+                       scale, zero, blank, k, g, bias))
+        added += 1
+        if len(frames) == len(group) or added % _FLUSH == 0:
+            add()
+        if added % _FLUSH == 0:
+            exact += total
+            total[:] = 0
+    add()
 
 
 def gather_tile(source, plan, a, b):

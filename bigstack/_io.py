@@ -1652,13 +1652,18 @@ class FileRows:
         self.files = np.asarray(files)
 
     def raw(self, i, r0, r1, buffers):
-        """``(rows, scale, zero, blank, floating)`` of frame ``i``'s full rows ``[r0, r1)``."""
+        """``(rows, scale, zero, blank, floating)`` of frame ``i``'s full rows ``[r0, r1)``.
+
+        Stored rows are read into ``buffers[dtype]`` (a 1-D array; ``dtype`` a
+        numpy dtype), made or grown as needed: a caller may put its own there.
+        """
         source = self.reader.sources[int(self.files[i])]
         if isinstance(source, FitsSource) or getattr(source, "raw_rows", False):
             size = (r1 - r0) * source.shape[1]
-            buffer = buffers.get(source.dtype)
+            key = np.dtype(source.dtype)
+            buffer = buffers.get(key)
             if buffer is None or buffer.size < size:
-                buffer = buffers[source.dtype] = np.empty(size, source.dtype)
+                buffer = buffers[key] = np.empty(size, key)
             rows = source.read_raw(r0, r1, buffer)
             return rows, source.bscale, source.bzero, source.blank, rows.dtype.kind == "f"
         return self.reader.read(int(self.files[i]), r0, r1), 1.0, 0.0, None, True

@@ -1989,80 +1989,126 @@ def _calibrated(stored, s0, swap, signed, scale, zero, blank, has_blank, bias, h
 
 
 @njit(**_JIT)
-def _add_calibrated(stored, s0, s1, swap, signed, scale, zero, blank, has_blank, bias, has_bias,
-                    dark, k, has_dark, inv_flat, has_flat, bad, has_bad, nan_bad, fr0, sx, gain,
-                    offset, total, invalid, oy, ox, nrows, length):
-    nx = stored.shape[1]
+def _add_calibrated(stored, geometry, factors, swap, signed, floating, blanks, has_blank, bias,
+                    has_bias, dark, has_dark, inv_flat, has_flat, bad, has_bad, nan_bad, clean,
+                    total, invalid):
+    nx = stored.shape[2]
+    width = total.shape[1]
     near = np.empty(8, np.float32)
-    zeros = np.zeros(length, np.float32)
-    ones = np.ones(length, np.float32)
-    good = np.zeros(length, np.bool_)
+    zeros = np.zeros(width, np.float32)
+    ones = np.ones(width, np.float32)
+    good = np.zeros(width, np.bool_)
     f0, i0, i1 = np.float32(0), np.int32(0), np.int32(1)
-    for q in range(nrows):
-        fr = fr0 + q
-        trow = total[oy + q, ox:ox + length]
-        irow = invalid[oy + q, ox:ox + length]
-        src = stored[fr - s0, sx:sx + length]
-        # rows hoisted out of the pixel loop, a missing master as a neutral row, and selects
-        # in place of branches: the loop vectorises (measured 10x, then 2x)
-        brow = bias[fr, sx:sx + length] if has_bias else zeros
-        drow = dark[fr, sx:sx + length] if has_dark else zeros
-        frow = inv_flat[fr, sx:sx + length] if has_flat else ones
-        badrow = bad[fr, sx:sx + length] if has_bad else good
-        for c in range(length):
-            v = (_physical(src[c], swap, signed, scale, zero, blank, has_blank) - brow[c]
-                 - k * drow[c]) * frow[c]
-            skip = badrow[c]  # a bad pixel is added below
-            ok = (v - v == 0) & (not skip)
-            trow[c] += (v * gain + offset) if ok else f0
-            irow[c] += i0 if (ok | skip) else i1
-        if not has_bad:
-            continue
-        for c in range(length):  # the few bad pixels: NaN, or their neighbours' median
-            if not badrow[c]:
+    q_lo, q_hi = total.shape[0], 0
+    for g in range(stored.shape[0]):
+        q_lo = min(q_lo, geometry[g, 4])
+        q_hi = max(q_hi, geometry[g, 4] + geometry[g, 6])
+    # output row outside, frames inside: a tile row's sums stay in the core's cache while
+    # every frame of the group adds to it, and the master rows the frames read (a few rows
+    # apart, by their shifts) are shared
+    for oq in range(q_lo, q_hi):
+        for g in range(stored.shape[0]):
+            s0, s1, fr0, sx, oy, ox, nrows, length = geometry[g]
+            if oq < oy or oq >= oy + nrows:
                 continue
-            if nan_bad:
-                irow[c] += 1
+            scale, zero, k, gain, offset = factors[g]
+            blank, hb = blanks[g], has_blank[g]
+            hd = has_dark and k != 0
+            frame = stored[g]
+            fr = fr0 + oq - oy
+            trow = total[oq, ox:ox + length]
+            irow = invalid[oq, ox:ox + length]
+            src = frame[fr - s0, sx:sx + length]
+            # rows hoisted out of the pixel loop, a missing master as a neutral row, and
+            # selects in place of branches: the loop vectorises (measured 10x, then 2x)
+            brow = bias[fr, sx:sx + length] if has_bias else zeros[:length]
+            drow = dark[fr, sx:sx + length] if hd else zeros[:length]
+            frow = inv_flat[fr, sx:sx + length] if has_flat else ones[:length]
+            if clean[fr] and not (floating or hb):
+                # finite masters, no bad pixel and integers without BLANK: every value is
+                # finite, so no count of invalid values and no selects
+                for c in range(length):
+                    v = (_physical(src[c], swap, signed, scale, zero, blank, hb) - brow[c]
+                         - k * drow[c]) * frow[c]
+                    trow[c] += v * gain + offset
                 continue
-            fc = sx + c
-            m = 0  # the median of the finite, good eight neighbours (within the frame)
-            for dy in range(-1, 2):
-                for dx in range(-1, 2):
-                    yy, xx = fr + dy, fc + dx
-                    if (dy == 0 and dx == 0) or yy < s0 or yy >= s1 or xx < 0 or xx >= nx:
-                        continue
-                    if bad[yy, xx]:
-                        continue
-                    u = _calibrated(stored, s0, swap, signed, scale, zero, blank, has_blank,
-                                    bias, has_bias, dark, k, has_dark, inv_flat, has_flat, yy, xx)
-                    if u - u == 0:
-                        near[m] = u
-                        m += 1
-            if m == 0:
-                irow[c] += 1
+            badrow = bad[fr, sx:sx + length] if has_bad else good[:length]
+            for c in range(length):
+                v = (_physical(src[c], swap, signed, scale, zero, blank, hb) - brow[c]
+                     - k * drow[c]) * frow[c]
+                skip = badrow[c]  # a bad pixel is added below
+                ok = (v - v == 0) & (not skip)
+                trow[c] += (v * gain + offset) if ok else f0
+                irow[c] += i0 if (ok | skip) else i1
+            if not has_bad:
                 continue
-            srt = np.sort(near[:m])
-            v = srt[m // 2] if m % 2 else np.float32(0.5) * (srt[m // 2 - 1] + srt[m // 2])
-            trow[c] += v * gain + offset
+            for c in range(length):  # the few bad pixels: NaN, or their neighbours' median
+                if not badrow[c]:
+                    continue
+                if nan_bad:
+                    irow[c] += 1
+                    continue
+                fc = sx + c
+                m = 0  # the median of the finite, good eight neighbours (within the frame)
+                for dy in range(-1, 2):
+                    for dx in range(-1, 2):
+                        yy, xx = fr + dy, fc + dx
+                        if (dy == 0 and dx == 0) or yy < s0 or yy >= s1 or xx < 0 or xx >= nx:
+                            continue
+                        if bad[yy, xx]:
+                            continue
+                        u = _calibrated(frame, s0, swap, signed, scale, zero, blank, hb, bias,
+                                        has_bias, dark, k, hd, inv_flat, has_flat, yy, xx)
+                        if u - u == 0:
+                            near[m] = u
+                            m += 1
+                if m == 0:
+                    irow[c] += 1
+                    continue
+                srt = np.sort(near[:m])
+                v = srt[m // 2] if m % 2 else np.float32(0.5) * (srt[m // 2 - 1] + srt[m // 2])
+                trow[c] += v * gain + offset
 
 
-def add_calibrated(rows, s0, masters, fr0, sx, total, invalid, out, *, scale=1.0, zero=0.0,
-                   blank=None, gain=1.0, offset=0.0):
-    """Calibrate frame rows and add them to a tile in one pass.
+def add_calibrated(rows, frames, masters, total, invalid):
+    """Calibrate a group of frames' rows and add them to a tile in one pass.
 
-    ``rows`` are stored frame rows from row ``s0`` on (as a FITS reader gives
-    them); ``masters`` is ``(bias, dark, k, inv_flat, bad, nan_bad)``, whole
-    frames or None. Output pixel ``out = (oy, ox, nrows, length)`` + ``(q, c)``
-    takes frame pixel ``(fr0 + q, sx + c)``: ``total`` gets its calibrated
-    value times ``gain`` plus ``offset``; a NaN (or BLANK, or a bad pixel
-    with ``nan_bad``) adds 1 to ``invalid`` instead. A bad pixel otherwise
-    takes the median of its good, finite eight neighbours (neighbours
-    outside ``rows`` are not used). Reference: ``CalibratedReader`` plus a
-    numpy add (tests/test_kernels.py).
+    ``rows`` is ``(G, R, nx)``: frame ``g``'s stored rows (as a FITS reader
+    gives them; one stored type for the group). ``frames`` holds G tuples
+    ``(s0, s1, fr0, sx, out, scale, zero, blank, k, gain, offset)``: frame
+    ``g``'s rows ``s0 .. s1 - 1`` are ``rows[g, :s1 - s0]``, and output pixel
+    ``out = (oy, ox, nrows, length)`` + ``(q, c)`` takes its pixel
+    ``(fr0 + q, sx + c)``. ``masters`` is ``(bias, dark, inv_flat, bad,
+    nan_bad, clean)``: whole frames or None, and ``clean`` a boolean per frame
+    row (or None), true where the masters' row is finite and holds no bad
+    pixel, so integer rows without BLANK are added there without a check of
+    each value (the same sums, faster). ``total`` gets the calibrated value
+    ``(physical - bias - k * dark) * inv_flat`` times ``gain`` plus
+    ``offset``; a NaN (or BLANK, or a bad pixel with ``nan_bad``) adds 1 to
+    ``invalid`` instead. A bad pixel otherwise takes the median of its good,
+    finite eight neighbours (neighbours outside ``s0 .. s1 - 1`` are not
+    used). Each pixel adds the frames in the group's order. Reference:
+    ``CalibratedReader`` plus a numpy add (tests/test_kernels.py).
     """
-    view, swap, signed, _ = _stored_view(rows)
-    has_blank, bits = _blank_bits(blank, np.asarray(rows).dtype, view.dtype)
-    bias, dark, k, inv_flat, bad, nan_bad = masters
+    view, swap, signed, floating = _stored_view(rows)
+    if view.ndim != 3 or len(frames) > view.shape[0]:
+        raise ValueError(f"rows must be (frames, rows, columns) for {len(frames)} frames, "
+                         f"got shape {view.shape}")
+    n = len(frames)
+    dtype = np.asarray(rows).dtype
+    geometry = np.empty((n, 8), np.int64)
+    factors = np.empty((n, 5), np.float32)
+    blanks = np.zeros(n, view.dtype)
+    has_blank = np.zeros(n, np.bool_)
+    for g, (s0, s1, fr0, sx, out, scale, zero, blank, k, gain, offset) in enumerate(frames):
+        if s1 - s0 > view.shape[1]:
+            raise ValueError(f"frame {g}'s rows {s0}..{s1} do not fit {view.shape[1]} rows")
+        geometry[g] = (s0, s1, fr0, sx, *out)
+        factors[g] = (scale, zero, k, gain, offset)
+        has_blank[g], blanks[g] = _blank_bits(blank, dtype, view.dtype)
+    bias, dark, inv_flat, bad, nan_bad, clean = masters
+    if clean is None:
+        clean = np.zeros(int(geometry[:, 1].max(initial=1)), np.bool_)
     empty = np.zeros((1, 1), np.float32)
 
     def master(m):
@@ -2072,19 +2118,15 @@ def add_calibrated(rows, s0, masters, fr0, sx, total, invalid, out, *, scale=1.0
     d, hd = master(dark)
     f, hf = master(inv_flat)
     bd, hbd = (np.zeros((1, 1), np.bool_), False) if bad is None else (bad, True)
-    oy, ox, nrows, length = out
-    _add_calibrated(view, s0, s0 + view.shape[0], swap, signed, np.float32(scale),
-                    np.float32(zero), bits, has_blank, b, hb, d, np.float32(k), hd, f, hf, bd,
-                    hbd, bool(nan_bad), fr0, sx, np.float32(gain), np.float32(offset), total,
-                    invalid, oy, ox, nrows, length)
+    _add_calibrated(view[:n], geometry, factors, swap, signed, floating, blanks, has_blank, b,
+                    hb, d, hd, f, hf, bd, hbd, bool(nan_bad), clean, total, invalid)
 
 
 # --------------------------------------------------------------------------
 # star detection (bigstack._detect): the passes over a frame's rows
 #
-# Each is one pass over float32 rows, in place where it can be; the numpy
-# references are in tests/test_kernels.py. Measured on 192 x 2048 bands of a
-# 2048 x 2048 frame (``benchmarks/registration_speed.py``): see _detect's notes.
+# Each is one pass over float32 rows (or over a cell's sample), in place where
+# it can be; the numpy and scipy references are in tests/test_detect_kernels.py.
 
 
 @njit(**_JIT)

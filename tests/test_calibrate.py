@@ -214,18 +214,25 @@ def test_masters_count_in_the_memory_budget(night):
 
 @pytest.mark.parametrize("cosmetic", [None, Cosmetic(), Cosmetic(replace="nan")])
 @pytest.mark.parametrize("stored", ["float32", "int16"])
+@pytest.mark.parametrize("tile", [None, 3])
 def test_fused_calibrated_stack_equals_the_calibrated_frames_stacked(night, tmp_path, cosmetic,
-                                                                       stored, monkeypatch):
-    """The stack reads raw rows and calibrates them as it adds them (one pass, the masters'
-    rows kept in the cache): it must equal stacking the calibrated frames themselves."""
+                                                                       stored, tile,
+                                                                       monkeypatch):
+    """The stack reads raw rows and calibrates them as it adds them, a group of frames at a
+    time (one pass, a row of the sums in the cache while the group adds to it): it must
+    equal stacking the calibrated frames themselves, with the plan's tiles or 3-row ones."""
+    from bigstack import _combine
+
+    if tile is not None:
+        monkeypatch.setattr(_combine, "plan_tiles", lambda *args, **kwargs: tile)
     _, files = night
     lights = files["light"]
-    if stored == "int16":  # camera frames: 16-bit with BZERO, a BLANK pixel in one
-        lights = []
+    if stored == "int16":  # camera frames: 16-bit with BZERO, a BLANK pixel in one, and
+        lights = []       # one frame of floats in the middle (a group ends at it)
         for i, path in enumerate(files["light"]):
             data = np.clip(np.round(fits.getdata(path)), 0, 65535).astype(np.uint16)
             out = tmp_path / f"u{i}.fits"
-            hdu = fits.PrimaryHDU(data)
+            hdu = fits.PrimaryHDU(data.astype(np.float32) if i == 3 else data)
             hdu.header["EXPTIME"] = 60.0
             if i == 2:
                 hdu.scale("int16", bzero=32768)
@@ -244,10 +251,13 @@ def test_fused_calibrated_stack_equals_the_calibrated_frames_stacked(night, tmp_
 
     calls = []
     kernel = _kernels.add_calibrated
-    monkeypatch.setattr(_kernels, "add_calibrated", lambda *a, **k: calls.append(1) or kernel(
-        *a, **k))
+    monkeypatch.setattr(_kernels, "add_calibrated", lambda *a, **k: calls.append(
+        (len(a[1]), a[0].nbytes, a[3].shape)) or kernel(*a, **k))
     fused = bigstack.stack(cube, shifts, subpixel="nearest").compute()
-    assert len(calls) >= len(lights)  # the fused path ran
+    assert sum(c[0] for c in calls) >= len(lights)  # the fused path added every frame
+    assert max(c[0] for c in calls) > 1  # in groups
+    for _, nbytes, (h, width) in calls:  # a group's rows take what the tile plan counts
+        assert nbytes <= _combine._GROUP_BYTES * (h + 2) * width
     plain = bigstack.stack(np.asarray(cube.values), shifts, subpixel="nearest")
     np.testing.assert_allclose(fused["stack"].values, plain["stack"].values, rtol=1e-6,
                                atol=1e-4, equal_nan=True)

@@ -98,6 +98,16 @@ def test_matches_numpy_reference(subpixel, extent, normalize, method):
     assert out["stack"].dtype == np.float32
 
 
+def test_fused_plan_counts_the_group_of_frames():
+    """A calibrated source's tiles hold a group of frames' stored rows besides the sums:
+    the plan gives them lower tiles within the same budget."""
+    plain = _combine.plan_tiles(4096, 2048, "64MB", threads=1)
+    fused = _combine.plan_tiles(4096, 2048, "64MB", threads=1, fused=True)
+    budget = _combine.parse_memory("64MB") // 2
+    assert plain == budget // (2048 * _combine._BYTES_PER_PIXEL)
+    assert fused == budget // (2048 * (_combine._BYTES_PER_PIXEL + _combine._GROUP_BYTES))
+
+
 @pytest.mark.parametrize("tile_rows", [1, 2, 5, 13, 64])
 @pytest.mark.parametrize("subpixel", ["nearest", "bilinear"])
 def test_every_tile_height(monkeypatch, tile_rows, subpixel):

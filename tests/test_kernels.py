@@ -592,34 +592,63 @@ def test_calibrate_rows_equals_numpy(dtype):
     np.testing.assert_allclose(out, plain, rtol=2e-7, atol=1e-6)
 
 
+@pytest.mark.parametrize("clean", [False, True])
 @pytest.mark.parametrize("replace", ["median", "nan", None])
-def test_add_calibrated_equals_numpy(replace):
-    """The fused calibrate-and-add against numpy: the calibration formula, the bad pixels'
-    neighbour median (bigstack._calibrate._repair, numpy) and a masked add."""
+def test_add_calibrated_equals_numpy(replace, clean):
+    """The fused calibrate-and-add of a group of frames against numpy, frame by frame: the
+    calibration formula, the bad pixels' neighbour median (bigstack._calibrate._repair,
+    numpy) and a masked add, for frames of their own windows, BLANK, dark factor and gain;
+    with ``clean`` the rows of finite masters without bad pixels take the unchecked loop."""
     from bigstack._calibrate import _repair
     from bigstack._kernels import add_calibrated
 
     rng = np.random.default_rng(11)
     ny, nx = 30, 40
-    stored = rng.integers(0, 60000, (ny, nx)).astype(np.uint16).astype(">u2")
     bias = rng.normal(300, 5, (ny, nx)).astype(np.float32)
     dark = rng.normal(2, 1, (ny, nx)).astype(np.float32)
+    dark[20, 15] = np.nan  # a frame with k = 0 does not read the dark: no NaN from it
     inv_flat = (1 / rng.uniform(0.5, 1.5, (ny, nx))).astype(np.float32)
     inv_flat[4, 6] = np.nan  # a masked flat pixel
     bad = None if replace is None else rng.random((ny, nx)) < 0.03
-    s0, s1 = 5, 25  # the rows read: frame rows 5..24; the add takes rows 6..23, columns 3..36
     total = rng.normal(0, 1, (20, 36)).astype(np.float32)
     invalid = np.zeros((20, 36), np.int32)
     want_total, want_invalid = total.copy(), invalid.copy()
-    add_calibrated(stored[s0:s1], s0, (bias, dark, 0.5, inv_flat, bad, replace == "nan"), 6, 3,
-                   total, invalid, (1, 2, 18, 34), scale=1.0, zero=0.0, gain=2.0, offset=1.0)
-    values = (stored[s0:s1].astype(np.float32) - bias[s0:s1] - np.float32(0.5) * dark[s0:s1])
-    values = values * inv_flat[s0:s1]
-    if bad is not None:
-        values = _repair(values, bad[s0:s1], replace)
-    part = values[1:19, 3:37]
-    ok = np.isfinite(part)
-    want_total[1:19, 2:36] += np.where(ok, part * np.float32(2) + np.float32(1), 0)
-    want_invalid[1:19, 2:36] += ~ok
+    # (s0, s1) rows read; output (oy, ox, nrows, length) takes frame pixel (fr0, sx) on
+    frames = [(5, 25, 6, 3, (1, 2, 18, 34), 1.0, 0.0, None, 0.5, 2.0, 1.0),
+              (0, 21, 0, 0, (0, 0, 20, 36), 1.0, 32768.0, 7, 1.0, 1.0, 0.0),
+              (12, 30, 13, 10, (3, 5, 16, 30), 0.5, 3.0, None, 0.0, 1.5, -2.0)]
+    group = np.zeros((4, 21, nx), ">u2")  # a slot left over: the group may be short
+    stacked = []
+    for g, (s0, s1, *_) in enumerate(frames):
+        stored = rng.integers(0, 60000, (ny, nx)).astype(np.uint16).astype(">u2")
+        stored[s0 + 2, 4] = frames[g][7] or 0  # a BLANK pixel (when the frame has BLANK)
+        group[g, :s1 - s0] = stored[s0:s1]
+        stacked.append(stored)
+    rows = None
+    if clean:  # as CalibratedReader finds them
+        rows = np.isfinite(bias).all(1) & np.isfinite(dark).all(1) & np.isfinite(inv_flat).all(1)
+        if bad is not None:
+            rows &= ~bad.any(1)
+        assert 0 < rows.sum() < ny
+    add_calibrated(group, frames, (bias, dark, inv_flat, bad, replace == "nan", rows), total,
+                   invalid)
+    for stored, (s0, s1, fr0, sx, out, scale, zero, blank, k, gain, offset) in zip(
+            stacked, frames, strict=True):
+        values = stored[s0:s1].astype(np.float32) * np.float32(scale) + np.float32(zero)
+        if blank is not None:
+            values[stored[s0:s1] == blank] = np.nan
+        values = values - bias[s0:s1]
+        if k:
+            values = values - np.float32(k) * dark[s0:s1]
+        values = values * inv_flat[s0:s1]
+        if bad is not None:
+            values = _repair(values, bad[s0:s1], replace)
+        oy, ox, nrows, length = out
+        part = values[fr0 - s0:fr0 - s0 + nrows, sx:sx + length]
+        ok = np.isfinite(part)
+        want_total[oy:oy + nrows, ox:ox + length] += np.where(
+            ok, part * np.float32(gain) + np.float32(offset), 0)
+        want_invalid[oy:oy + nrows, ox:ox + length] += ~ok
     np.testing.assert_allclose(total, want_total, rtol=1e-6, atol=1e-3)
     np.testing.assert_array_equal(invalid, want_invalid)
+    assert want_invalid.max() >= 1  # the masked flat pixel and the BLANK were seen
