@@ -805,7 +805,10 @@ def compute_colour_tile(source, plan, a, b, factors=None):
     share the plan (transforms, frame factors): they are one exposure. The
     streaming methods add each frame's colours into one set of sums per
     colour, so every mosaic row is read once; the rejection methods gather
-    one colour at a time (their memory is all frames' rows of a tile).
+    one colour at a time (their memory is all frames' rows of a tile). A
+    ``bilinear`` cube's whole-pixel frames are debayered and added in one
+    pass from their mosaic rows (:func:`_add_bilinear`); warped frames are
+    debayered first, then warped colour by colour.
     """
     plan = plan.with_factors(factors)
     if not plan.streaming:
