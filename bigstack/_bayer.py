@@ -471,6 +471,16 @@ class ColourRows(BayerRows):
         return BayerRows(self.reader, self.files, None)
 
     @property
+    def bilinear(self):
+        """``(mosaic rows, pattern, mosaic shape)`` of a ``bilinear`` cube (the tiles add a
+        whole-pixel frame's colours from its mosaic rows, :func:`bigstack._kernels.add_bilinear`),
+        None for the other methods."""
+        if self.reader.method != "bilinear":
+            return None
+        return _Indexed(self.reader.mosaic, self.files), self.reader.pattern, \
+            self.reader.mosaic_shape
+
+    @property
     def cfa(self):
         """``(mosaic rows, pattern)`` of a ``cfa`` cube (the tiles add the stored samples
         straight), None for the other methods."""

@@ -558,18 +558,25 @@ class _Sums:
         self.work = {}
         self.added = 0
 
-    def add(self, w):
+    def step(self, w):
+        """Count window ``w`` (flushing the float32 sum when due); its ``(gain, bias,
+        weight)``."""
         plan = self.plan
-        gains, biases, weights = plan.gains, plan.biases, plan.weights
-        h, width = self.h, self.width
-        total = self.total
         self.added += 1
         if self.added % _FLUSH == 0:
-            self.exact += total
-            total[:] = 0
-        g = 1.0 if gains is None else float(gains[w.i])
-        bias = 0.0 if biases is None else float(biases[w.i])
-        wt = 1.0 if weights is None else float(weights[w.i])
+            self.exact += self.total
+            self.total[:] = 0
+        g = 1.0 if plan.gains is None else float(plan.gains[w.i])
+        bias = 0.0 if plan.biases is None else float(plan.biases[w.i])
+        wt = 1.0 if plan.weights is None else float(plan.weights[w.i])
+        return g, bias, wt
+
+    def add(self, w):
+        plan = self.plan
+        weights = plan.weights
+        h, width = self.h, self.width
+        total = self.total
+        g, bias, wt = self.step(w)
         if w.warp:
             from . import _kernels
 
@@ -821,7 +828,10 @@ def compute_colour_tile(source, plan, a, b, factors=None):
     share the plan (transforms, frame factors): they are one exposure. The
     streaming methods add each frame's colours into one set of sums per
     colour, so every mosaic row is read once; the rejection methods gather
-    one colour at a time (their memory is all frames' rows of a tile).
+    one colour at a time (their memory is all frames' rows of a tile). A
+    ``bilinear`` cube's whole-pixel frames are debayered and added in one
+    pass from their mosaic rows (:func:`_add_bilinear`); warped frames are
+    debayered first, then warped colour by colour.
     """
     plan = plan.with_factors(factors)
     if not plan.streaming:
@@ -830,7 +840,13 @@ def compute_colour_tile(source, plan, a, b, factors=None):
     if getattr(source, "cfa", None) is not None and not plan.warped.any():
         return _cfa_tile(source, plan, a, b)
     sums = [_Sums(plan, a, b) for _ in source.channels]
-    for w in _frame_windows(source.all_rows(), plan, a, b):
+    bilinear = getattr(source, "bilinear", None)
+    fuse = bilinear is not None and tuple(source.channels) == ("R", "G", "B")
+    buffers = {}
+    for w in _frame_windows(source.all_rows(), plan, a, b, fused=fuse):
+        if w.fused is not None:
+            _add_bilinear(bilinear, w, sums, buffers)
+            continue
         for c, part in enumerate(sums):
             part.add(w.plane(c))
     out = {"stack": [], "coverage": [], "sum": []}
@@ -841,6 +857,49 @@ def compute_colour_tile(source, plan, a, b, factors=None):
         out["coverage"].append(coverage)
         out["sum"].append(total)
     return {name: np.stack(values) for name, values in out.items()}
+
+
+def _add_bilinear(bilinear, w, sums, buffers):
+    """Add a whole-pixel frame window's bilinear colours from its mosaic rows, in one pass.
+
+    The same sums as debayering the window's rows and adding each colour's
+    plane (:meth:`_Sums.add`), without writing the planes: the compiled
+    kernel (:func:`bigstack._kernels.add_bilinear`) reads the window's
+    mosaic rows and the row above and below once, and adds every colour's
+    interpolated value where it falls. Integer rows without BLANK cannot
+    give NaN: their offset is marked over the window like a mono frame's;
+    other rows are checked pixel by pixel (NaN counted in ``invalid``).
+    """
+    from . import _kernels
+
+    mosaic, pattern, shape = bilinear
+    factors = [part.step(w) for part in sums]
+    g, bias, wt = factors[0]
+    rows, cols = w.out
+    nrows, length = rows.stop - rows.start, cols.stop - cols.start
+    fr0, fc0 = w.fused
+    s0, s1 = max(fr0 - 1, 0), min(fr0 + nrows + 1, shape[0])
+    stored, scale, zero, blank, floating = mosaic.raw(w.i, s0, s1, buffers)
+    gain, offset = scale * g * wt, (zero * g + bias) * wt
+    checked = floating or blank is not None
+    for part in sums:
+        _mark(part.count, w.out, 1)
+        if part.weight is not None:
+            _mark(part.weight, w.out, wt)
+        if checked:
+            if part.invalid is None:
+                part.invalid = np.zeros((part.h, part.width), np.int32)
+                part.lost = np.zeros((part.h, part.width), np.float64)
+        else:
+            part.zeros.add(offset)
+            if offset:
+                _mark(part.offset, w.out, offset)
+    extra = {}
+    if checked:
+        extra = dict(offset=offset, blank=blank, invalid=[p.invalid for p in sums],
+                     lost=[p.lost for p in sums], weight=wt)
+    _kernels.add_bilinear(stored, s0, shape, pattern, fr0, fc0, [p.total for p in sums],
+                          (rows.start, cols.start, nrows, length), gain=gain, **extra)
 
 
 def _cfa_tile(source, plan, a, b):

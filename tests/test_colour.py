@@ -480,3 +480,46 @@ def test_rgb_files_stack_in_colour_like_each_plane_alone(tmp_path):
                                       alone["stack"].values)
         np.testing.assert_array_equal(result["coverage"].sel(channel=c).values,
                                       alone["coverage"].values)
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_bilinear_whole_pixel_stack_equals_debayered_planes(tmp_path, pattern):
+    """Whole-pixel shifts (odd ones too: the colour of a mosaic pixel on the output grid
+    changes): the tile adds each frame's bilinear colours from its mosaic rows; the result
+    equals adding the debayered planes (the cube's values) frame by frame in numpy, weighted,
+    with a float frame whose NaN leaves its neighbours' colours out."""
+    rng = np.random.default_rng(12)
+    mosaics = rng.integers(0, 60000, (4, 22, 26)).astype(np.uint16)
+    paths = []
+    for i, m in enumerate(mosaics):
+        path = tmp_path / f"f{i}.fit"
+        data = m.astype(np.float32) if i == 3 else m
+        if i == 3:
+            data[6, 9] = np.nan
+        fits.PrimaryHDU(data, fits.Header({"BAYERPAT": pattern})).writeto(path)
+        paths.append(str(path))
+    shifts = np.array([[0, 0], [1, 0], [-3, 1], [2, -5]], float)
+    weights = np.array([1.0, 0.5, 2.0, 1.5])
+    cube = open_frames(paths)
+    # the reference grid: a frame shifted by +1 starts its window on an odd column
+    got = stack(cube, shifts, weights=weights).compute()
+    planes = cube.values.astype(np.float64)  # (frame, channel, y, x): debayer's values
+    assert np.isnan(planes[3]).any()
+    y0, x0 = int(got["y"].values[0]), int(got["x"].values[0])
+    ny, nx = got.sizes["y"], got.sizes["x"]
+    total = np.zeros((3, ny, nx))
+    norm = np.zeros((3, ny, nx))
+    count = np.zeros((3, ny, nx), int)
+    for f, (dx, dy) in enumerate(shifts.astype(int)):
+        ys, xs = np.arange(ny) + y0 + dy, np.arange(nx) + x0 + dx
+        iy, ix = (ys >= 0) & (ys < 22), (xs >= 0) & (xs < 26)
+        part = planes[f][:, ys[iy]][:, :, xs[ix]]
+        ok = np.isfinite(part)
+        window = (slice(None), np.flatnonzero(iy)[:, None], np.flatnonzero(ix)[None, :])
+        total[window] += np.where(ok, weights[f] * part, 0)
+        norm[window] += weights[f] * ok
+        count[window] += ok
+    np.testing.assert_array_equal(got["coverage"].values, count)
+    with np.errstate(invalid="ignore"):
+        expected = total / norm
+    np.testing.assert_allclose(got["stack"].values, expected, rtol=1e-6)

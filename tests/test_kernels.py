@@ -652,3 +652,107 @@ def test_add_calibrated_equals_numpy(replace, clean):
     np.testing.assert_allclose(total, want_total, rtol=1e-6, atol=1e-3)
     np.testing.assert_array_equal(invalid, want_invalid)
     assert want_invalid.max() >= 1  # the masked flat pixel and the BLANK were seen
+
+
+# ---- colour: the bilinear demosaic fused into the add
+
+
+def _debayer_then_add(stored, s0, shape, pattern, fr0, fc0, totals, out, gain, offset,
+                      blank=None, invalid=None, lost=None, weight=1.0):
+    """The path the fused kernel replaces, in numpy: debayer the frame's rows with
+    ``_bayer.debayer`` (the stored values; BLANK as NaN), then a (masked) add per colour."""
+    from bigstack._bayer import band_rows, debayer
+
+    oy, ox, nrows, length = out
+    ny = shape[0]
+    a, b = band_rows("bilinear", fr0, fr0 + nrows, ny)
+    values = stored[a - s0:b - s0].astype(np.float32)
+    if blank is not None:
+        values[stored[a - s0:b - s0] == blank] = np.nan
+    planes = debayer(values, a, fr0, fr0 + nrows, ny, pattern, "bilinear")
+    for k in range(3):
+        part = planes[k][:, fc0:fc0 + length] * np.float32(gain) + np.float32(offset)
+        where = (slice(oy, oy + nrows), slice(ox, ox + length))
+        if invalid is None:
+            totals[k][where] += part
+            continue
+        ok = np.isfinite(part)
+        totals[k][where] += np.where(ok, part, np.float32(0))
+        invalid[k][where] += ~ok
+        lost[k][where] += np.where(ok, 0.0, weight)
+
+
+# (fr0, nrows, fc0, length): inside, at the top-left corner, at the bottom-right corner, the
+# whole frame, and windows starting on odd rows and columns (an odd shift)
+COLOUR_WINDOWS = [(4, 9, 6, 11), (0, 5, 0, 7), (12, 8, 10, 13), (0, 20, 0, 23), (3, 6, 5, 8),
+                  (1, 1, 1, 1), (19, 1, 22, 1)]
+
+
+@pytest.mark.parametrize("pattern", ["RGGB", "GRBG", "GBRG", "BGGR"])
+@pytest.mark.parametrize("dtype", [">u2", "<i2", "u1", ">i4"])
+def test_add_bilinear_equals_debayer_then_add(pattern, dtype):
+    from bigstack._kernels import add_bilinear
+
+    rng = np.random.default_rng(21)
+    shape = (20, 23)
+    info = np.iinfo(dtype)
+    stored = rng.integers(max(info.min, -40000), min(info.max, 60000), shape,
+                          endpoint=True).astype(dtype)
+    for fr0, nrows, fc0, length in COLOUR_WINDOWS:
+        a, b = max(fr0 - 1, 0), min(fr0 + nrows + 1, shape[0])
+        out = (2, 3, nrows, length)
+        totals = [rng.normal(0, 100, (nrows + 4, length + 5)).astype(np.float32)
+                  for _ in range(3)]
+        want = [t.copy() for t in totals]
+        add_bilinear(stored[a:b], a, shape, pattern, fr0, fc0, totals, out, gain=2.0,
+                     offset=0.0)
+        _debayer_then_add(stored, 0, shape, pattern, fr0, fc0, want, out, 2.0, 0.0)
+        for k in range(3):
+            np.testing.assert_allclose(totals[k], want[k], rtol=1e-6, atol=1e-2,
+                                       err_msg=f"colour {k}, window {fr0, nrows, fc0, length}")
+
+
+@pytest.mark.parametrize("pattern", ["RGGB", "GBRG"])
+@pytest.mark.parametrize("dtype", [">f4", "<f8", ">i2"])
+def test_add_bilinear_counts_nan_and_blank(pattern, dtype):
+    """NaN, infinity or BLANK in the mosaic: every colour value interpolated from one is
+    left out of the sum and counted (with its weight) instead."""
+    from bigstack._kernels import add_bilinear
+
+    rng = np.random.default_rng(22)
+    shape = (16, 18)
+    if np.dtype(dtype).kind == "f":
+        stored = rng.normal(1000, 50, shape).astype(dtype)
+        stored[5:7, 7:9] = np.nan  # a whole cell: every colour is hit
+        stored[0, 0], stored[15, 10] = np.inf, np.nan
+        blank = None
+    else:
+        stored = rng.integers(-3000, 3000, shape).astype(dtype)
+        blank = -32768
+        stored[5:7, 7:9] = stored[0, 0] = stored[15, 17] = blank
+    for fr0, nrows, fc0, length in [(0, 16, 0, 18), (4, 5, 6, 7), (1, 14, 1, 16)]:
+        a, b = max(fr0 - 1, 0), min(fr0 + nrows + 1, shape[0])
+        out = (1, 2, nrows, length)
+        size = (nrows + 2, length + 3)
+        totals = [np.zeros(size, np.float32) for _ in range(3)]
+        invalid = [np.zeros(size, np.int32) for _ in range(3)]
+        lost = [np.zeros(size) for _ in range(3)]
+        want = ([t.copy() for t in totals], [i.copy() for i in invalid], [x.copy() for x in lost])
+        add_bilinear(stored[a:b], a, shape, pattern, fr0, fc0, totals, out, gain=0.5,
+                     offset=7.0, blank=blank, invalid=invalid, lost=lost, weight=1.5)
+        _debayer_then_add(stored, 0, shape, pattern, fr0, fc0, want[0], out, 0.5, 7.0, blank,
+                          want[1], want[2], 1.5)
+        for k in range(3):
+            np.testing.assert_array_equal(invalid[k], want[1][k])
+            assert invalid[k].any()
+            np.testing.assert_array_equal(lost[k], want[2][k])
+            np.testing.assert_allclose(totals[k], want[0][k], rtol=1e-6, atol=1e-3)
+
+
+def test_add_bilinear_refuses_rows_that_miss_the_window():
+    from bigstack._kernels import add_bilinear
+
+    stored = np.zeros((10, 12), np.uint16)
+    totals = [np.zeros((4, 12), np.float32) for _ in range(3)]
+    with pytest.raises(ValueError, match="do not hold"):
+        add_bilinear(stored[3:7], 3, (10, 12), "RGGB", 3, 0, totals, (0, 0, 4, 12))
