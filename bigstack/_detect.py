@@ -236,7 +236,8 @@ def _prepare(bands, sharp=SHARP):
     shapes = {r.shape for r in resids if min(r.shape) >= 32}
     for shape in shapes:  # the bands of one shape together (one set of numpy calls)
         same = [r for r in resids if r.shape == shape]
-        for r, grid in zip(same, background_grids(same, cell=128, step=4), strict=True):
+        grids = background_grids(same, cell=128, step=4, noise=False)
+        for r, grid in zip(same, grids, strict=True):
             subtract_background(r, *grid[:5])
     sigma = _mad_sigma(resids)
     cleaned = 0

@@ -2475,13 +2475,14 @@ def _sample_median(a, n, work):
 
 
 @njit(**_JIT)
-def cell_stats(data, ys, xs, level, sigma):
+def cell_stats(data, ys, xs, level, sigma, want_sigma=True):
     """Clipped median and MAD sigma of each cell's sample of ``data``.
 
     Cell ``(i, j)`` is the pixels ``data[ys[i, a], xs[j, b]]``. Its median and MAD
     sigma, then the values more than 3 sigma off replaced by the median, then the
     median and MAD sigma again, go to ``level[i, j]`` and ``sigma[i, j]``
-    (:func:`bigstack._measure.background_map`'s cells).
+    (:func:`bigstack._measure.background_map`'s cells). Without ``want_sigma`` the
+    last MAD (a quarter of the work) is not taken and ``sigma`` is left as it is.
     """
     sy, sx = ys.shape[1], xs.shape[1]
     n = sy * sx
@@ -2505,10 +2506,11 @@ def cell_stats(data, ys, xs, level, sigma):
                 if not dev[q] <= 3 * s:
                     buf[q] = centre
             centre = _sample_median(buf, n, work)
-            for q in range(n):
-                dev[q] = abs(buf[q] - centre)
             level[i, j] = centre
-            sigma[i, j] = k * _sample_median(dev, n, work)
+            if want_sigma:
+                for q in range(n):
+                    dev[q] = abs(buf[q] - centre)
+                sigma[i, j] = k * _sample_median(dev, n, work)
 
 
 # --------------------------------------------------------------------------

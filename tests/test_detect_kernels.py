@@ -185,9 +185,19 @@ def test_background_grids_are_background_map_per_band(shape, cell, step):
             np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-4)
         background, noise = background_map(band, cell, step)
         np.testing.assert_array_equal(noise, grid[5])
+        assert np.isfinite(noise).all()
         out = band.copy()
         _kernels.subtract_background(out, *grid[:5])
         np.testing.assert_allclose(out, band - background, rtol=0, atol=1e-3)
+
+
+def test_background_grids_without_the_noise_give_the_same_background():
+    bands = [frame_rows((300, 700), seed) for seed in range(2)]
+    for full, bare in zip(background_grids(bands, 128, 4),
+                          background_grids(bands, 128, 4, noise=False), strict=True):
+        for a, b in zip(full[:5], bare[:5], strict=True):
+            np.testing.assert_array_equal(a, b)
+        assert np.isnan(bare[5]).all()
 
 
 @pytest.mark.parametrize(("sy", "sx"), [(3, 5), (4, 4), (12, 32)])
