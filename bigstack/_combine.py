@@ -45,10 +45,17 @@ _FLUSH = 256
 # and bilinear's two float32 temporaries, the float32 result
 _BYTES_PER_PIXEL = 4 + 8 + 4 + 8 + 4 + 8 + 4
 
-#: frames per call of the fused calibrated add, and the bytes per output pixel their stored
-#: rows may take (counted in the tile plan of a calibrated source: 8 16-bit frames)
+#: frames per call of the grouped add (calibrated or plain), and the bytes per output pixel
+#: their stored rows may take (counted in the tile plan: 8 16-bit frames)
 _GROUP = 8
 _GROUP_BYTES = 16
+#: add plain (uncalibrated) whole-pixel copies in groups too (False: one numpy add per
+#: frame over the whole tile; benchmarks/nearest_cost.py --both compares the two)
+_GROUP_PLAIN = True
+#: at most this many bytes of stored rows in a plain group, so that they stay in the shared
+#: cache between the read and the add (400 frames of 2048 x 2048, tiles of 512 rows: groups
+#: of 4 16-bit frames, 8 MiB, added in 0.9x the time of groups of 8, 16 MiB)
+_GROUP_CACHE = 8 * 2**20
 
 
 # --------------------------------------------------------------------------
@@ -265,8 +272,9 @@ def plan_tiles(out_rows, out_cols, memory, threads=None, max_rows=512, warp=None
     ``warp`` is ``(reach, slant, stretch, frame_cols)`` when some frames are
     warped: their source window (a slanted band for a rotation) counts too,
     so a rotated night gets lower tiles within the same budget. ``fused``
-    (a calibrated source) counts the stored rows of a group of frames that
-    :func:`_add_fused` calibrates and adds at once.
+    (see :func:`groups_copies`) counts the stored rows of a group of frames
+    that :class:`_Group` adds (or :func:`_add_fused` calibrates and adds) at
+    once.
     """
     per_thread, threads = _budget(memory, threads)
     per_row = out_cols * (_BYTES_PER_PIXEL + (_GROUP_BYTES if fused else 0))
@@ -314,7 +322,7 @@ def tile_rows(grid, memory, combine, n_kept, weighted, warp=None, fused=False):
     ``warp`` and ``fused`` as for :func:`plan_tiles`."""
     rows, cols = grid[1] - grid[0], grid[3] - grid[2]
     if combine.streaming:
-        return plan_tiles(rows, cols, memory, warp=warp, fused=fused and not weighted)
+        return plan_tiles(rows, cols, memory, warp=warp, fused=fused)
     return _gather_rows(rows, cols, memory, n_kept, combine.method, weighted, warp=warp)
 
 
@@ -444,10 +452,11 @@ def _frame_windows(source, plan, a, b, fused=False):
     rows from ``r0`` that hold the tile's footprint in the frame (slanted for
     a rotation), for :func:`bigstack._kernels.warp_accumulate`.
 
-    With ``fused`` and a calibrated source (one with ``stored``), a
-    whole-pixel copy is yielded unread, with ``fused = (first frame row,
-    first frame column)``: the caller calibrates and adds it in one pass
-    (:func:`_add_fused`).
+    With ``fused``, a whole-pixel copy is yielded unread, with ``fused =
+    (first frame row, first frame column)``: the caller reads it into a
+    group of frames and adds the group in one pass (:class:`_Group`; a
+    calibrated source, one with ``stored``, calibrates it on the way:
+    :func:`_add_fused`).
 
     ``rows`` is a reused buffer: use a window before asking for the next.
     """
@@ -506,9 +515,11 @@ def combine_tile(source, plan, a, b):
     stored values; what is the same for a whole frame window (the count of
     frames, BZERO) is recorded at the window's four corners of a 2-D
     difference array and summed up once at the end, so each frame costs one
-    read and one add. A warped frame is interpolated and added, with its
-    coverage, by the compiled kernel (:mod:`bigstack._kernels`). NaN (or
-    FITS BLANK) pixels are left out of the sum and the coverage.
+    read and one add; the copies are added a group of frames at a time, each
+    row of the sums by all of the group (:class:`_Group`). A warped frame is
+    interpolated and added, with its coverage, by the compiled kernel
+    (:mod:`bigstack._kernels`). NaN (or FITS BLANK) pixels are left out of
+    the sum and the coverage.
 
     Frame ``i`` may be normalised to ``value * plan.gains[i] + plan.biases[i]``
     and weighted by ``plan.weights[i]``; the sum is then the weighted sum.
@@ -519,7 +530,14 @@ def combine_tile(source, plan, a, b):
     sums = _Sums(plan, a, b)
     fused = []  # calibrated whole-pixel copies, added after the loop (see _add_fused)
     can_fuse = plan.weights is None and hasattr(source, "stored")
-    for w in _frame_windows(source, plan, a, b, fused=can_fuse):
+    group = _Group(source, sums, plan.shape[1]) if (
+        _GROUP_PLAIN and not hasattr(source, "stored")) else None
+    for w in _frame_windows(source, plan, a, b, fused=can_fuse or group is not None):
+        if group is not None:
+            if w.fused is not None:
+                group.take(w)
+                continue
+            group.add()  # the copies before a warped frame first: each pixel adds in order
         if w.fused is not None:
             _mark(sums.count, w.out, 1)
             g = 1.0 if plan.gains is None else float(plan.gains[w.i])
@@ -527,11 +545,96 @@ def combine_tile(source, plan, a, b):
             fused.append((w, g, bias))
             continue
         sums.add(w)
+    if group is not None:
+        group.add()
     if fused:
         if sums.invalid is None:
             sums.invalid = np.zeros((sums.h, sums.width), np.int32)
         _add_fused(source, fused, sums.total, sums.exact, sums.invalid)
     return sums.result()
+
+
+def groups_copies(source, weighted):
+    """Whether :func:`combine_tile` reads the whole-pixel copies of ``source``'s frames a
+    group at a time (the ``fused`` of :func:`plan_tiles`): a calibrated source unweighted
+    (:func:`_add_fused`), a plain mono one always (:class:`_Group`)."""
+    if hasattr(source, "stored"):
+        return not weighted
+    return _GROUP_PLAIN and getattr(source, "channels", None) is None
+
+
+class _Group:
+    """Plain whole-pixel copies of a tile, added a group of frames at a time.
+
+    Each frame's rows of the tile are one read, into its slot of the group's
+    buffer (the plan's ``_GROUP_BYTES`` per output pixel); the kernel
+    (:func:`bigstack._kernels.add_plain`) then walks the tile's rows and, in
+    each, adds every frame of the group, so a row of the float32 sums stays
+    in the core's cache while the group adds to it, where one numpy add per
+    frame over the whole tile takes the sums from memory and back for every
+    frame. The bookkeeping is :meth:`_Sums.add`'s: the same marks of
+    coverage, weight and offset, the same flushes, the same sums (values are
+    added in the same order per pixel; the kernel adds the offset of a
+    checked frame, one with NaN or BLANK to look for, in float32, as
+    :meth:`_Sums.add` does for a window that holds such a pixel).
+    """
+
+    def __init__(self, source, sums, nx):
+        self.source, self.sums, self.nx = source, sums, nx
+        self.buffers = {}
+        self.rows = None  # (frames, tile rows, nx) stored rows
+        self.frames = []
+
+    def take(self, w):
+        """Read whole-pixel copy ``w`` (yielded ``fused``) into the group."""
+        from . import _kernels
+
+        sums = self.sums
+        if (sums.added + 1) % _FLUSH == 0:
+            self.add()  # the frames before a flush go into the float32 sums it flushes
+        g, bias, wt = sums.step(w)
+        rows, cols = w.out
+        nrows = rows.stop - rows.start
+        fr0, sx = w.fused
+        if self.rows is not None:  # read straight into the frame's slot
+            self.buffers[self.rows.dtype] = self.rows[len(self.frames)].reshape(-1)
+        stored, scale, zero, blank, _ = self.source.raw(w.i, fr0, fr0 + nrows, self.buffers)
+        if self.rows is None or stored.dtype != self.rows.dtype:
+            self.add()
+            if self.rows is not None:
+                self.buffers.pop(self.rows.dtype, None)
+            slot = sums.h * self.nx * stored.dtype.itemsize
+            size = max(1, min(_GROUP, _GROUP_BYTES * sums.width * sums.h // slot,
+                              _GROUP_CACHE // slot))
+            self.rows = np.empty((size, sums.h, self.nx), stored.dtype)
+        slot = self.rows[len(self.frames)]
+        if stored.__array_interface__["data"][0] != slot.__array_interface__["data"][0]:
+            slot[:nrows] = stored
+        scale, zero = scale * g * wt, (zero * g + bias) * wt
+        _mark(sums.count, w.out, 1)
+        if sums.weight is not None:
+            _mark(sums.weight, w.out, wt)
+        if _kernels.checks_values(stored.dtype, blank):  # the kernel adds the offset
+            if sums.invalid is None:
+                sums.invalid = np.zeros((sums.h, sums.width), np.int32)
+                sums.lost = np.zeros((sums.h, sums.width), np.float64)
+        else:
+            sums.zeros.add(zero)
+            if zero:
+                _mark(sums.offset, w.out, zero)
+        self.frames.append((sx, (rows.start, cols.start, nrows, cols.stop - cols.start),
+                            scale, zero, blank, wt))
+        if len(self.frames) == len(self.rows):
+            self.add()
+
+    def add(self):
+        """Add the frames read so far."""
+        if self.frames:
+            from . import _kernels
+
+            _kernels.add_plain(self.rows[:len(self.frames)], self.frames, self.sums.total,
+                               self.sums.invalid, self.sums.lost)
+            self.frames.clear()
 
 
 class _Sums:

@@ -2139,6 +2139,93 @@ def add_calibrated(rows, frames, masters, total, invalid):
                     hb, d, hd, f, hf, bd, hbd, bool(nan_bad), clean, total, invalid)
 
 
+@njit(**_JIT)
+def _add_plain(stored, geometry, factors, weights, swap, signed, floating, blanks, has_blank,
+               total, invalid, lost):
+    q_lo, q_hi = total.shape[0], 0
+    for g in range(stored.shape[0]):
+        q_lo = min(q_lo, geometry[g, 1])
+        q_hi = max(q_hi, geometry[g, 1] + geometry[g, 3])
+    f0, i0, i1 = np.float32(0), np.int32(0), np.int32(1)
+    # output row outside, frames inside: a tile row's sums stay in the core's cache while
+    # every frame of the group adds to it
+    for oq in range(q_lo, q_hi):
+        for g in range(stored.shape[0]):
+            sx, oy, ox, nrows, length = geometry[g]
+            if oq < oy or oq >= oy + nrows:
+                continue
+            scale, zero = factors[g]
+            weight = weights[g]
+            blank, hb = blanks[g], has_blank[g]
+            src = stored[g, oq - oy, sx:sx + length]
+            trow = total[oq, ox:ox + length]
+            if not (floating or hb):  # integers without BLANK: every value counts
+                for c in range(length):
+                    trow[c] += _physical(src[c], swap, signed, scale, f0, blank, hb)
+                continue
+            irow = invalid[oq, ox:ox + length]
+            lrow = lost[oq, ox:ox + length]
+            for c in range(length):  # selects, not branches: the loop vectorises
+                v = _physical(src[c], swap, signed, scale, zero, blank, hb)
+                ok = v - v == 0
+                trow[c] += v if ok else f0
+                irow[c] += i0 if ok else i1
+                lrow[c] += 0.0 if ok else weight
+
+
+def checks_values(dtype, blank):
+    """Whether :func:`add_plain` checks each value of rows of ``dtype``: floats, and
+    integers with a ``blank`` the type can hold."""
+    dtype = np.dtype(dtype)
+    return dtype.kind == "f" or bool(_blank_bits(blank, dtype, dtype)[0])
+
+
+def add_plain(rows, frames, total, invalid=None, lost=None):
+    """Add a group of frames' stored rows to a tile in one pass.
+
+    ``rows`` is ``(G, R, nx)``: frame ``g``'s stored rows (as a FITS reader
+    gives them; one stored type for the group), ``rows[g, q]`` the row of
+    output row ``oy + q``. ``frames`` holds G tuples ``(sx, out, scale,
+    zero, blank, weight)``: output pixel ``out = (oy, ox, nrows, length)`` +
+    ``(q, c)`` takes ``rows[g, q, sx + c]``. ``total`` (float32) gets the
+    stored value times ``scale`` (in float32, as numpy's ``block *
+    np.float32(scale)``). Integer rows without ``blank`` are added as they
+    are, ``zero`` left to the caller (the same for the whole window: it is
+    added once per pixel at the end, in float64); the values of float rows
+    and of rows with a ``blank`` are checked: a valid one adds ``value *
+    scale + zero`` (in float32), a NaN, infinity or BLANK adds 1 to
+    ``invalid`` (int32) and ``weight`` to ``lost`` (float64) instead, as the
+    numpy path does with a window that holds such a pixel. Each pixel adds
+    the frames in the group's order. Reference: a numpy add per frame
+    (tests/test_kernels.py).
+    """
+    view, swap, signed, floating = _stored_view(rows)
+    if view.ndim != 3 or len(frames) > view.shape[0]:
+        raise ValueError(f"rows must be (frames, rows, columns) for {len(frames)} frames, "
+                         f"got shape {view.shape}")
+    n = len(frames)
+    dtype = np.asarray(rows).dtype
+    geometry = np.empty((n, 5), np.int64)
+    factors = np.empty((n, 2), np.float32)
+    weights = np.empty(n, np.float64)
+    blanks = np.zeros(n, view.dtype)
+    has_blank = np.zeros(n, np.bool_)
+    for g, (sx, out, scale, zero, blank, weight) in enumerate(frames):
+        if out[2] > view.shape[1] or sx + out[3] > view.shape[2]:
+            raise ValueError(f"frame {g}'s window {out} from column {sx} does not fit rows of "
+                             f"shape {view.shape[1:]}")
+        geometry[g] = (sx, *out)
+        factors[g] = (scale, zero)
+        weights[g] = weight
+        has_blank[g], blanks[g] = _blank_bits(blank, dtype, view.dtype)
+    if (floating or has_blank.any()) and (invalid is None or lost is None):
+        raise ValueError("float rows and rows with a BLANK need invalid and lost")
+    if invalid is None:
+        invalid, lost = np.zeros((1, 1), np.int32), np.zeros((1, 1), np.float64)
+    _add_plain(view[:n], geometry, factors, weights, swap, signed, floating, blanks, has_blank,
+               total, invalid, lost)
+
+
 # --------------------------------------------------------------------------
 # star detection (bigstack._detect): the passes over a frame's rows
 #

@@ -387,7 +387,7 @@ def _plan(request, inputs, quality, lazy):
     warp = _combine.warp_footprint(transforms, inputs.keep, request.subpixel, inputs.shape)
     tile = _combine.tile_rows(grid, request.memory, request.combine, int(keep.sum()),
                               request.weighting, warp=warp,
-                              fused=hasattr(inputs.source, "stored"))
+                              fused=_combine.groups_copies(inputs.source, request.weighting))
     moving = not _combine.translations(transforms[inputs.keep]).all()
     plan = _combine.TilePlan(shape=inputs.shape, shifts=shifts, subpixel=request.subpixel,
                              grid=grid, combine=request.combine, normalize=request.normalize,
@@ -573,13 +573,15 @@ def _into_store(store, existing, source, plan, provenance, request):
     grid = tuple(attrs["grid"][k] for k in ("y0", "y1", "x0", "x1"))
     plan = replace(plan, grid=grid, n_total=attrs["pending"]["n_total"])
     tile = attrs["parameters"]["tile_rows"]
-    done = _store.tiles_done(store)
+    bounds = _combine.tile_bounds(grid[1] - grid[0], tile)
+    # only a resumed stack has tiles done: a new store's book, and an append's (reset), have
+    # none, and reading it opens the store's metadata (every frame's) once more
+    done = _store.tiles_done(store) if mode == "resume" else np.zeros(len(bounds), bool)
     base = attrs["pending"]["mode"] == "append"
     source_d = dask.delayed(source, traverse=False)
     task = dask.delayed(_tile_task, pure=False)
     writes = [task(store, source_d, plan, t, a, b, base)
-              for t, (a, b) in enumerate(_combine.tile_bounds(grid[1] - grid[0], tile))
-              if not done[t]]
+              for t, (a, b) in enumerate(bounds) if not done[t]]
     compute(writes, request.progress)
     _store.finish(store)
     return _store.open_stack(store)

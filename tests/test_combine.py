@@ -321,3 +321,116 @@ def test_bad_arguments():
         bigstack.stack(cube, memory="100B")
     with pytest.raises(ValueError, match=r"\(frame, y, x\) cube"):
         bigstack.stack(cube[0])
+
+
+def _mixed_files(tmp_path, rng, ny, nx):
+    """Frames of every stored kind one night may mix, in runs (a group holds one type)."""
+    frames, paths = [], []
+
+    def add(name, data, **scaling):
+        paths.append(write_fits(tmp_path / f"{len(paths):02d}{name}.fit", data, **scaling))
+
+    for _ in range(5):
+        add("u16", rng.integers(0, 65535, (ny, nx), endpoint=True).astype(np.uint16))
+    for _ in range(2):
+        add("i16", rng.integers(-32768, 32767, (ny, nx), endpoint=True).astype(np.int16))
+    add("u8", rng.integers(0, 255, (ny, nx), endpoint=True).astype(np.uint8))
+    for _ in range(3):
+        data = rng.normal(500, 100, (ny, nx)).astype(np.float32)
+        data[rng.random((ny, nx)) < 0.05] = np.nan
+        add("f32", data)
+    add("scaled", rng.integers(0, 30000, (ny, nx)).astype(np.float32), bzero=7.0, bscale=0.5)
+    blank = rng.integers(-30000, 30000, (ny, nx)).astype(np.int16)
+    blank[rng.random((ny, nx)) < 0.05] = -32768
+    add("blank", blank, BLANK=-32768)
+    add("u16", rng.integers(0, 65535, (ny, nx), endpoint=True).astype(np.uint16))
+    return paths, frames
+
+
+@pytest.mark.parametrize("subpixel", ["nearest", "bilinear"])
+def test_grouped_plain_add_equals_frame_by_frame(tmp_path, monkeypatch, subpixel):
+    """Plain whole-pixel copies added a group at a time (bigstack._kernels.add_plain) give
+    the coverage and weights of one numpy add per frame, bit for bit, and its sums up to
+    float32 rounding (integer frames' to the bit: tests above): every stored
+    kind (16-bit with BZERO, 8-bit, float with NaN, scaled, BLANK), gains, biases and
+    weights, every tile height, and (bilinear) warped frames between the copies, which the
+    copies before them must not pass."""
+    from bigstack import _io, _kernels, _reject
+
+    rng = np.random.default_rng(21)
+    ny, nx = 23, 19
+    paths, _ = _mixed_files(tmp_path, rng, ny, nx)
+    n = len(paths)
+    shifts = rng.integers(-6, 7, (n, 2)).astype(float)
+    shifts[3] = [16, -1]  # partly past the edge
+    if subpixel == "bilinear":
+        shifts[[2, 8, 12]] += [[0.25, 0.5], [0.5, 0.0], [0.0, 0.75]]  # warped
+    source, _, shape, _ = _io.cube_source(open_frames(paths), "test")
+    assert isinstance(source, _io.FileRows)
+    calls = []
+    kernel = _kernels.add_plain
+    monkeypatch.setattr(_kernels, "add_plain", lambda *a, **k: calls.append(
+        (len(a[1]), a[0].nbytes, a[2].shape)) or kernel(*a, **k))
+    plan = _combine.TilePlan(
+        shape=shape, shifts=shifts, keep=np.ones(n, bool), subpixel=subpixel,
+        grid=(0, ny, 0, nx), combine=_reject.Rejection("mean"),
+        gains=rng.uniform(0.5, 2, n), biases=rng.normal(0, 50, n),
+        weights=rng.uniform(0.1, 3, n))
+    for tile in (1, 4, 9, ny):
+        for a, b in _combine.tile_bounds(ny, tile):
+            monkeypatch.setattr(_combine, "_GROUP_PLAIN", True)
+            calls.clear()
+            grouped = _combine.combine_tile(source, plan, a, b)
+            assert max(c[0] for c in calls) > 1  # in groups
+            for _, nbytes, (h, width) in calls:  # a group's rows take what the plan counts
+                assert nbytes <= _combine._GROUP_BYTES * h * width
+            monkeypatch.setattr(_combine, "_GROUP_PLAIN", False)
+            single = _combine.combine_tile(source, plan, a, b)
+            # a float or BLANK frame's offset is added in float32 with its values (in
+            # float64 after the loop when its window holds no NaN or BLANK frame by frame):
+            # float32 rounding of the running sums
+            np.testing.assert_allclose(grouped[0], single[0], rtol=0,
+                                       atol=1e-6 * np.abs(single[0]).max())
+            np.testing.assert_array_equal(grouped[1], single[1])
+            np.testing.assert_array_equal(grouped[2], single[2])
+
+
+def test_grouped_plain_add_flushes_as_frame_by_frame(monkeypatch):
+    """Past 256 frames the float32 sums move into float64 at the same frame either way:
+    float frames (whose sums round) stack to the same bits, and match the reference."""
+    rng = np.random.default_rng(22)
+    cube = rng.normal(1000, 30, (300, 9, 11)).astype(np.float32)
+    cube[5, 2, 3] = np.nan
+    shifts = _shifts(300, seed=23, scale=3, integer=True)
+    stacks = {}
+    for grouped in (True, False):
+        monkeypatch.setattr(_combine, "_GROUP_PLAIN", grouped)
+        out = bigstack.stack(cube, shifts, subpixel="nearest", method="sum")
+        stacks[grouped] = out["stack"].values, out["coverage"].values
+    np.testing.assert_array_equal(stacks[True][0], stacks[False][0])
+    np.testing.assert_array_equal(stacks[True][1], stacks[False][1])
+    expected, cover, _ = reference_stack(np.nan_to_num(cube), shifts, method="sum")
+    cover[2 - int(np.floor(shifts[5, 1] + 0.5)), 3 - int(np.floor(shifts[5, 0] + 0.5))] -= 1
+    np.testing.assert_array_equal(stacks[True][1], cover)
+    np.testing.assert_allclose(stacks[True][0], expected, rtol=1e-6)
+
+
+def test_plain_plan_counts_the_group_of_frames():
+    """A plain mono source's tiles hold a group of frames' stored rows (counted in the
+    plan), a colour one's do not; a calibrated one's only unweighted."""
+    from bigstack import _io
+
+    source = _io.ArrayRows(np.zeros((2, 4, 4), np.float32))
+    assert _combine.groups_copies(source, weighted=False)
+    assert _combine.groups_copies(source, weighted=True)
+
+    class Colour:
+        channels = ("R", "G", "B")
+
+    class Calibrated:
+        def stored(self):
+            pass
+
+    assert not _combine.groups_copies(Colour(), weighted=False)
+    assert _combine.groups_copies(Calibrated(), weighted=False)
+    assert not _combine.groups_copies(Calibrated(), weighted=True)

@@ -756,3 +756,69 @@ def test_add_bilinear_refuses_rows_that_miss_the_window():
     totals = [np.zeros((4, 12), np.float32) for _ in range(3)]
     with pytest.raises(ValueError, match="do not hold"):
         add_bilinear(stored[3:7], 3, (10, 12), "RGGB", 3, 0, totals, (0, 0, 4, 12))
+
+
+@pytest.mark.parametrize("stored_type", [">i2", ">u2", "u1", ">i4", ">f4", "<f8"])
+@pytest.mark.parametrize("blank", [None, 7])
+def test_add_plain_equals_numpy(stored_type, blank):
+    """The grouped add of plain frames against a numpy add per frame: integer rows without
+    BLANK add ``stored * scale`` (the offset is the caller's), float rows and rows with a
+    BLANK add ``stored * scale + zero`` where valid and count the rest in ``invalid`` and
+    their weight in ``lost``; each frame its own window of the tile."""
+    from bigstack._kernels import add_plain, checks_values
+
+    rng = np.random.default_rng(12)
+    dtype = np.dtype(stored_type)
+    h, width, nx = 20, 36, 40
+    total = rng.normal(0, 1, (h, width)).astype(np.float32)
+    invalid = rng.integers(0, 3, (h, width)).astype(np.int32)
+    lost = rng.normal(0, 1, (h, width))
+    want = total.copy(), invalid.copy(), lost.copy()
+    # (sx, (oy, ox, nrows, length), scale, zero, blank, weight)
+    frames = [(3, (1, 2, 18, 34), 1.0, 32768.0, blank, 1.0),
+              (0, (0, 0, 20, 36), 0.5, 3.0, blank, 0.25),
+              (4, (3, 5, 16, 30), 1.75, -2.5, blank, 2.0)]
+    group = np.zeros((4, h, nx), dtype)  # a slot left over: the group may be short
+    for g, (_, out, *_rest) in enumerate(frames):
+        if dtype.kind == "f":
+            stored = rng.normal(0, 1000, (out[2], nx))
+            stored[2, 5] = np.nan
+            stored[4, 6 + g] = np.inf
+        else:
+            info = np.iinfo(dtype)
+            stored = rng.integers(info.min, info.max, (out[2], nx), endpoint=True)
+            stored[2, 5 + g] = 7  # a BLANK pixel when the frame has BLANK
+        group[g, :out[2]] = stored.astype(dtype)
+    add_plain(group, frames, total, invalid, lost)
+    checked = checks_values(dtype, blank)
+    assert checked == (dtype.kind == "f" or blank is not None)
+    want_total, want_invalid, want_lost = want
+    for g, (sx, (oy, ox, nrows, length), scale, zero, fblank, weight) in enumerate(frames):
+        stored = group[g, :nrows, sx:sx + length]
+        values = stored.astype(np.float32) * np.float32(scale)
+        window = np.s_[oy:oy + nrows, ox:ox + length]
+        if not checked:
+            want_total[window] += values
+            continue
+        values = values + np.float32(zero)
+        bad = ~np.isfinite(stored) if dtype.kind == "f" else stored == fblank
+        assert bad.any()
+        want_total[window] += np.where(bad, np.float32(0), values)
+        want_invalid[window] += bad
+        want_lost[window] += bad * weight
+    np.testing.assert_array_equal(total, want_total)
+    np.testing.assert_array_equal(invalid, want_invalid)
+    np.testing.assert_array_equal(lost, want_lost)
+
+
+def test_add_plain_refuses_what_it_cannot_add():
+    from bigstack._kernels import add_plain
+
+    total = np.zeros((4, 5), np.float32)
+    frame = (0, (0, 0, 4, 5), 1.0, 0.0, None, 1.0)
+    with pytest.raises(ValueError, match="frames, rows, columns"):
+        add_plain(np.zeros((4, 5), ">i2"), [frame], total)
+    with pytest.raises(ValueError, match="does not fit"):
+        add_plain(np.zeros((1, 3, 5), ">i2"), [frame], total)
+    with pytest.raises(ValueError, match="need invalid and lost"):
+        add_plain(np.zeros((1, 4, 5), ">f4"), [frame], total)
