@@ -278,6 +278,10 @@ def plan_tiles(out_rows, out_cols, memory, threads=None, max_rows=512, warp=None
     """
     per_thread, threads = _budget(memory, threads)
     per_row = out_cols * (_BYTES_PER_PIXEL + (_GROUP_BYTES if fused else 0))
+    if fused and per_thread < per_row:
+        # a budget too small for a group's buffer: the group shrinks to one frame
+        # (its size follows the tile's area), which costs no more than a plain add
+        per_row = out_cols * _BYTES_PER_PIXEL
     fixed = 0
     if warp is not None:
         reach, slant, stretch, frame_cols = warp

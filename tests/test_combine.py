@@ -108,6 +108,18 @@ def test_fused_plan_counts_the_group_of_frames():
     assert fused == budget // (2048 * (_combine._BYTES_PER_PIXEL + _combine._GROUP_BYTES))
 
 
+def test_fused_plan_within_a_budget_too_small_for_a_group():
+    """A budget that holds one row of sums but not a group's buffer still plans
+    one-row tiles (the group shrinks to one frame) instead of refusing; a budget
+    too small for the sums alone is still refused."""
+    one_row = 40 * _combine._BYTES_PER_PIXEL
+    memory = 2 * 2 * one_row  # half for the process, two threads
+    assert _combine.plan_tiles(400, 40, memory, threads=2, fused=True) == 1
+    assert _combine.plan_tiles(400, 40, memory, threads=2) == 1
+    with pytest.raises(BigstackError, match="too small"):
+        _combine.plan_tiles(400, 40, memory - 8, threads=2, fused=True)
+
+
 @pytest.mark.parametrize("tile_rows", [1, 2, 5, 13, 64])
 @pytest.mark.parametrize("subpixel", ["nearest", "bilinear"])
 def test_every_tile_height(monkeypatch, tile_rows, subpixel):
