@@ -11,8 +11,8 @@ Stages, per call (all bands of a frame together):
 1. **Fixed pattern and background**: every column's level over all the
    band rows (a median of a sample of rows, then the mean of the values
    within 3 sigma of it), then every row's clipped mean, then a coarse
-   :func:`bigstack._measure.background_map` (cells of 128 px) of what is
-   left, are subtracted; the pixel noise is then the MAD sigma of a
+   background (:func:`bigstack._measure.background_grids`, cells of 128
+   px) of what is left, are subtracted; the pixel noise is then the MAD sigma of a
    sample of the bands. A sensor's column or row structure does not move
    with the sky and would otherwise give "stars" that match at zero
    shift; removing it before the background cells are measured keeps it
@@ -48,6 +48,14 @@ Stages, per call (all bands of a frame together):
    Only the ``2 * n_stars`` detections of highest signal to noise are
    centroided.
 6. The ``n_stars`` brightest by windowed flux are returned.
+
+Every pass over the pixels (column and row pattern, background cells,
+sharp peaks, binning, smoothing, peaks, centroids) is a compiled kernel
+in :mod:`bigstack._kernels` with a numpy reference in
+``tests/test_detect_kernels.py``. On a crowded 2048 x 2048 frame the
+whole detection takes about 75 ms on one core, a band of 192 rows 11 ms
+(``benchmarks/detect_compare.py``; sep takes 695 ms and photutils 1.56 s
+for the same frame).
 """
 
 from __future__ import annotations
