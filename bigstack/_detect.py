@@ -21,7 +21,8 @@ Stages, per call (all bands of a frame together):
    stands above the median of its 8 neighbours by more than 70% of its
    value is a hot pixel or a cosmic ray (a star of FWHM >= 2 px spreads
    at least 40% of its peak into its neighbours): it is replaced by that
-   median. This is a test of shape, not of brightness.
+   median, in passes until none is left (a demosaiced hot pixel needs two).
+   This is a test of shape, not of brightness.
 3. **Matched filter**: the band is binned (``b`` x ``b`` sums, ``b`` a
    power of two near ``fwhm / 2.5``, at least 2) and smoothed with a
    Gaussian of the expected FWHM. The FWHM is given, or chosen per frame
@@ -120,16 +121,38 @@ def neighbours(data, ys, xs):
                      for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx])
 
 
-def _clean_sharp(resid, sigma, ratio=SHARP):
-    """Replace hot pixels and cosmic rays (sharp peaks, by shape) in place; return the count."""
+def _clean_sharp(resid, sigma, ratio=SHARP, passes=3):
+    """Replace hot pixels and cosmic rays (sharp peaks, by shape) in place; return the count.
+
+    A pass can leave a sharp pixel behind: a hot pixel of a Bayer mosaic, through a
+    bilinear demosaic, is a plus of five pixels (the arms a quarter of the centre),
+    all five are sharp, and the centre's replacement, the median of its original
+    neighbours, is half an arm: a lone peak of hundreds of sigma. Later passes, up
+    to ``passes`` in all while one replaces something, test again only the pixels
+    just replaced (a pixel once found not sharp is left as it is), so they cost
+    little.
+    """
     from ._kernels import clean_sharp
 
     cap = resid.size // 64 + 256
-    n = clean_sharp(resid, 4.0 * sigma, ratio, np.empty(cap, np.int64), np.empty(cap, np.float32))
+    where = np.empty(cap, np.int64)
+    n = clean_sharp(resid, 4.0 * sigma, ratio, where, np.empty(cap, np.float32))
     if n < 0:  # more than the scratch holds: once more, with room for all
-        n = clean_sharp(resid, 4.0 * sigma, ratio, np.empty(-n, np.int64),
-                        np.empty(-n, np.float32))
-    return int(n)
+        where = np.empty(-n, np.int64)
+        n = clean_sharp(resid, 4.0 * sigma, ratio, where, np.empty(-n, np.float32))
+    total = int(n)
+    changed = where[:n]
+    nx = resid.shape[1]
+    for _ in range(passes - 1):
+        if changed.size == 0:
+            break
+        near = changed[resid.ravel()[changed] > 4.0 * sigma]
+        ys, xs = np.divmod(near, nx)
+        sharp, med = sharp_pixels(resid, ys, xs, ratio)
+        resid[ys[sharp], xs[sharp]] = med[sharp]
+        changed = near[sharp]
+        total += int(changed.size)
+    return total
 
 
 def _binned(pyramid, b):

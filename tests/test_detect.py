@@ -59,6 +59,34 @@ def test_bright_star_positions_and_no_sensor_features(psf):
     assert found["frame_fwhm"] == pytest.approx(3.0, rel=0.15 if psf == "gaussian" else 0.3)
 
 
+def test_demosaiced_hot_pixels_are_not_stars():
+    """A hot pixel of a Bayer mosaic at a green site, through a bilinear demosaic, is a
+    plus of five pixels (the arms a quarter of the centre). None of them is a star, and
+    the frame's FWHM stays the stars' own: in row bands with few stars, such pluses
+    once outnumbered the stars among the best detections (FWHM read as 1.5 px for
+    3.3 px stars) and good frames of a colour night were refused."""
+    shape = (192, 1200)
+    fwhm = 3.3
+    x, y = grid_stars(shape, 120, seed=3)
+    flux = np.full(x.size, peak_to_flux(400.0, fwhm))
+    image = render_frame(shape, (x, y, flux), similarity(), fwhm, seed=4, noise=SIGMA)
+    rng = np.random.default_rng(5)
+    hy = rng.integers(10, shape[0] - 10, 60)
+    hx = rng.integers(10, shape[1] - 10, 60)
+    far = cKDTree(np.column_stack([x, y])).query(np.column_stack([hx, hy]))[0] > 12
+    hy, hx = hy[far], hx[far]
+    level = rng.uniform(2000.0, 30000.0, hx.size).astype(np.float32)
+    for dy, dx, part in ((0, 0, 1.0), (-1, 0, 0.25), (1, 0, 0.25), (0, -1, 0.25), (0, 1, 0.25)):
+        image[hy + dy, hx + dx] += part * level
+    found = detect_stars([(0, image)], n_stars=500)
+    near_hot = cKDTree(np.column_stack([hx, hy])).query(
+        np.column_stack([found["x"], found["y"]]))[0]
+    assert near_hot.min() > 3.0  # no detection on a plus
+    d, _, _ = nearest(found, x, y)
+    assert d.max() < 0.5
+    assert found["frame_fwhm"] == pytest.approx(fwhm, rel=0.15)
+
+
 def test_faint_wide_stars_at_three_sigma():
     """Defocused stars (FWHM 11) peaking at 3 sigma per pixel are found; sensor features are not."""
     shape = (300, 1200)
