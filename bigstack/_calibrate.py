@@ -697,6 +697,27 @@ class CalibratedRows:
         rows, scale, zero, blank, _ = reader.source.raw(j, r0, r1, buffers)
         return rows, scale, zero, blank, float(reader.dark_factor[j])
 
+    def base(self, indices, r0, r1):
+        """``bias + k * dark`` over frame rows ``[r0, r1)`` for frames ``indices`` that all
+        have dark factor ``k``, as ``(float32 rows, r0, k)``: the one row the fused combine
+        subtracts (:func:`bigstack._kernels.add_calibrated`). None when they do not share
+        one, or no dark is subtracted (the kernel then subtracts the bias alone)."""
+        reader = self.reader
+        if reader.dark is None or len(indices) == 0:
+            return None
+        factors = reader.dark_factor[self.files[np.asarray(indices)]]
+        k = float(factors[0])
+        if k == 0 or not (factors == k).all():
+            return None
+        dark = reader.dark[r0:r1]
+        if k == 1:
+            rows = dark if reader.bias is None else reader.bias[r0:r1] + dark
+        else:
+            rows = dark * np.float32(k)
+            if reader.bias is not None:
+                rows += reader.bias[r0:r1]
+        return rows, r0, k
+
     @property
     def masters(self):
         """``(bias, dark, inv_flat, bad, nan_bad, clean)`` for
