@@ -541,6 +541,12 @@ def _checked_flat(flat, floor, low_flat, record):
     image, attrs = flat
     if image is None:
         return None
+    lo, hi = image.min(), image.max()  # NaN if any value is NaN
+    if floor >= 0 and np.isfinite(lo) and np.isfinite(hi) and lo > np.float32(floor * float(hi)):
+        # every value finite and above floor x the largest, which is at least the median's
+        # share: no low pixel, and no median to find (a third of what calibrate costs)
+        record["flat_low_pixels"] = 0
+        return image
     level = float(np.nanmedian(image))
     low = ~np.isfinite(image) | (image <= floor * level)
     share = float(low.mean())
@@ -578,7 +584,8 @@ class CalibratedReader:
         self.ndim = 3
         self.bias, self.dark = bias, dark
         # multiplied, not divided, in the hot loop: the reciprocal once (NaN stays NaN)
-        self.inv_flat = None if flat is None else (np.float32(1) / flat).astype(np.float32)
+        self.inv_flat = None if flat is None else np.divide(np.float32(1), flat,
+                                                            dtype=np.float32)
         self.dark_factor = np.asarray(dark_factor, float)
         self.bad, self.replace = bad, replace
         # frame rows whose masters are finite and hold no bad pixel: the fused combine adds

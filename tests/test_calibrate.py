@@ -149,6 +149,38 @@ def test_low_flat_is_refused_or_masked(night):
     assert masked.attrs["calibration"]["flat_low_pixels"] == 6
 
 
+@pytest.mark.parametrize("floor", [0.05, 0.5, 0.0])
+def test_low_flat_pixels_equal_numpy_with_or_without_the_median(night, floor, monkeypatch):
+    """Flats whose every pixel is above ``floor`` x their largest skip the median; each
+    count of low pixels equals numpy's, at the threshold too (float32 comparisons)."""
+    _, files = night
+    medians = []
+    nanmedian = np.nanmedian
+    good = bigstack.make_master(files["flat"], "flat").values.astype(np.float32)
+    level = np.float32(floor * float(np.nanmedian(good)))
+    below = np.nextafter(level, np.float32(-1)) if floor else np.float32(-0.5)
+    above = np.nextafter(level, np.float32(2)) if floor else np.float32(1e-3)
+    cases = {"good": good}
+    for name, value in (("at", level), ("below", below), ("above", above),
+                        ("nan", np.nan), ("inf", np.inf)):
+        flat = good.copy()
+        flat[5, 6] = value
+        cases[name] = flat
+    for name, flat in cases.items():
+        want = int((~np.isfinite(flat) | (flat <= np.float32(floor * float(
+            np.nanmedian(flat))))).sum())
+        medians.clear()
+        with monkeypatch.context() as patch:
+            patch.setattr(np, "nanmedian", lambda *a, **k: medians.append(1) or nanmedian(
+                *a, **k))
+            masked = bigstack.calibrate(files["light"], flat=flat, low_flat="mask",
+                                        flat_floor=floor)
+        assert masked.attrs["calibration"]["flat_low_pixels"] == want, name
+        assert want == (name in ("at", "below", "nan", "inf"))
+        # every pixel above floor x the largest: no median (a finite flat when floor is 0)
+        assert bool(medians) != (name == "good" or (floor == 0 and name == "above")), name
+
+
 def test_cosmetic_correction_finds_the_hot_pixels_and_repairs_them(night):
     sensor, files = night
     bias = bigstack.make_master(files["bias"], "bias")
