@@ -58,7 +58,8 @@ _GROUP_PLAIN = True
 _GROUP_CACHE = 8 * 2**20
 #: bytes per output pixel of a calibrated tile's base, bias + k * dark over the frames' rows
 #: (float32, the tile's rows and the frames' shifts: up to twice the tile), computed once a
-#: tile so that the fused kernel subtracts one master row, not two (see _add_fused)
+#: tile so that the fused kernel subtracts one master row, not two (see _add_fused; a tile of
+#: 400 frames of 2048 x 2048 in 1.13-1.16x the CPU of the plain grouped add, 1.28x before)
 _BASE_BYTES = 8
 
 
