@@ -541,6 +541,12 @@ def _checked_flat(flat, floor, low_flat, record):
     image, attrs = flat
     if image is None:
         return None
+    lo, hi = image.min(), image.max()  # NaN if any value is NaN
+    if floor >= 0 and np.isfinite(lo) and np.isfinite(hi) and lo > np.float32(floor * float(hi)):
+        # every value finite and above floor x the largest, which is at least the median's
+        # share: no low pixel, and no median to find (a third of what calibrate costs)
+        record["flat_low_pixels"] = 0
+        return image
     level = float(np.nanmedian(image))
     low = ~np.isfinite(image) | (image <= floor * level)
     share = float(low.mean())
@@ -578,7 +584,8 @@ class CalibratedReader:
         self.ndim = 3
         self.bias, self.dark = bias, dark
         # multiplied, not divided, in the hot loop: the reciprocal once (NaN stays NaN)
-        self.inv_flat = None if flat is None else (np.float32(1) / flat).astype(np.float32)
+        self.inv_flat = None if flat is None else np.divide(np.float32(1), flat,
+                                                            dtype=np.float32)
         self.dark_factor = np.asarray(dark_factor, float)
         self.bad, self.replace = bad, replace
         # frame rows whose masters are finite and hold no bad pixel: the fused combine adds
@@ -696,6 +703,27 @@ class CalibratedRows:
         j = int(self.files[i])
         rows, scale, zero, blank, _ = reader.source.raw(j, r0, r1, buffers)
         return rows, scale, zero, blank, float(reader.dark_factor[j])
+
+    def base(self, indices, r0, r1):
+        """``bias + k * dark`` over frame rows ``[r0, r1)`` for frames ``indices`` that all
+        have dark factor ``k``, as ``(float32 rows, r0, k)``: the one row the fused combine
+        subtracts (:func:`bigstack._kernels.add_calibrated`). None when they do not share
+        one, or no dark is subtracted (the kernel then subtracts the bias alone)."""
+        reader = self.reader
+        if reader.dark is None or len(indices) == 0:
+            return None
+        factors = reader.dark_factor[self.files[np.asarray(indices)]]
+        k = float(factors[0])
+        if k == 0 or not (factors == k).all():
+            return None
+        dark = reader.dark[r0:r1]
+        if k == 1:
+            rows = dark if reader.bias is None else reader.bias[r0:r1] + dark
+        else:
+            rows = dark * np.float32(k)
+            if reader.bias is not None:
+                rows += reader.bias[r0:r1]
+        return rows, r0, k
 
     @property
     def masters(self):

@@ -2006,9 +2006,34 @@ def _calibrated(stored, s0, swap, signed, scale, zero, blank, has_blank, bias, h
 
 
 @njit(**_JIT)
-def _add_calibrated(stored, geometry, factors, swap, signed, floating, blanks, has_blank, bias,
-                    has_bias, dark, has_dark, inv_flat, has_flat, bad, has_bad, nan_bad, clean,
-                    total, invalid):
+def _add_row(src, swap, signed, scale, zero, blank, hb, sub, mul, gain, offset, unit, trow):
+    """``trow += ((physical src) - sub) * mul * gain + offset``: finite masters, integers
+    without BLANK (a function of its own: its loops vectorise)."""
+    if unit:  # scale 1, gain 1, offset 0: the same values, fewer steps
+        one = np.float32(1)
+        for c in range(trow.shape[0]):
+            trow[c] += (_physical(src[c], swap, signed, one, zero, blank, hb) - sub[c]) * mul[c]
+        return
+    for c in range(trow.shape[0]):
+        v = (_physical(src[c], swap, signed, scale, zero, blank, hb) - sub[c]) * mul[c]
+        trow[c] += v * gain + offset
+
+
+@njit(**_JIT)
+def _add_row_dark(src, swap, signed, scale, zero, blank, hb, bias, k, dark, mul, gain, offset,
+                  trow):
+    """:func:`_add_row` with the bias and ``k`` times the dark subtracted one after the
+    other (frames whose dark factors differ)."""
+    for c in range(trow.shape[0]):
+        v = (_physical(src[c], swap, signed, scale, zero, blank, hb) - bias[c]
+             - k * dark[c]) * mul[c]
+        trow[c] += v * gain + offset
+
+
+@njit(**_JIT)
+def _add_calibrated(stored, geometry, factors, unit, swap, signed, floating, blanks, has_blank,
+                    bias, has_bias, dark, has_dark, inv_flat, has_flat, base, base0, has_base,
+                    bad, has_bad, nan_bad, clean, total, invalid):
     nx = stored.shape[2]
     width = total.shape[1]
     near = np.empty(8, np.float32)
@@ -2041,18 +2066,27 @@ def _add_calibrated(stored, geometry, factors, swap, signed, floating, blanks, h
             brow = bias[fr, sx:sx + length] if has_bias else zeros[:length]
             drow = dark[fr, sx:sx + length] if hd else zeros[:length]
             frow = inv_flat[fr, sx:sx + length] if has_flat else ones[:length]
-            if clean[fr] and not (floating or hb):
+            kk = k
+            if has_base or not hd:
+                # one row to subtract: the caller's bias + k * dark, or the bias alone (a
+                # dark row of zeros left out of the loops below: fewer loads and operations)
+                if has_base:
+                    brow = base[fr - base0, sx:sx + length]
+                drow, kk = zeros[:length], f0
+                if clean[fr] and not (floating or hb):
+                    _add_row(src, swap, signed, scale, zero, blank, hb, brow, frow, gain,
+                             offset, unit[g], trow)
+                    continue
+            elif clean[fr] and not (floating or hb):
                 # finite masters, no bad pixel and integers without BLANK: every value is
                 # finite, so no count of invalid values and no selects
-                for c in range(length):
-                    v = (_physical(src[c], swap, signed, scale, zero, blank, hb) - brow[c]
-                         - k * drow[c]) * frow[c]
-                    trow[c] += v * gain + offset
+                _add_row_dark(src, swap, signed, scale, zero, blank, hb, brow, k, drow, frow,
+                              gain, offset, trow)
                 continue
             badrow = bad[fr, sx:sx + length] if has_bad else good[:length]
             for c in range(length):
                 v = (_physical(src[c], swap, signed, scale, zero, blank, hb) - brow[c]
-                     - k * drow[c]) * frow[c]
+                     - kk * drow[c]) * frow[c]
                 skip = badrow[c]  # a bad pixel is added below
                 ok = (v - v == 0) & (not skip)
                 trow[c] += (v * gain + offset) if ok else f0
@@ -2087,7 +2121,7 @@ def _add_calibrated(stored, geometry, factors, swap, signed, floating, blanks, h
                 trow[c] += v * gain + offset
 
 
-def add_calibrated(rows, frames, masters, total, invalid):
+def add_calibrated(rows, frames, masters, total, invalid, base=None):
     """Calibrate a group of frames' rows and add them to a tile in one pass.
 
     ``rows`` is ``(G, R, nx)``: frame ``g``'s stored rows (as a FITS reader
@@ -2106,6 +2140,13 @@ def add_calibrated(rows, frames, masters, total, invalid):
     finite eight neighbours (neighbours outside ``s0 .. s1 - 1`` are not
     used). Each pixel adds the frames in the group's order. Reference:
     ``CalibratedReader`` plus a numpy add (tests/test_kernels.py).
+
+    ``base``, optional, is ``(rows, r0, k)``: ``bias + k * dark`` (float32)
+    for frame rows ``r0 ..``, covering every frame's rows ``fr0 ..
+    fr0 + nrows - 1``, for frames that all have dark factor ``k``; each value
+    then subtracts that one row, ``(physical - base) * inv_flat`` (float32
+    rounding of the sum of bias and dark first; the bad pixels' neighbours
+    are calibrated from the masters as without it).
     """
     view, swap, signed, floating = _stored_view(rows)
     if view.ndim != 3 or len(frames) > view.shape[0]:
@@ -2115,13 +2156,22 @@ def add_calibrated(rows, frames, masters, total, invalid):
     dtype = np.asarray(rows).dtype
     geometry = np.empty((n, 8), np.int64)
     factors = np.empty((n, 5), np.float32)
+    unit = np.zeros(n, np.bool_)
     blanks = np.zeros(n, view.dtype)
     has_blank = np.zeros(n, np.bool_)
+    base_rows, base0, base_k = (np.zeros((1, 1), np.float32), 0, None) if base is None else base
+    base_rows = np.ascontiguousarray(base_rows, np.float32)
     for g, (s0, s1, fr0, sx, out, scale, zero, blank, k, gain, offset) in enumerate(frames):
         if s1 - s0 > view.shape[1]:
             raise ValueError(f"frame {g}'s rows {s0}..{s1} do not fit {view.shape[1]} rows")
+        if base is not None and (k != base_k or fr0 < base0
+                                 or fr0 + out[2] > base0 + len(base_rows)):
+            raise ValueError(f"frame {g} (dark factor {k}, rows {fr0}..{fr0 + out[2]}) does "
+                             f"not fit the base of factor {base_k}, rows {base0}.."
+                             f"{base0 + len(base_rows)}")
         geometry[g] = (s0, s1, fr0, sx, *out)
         factors[g] = (scale, zero, k, gain, offset)
+        unit[g] = scale == 1 and gain == 1 and offset == 0
         has_blank[g], blanks[g] = _blank_bits(blank, dtype, view.dtype)
     bias, dark, inv_flat, bad, nan_bad, clean = masters
     if clean is None:
@@ -2135,8 +2185,9 @@ def add_calibrated(rows, frames, masters, total, invalid):
     d, hd = master(dark)
     f, hf = master(inv_flat)
     bd, hbd = (np.zeros((1, 1), np.bool_), False) if bad is None else (bad, True)
-    _add_calibrated(view[:n], geometry, factors, swap, signed, floating, blanks, has_blank, b,
-                    hb, d, hd, f, hf, bd, hbd, bool(nan_bad), clean, total, invalid)
+    _add_calibrated(view[:n], geometry, factors, unit, swap, signed, floating, blanks,
+                    has_blank, b, hb, d, hd, f, hf, base_rows, base0, base is not None, bd, hbd,
+                    bool(nan_bad), clean, total, invalid)
 
 
 @njit(**_JIT)

@@ -387,7 +387,8 @@ def _plan(request, inputs, quality, lazy):
     warp = _combine.warp_footprint(transforms, inputs.keep, request.subpixel, inputs.shape)
     tile = _combine.tile_rows(grid, request.memory, request.combine, int(keep.sum()),
                               request.weighting, warp=warp,
-                              fused=_combine.groups_copies(inputs.source, request.weighting))
+                              fused=_combine.groups_copies(inputs.source, request.weighting),
+                              base=hasattr(inputs.source, "stored"))
     moving = not _combine.translations(transforms[inputs.keep]).all()
     plan = _combine.TilePlan(shape=inputs.shape, shifts=shifts, subpixel=request.subpixel,
                              grid=grid, combine=request.combine, normalize=request.normalize,

@@ -149,6 +149,38 @@ def test_low_flat_is_refused_or_masked(night):
     assert masked.attrs["calibration"]["flat_low_pixels"] == 6
 
 
+@pytest.mark.parametrize("floor", [0.05, 0.5, 0.0])
+def test_low_flat_pixels_equal_numpy_with_or_without_the_median(night, floor, monkeypatch):
+    """Flats whose every pixel is above ``floor`` x their largest skip the median; each
+    count of low pixels equals numpy's, at the threshold too (float32 comparisons)."""
+    _, files = night
+    medians = []
+    nanmedian = np.nanmedian
+    good = bigstack.make_master(files["flat"], "flat").values.astype(np.float32)
+    level = np.float32(floor * float(np.nanmedian(good)))
+    below = np.nextafter(level, np.float32(-1)) if floor else np.float32(-0.5)
+    above = np.nextafter(level, np.float32(2)) if floor else np.float32(1e-3)
+    cases = {"good": good}
+    for name, value in (("at", level), ("below", below), ("above", above),
+                        ("nan", np.nan), ("inf", np.inf)):
+        flat = good.copy()
+        flat[5, 6] = value
+        cases[name] = flat
+    for name, flat in cases.items():
+        want = int((~np.isfinite(flat) | (flat <= np.float32(floor * float(
+            np.nanmedian(flat))))).sum())
+        medians.clear()
+        with monkeypatch.context() as patch:
+            patch.setattr(np, "nanmedian", lambda *a, **k: medians.append(1) or nanmedian(
+                *a, **k))
+            masked = bigstack.calibrate(files["light"], flat=flat, low_flat="mask",
+                                        flat_floor=floor)
+        assert masked.attrs["calibration"]["flat_low_pixels"] == want, name
+        assert want == (name in ("at", "below", "nan", "inf"))
+        # every pixel above floor x the largest: no median (a finite flat when floor is 0)
+        assert bool(medians) != (name == "good" or (floor == 0 and name == "above")), name
+
+
 def test_cosmetic_correction_finds_the_hot_pixels_and_repairs_them(night):
     sensor, files = night
     bias = bigstack.make_master(files["bias"], "bias")
@@ -204,6 +236,38 @@ def test_masters_are_saved_and_reused(night, tmp_path):
     assert calibrated.attrs["calibration"]["bias"] == str(tmp_path / "bias.fits")
 
 
+def test_fused_stack_with_dark_factors_that_differ(night, tmp_path, monkeypatch):
+    """Lights of different exposures scale the dark each by its own factor: the fused
+    stack subtracts the bias and the scaled dark apart (no one bias + k * dark for the
+    tile), and still equals stacking the calibrated frames."""
+    from bigstack import _kernels
+
+    _, files = night
+    lights = []
+    for i, (path, exptime) in enumerate(zip(files["light"], [60.0, 30.0, 60.0, 90.0, 45.0],
+                                            strict=True)):
+        data = np.clip(np.round(fits.getdata(path)), 0, 65535).astype(np.uint16)
+        hdu = fits.PrimaryHDU(data)
+        hdu.header["EXPTIME"] = exptime
+        hdu.writeto(tmp_path / f"e{i}.fits")
+        lights.append(str(tmp_path / f"e{i}.fits"))
+    bias = bigstack.make_master(files["bias"], "bias")
+    dark = bigstack.make_master(files["dark"], "dark", bias=bias)
+    flat = bigstack.make_master(files["flat"], "flat", bias=bias)
+    cube = bigstack.calibrate(bigstack.open_frames(lights), bias=bias, dark=dark, flat=flat)
+    calls = []
+    kernel = _kernels.add_calibrated
+    monkeypatch.setattr(_kernels, "add_calibrated", lambda *a, **k: calls.append(
+        k.get("base")) or kernel(*a, **k))
+    shifts = np.array([[0, 0], [1, -2], [-3, 1], [2, 2], [0, 4]], float)
+    fused = bigstack.stack(cube, shifts, subpixel="nearest").compute()
+    assert calls and all(base is None for base in calls)
+    plain = bigstack.stack(np.asarray(cube.values), shifts, subpixel="nearest")
+    np.testing.assert_allclose(fused["stack"].values, plain["stack"].values, rtol=1e-6,
+                               atol=1e-4)
+    np.testing.assert_array_equal(fused["coverage"].values, plain["coverage"].values)
+
+
 def test_masters_count_in_the_memory_budget(night):
     _, files = night
     bias = bigstack.make_master(files["bias"], "bias")
@@ -252,12 +316,18 @@ def test_fused_calibrated_stack_equals_the_calibrated_frames_stacked(night, tmp_
     calls = []
     kernel = _kernels.add_calibrated
     monkeypatch.setattr(_kernels, "add_calibrated", lambda *a, **k: calls.append(
-        (len(a[1]), a[0].nbytes, a[3].shape)) or kernel(*a, **k))
+        (len(a[1]), a[0].nbytes, a[3].shape, k.get("base"))) or kernel(*a, **k))
     fused = bigstack.stack(cube, shifts, subpixel="nearest").compute()
     assert sum(c[0] for c in calls) >= len(lights)  # the fused path added every frame
     assert max(c[0] for c in calls) > 1  # in groups
-    for _, nbytes, (h, width) in calls:  # a group's rows take what the tile plan counts
-        assert nbytes <= _combine._GROUP_BYTES * (h + 2) * width
+    for _, nbytes, (h, width), base in calls:  # what the tile plan counts
+        assert nbytes <= _combine._GROUP_BYTES * (h + 2) * width  # a group's rows
+        if base is not None:  # the lights share one exposure: bias + 2 * dark, one master
+            assert base[2] == 2.0 and base[0].nbytes <= _combine._BASE_BYTES * h * width
+    bases = [c[3] is not None for c in calls]
+    # with the plan's tiles every group subtracts one master; 3-row tiles are too low for
+    # the frames' shifts (6 rows apart): most subtract the bias and the dark apart
+    assert all(bases) if tile is None else not all(bases)
     plain = bigstack.stack(np.asarray(cube.values), shifts, subpixel="nearest")
     np.testing.assert_allclose(fused["stack"].values, plain["stack"].values, rtol=1e-6,
                                atol=1e-4, equal_nan=True)

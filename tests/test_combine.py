@@ -99,13 +99,19 @@ def test_matches_numpy_reference(subpixel, extent, normalize, method):
 
 
 def test_fused_plan_counts_the_group_of_frames():
-    """A calibrated source's tiles hold a group of frames' stored rows besides the sums:
-    the plan gives them lower tiles within the same budget."""
+    """A calibrated source's tiles hold a group of frames' stored rows (and the rows of
+    bias + k * dark) besides the sums: the plan gives them lower tiles within the same
+    budget."""
     plain = _combine.plan_tiles(4096, 2048, "64MB", threads=1)
     fused = _combine.plan_tiles(4096, 2048, "64MB", threads=1, fused=True)
     budget = _combine.parse_memory("64MB") // 2
     assert plain == budget // (2048 * _combine._BYTES_PER_PIXEL)
     assert fused == budget // (2048 * (_combine._BYTES_PER_PIXEL + _combine._GROUP_BYTES))
+    # a calibrated group also subtracts the tile's rows of bias + k * dark
+    base = _combine.plan_tiles(4096, 2048, "64MB", threads=1, fused=True, base=True)
+    assert base == budget // (2048 * (_combine._BYTES_PER_PIXEL + _combine._GROUP_BYTES
+                                      + _combine._BASE_BYTES))
+    assert _combine.plan_tiles(4096, 2048, "64MB", threads=1, base=True) == plain
 
 
 def test_fused_plan_within_a_budget_too_small_for_a_group():

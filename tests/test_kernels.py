@@ -592,13 +592,17 @@ def test_calibrate_rows_equals_numpy(dtype):
     np.testing.assert_allclose(out, plain, rtol=2e-7, atol=1e-6)
 
 
+@pytest.mark.parametrize("base", [False, True])
 @pytest.mark.parametrize("clean", [False, True])
 @pytest.mark.parametrize("replace", ["median", "nan", None])
-def test_add_calibrated_equals_numpy(replace, clean):
+def test_add_calibrated_equals_numpy(replace, clean, base):
     """The fused calibrate-and-add of a group of frames against numpy, frame by frame: the
     calibration formula, the bad pixels' neighbour median (bigstack._calibrate._repair,
     numpy) and a masked add, for frames of their own windows, BLANK, dark factor and gain;
-    with ``clean`` the rows of finite masters without bad pixels take the unchecked loop."""
+    with ``clean`` the rows of finite masters without bad pixels take the unchecked loop;
+    with ``base`` the frames share one dark factor and the kernel subtracts the given
+    bias + k * dark rows (one of them with scale 1, gain 1 and offset 0, the shortest
+    loop)."""
     from bigstack._calibrate import _repair
     from bigstack._kernels import add_calibrated
 
@@ -617,6 +621,11 @@ def test_add_calibrated_equals_numpy(replace, clean):
     frames = [(5, 25, 6, 3, (1, 2, 18, 34), 1.0, 0.0, None, 0.5, 2.0, 1.0),
               (0, 21, 0, 0, (0, 0, 20, 36), 1.0, 32768.0, 7, 1.0, 1.0, 0.0),
               (12, 30, 13, 10, (3, 5, 16, 30), 0.5, 3.0, None, 0.0, 1.5, -2.0)]
+    rows_of_base = None
+    if base:  # one dark factor, and a frame of scale 1, gain 1, offset 0 without BLANK
+        frames = [f[:8] + (0.5,) + f[9:] for f in frames]
+        frames[1] = frames[1][:7] + (None,) + frames[1][8:]
+        rows_of_base = (bias + np.float32(0.5) * dark, 0, 0.5)
     group = np.zeros((4, 21, nx), ">u2")  # a slot left over: the group may be short
     stacked = []
     for g, (s0, s1, *_) in enumerate(frames):
@@ -631,7 +640,7 @@ def test_add_calibrated_equals_numpy(replace, clean):
             rows &= ~bad.any(1)
         assert 0 < rows.sum() < ny
     add_calibrated(group, frames, (bias, dark, inv_flat, bad, replace == "nan", rows), total,
-                   invalid)
+                   invalid, base=rows_of_base)
     for stored, (s0, s1, fr0, sx, out, scale, zero, blank, k, gain, offset) in zip(
             stacked, frames, strict=True):
         values = stored[s0:s1].astype(np.float32) * np.float32(scale) + np.float32(zero)
@@ -652,6 +661,25 @@ def test_add_calibrated_equals_numpy(replace, clean):
     np.testing.assert_allclose(total, want_total, rtol=1e-6, atol=1e-3)
     np.testing.assert_array_equal(invalid, want_invalid)
     assert want_invalid.max() >= 1  # the masked flat pixel and the BLANK were seen
+
+
+def test_add_calibrated_refuses_a_base_that_does_not_fit():
+    """The rows of bias + k * dark are for frames of that one dark factor, over their rows."""
+    from bigstack._kernels import add_calibrated
+
+    ny, nx = 12, 8
+    masters = (np.ones((ny, nx), np.float32), np.ones((ny, nx), np.float32), None, None,
+               False, None)
+    group = np.zeros((1, 6, nx), ">u2")
+    total, invalid = np.zeros((4, nx), np.float32), np.zeros((4, nx), np.int32)
+    frame = (2, 8, 3, 0, (0, 0, 4, nx), 1.0, 0.0, None, 1.0, 1.0, 0.0)
+    base = np.full((ny, nx), 2, np.float32)
+    with pytest.raises(ValueError, match="dark factor 1.0.*factor 0.5"):
+        add_calibrated(group, [frame], masters, total, invalid, base=(base, 0, 0.5))
+    with pytest.raises(ValueError, match=r"rows 3..7\) does not fit the base .* rows 4..12"):
+        add_calibrated(group, [frame], masters, total, invalid, base=(base[4:], 4, 1.0))
+    add_calibrated(group, [frame], masters, total, invalid, base=(base[3:7], 3, 1.0))
+    np.testing.assert_array_equal(total, -2)  # (0 - 2) * 1
 
 
 # ---- colour: the bilinear demosaic fused into the add
