@@ -178,6 +178,9 @@ _LANES = 64
 # segments shorter than this are interpolated pixel by pixel (a vector loop runs
 # _LANES lanes whatever the segment's length)
 _SHORT = 4
+# output rows a warp interpolates before adding them (:func:`_warp_add`): 8 rows of 2048
+# values are 64 KiB, which stay in the core's cache between the two
+_CHUNK = 8
 # a selection with this many pixels left finishes them one by one
 _STRAGGLERS = 6
 _F0 = np.float32(0.0)
@@ -1033,6 +1036,23 @@ def _warp_rows(flat, buf, ub, vb, nu, nv, tr, mirror, y0, x0, kind, ce, co, clam
                     clamp, wx, wy)
 
 
+@njit(**_JIT)
+def _warp_add(flat, buf, ub, vb, nu, nv, tr, mirror, y0, x0, kind, ce, co, clamp, band, vals,
+              total, coverage, wsum, weight):
+    """:func:`_warp_rows` and :func:`_accumulate` a few rows at a time (``band``'s height):
+    the values go into the sums while they are in the core's cache, and no band of the
+    tile's size is written and read back (``wsum`` is not read when ``weight < 0``)."""
+    h = total.shape[0]
+    step = band.shape[0]
+    for r in range(0, h, step):
+        e = min(h, r + step)
+        values = band[:e - r]
+        _warp_rows(flat, buf, ub, vb, nu, nv, tr, mirror, y0 + r, x0, kind, ce, co, clamp,
+                   values, vals)
+        _accumulate(values, total[r:e], coverage[r:e], wsum[r:e] if weight >= 0 else wsum[:1],
+                    weight)
+
+
 # --------------------------------------------------------------------------
 # pure translations: constant weights, two 1-D passes
 
@@ -1240,6 +1260,12 @@ def _warp(mode, rows, r0, shape, A, t, origin, interpolation, scale, zero, blank
              u_lo, u_hi, v_lo, v_hi, pad, buf)
     ub, vb = u_lo - pad, v_lo - pad
     vals = _buffer(work, "vals", (w + 2 * _LANES,))[0]
+    if mode == 0 and not shift:
+        wsum = weight_sum if weight is not None else _NO_WEIGHT_SUM
+        band = _buffer(work, "chunk", (min(h, _CHUNK), w))[0]
+        _warp_add(flat, buf, ub, vb, nu, nv, tr, mirror, y0, x0, kind, ce, co, bool(clamp),
+                  band, vals, total, coverage, wsum, -1.0 if weight is None else float(weight))
+        return
     band = out if mode == 1 else _buffer(work, "band", (h, w))[0]
     if shift:
         hrows = _buffer(work, "hrows", (h + 8, w + _LANES))[0]
