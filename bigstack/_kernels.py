@@ -95,7 +95,15 @@ Data flow per (frame, band)
    1-D passes with constant weights (``_shift_rows``).
 4. The values (a float32 band, NaN where not covered) are added into the
    accumulators by ``_accumulate``, the only loop compiled per accumulator
-   type, or returned by :func:`warp_values`.
+   type, or returned by :func:`warp_values`. A warped (not translated) frame
+   is added ``_CHUNK`` (8) output rows at a time (``_warp_add``): the rows'
+   values go into the sums while they are in the core's cache, and the
+   buffer rows each step needs are converted (step 2) just before it, so
+   the warp reads them from the cache too (not transposed frames; a
+   transposed buffer is converted whole first). Measured on 100 frames of
+   2048 x 2048 turned by up to 1 degree (``benchmarks/warp_cost.py``), where
+   a tile's whole buffer and band (each ~4 MiB) went to memory and back:
+   see benchmarks/RESULTS.md.
 
 Accumulators: ``total`` float32 or float64; float32 is the faster (6% in
 the benchmark) and is exact for sums of up to 256 frames of 16-bit
@@ -178,6 +186,9 @@ _LANES = 64
 # segments shorter than this are interpolated pixel by pixel (a vector loop runs
 # _LANES lanes whatever the segment's length)
 _SHORT = 4
+# output rows a warp interpolates before adding them (:func:`_warp_add`): 8 rows of 2048
+# values are 64 KiB, which stay in the core's cache between the two
+_CHUNK = 8
 # a selection with this many pixels left finishes them one by one
 _STRAGGLERS = 6
 _F0 = np.float32(0.0)
@@ -447,6 +458,24 @@ def _convert_row(stored, swap, signed, scale, zero, blank, has_blank, y, x_first
 
 
 @njit(**_JIT)
+def _prepare_rows(stored, swap, signed, scale, zero, blank, has_blank, r_stored, frame_nx,
+                  mirror, u_lo, u_hi, v_lo, v_hi, pad, buf, first, last):
+    """Rows ``[first, last)`` of :func:`_prepare`'s buffer, not transposed."""
+    nbu = buf.shape[1]
+    nu = u_hi - u_lo
+    x_first = frame_nx - 1 - u_lo if mirror else u_lo
+    for vi in range(first, last):
+        y = min(max(v_lo - pad + vi, v_lo), v_hi - 1) - r_stored
+        line = buf[vi]
+        _convert_row(stored, swap, signed, scale, zero, blank, has_blank, y, x_first, mirror,
+                     line[pad:pad + nu])
+        for ui in range(pad):
+            line[ui] = line[pad]
+        for ui in range(pad + nu, nbu):
+            line[ui] = line[pad + nu - 1]
+
+
+@njit(**_JIT)
 def _prepare(stored, swap, signed, scale, zero, blank, has_blank, r_stored, frame_nx, frame_ny,
              transpose, mirror, u_lo, u_hi, v_lo, v_hi, pad, buf):
     """Fill ``buf`` with the frame in canonical coordinates ``(u, v)``, padded by ``pad``.
@@ -461,16 +490,8 @@ def _prepare(stored, swap, signed, scale, zero, blank, has_blank, r_stored, fram
     nbv, nbu = buf.shape
     nu = u_hi - u_lo
     if not transpose:
-        for vi in range(nbv):
-            y = min(max(v_lo - pad + vi, v_lo), v_hi - 1) - r_stored
-            line = buf[vi]
-            x_first = frame_nx - 1 - u_lo if mirror else u_lo
-            _convert_row(stored, swap, signed, scale, zero, blank, has_blank, y, x_first, mirror,
-                         line[pad:pad + nu])
-            for ui in range(pad):
-                line[ui] = line[pad]
-            for ui in range(pad + nu, nbu):
-                line[ui] = line[pad + nu - 1]
+        _prepare_rows(stored, swap, signed, scale, zero, blank, has_blank, r_stored, frame_nx,
+                      mirror, u_lo, u_hi, v_lo, v_hi, pad, buf, 0, nbv)
         return
     # transposed: buffer row = frame column, buffer column = frame row
     tmp = np.empty(v_hi - v_lo, np.float32)
@@ -1033,6 +1054,54 @@ def _warp_rows(flat, buf, ub, vb, nu, nv, tr, mirror, y0, x0, kind, ce, co, clam
                     clamp, wx, wy)
 
 
+@njit(**_JIT)
+def _warp_add(flat, buf, ub, vb, nu, nv, tr, mirror, y0, x0, kind, ce, co, clamp, band, vals,
+              total, coverage, wsum, weight, stored, swap, signed, scale, zero, blank,
+              has_blank, r_stored, frame_nx, u_lo, u_hi, v_lo, v_hi, pad, lazy):
+    """:func:`_warp_rows` and :func:`_accumulate` a few rows at a time (``band``'s height):
+    the values go into the sums while they are in the core's cache, and no band of the
+    tile's size is written and read back (``wsum`` is not read when ``weight < 0``).
+
+    ``lazy``: the buffer is not prepared yet (nor transposed); the rows each step needs
+    are converted (:func:`_prepare_rows`) just before it, so that the warp reads them
+    from the cache they were written to."""
+    h, w = total.shape
+    nbv = buf.shape[0]
+    step = band.shape[0]
+    below = 0 if kind <= 1 else kind - 1
+    taps = 2 if kind <= 1 else 2 * kind
+    done_lo = done_hi = 0  # buffer rows [done_lo, done_hi) converted
+    for r in range(0, h, step):
+        e = min(h, r + step)
+        if lazy:  # the buffer rows of the step's corners (v is linear in x and y), widened
+            lo = 1e300
+            hi = -1e300
+            for y in (float(y0 + r), float(y0 + e - 1)):
+                for x in (float(x0), float(x0 + w - 1)):
+                    v = tr[1, 0] * x + (tr[1, 1] * y + tr[1, 2])
+                    lo = min(lo, v)
+                    hi = max(hi, v)
+            first = int(max(0.0, min(float(nbv), np.floor(lo) - below - vb - 1)))
+            last = int(max(0.0, min(float(nbv), np.floor(hi) + taps + 1 - vb + 1)))
+            if done_hi <= done_lo:
+                done_lo = done_hi = first
+            if first < done_lo:
+                _prepare_rows(stored, swap, signed, scale, zero, blank, has_blank, r_stored,
+                              frame_nx, mirror, u_lo, u_hi, v_lo, v_hi, pad, buf, first,
+                              done_lo)
+                done_lo = first
+            if last > done_hi:
+                _prepare_rows(stored, swap, signed, scale, zero, blank, has_blank, r_stored,
+                              frame_nx, mirror, u_lo, u_hi, v_lo, v_hi, pad, buf, done_hi,
+                              last)
+                done_hi = last
+        values = band[:e - r]
+        _warp_rows(flat, buf, ub, vb, nu, nv, tr, mirror, y0 + r, x0, kind, ce, co, clamp,
+                   values, vals)
+        _accumulate(values, total[r:e], coverage[r:e], wsum[r:e] if weight >= 0 else wsum[:1],
+                    weight)
+
+
 # --------------------------------------------------------------------------
 # pure translations: constant weights, two 1-D passes
 
@@ -1235,11 +1304,23 @@ def _warp(mode, rows, r0, shape, A, t, origin, interpolation, scale, zero, blank
         v_lo, v_hi = ra, rb
     buf, flat = _buffer(work, "buf", (v_hi - v_lo + 2 * pad, u_hi - u_lo + 2 * pad),
                         spare=4 * _LANES)
-    _prepare(view, swap, signed, np.float32(scale), np.float32(zero),
-             blank_bits, has_blank, int(r0), nx, ny, transpose, mirror,
-             u_lo, u_hi, v_lo, v_hi, pad, buf)
+    scale, zero = np.float32(scale), np.float32(zero)
     ub, vb = u_lo - pad, v_lo - pad
     vals = _buffer(work, "vals", (w + 2 * _LANES,))[0]
+    if mode == 0 and not shift:
+        lazy = not transpose
+        if not lazy:
+            _prepare(view, swap, signed, scale, zero, blank_bits, has_blank, int(r0), nx, ny,
+                     transpose, mirror, u_lo, u_hi, v_lo, v_hi, pad, buf)
+        wsum = weight_sum if weight is not None else _NO_WEIGHT_SUM
+        band = _buffer(work, "chunk", (min(h, _CHUNK), w))[0]
+        _warp_add(flat, buf, ub, vb, nu, nv, tr, mirror, y0, x0, kind, ce, co, bool(clamp),
+                  band, vals, total, coverage, wsum, -1.0 if weight is None else float(weight),
+                  view, swap, signed, scale, zero, blank_bits, has_blank, int(r0), nx, u_lo,
+                  u_hi, v_lo, v_hi, pad, lazy)
+        return
+    _prepare(view, swap, signed, scale, zero, blank_bits, has_blank, int(r0), nx, ny,
+             transpose, mirror, u_lo, u_hi, v_lo, v_hi, pad, buf)
     band = out if mode == 1 else _buffer(work, "band", (h, w))[0]
     if shift:
         hrows = _buffer(work, "hrows", (h + 8, w + _LANES))[0]
