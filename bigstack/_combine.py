@@ -823,30 +823,59 @@ def gather_tile(source, plan, a, b):
     cover a pixel (or the pixel is NaN/BLANK), normalised like
     :func:`combine_tile`. This is what rejection methods need: every
     frame's value of a pixel at once, so its memory grows with the number
-    of frames and the tile height shrinks to fit.
+    of frames and the tile height shrinks to fit. A whole-pixel copy's
+    stored rows are converted into its window by one compiled pass
+    (:func:`bigstack._kernels.gather_rows`); only the pixels outside the
+    window are set to NaN.
     """
+    from . import _kernels
+
     y0, _, x0, x1 = plan.grid
     gains, biases = plan.gains, plan.biases
     matrices = plan.matrices
-    if plan.warped.any():
-        from . import _kernels
-    values = np.full((int(np.count_nonzero(plan.keep)), b - a, x1 - x0), np.nan, np.float32)
-    work = {}
-    for w in _frame_windows(source, plan, a, b):
+    values = np.empty((int(np.count_nonzero(plan.keep)), b - a, x1 - x0), np.float32)
+    filled = np.zeros(len(values), bool)
+    work, buffers = {}, {}
+    for w in _frame_windows(source, plan, a, b, fused=True):
         g = 1.0 if gains is None else float(gains[w.i])
         bias = 0.0 if biases is None else float(biases[w.i])
+        plane = values[w.k]
+        filled[w.k] = True
         if w.warp:
+            plane.fill(np.nan)
             _kernels.warp_values(w.rows, w.r0, plan.shape, matrices[w.i, :, :2],
-                                 matrices[w.i, :, 2], (y0 + a, x0), values[w.k], plan.subpixel,
+                                 matrices[w.i, :, 2], (y0 + a, x0), plane, plan.subpixel,
                                  scale=w.scale * g, zero=w.zero * g + bias, blank=w.blank,
                                  work=work)
             continue
-        plane = values[w.k][w.out]
-        np.multiply(w.block, np.float32(w.scale * g), out=plane, casting="unsafe")
-        plane += np.float32(w.zero * g + bias)
-        if w.bad is not None:
-            plane[w.bad] = np.nan
+        rows, cols = w.out
+        fr0, sx = w.fused
+        stored, scale, zero, blank, _ = source.raw(w.i, fr0, fr0 + rows.stop - rows.start,
+                                                   buffers)
+        _nan_outside(plane, rows, cols)
+        scale, zero = scale * g, zero * g + bias
+        if _kernels.gathers(stored.dtype, scale):
+            _kernels.gather_rows(stored, sx, plane, w.out, scale=scale, zero=zero,
+                                 blank=blank)
+            continue
+        block = stored[..., sx:sx + cols.stop - cols.start]
+        out = plane[w.out]
+        np.multiply(block, np.float32(scale), out=out, casting="unsafe")
+        out += np.float32(zero)
+        bad = block == blank if blank is not None else (
+            ~np.isfinite(block) if block.dtype.kind == "f" else None)
+        if bad is not None:
+            out[bad] = np.nan
+    values[~filled] = np.nan
     return values
+
+
+def _nan_outside(plane, rows, cols):
+    """Set a plane to NaN outside the window ``(rows, cols)`` (slices)."""
+    plane[:rows.start] = np.nan
+    plane[rows.stop:] = np.nan
+    plane[rows, :cols.start] = np.nan
+    plane[rows, cols.stop:] = np.nan
 
 
 def _add_rows_flat(total, rows, oy, ox, sx, length):

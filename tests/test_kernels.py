@@ -542,6 +542,46 @@ def test_weighted_final_mean(method):
     np.testing.assert_allclose(got[0], ref[0], rtol=1e-6)
 
 
+def test_load_tiles_equals_numpy():
+    """Tiles of 64 pixels, four loaded at once: each tile is the pixels' values frame by
+    frame (plain numpy transpose), NaN for infinities, beyond the block and the frames."""
+    block = block_of(6, h=2, w=150, seed=4)  # 300 pixels: a group of 4 tiles, then 1
+    flat = block.reshape(6, -1)
+    tiles = np.full((4, 8, 64), 7.0, np.float32)
+    for q0 in (0, 256):
+        g = min(256, flat.shape[1] - q0)
+        _kernels._load_tiles(flat, q0, g, tiles)
+        want = np.full((8, 4 * 64), np.nan, np.float32)
+        want[:6, :g] = flat[:, q0:q0 + g]
+        want[~np.isfinite(want)] = np.nan
+        want = want.reshape(8, 4, 64).transpose(1, 0, 2)
+        np.testing.assert_array_equal(tiles, want)
+
+
+@pytest.mark.parametrize("method", ["median", "sigma_clip"])
+def test_rejection_across_load_groups_and_clean_pixels(method):
+    """Blocks of several load groups (4 tiles of 64 pixels) with a partial last one, and
+    pixels without outliers, where sigma_clip's first iteration already rejects nothing
+    (the pass that would only confirm it is skipped): numpy / astropy references."""
+    rng = np.random.default_rng(21)
+    block = rng.normal(100.0, 5.0, (40, 5, 121)).astype(np.float32)
+    # half 99, half 101 in a random order: every value 1 sigma from the median
+    block[:, 2:] = rng.permuted(np.repeat([[[99.0]], [[101.0]]], 20, axis=0)
+                                * np.ones((1, 3, 121)), axis=0)
+    block[:, 4, 7] = 42.0  # identical values: std 0
+    block[3, 0, 5] = 1e4
+    got = reject_block(block, method)
+    if method == "median":
+        want = np.median(block.astype(np.float64), axis=0).astype(np.float32)
+        np.testing.assert_array_equal(got[0], want)
+        assert (got[1] == 40).all()
+    else:
+        want, kept = astropy_clip(block, (3.0, 3.0), 5, "median")
+        np.testing.assert_array_equal(got[1], kept)
+        np.testing.assert_allclose(got[0], want, rtol=1e-6)
+        assert got[1][0, 5] < 40 and (got[1][2:] == 40).all()
+
+
 def test_rejection_options_are_validated_like_combine_block():
     block = block_of(5)
     with pytest.raises(ValueError, match="does not use kappa"):
@@ -552,6 +592,52 @@ def test_rejection_options_are_validated_like_combine_block():
         reject_block(block, "mean")
     with pytest.raises(ValueError, match="kappa must be finite"):
         reject_block(block, "sigma_clip", kappa=-1)
+
+
+# ---- the gather of a rejection tile
+
+
+@pytest.mark.parametrize("dtype", [">i2", ">u2", "<i2", "u1", ">f4", "<f4", ">f8"])
+def test_gather_rows_equals_numpy(dtype):
+    """A window of a tile's plane from stored rows: numpy's float32 multiply and add of the
+    same rows (what the gather did before the kernel), NaN for BLANK and non-finite values;
+    the rest of the plane untouched."""
+    rng = np.random.default_rng(11)
+    shape = (5, 40)
+    info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else None
+    if info is not None:
+        stored = rng.integers(info.min, info.max, shape, endpoint=True).astype(dtype)
+        blank = int(stored[1, 7])
+    else:
+        stored = rng.normal(100, 30, shape).astype(dtype)
+        stored[1, 9], stored[3, 12], stored[4, 30] = np.nan, np.inf, -np.inf
+        blank = None
+    scale, zero = (1.0, 32768.0) if dtype == ">i2" else (1.0 if dtype == ">f8" else 0.75,
+                                                         -3.5)
+    assert _kernels.gathers(stored.dtype, scale)
+    plane = np.full((7, 50), -1.0, np.float32)
+    window = (slice(1, 6), slice(4, 34))
+    _kernels.gather_rows(stored, 3, plane, window, scale=scale, zero=zero, blank=blank)
+    block = stored[:, 3:33]
+    want = np.empty((5, 30), np.float32)
+    np.multiply(block, np.float32(scale), out=want, casting="unsafe")
+    want += np.float32(zero)
+    if blank is not None:
+        want[block == blank] = np.nan
+    if info is None:
+        want[~np.isfinite(block)] = np.nan
+    np.testing.assert_array_equal(plane[window], want)
+    outside = np.ones(plane.shape, bool)
+    outside[window] = False
+    assert (plane[outside] == -1).all()
+    with pytest.raises(ValueError, match="do not fill the window"):
+        _kernels.gather_rows(stored, 20, plane, window)
+
+
+def test_gathers_only_what_numpy_converts_in_float32():
+    assert _kernels.gathers(">i2") and _kernels.gathers("u1") and _kernels.gathers(">f4")
+    assert _kernels.gathers("<f8", 1.0) and not _kernels.gathers("<f8", 0.5)
+    assert not _kernels.gathers(">i4") and not _kernels.gathers("i1")
 
 
 # ---- calibration
