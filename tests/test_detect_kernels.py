@@ -200,6 +200,22 @@ def test_background_grids_without_the_noise_give_the_same_background():
         assert np.isnan(bare[5]).all()
 
 
+@pytest.mark.parametrize("kind", ["noise", "few values", "constant", "sorted", "reversed"])
+@pytest.mark.parametrize("n", [1, 2, 3, 16, 17, 18, 33, 100, 257, 1024, 1089])
+def test_sample_median_is_numpys_median(kind, n):
+    rng = np.random.default_rng(n)
+    values = {"noise": lambda: rng.normal(100, 5, n),
+              "few values": lambda: rng.integers(0, 4, n),  # a 16-bit camera's repeats
+              "constant": lambda: np.full(n, 7.0),
+              "sorted": lambda: np.sort(rng.normal(0, 1, n)),
+              "reversed": lambda: np.sort(rng.normal(0, 1, n))[::-1]}[kind]()
+    a = np.ascontiguousarray(values, dtype=np.float32)
+    given = a.copy()
+    got = _kernels._sample_median(a, n, np.empty((3, n), np.float32))
+    assert got == np.median(a)
+    np.testing.assert_array_equal(a, given)  # the input is left as it is
+
+
 @pytest.mark.parametrize(("sy", "sx"), [(3, 5), (4, 4), (12, 32)])
 def test_cell_stats_match_numpy(sy, sx):
     data = frame_rows((100, 150), 8)
