@@ -14,58 +14,39 @@ each is printed, in wall time and in process CPU time (steadier on a shared mach
 
 from __future__ import annotations
 
-import glob
-import json
+import functools
 import os
 import shutil
 import sys
-import tempfile
-import time
-
-import numpy as np
 
 import bigstack
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench.alternating import alternate, frame_set, scratch_store  # noqa: E402
 from bench.references import masters  # noqa: E402
 
 
+def _stack(frames, store, calibration=None):
+    cube = bigstack.open_frames(frames.paths)
+    if calibration is not None:
+        bias, dark, flat = calibration
+        cube = bigstack.calibrate(cube, bias=bias, dark=dark, flat=flat, dark_scale="none")
+    bigstack.stack(cube, frames.shifts, subpixel="nearest", store=store, memory="512MB")
+
+
 def main(argv):
-    folder = argv[1] if len(argv) > 1 else "/tmp/bsb400"
-    paths = sorted(glob.glob(os.path.join(folder, "*.fit")))
-    n = int(argv[2]) if len(argv) > 2 else len(paths)
-    repeats = int(argv[3]) if len(argv) > 3 else 5
-    paths = paths[:n]
-    with open(os.path.join(folder, "truth.json")) as f:
-        shifts = np.asarray(json.load(f)["shifts"])[:n]
-    bias, dark, flat = masters(bigstack.open_frames(paths[:1]).shape[1:])
-    store = os.path.join(tempfile.mkdtemp(), "calibration.zarr")
-
-    def run(calibrated):
-        shutil.rmtree(store, ignore_errors=True)
-        wall, cpu = time.perf_counter(), time.process_time()
-        cube = bigstack.open_frames(paths)
-        if calibrated:
-            cube = bigstack.calibrate(cube, bias=bias, dark=dark, flat=flat, dark_scale="none")
-        bigstack.stack(cube, shifts, subpixel="nearest", store=store, memory="512MB")
-        return time.perf_counter() - wall, time.process_time() - cpu
-
-    try:
-        run(False)
-        run(True)
-        plain, calibrated = [], []
-        for _ in range(repeats):
-            plain.append(run(False))
-            calibrated.append(run(True))
-            print(f"uncalibrated {plain[-1][0]:.2f} s ({plain[-1][1]:.2f} s CPU), "
-                  f"calibrated {calibrated[-1][0]:.2f} s ({calibrated[-1][1]:.2f} s CPU)",
-                  flush=True)
-    finally:
-        shutil.rmtree(os.path.dirname(store), ignore_errors=True)
+    frames, repeats = frame_set(argv, "/tmp/bsb400", repeats=5)
+    calibration = masters(frames.shape)
+    with scratch_store("calibration.zarr") as store:
+        runs = {"uncalibrated": functools.partial(_stack, frames, store),
+                "calibrated": functools.partial(_stack, frames, store, calibration)}
+        # the store is removed before each run, untimed
+        times = alternate(runs, repeats,
+                          before=functools.partial(shutil.rmtree, store, ignore_errors=True))
     for k, what in enumerate(("wall", "CPU")):
-        a = min(t[k] for t in plain)
-        b = min(t[k] for t in calibrated)
-        print(f"{n} frames, {what}: best uncalibrated {a:.2f} s, calibrated {b:.2f} s, "
+        a = min(t[k] for t in times["uncalibrated"])
+        b = min(t[k] for t in times["calibrated"])
+        print(f"{frames.n} frames, {what}: best uncalibrated {a:.2f} s, calibrated {b:.2f} s, "
               f"ratio {b / a:.3f}")
 
 

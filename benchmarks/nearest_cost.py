@@ -16,75 +16,39 @@ best of each and its ratio to the floor's best are printed.
 
 from __future__ import annotations
 
-import glob
-import json
+import functools
 import os
 import shutil
 import sys
-import tempfile
-import time
-
-import numpy as np
 
 import bigstack
 from bigstack import _combine
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench.methods import Job, floor  # noqa: E402
+from bench.alternating import alternate, floor_run, frame_set, print_best, scratch_store  # noqa: E402
+
+
+def _stack(frames, store, grouped):
+    shutil.rmtree(store, ignore_errors=True)
+    _combine._GROUP_PLAIN = grouped
+    try:
+        bigstack.stack(bigstack.open_frames(frames.paths), frames.shifts, subpixel="nearest",
+                       store=store, memory="512MB")
+    finally:
+        _combine._GROUP_PLAIN = True
 
 
 def main(argv):
     both = "--both" in argv
     argv = [a for a in argv if a != "--both"]
-    folder = argv[1] if len(argv) > 1 else "/tmp/bsb400"
-    paths = sorted(glob.glob(os.path.join(folder, "*.fit")))
-    n = int(argv[2]) if len(argv) > 2 else len(paths)
-    repeats = int(argv[3]) if len(argv) > 3 else 5
-    paths = paths[:n]
-    with open(os.path.join(folder, "truth.json")) as f:
-        shifts = np.asarray(json.load(f)["shifts"])[:n]
-    shape = bigstack.open_frames(paths[:1]).shape[1:]
-    job = Job(method="floor", paths=paths, shape=shape, shifts=shifts, ref_star=(0, 0))
-    store = os.path.join(tempfile.mkdtemp(), "nearest.zarr")
-
-    def timed(fn):
-        wall, cpu = time.perf_counter(), time.process_time()
-        fn()
-        return time.perf_counter() - wall, time.process_time() - cpu
-
-    def stack(grouped):
-        def run():
-            shutil.rmtree(store, ignore_errors=True)
-            _combine._GROUP_PLAIN = grouped
-            try:
-                bigstack.stack(bigstack.open_frames(paths), shifts, subpixel="nearest",
-                               store=store, memory="512MB")
-            finally:
-                _combine._GROUP_PLAIN = True
-        return run
-
-    runs = {"floor": lambda: floor(job), "nearest": stack(True)}
-    if both:
-        runs["nearest (frame by frame)"] = stack(False)
-    times = {name: [] for name in runs}
-    try:
-        for fn in runs.values():  # warm up: page cache, numba, imports
-            fn()
-        for _ in range(repeats):
-            line = []
-            for name, fn in runs.items():
-                times[name].append(timed(fn))
-                line.append(f"{name} {times[name][-1][0]:.2f} s ({times[name][-1][1]:.2f} s CPU)")
-            print(", ".join(line), flush=True)
-    finally:
-        shutil.rmtree(os.path.dirname(store), ignore_errors=True)
-    for k, what in enumerate(("wall", "CPU")):
-        base = min(t[k] for t in times["floor"])
-        parts = [f"floor {base:.2f} s"]
-        for name in list(runs)[1:]:
-            best = min(t[k] for t in times[name])
-            parts.append(f"{name} {best:.2f} s = {best / base:.2f}x")
-        print(f"{n} frames, best {what}: " + ", ".join(parts))
+    frames, repeats = frame_set(argv, "/tmp/bsb400", repeats=5)
+    with scratch_store("nearest.zarr") as store:
+        runs = {"floor": floor_run(frames, store),
+                "nearest": functools.partial(_stack, frames, store, True)}
+        if both:
+            runs["nearest (frame by frame)"] = functools.partial(_stack, frames, store, False)
+        times = alternate(runs, repeats)
+    print_best(times, frames.n)
 
 
 if __name__ == "__main__":

@@ -16,68 +16,32 @@ each and its ratio to the floor's best are printed. ``bigstack`` is imported bef
 
 from __future__ import annotations
 
-import glob
-import json
+import functools
 import os
 import shutil
 import sys
-import tempfile
-import time
-
-import numpy as np
 
 import bigstack
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench.methods import Job, floor  # noqa: E402
+from bench.alternating import alternate, floor_run, frame_set, print_best, scratch_store  # noqa: E402
+
+
+def _stack(frames, store, method):
+    shutil.rmtree(store, ignore_errors=True)
+    bigstack.stack(bigstack.open_frames(frames.paths), frames.shifts, subpixel="nearest",
+                   store=store, memory="512MB", method=method)
 
 
 def main(argv):
-    folder = argv[1] if len(argv) > 1 else "/tmp/bsb400"
-    paths = sorted(glob.glob(os.path.join(folder, "*.fit")))
-    n = int(argv[2]) if len(argv) > 2 else len(paths)
-    repeats = int(argv[3]) if len(argv) > 3 else 3
+    frames, repeats = frame_set(argv, "/tmp/bsb400", repeats=3)
     methods = argv[4].split(",") if len(argv) > 4 else ["median", "sigma_clip"]
-    paths = paths[:n]
-    with open(os.path.join(folder, "truth.json")) as f:
-        shifts = np.asarray(json.load(f)["shifts"])[:n]
-    shape = bigstack.open_frames(paths[:1]).shape[1:]
-    job = Job(method="floor", paths=paths, shape=shape, shifts=shifts, ref_star=(0, 0))
-    store = os.path.join(tempfile.mkdtemp(), "reject.zarr")
-    print(f"bigstack from {os.path.dirname(bigstack.__file__)}", flush=True)
-
-    def timed(fn):
-        wall, cpu = time.perf_counter(), time.process_time()
-        fn()
-        return time.perf_counter() - wall, time.process_time() - cpu
-
-    def stack(method):
-        def run():
-            shutil.rmtree(store, ignore_errors=True)
-            bigstack.stack(bigstack.open_frames(paths), shifts, subpixel="nearest",
-                           store=store, memory="512MB", method=method)
-        return run
-
-    runs = {"floor": lambda: floor(job), **{m: stack(m) for m in methods}}
-    times = {name: [] for name in runs}
-    try:
-        for fn in runs.values():  # warm up: page cache, numba, imports
-            fn()
-        for _ in range(repeats):
-            line = []
-            for name, fn in runs.items():
-                times[name].append(timed(fn))
-                line.append(f"{name} {times[name][-1][0]:.2f} s ({times[name][-1][1]:.2f} s CPU)")
-            print(", ".join(line), flush=True)
-    finally:
-        shutil.rmtree(os.path.dirname(store), ignore_errors=True)
-    for k, what in enumerate(("wall", "CPU")):
-        base = min(t[k] for t in times["floor"])
-        parts = [f"floor {base:.2f} s"]
-        for name in list(runs)[1:]:
-            best = min(t[k] for t in times[name])
-            parts.append(f"{name} {best:.2f} s = {best / base:.2f}x")
-        print(f"{n} frames, best {what}: " + ", ".join(parts))
+    with scratch_store("reject.zarr") as store:
+        print(f"bigstack from {os.path.dirname(bigstack.__file__)}", flush=True)
+        runs = {"floor": floor_run(frames, store),
+                **{m: functools.partial(_stack, frames, store, m) for m in methods}}
+        times = alternate(runs, repeats)
+    print_best(times, frames.n)
 
 
 if __name__ == "__main__":

@@ -17,22 +17,19 @@ shared machine); the best of each and its ratio to the floor's best are printed.
 
 from __future__ import annotations
 
-import glob
+import functools
 import importlib.util
-import json
 import os
 import shutil
 import sys
-import tempfile
-import time
-
-import numpy as np
 
 import bigstack
 from bigstack import _kernels
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench.methods import Job, floor  # noqa: E402
+from bench.alternating import alternate, floor_run, frame_set, print_best, scratch_store  # noqa: E402
+
+_CURRENT = _kernels.warp_accumulate
 
 
 def _load(path):
@@ -46,65 +43,32 @@ def _load(path):
     return module
 
 
+def _stack(frames, store, subpixel, kernels=None):
+    shutil.rmtree(store, ignore_errors=True)
+    _kernels.warp_accumulate = _CURRENT if kernels is None else kernels.warp_accumulate
+    try:
+        bigstack.stack(bigstack.open_frames(frames.paths), frames.transforms, subpixel=subpixel,
+                       store=store, memory="512MB")
+    finally:
+        _kernels.warp_accumulate = _CURRENT
+
+
 def main(argv):
     baseline = None
     if "--baseline" in argv:
         k = argv.index("--baseline")
         baseline = _load(argv[k + 1])
         argv = argv[:k] + argv[k + 2:]
-    folder = argv[1] if len(argv) > 1 else "/tmp/bsb400-rotated"
-    paths = sorted(glob.glob(os.path.join(folder, "*.fit")))
-    n = int(argv[2]) if len(argv) > 2 else len(paths)
-    repeats = int(argv[3]) if len(argv) > 3 else 4
-    paths = paths[:n]
-    with open(os.path.join(folder, "truth.json")) as f:
-        transforms = np.asarray(json.load(f)["transforms"])[:n]
-    shape = bigstack.open_frames(paths[:1]).shape[1:]
-    job = Job(method="floor", paths=paths, shape=shape, shifts=transforms[:, :, 2],
-              ref_star=(0, 0))
-    store = os.path.join(tempfile.mkdtemp(), "warp.zarr")
-    current = _kernels.warp_accumulate
-
-    def timed(fn):
-        wall, cpu = time.perf_counter(), time.process_time()
-        fn()
-        return time.perf_counter() - wall, time.process_time() - cpu
-
-    def stack(subpixel, kernels=None):
-        def run():
-            shutil.rmtree(store, ignore_errors=True)
-            _kernels.warp_accumulate = current if kernels is None else kernels.warp_accumulate
-            try:
-                bigstack.stack(bigstack.open_frames(paths), transforms, subpixel=subpixel,
-                               store=store, memory="512MB")
-            finally:
-                _kernels.warp_accumulate = current
-        return run
-
-    runs = {"floor": lambda: floor(job)}
-    for subpixel in ("bilinear", "lanczos3"):
-        runs[subpixel] = stack(subpixel)
-        if baseline is not None:
-            runs[f"{subpixel} (baseline)"] = stack(subpixel, baseline)
-    times = {name: [] for name in runs}
-    try:
-        for fn in runs.values():  # warm up: page cache, numba, imports
-            fn()
-        for _ in range(repeats):
-            line = []
-            for name, fn in runs.items():
-                times[name].append(timed(fn))
-                line.append(f"{name} {times[name][-1][0]:.2f} s ({times[name][-1][1]:.2f} s CPU)")
-            print(", ".join(line), flush=True)
-    finally:
-        shutil.rmtree(os.path.dirname(store), ignore_errors=True)
-    for k, what in enumerate(("wall", "CPU")):
-        base = min(t[k] for t in times["floor"])
-        parts = [f"floor {base:.2f} s"]
-        for name in list(runs)[1:]:
-            best = min(t[k] for t in times[name])
-            parts.append(f"{name} {best:.2f} s = {best / base:.2f}x")
-        print(f"{n} frames, best {what}: " + ", ".join(parts))
+    frames, repeats = frame_set(argv, "/tmp/bsb400-rotated", repeats=4)
+    with scratch_store("warp.zarr") as store:
+        runs = {"floor": floor_run(frames, store)}
+        for subpixel in ("bilinear", "lanczos3"):
+            runs[subpixel] = functools.partial(_stack, frames, store, subpixel)
+            if baseline is not None:
+                runs[f"{subpixel} (baseline)"] = functools.partial(_stack, frames, store,
+                                                                   subpixel, baseline)
+        times = alternate(runs, repeats)
+    print_best(times, frames.n)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 RUN = REPO / "benchmarks" / "run.py"
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench import data, methods, references, siril  # noqa: E402
+from bench import alternating, data, methods, references, siril  # noqa: E402
 
 
 def _env():
@@ -129,6 +129,33 @@ def test_method_table():
         assert entry.reference or entry.check, entry.name
     with pytest.raises(ValueError, match="registered twice"):
         methods.method("floor", "again")(lambda job: None)
+
+
+def test_alternating_rounds_and_best_ratios(monkeypatch, capsys):
+    """The one-process scripts' loop (``*_cost.py``): a warm-up call of every run, a line
+    a round, then the best wall and CPU of each against the first run's best; fixed fake
+    timings, the ratios worked out by hand."""
+    calls, cleared = [], []
+    fake = iter([(1.0, 0.5), (3.0, 2.0), (5.0, 1.5),  # round 1: floor, a, b
+                 (0.8, 0.6), (3.2, 1.8), (4.0, 1.2)])  # round 2
+
+    def fake_timed(fn):
+        fn()
+        return next(fake)
+
+    monkeypatch.setattr(alternating, "timed", fake_timed)
+    runs = {name: (lambda name=name: calls.append(name)) for name in ("floor", "a", "b")}
+    times = alternating.alternate(runs, 2, before=lambda: cleared.append(len(calls)))
+    assert calls == ["floor", "a", "b"] * 3  # the warm-up, then two rounds
+    assert cleared == list(range(9))  # before every call, warm-up included
+    alternating.print_best(times, 7)
+    assert capsys.readouterr().out.splitlines() == [
+        "floor 1.00 s (0.50 s CPU), a 3.00 s (2.00 s CPU), b 5.00 s (1.50 s CPU)",
+        "floor 0.80 s (0.60 s CPU), a 3.20 s (1.80 s CPU), b 4.00 s (1.20 s CPU)",
+        # wall: 3.0 / 0.8 = 3.75, 4.0 / 0.8 = 5; CPU: 1.8 / 0.5 = 3.6, 1.2 / 0.5 = 2.4
+        "7 frames, best wall: floor 0.80 s, a 3.00 s = 3.75x, b 4.00 s = 5.00x",
+        "7 frames, best CPU: floor 0.50 s, a 1.80 s = 3.60x, b 1.20 s = 2.40x",
+    ]
 
 
 def _fincore_bytes(path):

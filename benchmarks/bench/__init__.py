@@ -10,6 +10,8 @@
   page cache (warm, evict, check).
 - :mod:`bench.report`: tables, the machine and versions, RESULTS.md, the scaling plot.
 - :mod:`bench.modes`: the default run, ``--sweep`` and ``--many``.
+- :mod:`bench.alternating`: the one-process ``*_cost.py`` scripts' shared parts (their
+  command line and frames, the alternating timing rounds, the best-of ratios to the floor).
 - :mod:`bench.cli`: the command line (``benchmarks/run.py`` is a thin entry point over it).
 """
 
