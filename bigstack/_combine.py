@@ -246,11 +246,20 @@ def format_bytes(n):
     return f"{int(n)} B"
 
 
-def _budget(memory, threads):
-    """Bytes per thread the tiles may use (half the budget: the rest is the process
-    itself, Python, numpy, dask and zarr, and the write buffers) and the thread count."""
+# the share of the memory budget a rejection method's tiles may hold (each holds its rows
+# of every frame, so they are the largest allocations); the rest is the process itself:
+# Python with numpy, dask, xarray, zarr and astropy hold about 150 MiB, and the reads,
+# outputs and writes in flight about 80 more (with half the budget for the blocks, a median
+# of 400 frames of 2048 x 2048 in 512 MB peaked at 481-502 MiB; with 40%, at 431 MiB)
+_GATHER_SHARE = 0.4
+
+
+def _budget(memory, threads, share=0.5):
+    """Bytes per thread the tiles may use (``share`` of the budget, by default half: the
+    rest is the process itself, Python, numpy, dask and zarr, and the write buffers) and
+    the thread count."""
     threads = threads or os.cpu_count() or 1
-    return parse_memory(memory) // 2 // threads, threads
+    return int(parse_memory(memory) * share) // threads, threads
 
 
 def _clamp_rows(fit, out_rows, threads, max_rows=None):
@@ -311,15 +320,15 @@ def _gather_rows(rows, cols, memory, n_kept, method, weighted, threads=None, war
     """Rows per tile for a rejection method: every frame's rows of a tile at once."""
     from . import _reject
 
-    per_thread, threads = _budget(memory, threads)
+    per_thread, threads = _budget(memory, threads, _GATHER_SHARE)
     if warp is not None:  # one warped frame's source rows at a time, besides the block
         reach, slant, stretch, frame_cols = warp
         fixed, rows_per_row = _source_rows(reach, slant, stretch, cols)
         per_thread -= int((fixed + rows_per_row * min(rows, 512)) * frame_cols * _SOURCE_BYTES)
     fit = _reject.max_rows(per_thread, 1, n_kept, cols, method, weighted)
     if fit < 1:
-        need = 2 * (_reject.workspace_bytes(method, n_kept, weighted)
-                    + cols * (n_kept * _reject.bytes_per_value(method) + 12)) * threads
+        need = (_reject.workspace_bytes(method, n_kept, weighted)
+                + cols * (n_kept * _reject.bytes_per_value(method) + 12)) * threads / _GATHER_SHARE
         raise BigstackError(
             f"memory={memory!r} is too small for method={method!r}: one row of {n_kept} "
             f"frames of {cols} pixels needs about {format_bytes(need)} with {threads} "

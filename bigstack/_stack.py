@@ -70,7 +70,7 @@ def stack(frames, shifts=None, *, method="mean", store=None, mode="write", subpi
         The rejection methods ``"median"``, ``"sigma_clip"``,
         ``"winsorized"``, ``"minmax"`` and ``"percentile"`` need every
         frame's value of a pixel at once: each tile holds its rows of all
-        frames, ``rows = (memory / 2 / threads - workspace) / (W * (4 N + 12))``
+        frames, ``rows = (0.4 memory / threads - workspace) / (W * (4 N + 12))``
         for N frames of W pixels (see :mod:`bigstack._reject`), so tiles get
         lower as N grows, and a budget too small for one row is an error.
         A :class:`~bigstack.Rejection` carries a method with its options.
