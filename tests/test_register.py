@@ -168,7 +168,9 @@ def test_tracking_finds_an_undersampled_star_at_any_subpixel_position(tmp_path):
     """A star of FWHM 1.4 px keeps in its 3 x 3 minimum a twelfth as much on a pixel
     corner as centred on a pixel. Held to a third of a centred reference star's, a
     tracked frame's star was "no star within 25 px of where the last good frames put
-    it" in most frames of such a night (21 of 30 on 1024 x 768 frames, seed 12)."""
+    it" in most frames of such a night (21 of 30 on 1024 x 768 frames, seed 12). And the
+    test for a cosmic ray's blob (SPIKE) took the star's own core pixels for one: "star
+    flux 0.33 of the reference star's", or shifts 0.35 px off."""
     truth = synthetic.make_frames(tmp_path, n_frames=16, shape=(200, 200), seed=12,
                                   motion=synthetic.Motion(subpixel=True, drift_step=1.5,
                                                           jitter=0.5),
@@ -181,9 +183,9 @@ def test_tracking_finds_an_undersampled_star_at_any_subpixel_position(tmp_path):
     reasons = [str(r) for r in ds["reason"].values]
     assert not any(r.startswith("no star") for r in reasons), reasons
     good = ds["valid"].values
-    assert good.sum() >= 13
-    error = np.hypot(*(ds["shift"].values[good] - truth.shifts[good]).T)
-    assert error.max() < 0.5
+    assert good.all(), reasons
+    error = np.hypot(*(ds["shift"].values - truth.shifts).T)
+    assert error.max() < 0.15
 
 
 def test_tracking_from_a_middle_reference(tmp_path):
