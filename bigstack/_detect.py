@@ -83,6 +83,10 @@ SHARP = 0.7
 #: the stricter test for one star's pixels and for correlation: no star of FWHM
 #: 1.6 px or more, at any sub-pixel position, is this sharp
 SPIKE = 0.85
+#: stars measured narrower than this (px) after cleaning at SHARP had their peaks
+#: taken for hot pixels (a star of FWHM 1.4 px centred on a pixel is sharp at
+#: SHARP): the frame is cleaned again at SPIKE, which no such star is
+UNDERSAMPLED = 2.5
 _STAR_FIELDS = ("x", "y", "flux", "snr", "fwhm")
 
 
@@ -337,23 +341,17 @@ def detect_stars(bands, *, fwhm=None, n_stars=100, threshold=5.0):
                n_found=0, cleaned=cleaned, rows=nrows)
     if not sigma > 0:
         return out
+    asked = fwhm
+    given = asked is not None
+    fwhm, found, cand, star_fwhm = _first_pass(bands, resids, asked, threshold, sigma)
+    if np.isfinite(star_fwhm) and star_fwhm < UNDERSAMPLED:
+        # stars this sharp lose their peaks to the SHARP test: clean only spikes
+        resids, background, sigma, cleaned = _prepare(bands, SPIKE)
+        out.update(background=background, noise=sigma, cleaned=cleaned)
+        if not sigma > 0:
+            return out
+        fwhm, found, cand, star_fwhm = _first_pass(bands, resids, asked, threshold, sigma)
     pyramids = [{1: r} for r in resids]
-    given = fwhm is not None
-    if given:
-        fwhm = float(fwhm)
-        found = _candidates(pyramids, fwhm, threshold, sigma)
-    else:
-        best = None
-        for f in LADDER:  # climb while the score rises (it peaks at the stars' width)
-            found = _candidates(pyramids, f, threshold, sigma)
-            score = _score(found)
-            if best is not None and score <= best[0]:
-                break
-            best = (score, f, found)
-        _, fwhm, found = best
-    cand = _clear(bands, resids, found, 1.5 * fwhm)
-    # the stars' own FWHM from the brightest; filter again if the rung was far off
-    star_fwhm = _measure_fwhm(resids, cand[:25], fwhm)
     if not given and np.isfinite(star_fwhm) and not 0.5 <= star_fwhm / fwhm <= 2.0:
         fwhm = max(star_fwhm, 2.0)
         found = _candidates(pyramids, fwhm, threshold, sigma)
@@ -374,6 +372,30 @@ def detect_stars(bands, *, fwhm=None, n_stars=100, threshold=5.0):
     keep = keep[:int(n_stars)]
     out.update(x=x[keep], y=y[keep], flux=flux[keep], snr=snr[keep], fwhm=fw[keep])
     return out
+
+
+def _first_pass(bands, resids, fwhm, threshold, sigma):
+    """Detections at the given FWHM (or the ladder's best rung) and the stars' own FWHM.
+
+    Returns ``(filter fwhm, detections per band, candidates clear of the edges,
+    the FWHM measured on the 25 best)``.
+    """
+    pyramids = [{1: r} for r in resids]
+    if fwhm is not None:
+        fwhm = float(fwhm)
+        found = _candidates(pyramids, fwhm, threshold, sigma)
+    else:
+        best = None
+        for f in LADDER:  # climb while the score rises (it peaks at the stars' width)
+            found = _candidates(pyramids, f, threshold, sigma)
+            score = _score(found)
+            if best is not None and score <= best[0]:
+                break
+            best = (score, f, found)
+        _, fwhm, found = best
+    cand = _clear(bands, resids, found, 1.5 * fwhm)
+    # the stars' own FWHM from the brightest
+    return fwhm, found, cand, _measure_fwhm(resids, cand[:25], fwhm)
 
 
 def _clear(bands, resids, found, margin):

@@ -241,7 +241,11 @@ def _measure_frame(source, index, star_pos, search, shape, method, saturation,
         else:
             near = None if expect is None else (expect[0] - x0, expect[1] - y0, tolerance)
             radii = None if reference is None else reference["radii"]
-            min_core = None if reference is None else reference["core"] / 3
+            min_core = None
+            if reference is not None:
+                lx, ly = reference["local"]
+                min_core = _starbox.core_floor(reference["core"], reference["fwhm"],
+                                               lx - np.round(lx), ly - np.round(ly))
             hint = None if reference is None else reference["fwhm"]
             record = measure_star(pixels, method, saturation, near=near, radii=radii,
                                   min_core=min_core, fwhm_hint=hint,

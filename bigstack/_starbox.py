@@ -122,6 +122,43 @@ def star_step(fwhm):
     return float(1.0 - edge / centre)
 
 
+def core_fraction(fwhm, dx, dy):
+    """The 3 x 3 minimum about the pixel nearest a star, as a fraction of its flux.
+
+    For a pixel-integrated Gaussian of ``fwhm`` px at ``(dx, dy)`` px (each
+    in ``[-0.5, 0.5]``) from that pixel's centre. It depends on where the
+    star falls in its pixel, the more so the sharper the star: at FWHM 1.4
+    a star on a pixel corner keeps a twelfth of a centred star's, at FWHM 3
+    half.
+    """
+    from scipy.special import erf
+
+    c = np.sqrt(2.0) * max(float(fwhm), 0.3) / FWHM_PER_SIGMA
+    k = np.array([-1.0, 0.0, 1.0])
+
+    def axis(d):
+        return float(np.min(0.5 * (erf((k + 0.5 - d) / c) - erf((k - 0.5 - d) / c))))
+
+    return axis(dx) * axis(dy)
+
+
+def core_floor(ref_core, fwhm, dx, dy, share=1.0 / 3.0):
+    """The 3 x 3 minimum a frame's star must reach: ``share`` of the reference star's
+    ``ref_core``, lowered by what the star's sub-pixel position alone can take from it
+    (the reference star at ``(dx, dy)`` from its pixel's centre, the frame's star
+    anywhere; :func:`core_fraction`)."""
+    if not (np.isfinite(fwhm) and np.isfinite(dx) and np.isfinite(dy)):
+        return share * ref_core
+    worst = core_fraction(fwhm, 0.5, 0.5) / core_fraction(fwhm, dx, dy)
+    return share * ref_core * min(1.0, worst)
+
+
+#: stars narrower than this (px) are as sharp as a cosmic ray's blob of a few pixels
+#: by the test at SPIKE (the diagonal pixel of a centred star of FWHM 1.4 px stands
+#: 0.9 of its value above its neighbours' median; at FWHM 1.6, 0.84)
+BLOB_FWHM = 1.6
+
+
 def clean_spikes(signal, noise, fwhm):
     """A copy of ``signal`` without the hot pixels and cosmic rays on and around a star.
 
@@ -130,8 +167,9 @@ def clean_spikes(signal, noise, fwhm):
     larger fraction of its value than a star of 0.8 ``fwhm`` could
     (:func:`star_step`, plus 0.1; a lone hot pixel, even on the star's
     core), or above their median by more than
-    :data:`bigstack._detect.SPIKE` of its value (a blob of a few pixels).
-    Returns ``(cleaned, count)``.
+    :data:`bigstack._detect.SPIKE` of its value (a blob of a few pixels),
+    unless 0.8 ``fwhm`` is under :data:`BLOB_FWHM`: such a star's own pixels
+    pass that test. Returns ``(cleaned, count)``.
     """
     limit = 5 * noise
     ys, xs = np.nonzero(signal > limit)
@@ -143,6 +181,8 @@ def clean_spikes(signal, noise, fwhm):
     step = star_step(0.8 * fwhm if np.isfinite(fwhm) else 1.6) + 0.1
     alone = (value - near[-2] > limit) & (value - near[-2] > step * value)
     blob = (value - med > limit) & (value - med > SPIKE * value)
+    if np.isfinite(fwhm) and 0.8 * fwhm < BLOB_FWHM:
+        blob[:] = False  # a star this sharp is a blob of a few pixels itself
     spike = alone | blob
     if not spike.any():
         return signal, 0

@@ -277,18 +277,21 @@ def _reference_stars(source, ref, record, opts, shape):
 
 
 def choose_reference(records, exclude=()):
-    """``(index, reason)``: most stars per row read, then smallest FWHM, lowest background.
+    """``(index, reason)``: most stars per row searched, then smallest FWHM, lowest background.
 
     Frames in ``exclude`` are not considered (``(None, "")`` when none is left).
     This is the frames' quality only; :func:`_pick_task` then checks that the
-    choice's stars are those of the other frames.
+    choice's stars are those of the other frames. A frame read whole after its
+    bands (a sparse field) has its stars counted over the frame's rows, not over
+    the rows read (the bands and then the frame again).
     """
     n = len(records)
     keep = np.ones(n, bool)
     keep[list(exclude)] = False
     if not keep.any():
         return None, ""
-    density = np.array([r["n_found"] / max(r["rows"], 1) for r in records])
+    searched = [_searched(r) for r in records]
+    density = np.array([r["n_found"] / max(h, 1) for r, h in zip(records, searched, strict=True)])
     density = np.where(keep, density, -1.0)
     fwhm = np.array([r["frame_fwhm"] for r in records])
     background = np.array([r["background"] for r in records])
@@ -301,10 +304,15 @@ def choose_reference(records, exclude=()):
         pool = pool[fwhm[pool] <= 1.1 * best_fwhm]
     ref = int(pool[np.argmin(background[pool])])
     r = records[ref]
-    reason = (f"most stars ({r['n_found']} in {r['rows']} rows), smallest FWHM "
+    reason = (f"most stars ({r['n_found']} in {searched[ref]} rows), smallest FWHM "
               f"({r['frame_fwhm']:.2f} px) and lowest background ({r['background']:.1f}) among "
               f"the {pool.size} frame(s) within 20% of the most stars and 10% of the best FWHM")
     return ref, reason
+
+
+def _searched(record):
+    """The rows a record's stars were found in: the frame's when read whole."""
+    return record["height"] if record["whole"] else record["rows"]
 
 
 def _sample(n, exclude, usable, k):

@@ -120,8 +120,11 @@ def test_bad_star_argument_is_a_usage_error(capsys):
     assert "expected X,Y" in capsys.readouterr().err
 
 
-def test_console_script_runs():
-    result = subprocess.run([sys.executable, "-m", "bigstack.cli", "--version"],
+@pytest.mark.parametrize("module", ["bigstack.cli", "bigstack"])
+def test_console_script_runs(module):
+    """``python -m bigstack`` runs the command too (it once said 'No module named
+    bigstack.__main__')."""
+    result = subprocess.run([sys.executable, "-m", module, "--version"],
                             capture_output=True, text=True, check=True)
     assert result.stdout.strip() == f"bigstack {bigstack.__version__}"
 

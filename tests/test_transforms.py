@@ -136,6 +136,27 @@ def test_reference_auto_takes_the_sharpest_frame():
                                atol=0.05)
 
 
+def test_reference_counts_stars_over_the_rows_searched():
+    """A sparse field's frames are read in bands, then whole; their stars are counted
+    over the frame's rows. Counted over the rows read (the bands and then the frame
+    again: 960 to 1332 for 768 rows on a generator night of 7 stars), a frame whose
+    bands had grown once more looked 28% poorer in stars and was passed over for the
+    reference, although it had as many stars and a lower background."""
+    from bigstack._transforms import choose_reference
+
+    def record(rows, background):
+        return {"n_found": 8, "rows": rows, "whole": True, "height": 768,
+                "frame_fwhm": 3.0, "background": background}
+
+    ref, why = choose_reference([record(192 + 768, 1000.0), record(564 + 768, 990.0)])
+    assert ref == 1
+    assert "8 in 768 rows" in why
+    # bands only: the stars per band row, as before
+    bands = [dict(record(192, 990.0), whole=False, height=48, n_found=4),
+             dict(record(384, 980.0), whole=False, height=96, n_found=4)]
+    assert choose_reference(bands)[0] == 0
+
+
 def test_faint_defocused_raw_frames():
     """FWHM 11, faintest stars at 3 sigma, column pattern of 11 ADU, hot pixels, 12 px drift."""
     stars = field(seed=4, density=1200, fwhm=11.0, peak=4 * 30.0)
