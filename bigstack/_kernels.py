@@ -2537,15 +2537,22 @@ def subtract_background(rows, grid, i0, f, xterm, yterm):
 
 
 @njit(inline="always", **_JIT)
+def _insertion_sort(src, n, out):
+    """``out[:n]`` = ``src[:n]`` sorted (``out`` may be ``src``: each value is read before
+    anything is moved into its place)."""
+    for i in range(n):
+        v = src[i]
+        j = i - 1
+        while j >= 0 and out[j] > v:
+            out[j + 1] = out[j]
+            j -= 1
+        out[j + 1] = v
+
+
+@njit(inline="always", **_JIT)
 def _median8(a):
     """The median of 8 values (the mean of the middle two), sorting ``a`` in place."""
-    for i in range(1, 8):
-        v = a[i]
-        j = i - 1
-        while j >= 0 and a[j] > v:
-            a[j + 1] = a[j]
-            j -= 1
-        a[j + 1] = v
+    _insertion_sort(a, 8, a)
     return np.float32(0.5) * (a[3] + a[4])
 
 
@@ -2808,13 +2815,7 @@ def _sample_median(a, n, work):
             below = p
             src, at, count = dhi, hi_at, nhi
     small = np.empty(16, np.float32)
-    for i in range(count):  # insertion sort
-        v = src[i]
-        j = i - 1
-        while j >= 0 and small[j] > v:
-            small[j + 1] = small[j]
-            j -= 1
-        small[j + 1] = v
+    _insertion_sort(src, count, small)
     upper = small[k]
     if not even:
         return upper
