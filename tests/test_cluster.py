@@ -28,7 +28,7 @@ def night(tmp_path_factory):
 
 def _cluster(**kwargs):
     return distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                    dashboard_address=None, **kwargs)
+                                    dashboard_address=":0", **kwargs)
 
 
 def test_graph_for_1000_frames_is_light(tmp_path):
