@@ -125,8 +125,11 @@ def neighbours(data, ys, xs):
                      for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx])
 
 
-def _clean_sharp(resid, sigma, ratio=SHARP, passes=3):
+def _clean_sharp(resid, sigma, ratio=SHARP, passes=3, undo=None):
     """Replace hot pixels and cosmic rays (sharp peaks, by shape) in place; return the count.
+
+    ``undo``, a list, gets a ``(flat indices, former values)`` per pass: putting them
+    back in reverse order restores ``resid`` (:func:`_restore`).
 
     A pass can leave a sharp pixel behind: a hot pixel of a Bayer mosaic, through a
     bilinear demosaic, is a plus of five pixels (the arms a quarter of the centre),
@@ -140,12 +143,16 @@ def _clean_sharp(resid, sigma, ratio=SHARP, passes=3):
 
     cap = resid.size // 64 + 256
     where = np.empty(cap, np.int64)
-    n = clean_sharp(resid, 4.0 * sigma, ratio, where, np.empty(cap, np.float32))
+    former = np.empty(cap, np.float32)
+    n = clean_sharp(resid, 4.0 * sigma, ratio, where, former)
     if n < 0:  # more than the scratch holds: once more, with room for all
         where = np.empty(-n, np.int64)
-        n = clean_sharp(resid, 4.0 * sigma, ratio, where, np.empty(-n, np.float32))
+        former = np.empty(-n, np.float32)
+        n = clean_sharp(resid, 4.0 * sigma, ratio, where, former)
     total = int(n)
     changed = where[:n]
+    if undo is not None:
+        undo.append((changed.copy(), former[:n].copy()))
     nx = resid.shape[1]
     for _ in range(passes - 1):
         if changed.size == 0:
@@ -153,10 +160,18 @@ def _clean_sharp(resid, sigma, ratio=SHARP, passes=3):
         near = changed[resid.ravel()[changed] > 4.0 * sigma]
         ys, xs = np.divmod(near, nx)
         sharp, med = sharp_pixels(resid, ys, xs, ratio)
+        if undo is not None:
+            undo.append((near[sharp], resid[ys[sharp], xs[sharp]]))
         resid[ys[sharp], xs[sharp]] = med[sharp]
         changed = near[sharp]
         total += int(changed.size)
     return total
+
+
+def _restore(resid, undo):
+    """Put back what :func:`_clean_sharp` replaced (its ``undo`` list), last pass first."""
+    for where, former in reversed(undo):
+        np.put(resid, where, former)
 
 
 def _binned(pyramid, b):
@@ -232,7 +247,7 @@ def _mad_sigma(arrays):
     return 1.4826 * float(np.median(np.abs(sample - np.median(sample))))
 
 
-def _prepare(bands, sharp=SHARP):
+def _prepare(bands, sharp=SHARP, undo=None):
     """Background-free, pattern-free, cleaned bands; frame background and noise.
 
     In this order: every column's level over all the band rows (the median
@@ -244,7 +259,8 @@ def _prepare(bands, sharp=SHARP):
     left under the cells would leave a cell-sized pattern that a wide
     matched filter finds). Last, sharp pixels (more than ``sharp`` of their
     value above their neighbours' median, see :func:`sharp_pixels`) over 4
-    sigma are replaced by that median. Each step is one compiled pass over
+    sigma are replaced by that median (``undo``: one list per band, for
+    :func:`_clean_sharp`'s record of it). Each step is one compiled pass over
     the rows (:mod:`bigstack._kernels`).
     """
     from ._kernels import column_clipped_sums, remove_rows, subtract_background
@@ -277,8 +293,8 @@ def _prepare(bands, sharp=SHARP):
     sigma = _mad_sigma(resids)
     cleaned = 0
     if sigma > 0:
-        for r in resids:
-            cleaned += _clean_sharp(r, sigma, sharp)
+        for k, r in enumerate(resids):
+            cleaned += _clean_sharp(r, sigma, sharp, undo=None if undo is None else undo[k])
     return resids, level, sigma, cleaned
 
 
@@ -335,7 +351,8 @@ def detect_stars(bands, *, fwhm=None, n_stars=100, threshold=5.0):
     """
     bands = [(int(r0), np.asarray(data)) for r0, data in bands]
     nrows = sum(d.shape[0] for _, d in bands)
-    resids, background, sigma, cleaned = _prepare(bands)
+    undo = [[] for _ in bands]  # what the cleaning replaced, should it be done again
+    resids, background, sigma, cleaned = _prepare(bands, undo=undo)
     out = {k: np.empty(0) for k in _STAR_FIELDS}
     out.update(background=background, noise=sigma, frame_fwhm=np.nan, filter_fwhm=np.nan,
                n_found=0, cleaned=cleaned, rows=nrows)
@@ -345,11 +362,13 @@ def detect_stars(bands, *, fwhm=None, n_stars=100, threshold=5.0):
     given = asked is not None
     fwhm, found, cand, star_fwhm = _first_pass(bands, resids, asked, threshold, sigma)
     if np.isfinite(star_fwhm) and star_fwhm < UNDERSAMPLED:
-        # stars this sharp lose their peaks to the SHARP test: clean only spikes
-        resids, background, sigma, cleaned = _prepare(bands, SPIKE)
-        out.update(background=background, noise=sigma, cleaned=cleaned)
-        if not sigma > 0:
-            return out
+        # stars this sharp lose their peaks to the SHARP test: clean only spikes (the
+        # bands as before cleaning, the same background and noise)
+        cleaned = 0
+        for r, steps in zip(resids, undo, strict=True):
+            _restore(r, steps)
+            cleaned += _clean_sharp(r, sigma, SPIKE)
+        out.update(cleaned=cleaned)
         fwhm, found, cand, star_fwhm = _first_pass(bands, resids, asked, threshold, sigma)
     pyramids = [{1: r} for r in resids]
     if not given and np.isfinite(star_fwhm) and not 0.5 <= star_fwhm / fwhm <= 2.0:

@@ -2562,8 +2562,9 @@ def clean_sharp(rows, limit, ratio, where, value):
     neighbours by more than ``ratio`` of their value) by that median; return their count.
 
     The medians are taken from the rows as given (a replacement does not change its
-    neighbours' tests). ``where``/``value`` are scratch of the caller's size; when more
-    pixels are sharp than they hold, nothing is changed and ``-count`` is returned.
+    neighbours' tests). ``where``/``value`` are scratch of the caller's size; they end
+    with the flat index and the former value of each pixel replaced. When more pixels
+    are sharp than they hold, nothing is changed and ``-count`` is returned.
     """
     ny, nx = rows.shape
     lim = np.float32(limit)
@@ -2593,8 +2594,9 @@ def clean_sharp(rows, limit, ratio, where, value):
                 n += 1
     if n > cap:
         return -n
-    for k in range(n):
-        rows[where[k] // nx, where[k] % nx] = value[k]
+    for k in range(n):  # ``value`` gets the values replaced, to undo it
+        y, x = where[k] // nx, where[k] % nx
+        rows[y, x], value[k] = value[k], rows[y, x]
     return n
 
 
