@@ -8,15 +8,17 @@ pattern of the sensor, hot pixels and cosmic rays, and faint, wide
 
 Stages, per call (all bands of a frame together):
 
-1. **Fixed pattern and background**: every column's level over all the
-   band rows (a median of a sample of rows, then the mean of the values
-   within 3 sigma of it), then every row's clipped mean, then a coarse
-   background (:func:`bigstack._measure.background_grids`, cells of 128
-   px) of what is left, are subtracted; the pixel noise is then the MAD sigma of a
-   sample of the bands. A sensor's column or row structure does not move
-   with the sky and would otherwise give "stars" that match at zero
-   shift; removing it before the background cells are measured keeps it
-   from leaving a cell-sized pattern that a wide filter would find.
+1. **Background and fixed pattern**: a background map (cells of 64 px,
+   :func:`bigstack._measure.background_grids`, not median-filtered across
+   cells, so that it follows a nebula or galaxy a few cells wide), then
+   every column's level over all the band rows of what is left (a median
+   of a sample of rows, then the mean of the values within 3 sigma of it),
+   then every row's clipped mean, are subtracted; the pixel noise is then
+   the MAD sigma of a sample of the bands. A sensor's column or row
+   structure does not move with the sky and would otherwise give "stars"
+   that match at zero shift; measuring it once the sky is gone keeps a
+   bright object's light out of it (the object would otherwise leave a
+   cross of residuals over the frame).
 2. **Sharp peaks**: a pixel more than 4 sigma above the background that
    stands above the median of its 8 neighbours by more than 70% of its
    value is a hot pixel or a cosmic ray (a star of FWHM >= 2 px spreads
@@ -32,9 +34,13 @@ Stages, per call (all bands of a frame together):
    wide stars are found at the wide rungs; the ladder is climbed until
    the score falls); then the FWHM of the 25 best
    is measured, and the band filtered again at that FWHM when it is off
-   the rung by more than a factor of two. Detections are the local maxima
-   of the filtered image more than ``threshold`` times its noise (the
-   pixel noise through the filter).
+   the rung by more than a factor of two. The filtered image is then made
+   local: less the median and over the MAD sigma of its cells of 32
+   binned pixels (about 13 FWHM), interpolated between cell centres, so
+   that what is left of a bright nebula or galaxy, and its photon noise,
+   is judged against its own surroundings, and correlated noise is
+   measured rather than assumed white. Detections are the local maxima
+   of that map more than ``threshold``.
 4. **Shape**: the curvature of the filtered image at a detection along x,
    y and both diagonals must be alike (``|2 (h1 - h2) / (h1 + h2)| <= 1``
    for both pairs): a round star passes; a trail, a column or a row, at
@@ -74,6 +80,12 @@ from ._measure import (
     subsample,
 )
 
+#: background cells (pixels) of the raw band: a nebula or galaxy a few cells wide is followed
+CELL = 64
+#: local cells of the matched-filtered image, in binned pixels (about 13 FWHM of the filter's
+#: star): its level and noise there, so that what the background cells leave of a bright
+#: object is judged against its own surroundings
+LOCAL_CELL = 32
 #: FWHMs (pixels) the matched filter tries when none is given
 LADDER = (2.5, 5.0, 10.0, 20.0)
 #: a pixel more than this fraction of its value above its neighbours' median is
@@ -221,6 +233,30 @@ def _filtered(pyramid, fwhm, sigma):
     return out, b
 
 
+def _local(maps):
+    """In place: each filtered map of ``maps`` less its local level, over its local noise.
+
+    Cells of :data:`LOCAL_CELL` binned pixels (about 13 FWHM of the
+    filter's star, so the stars in a cell do not set its level): each
+    cell's clipped median and MAD sigma, interpolated between cell
+    centres (:func:`bigstack._measure.local_scale`; the maps of one shape,
+    a frame's bands, in one call). What the background cells leave
+    of a bright nebula or galaxy, and its photon noise, are thus judged
+    against their own surroundings, not the frame's sky; correlated noise
+    (a demosaiced frame) is measured, not assumed white. The noise is at
+    least half the white-noise figure the maps are in units of (a flat or
+    filled region has none).
+    """
+    from ._kernels import normalise_cells
+    from ._measure import local_scale
+
+    for shape in {m.shape for m in maps if min(m.shape) >= 8}:
+        same = [m for m in maps if m.shape == shape]
+        step = 4 if min(shape) >= 4 * LOCAL_CELL else 2
+        for m, pieces in zip(same, local_scale(same, LOCAL_CELL, step, 0.5), strict=True):
+            normalise_cells(m, *pieces)
+
+
 def _peaks(snr, threshold):
     """``(iy, ix)`` of the round local maxima of ``snr`` above ``threshold``.
 
@@ -250,24 +286,41 @@ def _mad_sigma(arrays):
 def _prepare(bands, sharp=SHARP, undo=None):
     """Background-free, pattern-free, cleaned bands; frame background and noise.
 
-    In this order: every column's level over all the band rows (the median
-    of a sample of rows, robust to a strong column, then the mean of the
-    values within 3 sigma of it, less noisy than a median) is subtracted;
-    then every row's clipped mean; then a coarse background map of what
-    is left (cells of 128 px). A column/row pattern and a linear gradient
-    are thus removed exactly, before the cells are measured (a pattern
-    left under the cells would leave a cell-sized pattern that a wide
-    matched filter finds). Last, sharp pixels (more than ``sharp`` of their
-    value above their neighbours' median, see :func:`sharp_pixels`) over 4
-    sigma are replaced by that median (``undo``: one list per band, for
-    :func:`_clean_sharp`'s record of it). Each step is one compiled pass over
-    the rows (:mod:`bigstack._kernels`).
+    In this order: a background map (cells of :data:`CELL` px, not
+    median-filtered across cells, so that it follows a nebula or galaxy a
+    few cells wide) is subtracted; then every column's level over all the
+    band rows of what is left (the median of a sample of rows, robust to a
+    strong column, then the mean of the values within 3 sigma of it, less
+    noisy than a median), then every row's clipped mean: a sensor's column
+    and row pattern, measured once the sky is gone. The cells sample a
+    column pattern and pass part of it into the map; as that part does not
+    change along a column, the column levels take it out again. Measuring
+    the columns first would take a bright object's mean out of every
+    column across it and leave a cross of residuals. Last, sharp pixels
+    (more than ``sharp`` of their value above their neighbours' median,
+    see :func:`sharp_pixels`) over 4 sigma are replaced by that median
+    (``undo``: one list per band, for :func:`_clean_sharp`'s record of it).
+    The noise is the MAD sigma of a sample of the result. Each step is one
+    compiled pass over the rows (:mod:`bigstack._kernels`).
     """
     from ._kernels import column_clipped_sums, remove_rows, subtract_background
 
     resids = [_fill(data) for _, data in bands]
     level = float(np.median(subsample(resids, 1 << 12)))
     sigma = _mad_sigma(resids)
+    for shape in {r.shape for r in resids}:  # the bands of one shape together
+        idx = [k for k, r in enumerate(resids) if r.shape == shape]
+        if min(shape) < 32:  # too small for cells
+            for k in idx:
+                resids[k] = np.subtract(resids[k], np.float32(level), dtype=np.float32)
+            continue
+        grids = background_grids([resids[k] for k in idx], cell=CELL, step=4, noise=False,
+                                 despike=False)
+        for k, grid in zip(idx, grids, strict=True):
+            out = np.empty(shape, np.float32)  # the bands given stay as they are
+            subtract_background(resids[k], *grid[:5], out)
+            resids[k] = out
+        sigma = _mad_sigma(resids)
     nrows = sum(r.shape[0] for r in resids)
     if sigma > 0 and nrows >= 16 and resids[0].shape[1] >= 16:
         step = max(1, nrows // 16)
@@ -279,17 +332,8 @@ def _prepare(bands, sharp=SHARP, undo=None):
         for r in resids:
             column_clipped_sums(r, start, 3 * sigma, sums, counts)
         column = (sums / np.maximum(counts, 1) + start).astype(np.float32)
-        for k, r in enumerate(resids):  # into new arrays: the bands given stay as they are
-            resids[k] = np.empty_like(r)
-            remove_rows(r, column, 3 * sigma, resids[k])
-    else:
-        resids = [r - np.float32(level) for r in resids]
-    shapes = {r.shape for r in resids if min(r.shape) >= 32}
-    for shape in shapes:  # the bands of one shape together (one set of numpy calls)
-        same = [r for r in resids if r.shape == shape]
-        grids = background_grids(same, cell=128, step=4, noise=False)
-        for r, grid in zip(same, grids, strict=True):
-            subtract_background(r, *grid[:5])
+        for r in resids:
+            remove_rows(r, column, 3 * sigma)
     sigma = _mad_sigma(resids)
     cleaned = 0
     if sigma > 0:
@@ -300,9 +344,10 @@ def _prepare(bands, sharp=SHARP, undo=None):
 
 def _candidates(pyramids, fwhm, threshold, sigma):
     """Per band, the ``(y, x, snr)`` of detections at ``fwhm`` (native pixel coordinates)."""
+    filtered = [_filtered(pyramid, fwhm, sigma) for pyramid in pyramids]
+    _local([snr for snr, _ in filtered if snr is not None])
     out = []
-    for pyramid in pyramids:
-        snr, b = _filtered(pyramid, fwhm, sigma)
+    for snr, b in filtered:
         if snr is None:
             out.append((np.empty(0), np.empty(0), np.empty(0)))
             continue

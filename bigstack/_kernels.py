@@ -2498,42 +2498,55 @@ def column_clipped_sums(rows, start, limit, sums, counts):
 
 
 @njit(**_SUMS)
-def remove_rows(rows, column, limit, out):
-    """``out`` = ``rows`` less ``column`` in every row, less each row's mean within ``limit`` of 0
-    (``out`` may be ``rows``)."""
+def remove_rows(rows, column, limit):
+    """In place: ``rows`` less ``column`` in every row, less each row's mean within ``limit``
+    of 0."""
     ny, nx = rows.shape
     lim = np.float32(limit)
     f0 = np.float32(0.0)
     for y in range(ny):
         r = rows[y]
-        o = out[y]
         total = f0
         count = np.int32(0)
         for x in range(nx):
             v = r[x] - column[x]
-            o[x] = v
+            r[x] = v
             inside = abs(v) < lim
             total += v if inside else f0
             count += np.int32(1) if inside else np.int32(0)
         m = total / np.float32(max(count, 1))
         for x in range(nx):
-            o[x] -= m
+            r[x] -= m
 
 
 @njit(**_JIT)
-def subtract_background(rows, grid, i0, f, xterm, yterm):
-    """In place: ``rows[y, x] -= grid[i0[y], x] + f[y] (grid[i0[y] + 1, x] - grid[i0[y], x])
-    + xterm[x] + yterm[y]`` (a cell grid interpolated between its rows, plus a plane)."""
+def subtract_background(rows, grid, i0, f, xterm, yterm, out):
+    """``out[y, x] = rows[y, x] - (grid[i0[y], x] + f[y] (grid[i0[y] + 1, x] - grid[i0[y], x])
+    + xterm[x] + yterm[y])`` (a cell grid interpolated between its rows, plus a plane);
+    ``out`` another array (the same one is allowed, but slower: the compiler then cannot
+    use vector instructions)."""
     ny, nx = rows.shape
     for y in range(ny):
-        r = rows[y]
-        g0 = grid[i0[y]]
-        g1 = grid[i0[y] + 1]
+        a = i0[y]
         fy = f[y]
         ty = yterm[y]
         for x in range(nx):
-            b = g0[x] + fy * (g1[x] - g0[x])
-            r[x] -= b + xterm[x] + ty
+            b = grid[a, x] + fy * (grid[a + 1, x] - grid[a, x])
+            out[y, x] = rows[y, x] - (b + xterm[x] + ty)
+
+
+@njit(**_JIT)
+def normalise_cells(image, level, i0, f, gain):
+    """In place: ``image[y, x] = (image[y, x] - L) * G``, ``L`` and ``G`` read between the
+    rows ``i0[y]`` and ``i0[y] + 1`` of ``level`` and ``gain``, ``f[y]`` of the way."""
+    ny, nx = image.shape
+    for y in range(ny):
+        a = i0[y]
+        fy = f[y]
+        for x in range(nx):
+            lv = level[a, x] + fy * (level[a + 1, x] - level[a, x])
+            g = gain[a, x] + fy * (gain[a + 1, x] - gain[a, x])
+            image[y, x] = (image[y, x] - lv) * g
 
 
 @njit(inline="always", **_JIT)

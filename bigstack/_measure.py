@@ -138,16 +138,49 @@ def background_grid(data, cell=64, step=2):
     return background_grids([data], cell, step)[0]
 
 
-def background_grids(datas, cell=64, step=2, noise=True):
+def background_grids(datas, cell=64, step=2, noise=True, despike=True):
     """:func:`background_grid` of each of ``datas`` (2-D arrays of one shape), together.
 
     The same numbers as one call per array, in one numpy call per step for
     all of them (a frame's row bands cost one set of calls, not one each).
     ``noise=False`` skips the cells' noise (returned as NaN), a quarter of
     the cost, for a caller that only subtracts the background.
+    ``despike=False`` leaves out the 3 x 3 median filter of the cells: the
+    background then follows a nebula or galaxy a few cells wide (the
+    filter cuts the top off any bump up to its own size), and a cell that
+    a bright star fills is taken as it is (it can only be too high).
     """
     from scipy.ndimage import median_filter
 
+    nb = len(datas)
+    ny, nx = datas[0].shape
+    level, sigma, cy, cx = _cell_stats(datas, cell, step, noise)
+    ncy, ncx = len(cy), len(cx)
+    level = level.astype(np.float64)  # (nb, ncy, ncx)
+    plane = _planes(level.reshape(nb, -1), cx, cy)  # (nb, 3)
+    resid = level - (plane[:, 0, None, None] + plane[:, 1, None, None] * cx
+                     + plane[:, 2, None, None] * cy[:, None])
+    if ncy * ncx > 1 and despike:
+        resid = median_filter(resid, size=(1, 3, 3), mode="nearest")
+        if noise:
+            sigma = median_filter(sigma, size=(1, 3, 3), mode="nearest")
+    grid = _lerp_x(resid.reshape(nb * ncy, ncx), cx, nx).astype(np.float32)
+    grid = grid.reshape(nb, ncy, nx)
+    if ncy == 1:
+        grid = np.concatenate([grid, grid], axis=1)
+    i0, f = _between(cy, ny)
+    x = np.arange(nx, dtype=np.float64)
+    y = np.arange(ny, dtype=np.float64)
+    return [(grid[k], i0, f, (plane[k, 0] + plane[k, 1] * x).astype(np.float32),
+             (plane[k, 2] * y).astype(np.float32), sigma[k].astype(np.float32))
+            for k in range(nb)]
+
+
+def _cell_stats(datas, cell, step, noise=True):
+    """Each cell's clipped median and MAD sigma (:func:`bigstack._kernels.cell_stats`) of
+    each of ``datas`` (one shape): ``(level, sigma, cy, cx)``, float32 ``(nb, ncy, ncx)``
+    (``sigma`` NaN without ``noise``) and the cell centres. The last row and column of
+    cells take the remainder; every ``step``-th pixel along each axis is sampled."""
     from ._kernels import cell_stats
 
     nb = len(datas)
@@ -160,46 +193,57 @@ def background_grids(datas, cell=64, step=2, noise=True):
     sigma = np.full((nb, ncy, ncx), np.nan, np.float32)
     for k, d in enumerate(datas):
         cell_stats(np.asarray(d, np.float32), ys, xs, level[k], sigma[k], noise)
-    level = level.astype(np.float64)  # (nb, ncy, ncx)
     cy = (np.arange(ncy) + 0.5) * hy - 0.5
     cx = (np.arange(ncx) + 0.5) * hx - 0.5
-    plane = _planes(level.reshape(nb, -1), cx, cy)  # (nb, 3)
-    resid = level - (plane[:, 0, None, None] + plane[:, 1, None, None] * cx
-                     + plane[:, 2, None, None] * cy[:, None])
-    if ncy * ncx > 1:
-        resid = median_filter(resid, size=(1, 3, 3), mode="nearest")
-        if noise:
-            sigma = median_filter(sigma, size=(1, 3, 3), mode="nearest")
-    grid = (resid.reshape(nb * ncy, ncx) @ _interp_matrix(cx, nx)).astype(np.float32)
-    grid = grid.reshape(nb, ncy, nx)
-    if ncy == 1:
-        grid = np.concatenate([grid, grid], axis=1)
-        i0 = np.zeros(ny, np.int64)
-        f = np.zeros(ny, np.float32)
-    else:
-        iy = np.interp(np.arange(ny), cy, np.arange(ncy))
-        i0 = np.minimum(iy.astype(np.int64), ncy - 2)
-        f = (iy - i0).astype(np.float32)
-    x = np.arange(nx, dtype=np.float64)
-    y = np.arange(ny, dtype=np.float64)
-    return [(grid[k], i0, f, (plane[k, 0] + plane[k, 1] * x).astype(np.float32),
-             (plane[k, 2] * y).astype(np.float32), sigma[k].astype(np.float32))
-            for k in range(nb)]
+    return level, sigma, cy, cx
 
 
-def _interp_matrix(cx, nx):
-    """``W`` ``(len(cx), nx)`` with ``line @ W == np.interp(np.arange(nx), cx, line)``."""
+def _between(cy, ny):
+    """``(i0, f)``: each row ``0 .. ny - 1`` lies ``f`` of the way from cell row ``i0`` to
+    ``i0 + 1`` (centres ``cy``; held beyond the end centres; one cell row is read twice)."""
+    if len(cy) == 1:
+        return np.zeros(ny, np.int64), np.zeros(ny, np.float32)
+    iy = np.interp(np.arange(ny), cy, np.arange(len(cy)))
+    i0 = np.minimum(iy.astype(np.int64), len(cy) - 2)
+    return i0, (iy - i0).astype(np.float32)
+
+
+def local_scale(datas, cell, step, floor):
+    """Each of ``datas`` (one shape) less its cells' level, over their noise: the pieces.
+
+    Cells as :func:`_cell_stats`'; no plane and no filter across cells (for
+    a map whose sky is already gone, such as a matched-filtered image).
+    Returns per array ``(level, i0, f, gain)`` for
+    :func:`bigstack._kernels.normalise_cells`: ``level`` and ``gain`` (one
+    over the noise, the noise at least ``floor``) are each cell row
+    interpolated along x, read between rows with ``i0`` and ``f``.
+    """
+    ny, nx = datas[0].shape
+    level, sigma, cy, cx = _cell_stats(datas, cell, step)
+    ncy, ncx = len(cy), len(cx)
+    i0, f = _between(cy, ny)
+    gain = 1.0 / np.maximum(np.nan_to_num(sigma, nan=floor), floor)
+    rows = []
+    for v in (level, gain):
+        r = _lerp_x(v.reshape(-1, ncx), cx, nx)
+        r = r.reshape(len(datas), ncy, nx)
+        rows.append(np.concatenate([r, r], axis=1) if ncy == 1 else r)
+    return [(rows[0][k], i0, f, rows[1][k]) for k in range(len(datas))]
+
+
+def _lerp_x(lines, cx, nx):
+    """Each row of ``lines`` ``(m, len(cx))``, known at ``cx``, at ``0 .. nx - 1``: like
+    ``np.interp`` (the end values held beyond the ends), all rows at once, float32 (no
+    BLAS product, whose threads cost more than these few values)."""
+    lines = np.asarray(lines, np.float32)
     n = len(cx)
-    w = np.zeros((n, nx))
     if n == 1:
-        w[0] = 1.0
-        return w
+        return np.repeat(lines, nx, axis=1)
     x = np.arange(nx, dtype=np.float64)
     j = np.clip(np.searchsorted(cx, x, side="right") - 1, 0, n - 2)
-    t = np.clip((x - cx[j]) / (cx[j + 1] - cx[j]), 0.0, 1.0)
-    w[j, np.arange(nx)] = 1.0 - t
-    w[j + 1, np.arange(nx)] += t
-    return w
+    t = np.clip((x - cx[j]) / (cx[j + 1] - cx[j]), 0.0, 1.0).astype(np.float32)
+    a = np.take(lines, j, axis=1)
+    return a + (np.take(lines, j + 1, axis=1) - a) * t
 
 
 def _masked_median(values, mask):
@@ -228,9 +272,9 @@ def _planes(values, cx, cy):
         w = (keep & active[:, None]).astype(np.float64)
         v = np.where(finite, values, 0.0) * w
         normal = np.einsum("bm,mp,mq->bpq", w, design, design)
-        rhs = v @ design
+        rhs = np.einsum("bm,mp->bp", v, design)  # einsum, not BLAS: see _lerp_x
         coef[active] = np.einsum("bpq,bq->bp", np.linalg.pinv(normal[active]), rhs[active])
-        res = np.abs(values - coef @ design.T)[active]
+        res = np.abs(values - np.einsum("bp,mp->bm", coef, design))[active]
         mad = 1.4826 * _masked_median(res, keep[active])
         keep[active] = finite[active] & (res <= 3 * mad[:, None] + 1e-9)
     out = np.zeros((nb, 3))
