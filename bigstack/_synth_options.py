@@ -227,6 +227,13 @@ class Stars:
         No field star lies within this many pixels of the reference star
         (nor, with ``Artefacts.protect_ref``, a hot pixel or cosmic ray).
         Default ``min(30, min(ny, nx) / 4)``.
+    nebula : tuple of float, optional
+        ``(peak, sigma)`` or ``(peak, sigma, x, y)``: a round nebula or
+        galaxy on the sky, a Gaussian of ``sigma`` px peaking ``peak`` ADU
+        over the sky at ``(x, y)`` of frame 0 (default its centre). It turns
+        and scales with the field as the stars do, dims under a cloud as
+        they do, and has photon noise; a frame of another field does not
+        show it.
     """
 
     n_stars: int | None = None
@@ -241,6 +248,7 @@ class Stars:
     ref_star: tuple | None = None
     ref_peak: float | None = None
     ref_isolation: float | None = None
+    nebula: tuple | None = None
 
     def __post_init__(self):
         if self.n_stars is not None:
@@ -261,6 +269,14 @@ class Stars:
         _set(self, "margin", _number("Stars.margin", self.margin, low=0.0))
         if self.ref_star is not None:
             _set(self, "ref_star", _tuple("Stars.ref_star", self.ref_star, 2, "(x, y)"))
+        if self.nebula is not None:
+            size = len(self.nebula) if isinstance(self.nebula, (tuple, list)) else 0
+            nebula = _tuple("Stars.nebula", self.nebula, 4 if size == 4 else 2,
+                            "(peak, sigma) or (peak, sigma, x, y)")
+            if nebula[0] < 0 or nebula[1] <= 0:
+                raise ValueError(f"Stars.nebula needs peak >= 0 and sigma > 0, not "
+                                 f"{self.nebula!r}")
+            _set(self, "nebula", nebula)
         _set(self, "ref_peak", _optional_number("Stars.ref_peak", self.ref_peak, low=0.0,
                                                 low_open=True))
         _set(self, "ref_isolation", _optional_number("Stars.ref_isolation", self.ref_isolation,

@@ -665,6 +665,21 @@ class Scene:
                 for pl in range(planes.shape[0]):
                     planes[pl, y0 + a : y0 + b, x0 + c : x0 + d] += stamp * weights[k, pl]
 
+    def _add_nebula(self, planes, i):
+        """``Stars.nebula`` as frame ``i`` sees it (grey: the same ADU in every plane)."""
+        nebula = self.p.get("nebula")
+        if not nebula or i in self.other_frames:
+            return
+        peak, sigma = nebula[:2]
+        x, y = nebula[2:] if len(nebula) == 4 else ((self.nx - 1) / 2, (self.ny - 1) / 2)
+        fx, fy = self.positions(i, np.array([x]), np.array([y]))
+        a = np.asarray(self.transforms[i], np.float64)[:, :2]
+        s = sigma * (1.0 if self.identity[i] else math.sqrt(abs(np.linalg.det(a))))
+        along_x = np.exp(-0.5 * ((np.arange(self.nx) - fx[0]) / s) ** 2)
+        along_y = np.exp(-0.5 * ((np.arange(self.ny) - fy[0]) / s) ** 2)
+        glow = (peak * self.transmission(i) * along_y[:, None] * along_x[None, :])
+        planes += glow.astype(np.float32)[None]
+
     # ---- per-frame parts ------------------------------------------------
 
     def cosmic_rays(self, i):
@@ -794,6 +809,7 @@ class Scene:
         """
         planes = self.sky.copy()
         self._add_stars(planes, i)
+        self._add_nebula(planes, i)
         if self.mosaic:
             planes = self._mosaic(planes)
         if extras:

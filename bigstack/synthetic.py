@@ -992,6 +992,7 @@ CASES = (
     "other_field",
     "big_drift",
     "hot_pattern",
+    "nebula",
 )
 
 
@@ -1038,6 +1039,11 @@ def make_case(name, directory, *, n_frames=10, shape=(512, 512), seed=0, fmt="fi
         30% of the frames (never frame 0) show a pattern of extra hot
         pixels, one per 1000 pixels, fixed on the sensor
         (``truth.hot_pattern``, ``truth.hot_pattern_frames``).
+    ``"nebula"``
+        A bright nebula or galaxy in the field (``Stars.nebula``): a round
+        glow of sigma ``max(shape) / 6`` px peaking 20000 ADU over the sky
+        (20 times the sky, over a hundred times its noise), off the centre
+        of frame 0, moving with the stars.
 
     Parameters
     ----------
@@ -1116,6 +1122,8 @@ def _case_options(name, n, shape, seed):
         step = 0.75 * big / (n - 1)
         groups["stars"] = Stars(margin=0.9)
         groups["motion"] = Motion(subpixel=True, drift_step=step)
+    elif name == "nebula":
+        groups["stars"] = Stars(nebula=(20000.0, big / 6, 0.55 * nx, 0.45 * ny))
     else:  # hot_pattern
         k = max(1, round(0.3 * n))
         rng = _scene.stream(seed, _scene._EXTRA, _CASE_FRAMES)

@@ -7,6 +7,7 @@ here, rather than trusting the generator's own helpers.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import shutil
@@ -557,6 +558,9 @@ def test_speed_200_frames_2048(tmp_path_factory):
          r"Motion\.jitter .* Motion\.transforms"),
         (lambda: Motion(transforms=[[[1, 0, 0], [0, 1, 0]], [[1, 2, 0], [1, 2, 0]]]),
          r"Motion\.transforms\[1\] is singular"),
+        (lambda: Stars(nebula=(1000.0, 0.0)), r"Stars\.nebula needs peak >= 0 and sigma > 0"),
+        (lambda: Stars(nebula=(-5.0, 10.0)), r"Stars\.nebula needs peak >= 0"),
+        (lambda: Stars(nebula=(1000.0, 10.0, 5.0)), r"Stars\.nebula"),
         (lambda: Artefacts(clouds={3: 1.5}), r"Artefacts\.clouds\[3\] must be <= 1"),
         (lambda: Artefacts(clouds={-1: 0.5}), r"Artefacts\.clouds"),
         (lambda: Artefacts(trail=1.5), r"Artefacts\.trail must be <= 1"),
@@ -1009,6 +1013,23 @@ def test_cases(tmp_path, name):
             assert seen.sum() > 0.8 * truth.params["n_stars"], i
     elif name == "hot_pattern":
         assert truth.hot_pattern_frames.sum() == round(0.3 * n) and not truth.hot_pattern_frames[0]
+    elif name == "nebula":
+        peak, sigma, x0, y0 = truth.params["nebula"]
+        assert (peak, sigma) == (20000.0, max(shape) / 6)
+        # the same night without it: the noiseless frames differ by a Gaussian of that
+        # sigma at (x0, y0) in frame 0, moved with the field in the others
+        options = dict(truth.options)
+        options["stars"] = dataclasses.replace(options["stars"], nebula=None)
+        plain = synthetic.make_frames(tmp_path / "plain", **options)
+        yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+        model = peak * np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / (2 * sigma**2))
+        np.testing.assert_allclose(truth.clean - plain.clean, model, atol=0.05)
+        with_glow = _read_fits(truth.paths[n - 1]).astype(np.float64)
+        without = _read_fits(plain.paths[n - 1]).astype(np.float64)
+        fx, fy = truth.transforms[n - 1] @ [x0, y0, 1.0]
+        extra = with_glow - without  # the glow and its photon noise
+        centre = extra[int(round(fy)) - 2:int(round(fy)) + 3, int(round(fx)) - 2:int(round(fx)) + 3]
+        assert centre.mean() == pytest.approx(peak, rel=0.02)
     else:
         raise AssertionError(f"no check for case {name}")
 
