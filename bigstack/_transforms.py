@@ -770,7 +770,9 @@ def find_transforms(frames, model="similarity", reference="auto", *, n_stars=100
     ------
     StarNotFoundError
         With ``strict``, when a frame is invalid; always, when the
-        reference frame has fewer than ``min_matches`` stars.
+        reference frame has fewer than ``min_matches`` stars, or when
+        every other frame is "not of this field" (the reference is of
+        another field: there would be nothing to stack it with).
 
     Examples
     --------
@@ -861,6 +863,16 @@ def _report(ds, ref, strict, min_matches):
         raise StarNotFoundError(
             f"reference frame {ref} ({_frame_name(ds, ref)}): "
             f"{int(ds['n_stars'].values[ref])} stars detected (need {min_matches}); "
+            "choose another reference")
+    others = np.delete(np.arange(ds.sizes["frame"]), ref)
+    foreign = [str(ds["reason"].values[i]).startswith("frame is not of this field")
+               for i in others]
+    if others.size and all(foreign):
+        # no other frame is of the reference's field: the reference is the odd one (or
+        # every frame is of a field of its own), and a stack of it alone is no stack
+        raise StarNotFoundError(
+            f"reference frame {ref} ({_frame_name(ds, ref)}): none of the other "
+            f"{others.size} frames is of its field (their stars match none of its own); "
             "choose another reference")
     report_invalid(ds, strict)
 

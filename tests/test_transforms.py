@@ -140,6 +140,35 @@ def test_reference_auto_passes_over_the_best_frame_when_it_is_of_another_field(t
     np.testing.assert_array_equal(ds["valid"].values, ~truth.other_field)
 
 
+def test_a_reference_that_matches_no_other_frame_is_refused(tmp_path, capsys):
+    """A reference of another field leaves nothing to stack with it: an error, not "1 of 8".
+
+    Before, every other frame was marked "not of this field" and the CLI went on
+    to stack the reference alone, with exit code 0.
+    """
+    from bigstack.cli import main
+
+    truth = synthetic.make_case("other_field", tmp_path / "night", n_frames=8, shape=(384, 384),
+                                seed=1)
+    odd = int(np.flatnonzero(truth.other_field)[0])
+    frames = open_frames(truth.paths)
+    with pytest.raises(StarNotFoundError, match=rf"reference frame {odd} \(.*\): none of the "
+                       r"other 7 frames is of its field"):
+        find_transforms(frames, reference=odd)
+    table = tmp_path / "t.csv"
+    pattern = str(tmp_path / "night" / "*.fit")
+    assert main(["register", pattern, "-o", str(table), "--reference", str(odd),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"bigstack: error: reference frame {odd} (")
+    assert "none of the other 7 frames is of its field" in err[-1]
+    assert not table.exists()
+    # any true frame as the reference: the odd one alone is left out
+    with pytest.warns(BigstackWarning, match="not of this field"):
+        ds = find_transforms(frames, reference=(odd + 1) % 8)
+    np.testing.assert_array_equal(ds["valid"].values, ~truth.other_field)
+
+
 def test_reference_auto_takes_the_sharpest_frame():
     stars = field(density=500)
     frames = np.stack([render_frame(SHAPE, stars, similarity(0, 1, False, (k, -k)),
