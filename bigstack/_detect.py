@@ -243,9 +243,10 @@ def _local(maps):
     a frame's bands, in one call). What the background cells leave
     of a bright nebula or galaxy, and its photon noise, are thus judged
     against their own surroundings, not the frame's sky; correlated noise
-    (a demosaiced frame) is measured, not assumed white. The noise is at
-    least half the white-noise figure the maps are in units of (a flat or
-    filled region has none).
+    (a demosaiced frame) is measured, not assumed white. A cell's noise is
+    at least the lower quartile of the cells' (one cell's MAD can come out
+    low by chance) and at least half the white-noise figure the maps are
+    in units of (a flat or filled region has none).
     """
     from ._kernels import normalise_cells
     from ._measure import local_scale

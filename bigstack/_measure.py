@@ -215,13 +215,21 @@ def local_scale(datas, cell, step, floor):
     a map whose sky is already gone, such as a matched-filtered image).
     Returns per array ``(level, i0, f, gain)`` for
     :func:`bigstack._kernels.normalise_cells`: ``level`` and ``gain`` (one
-    over the noise, the noise at least ``floor``) are each cell row
-    interpolated along x, read between rows with ``i0`` and ``f``.
+    over the noise) are each cell row interpolated along x, read between
+    rows with ``i0`` and ``f``. A cell's noise is at least the lower quartile
+    of all the cells' (of every array: a frame's bands together), and at
+    least ``floor``: a cell's MAD from a few dozen values can come out a
+    fifth low by chance, which would make its noise peaks "stars"; a cell
+    whose noise is higher (a bright object's photon noise, what the
+    background left of it) keeps its own. (The median would be safer from
+    chance, but a bright object over half the frame would set it.)
     """
     ny, nx = datas[0].shape
     level, sigma, cy, cx = _cell_stats(datas, cell, step)
     ncy, ncx = len(cy), len(cx)
     i0, f = _between(cy, ny)
+    finite = sigma[np.isfinite(sigma)]
+    floor = max(float(np.percentile(finite, 25)) if finite.size else 0.0, floor)
     gain = 1.0 / np.maximum(np.nan_to_num(sigma, nan=floor), floor)
     rows = []
     for v in (level, gain):
