@@ -321,7 +321,7 @@ def _prepare(bands, sharp=SHARP, undo=None):
             out = np.empty(shape, np.float32)  # the bands given stay as they are
             subtract_background(resids[k], *grid[:5], out)
             resids[k] = out
-        sigma = _mad_sigma(resids)
+    sigma = _mad_sigma(resids)  # of what the cells leave: a bright object adds less to it
     nrows = sum(r.shape[0] for r in resids)
     if sigma > 0 and nrows >= 16 and resids[0].shape[1] >= 16:
         step = max(1, nrows // 16)
