@@ -308,7 +308,6 @@ def _prepare(bands, sharp=SHARP, undo=None):
 
     resids = [_fill(data) for _, data in bands]
     level = float(np.median(subsample(resids, 1 << 12)))
-    sigma = _mad_sigma(resids)
     for shape in {r.shape for r in resids}:  # the bands of one shape together
         idx = [k for k, r in enumerate(resids) if r.shape == shape]
         if min(shape) < 32:  # too small for cells

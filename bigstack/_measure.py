@@ -164,10 +164,7 @@ def background_grids(datas, cell=64, step=2, noise=True, despike=True):
         resid = median_filter(resid, size=(1, 3, 3), mode="nearest")
         if noise:
             sigma = median_filter(sigma, size=(1, 3, 3), mode="nearest")
-    grid = _lerp_x(resid.reshape(nb * ncy, ncx), cx, nx).astype(np.float32)
-    grid = grid.reshape(nb, ncy, nx)
-    if ncy == 1:
-        grid = np.concatenate([grid, grid], axis=1)
+    grid = _grid_rows(resid, cx, nx)
     i0, f = _between(cy, ny)
     x = np.arange(nx, dtype=np.float64)
     y = np.arange(ny, dtype=np.float64)
@@ -226,17 +223,21 @@ def local_scale(datas, cell, step, floor):
     """
     ny, nx = datas[0].shape
     level, sigma, cy, cx = _cell_stats(datas, cell, step)
-    ncy, ncx = len(cy), len(cx)
     i0, f = _between(cy, ny)
     finite = sigma[np.isfinite(sigma)]
     floor = max(float(np.percentile(finite, 25)) if finite.size else 0.0, floor)
     gain = 1.0 / np.maximum(np.nan_to_num(sigma, nan=floor), floor)
-    rows = []
-    for v in (level, gain):
-        r = _lerp_x(v.reshape(-1, ncx), cx, nx)
-        r = r.reshape(len(datas), ncy, nx)
-        rows.append(np.concatenate([r, r], axis=1) if ncy == 1 else r)
-    return [(rows[0][k], i0, f, rows[1][k]) for k in range(len(datas))]
+    level, gain = _grid_rows(level, cx, nx), _grid_rows(gain, cx, nx)
+    return [(level[k], i0, f, gain[k]) for k in range(len(datas))]
+
+
+def _grid_rows(values, cx, nx):
+    """Cell values ``(nb, ncy, ncx)`` (centres ``cx``) interpolated along x: float32 ``(nb,
+    max(ncy, 2), nx)``, a single cell row given twice (:func:`_between` reads rows ``i0``
+    and ``i0 + 1``)."""
+    nb, ncy, ncx = values.shape
+    rows = _lerp_x(values.reshape(nb * ncy, ncx), cx, nx).reshape(nb, ncy, nx)
+    return np.concatenate([rows, rows], axis=1) if ncy == 1 else rows
 
 
 def _lerp_x(lines, cx, nx):
