@@ -13,8 +13,12 @@ Stages, per call (all bands of a frame together):
    cells, so that it follows a nebula or galaxy a few cells wide), then
    every column's level over all the band rows of what is left (a median
    of a sample of rows, then the mean of the values within 3 sigma of it),
-   then every row's clipped mean, are subtracted; the pixel noise is then
-   the MAD sigma of a sample of the bands. A sensor's column or row
+   then every row's clipped mean, are subtracted. The pixel noise is the
+   median over cells of the MAD sigma of differences of rows two apart
+   (:func:`_diff_sigma`): what is smooth cancels in them (a bright
+   object, what the cells left of it, the column pattern), so neither
+   sets the noise (a globular cluster's core, measured as the MAD of what
+   the cells left, made it three times too high). A sensor's column or row
    structure does not move with the sky and would otherwise give "stars"
    that match at zero shift; measuring it once the sky is gone keeps a
    bright object's light out of it (the object would otherwise leave a
@@ -28,11 +32,13 @@ Stages, per call (all bands of a frame together):
 3. **Matched filter**: the band is binned (``b`` x ``b`` sums, ``b`` a
    power of two near ``fwhm / 2.5``, at least 2) and smoothed with a
    Gaussian of the expected FWHM. The FWHM is given, or chosen per frame
-   from a ladder of 2.5, 5, 10 and 20 px as the rung whose ten best
-   detections have the highest summed signal to noise (a matched filter
-   gives a star its highest signal to noise at its own width, so faint
-   wide stars are found at the wide rungs; the ladder is climbed until
-   the score falls); then the FWHM of the 25 best
+   from a ladder of 2.5, 5, 10 and 20 px as the rung whose detections have
+   the highest summed signal to noise, each counted up to twice the
+   threshold (a matched filter gives a star its highest signal to noise at
+   its own width, so faint wide stars are found at the wide rungs; the
+   cap keeps one bright object, a galaxy's or cluster's core that the
+   wide rungs see at hundreds of sigma, from outweighing hundreds of
+   stars; the ladder is climbed until the score falls); then the FWHM of the 25 best
    is measured, and the band filtered again at that FWHM when it is off
    the rung by more than a factor of two. The filtered image is then made
    local: less the median and over the MAD sigma of its cells of 32
@@ -301,7 +307,8 @@ def _prepare(bands, sharp=SHARP, undo=None):
     (more than ``sharp`` of their value above their neighbours' median,
     see :func:`sharp_pixels`) over 4 sigma are replaced by that median
     (``undo``: one list per band, for :func:`_clean_sharp`'s record of it).
-    The noise is the MAD sigma of a sample of the result. Each step is one
+    The noise (:func:`_diff_sigma`), taken before the column levels for their
+    clip and again after, is of differences of nearby rows. Each step is one
     compiled pass over the rows (:mod:`bigstack._kernels`).
     """
     from ._kernels import column_clipped_sums, remove_rows, subtract_background
@@ -320,7 +327,7 @@ def _prepare(bands, sharp=SHARP, undo=None):
             out = np.empty(shape, np.float32)  # the bands given stay as they are
             subtract_background(resids[k], *grid[:5], out)
             resids[k] = out
-    sigma = _mad_sigma(resids)  # of what the cells leave: a bright object adds less to it
+    sigma = _diff_sigma(resids)
     nrows = sum(r.shape[0] for r in resids)
     if sigma > 0 and nrows >= 16 and resids[0].shape[1] >= 16:
         step = max(1, nrows // 16)
@@ -334,12 +341,50 @@ def _prepare(bands, sharp=SHARP, undo=None):
         column = (sums / np.maximum(counts, 1) + start).astype(np.float32)
         for r in resids:
             remove_rows(r, column, 3 * sigma)
-    sigma = _mad_sigma(resids)
+    sigma = _diff_sigma(resids)
     cleaned = 0
     if sigma > 0:
         for k, r in enumerate(resids):
             cleaned += _clean_sharp(r, sigma, sharp, undo=None if undo is None else undo[k])
     return resids, level, sigma, cleaned
+
+
+def _diff_sigma(resids, lag=2, rows=32, cell=64):
+    """The pixel noise from differences of rows ``lag`` apart: the median over cells of
+    their MAD sigma (over the square root of 2).
+
+    A difference of nearby rows takes out what is smooth (a sky gradient, a nebula or
+    galaxy, what the background cells left of it) and the column pattern; the median
+    over cells of about ``rows / 4`` sampled row pairs by ``cell`` columns (every fourth
+    sampled) keeps out a
+    bright object's photon noise unless it covers half the frame. The cells' statistics
+    are :func:`bigstack._kernels.cell_stats`' (clipped at 3 sigma: a hot pixel is left out).
+    """
+    from ._kernels import cell_stats
+
+    pairs = []
+    for r in resids:
+        n = r.shape[0] - lag
+        if n > 0:
+            pairs.append((r, n))
+    total = sum(n for _, n in pairs)
+    if total == 0:
+        return _mad_sigma(resids)
+    step = max(1, total // rows)
+    diffs = []
+    for r, n in pairs:
+        ys = np.arange(0, n, step)
+        diffs.append(r[ys + lag] - r[ys])
+    d = np.concatenate(diffs)  # (~rows, nx)
+    ngy = max(d.shape[0] // 4, 1)
+    ncx = max(d.shape[1] // cell, 1)
+    hy, hx = d.shape[0] // ngy, d.shape[1] // ncx
+    ys = np.arange(ngy * hy).reshape(ngy, hy)
+    xs = np.arange(ncx * hx).reshape(ncx, hx)[:, ::4]  # 64 values a cell: enough for a median
+    level = np.empty((ngy, ncx), np.float32)
+    mad = np.empty((ngy, ncx), np.float32)
+    cell_stats(d, ys, xs, level, mad)
+    return float(np.median(mad)) / math.sqrt(2.0)
 
 
 def _candidates(pyramids, fwhm, threshold, sigma):
@@ -356,10 +401,11 @@ def _candidates(pyramids, fwhm, threshold, sigma):
     return out
 
 
-def _score(found, top=10):
-    """A rung's score: the summed signal to noise of its ``top`` best detections."""
+def _score(found, threshold):
+    """A rung's score: the summed signal to noise of its detections, each counted up to
+    twice ``threshold`` (one bright object, a galaxy's core, does not outweigh the stars)."""
     snr = np.concatenate([c[2] for c in found])
-    return float(np.sort(snr)[::-1][:top].sum())
+    return float(np.minimum(snr, 2.0 * threshold).sum())
 
 
 def detect_stars(bands, *, fwhm=None, n_stars=100, threshold=5.0):
@@ -452,7 +498,7 @@ def _first_pass(bands, resids, fwhm, threshold, sigma):
         best = None
         for f in LADDER:  # climb while the score rises (it peaks at the stars' width)
             found = _candidates(pyramids, f, threshold, sigma)
-            score = _score(found)
+            score = _score(found, threshold)
             if best is not None and score <= best[0]:
                 break
             best = (score, f, found)

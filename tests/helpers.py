@@ -139,6 +139,22 @@ def sky_field(seed, n, extent, flux_min=1.0, index=1.0):
     return x, y, flux
 
 
+def scattered_stars(shape, n, seed, margin=30, separation=25.0):
+    """``n`` stars at uniform random positions at least ``separation`` px apart (not on a
+    grid: a grid's stars share columns, and the column pattern's estimate takes their light)."""
+    rng = np.random.default_rng(seed)
+    ny, nx = shape
+    x = rng.uniform(margin, nx - margin, 4 * n)
+    y = rng.uniform(margin, ny - margin, 4 * n)
+    keep = [0]
+    for k in range(1, x.size):
+        if len(keep) == n:
+            break
+        if np.min(np.hypot(x[keep] - x[k], y[keep] - y[k])) >= separation:
+            keep.append(k)
+    return x[keep], y[keep]
+
+
 def render_frame(shape, stars, matrix, fwhm, *, seed, noise=10.0, sky=1000.0, gradient=30.0,
                  pattern=0.0, hot=0, hot_level=(50.0, 5000.0), cosmics=0, sensor_seed=99,
                  transparency=1.0, trail=None, psf="gaussian"):

@@ -12,7 +12,7 @@ from scipy.spatial import cKDTree
 
 from bigstack._detect import detect_stars
 from bigstack._measure import background_map, windowed_centroids
-from tests.helpers import render_frame, render_stars, similarity
+from tests.helpers import render_frame, render_stars, scattered_stars, similarity
 
 SIGMA = 10.0
 
@@ -164,6 +164,43 @@ def test_bright_nebula_does_not_hide_the_other_stars(peak, width):
     else:  # the whole frame is under the object: its photon noise is 2-4x the sky's
         assert np.sqrt(np.mean(err**2)) < 0.2
     assert found["frame_fwhm"] == pytest.approx(3.0, rel=0.1)
+
+
+@pytest.mark.parametrize(("peak", "core"), [(5000.0, 20.0), (20000.0, 10.0)])
+def test_faint_wide_stars_beside_a_bright_compact_core(peak, core):
+    """A globular cluster's core: ``peak / (1 + r^2 / core^2)``, its wings over the frame.
+
+    With defocused stars (FWHM 11) peaking at 3 sigma, the old detection found
+    none of them: the noise, the MAD of all that the background cells left of
+    the core, came out too high, and the FWHM ladder, scored on its ten best
+    detections, climbed to the core (a "star" of FWHM 20-40). Now the noise
+    comes from differences of nearby rows (the core's smooth light cancels)
+    and a rung's detections each count only up to twice the threshold.
+    """
+    shape = (1024, 1024)
+    x, y = scattered_stars(shape, 440, seed=7)
+    flux = np.full(x.size, peak_to_flux(3 * SIGMA, 11.0))
+    image = render_frame(shape, (x, y, flux), similarity(), 11.0, seed=8, noise=SIGMA,
+                         pattern=11.0, hot=300, cosmics=30)
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    glow = peak / (1.0 + ((xx - 460.0) ** 2 + (yy - 512.0) ** 2) / core**2)
+    rng = np.random.default_rng(9)
+    image += (glow + rng.normal(0.0, 1.0, shape) * np.sqrt(glow / 2.0)).astype(np.float32)
+    found = detect_stars([(0, image)], n_stars=1000)
+    d, i, err = nearest(found, x, y)
+    true = d < 2.0
+    assert (~true).sum() <= 5  # false detections, all in the core
+    got = np.zeros(x.size, bool)
+    got[i[true]] = True
+    usable = (x > 22) & (x < shape[1] - 23) & (y > 22) & (y < shape[0] - 23)
+    under = peak / (1.0 + ((x - 460.0) ** 2 + (y - 512.0) ** 2) / core**2)
+    away = usable & (under < 3 * SIGMA)
+    assert away.sum() > 300
+    assert got[away].mean() >= 0.9
+    assert found["noise"] == pytest.approx(SIGMA, rel=0.1)
+    assert found["filter_fwhm"] <= 11.0
+    assert found["frame_fwhm"] == pytest.approx(11.0, rel=0.3)
+    assert np.sqrt(np.mean(err[true] ** 2)) < 0.8  # total S/N about 25 (see above)
 
 
 def test_no_stars_no_detections():
