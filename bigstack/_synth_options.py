@@ -234,6 +234,13 @@ class Stars:
         and scales with the field as the stars do, dims under a cloud as
         they do, and has photon noise; a frame of another field does not
         show it.
+    cluster : tuple of float, optional
+        ``(n, radius)`` or ``(n, radius, x, y)``: a globular cluster, ``n``
+        stars more around ``(x, y)`` of frame 0 (default its centre), their
+        surface density a Plummer profile ``(1 + r^2 / radius^2)^-2`` (half
+        of them within ``radius``), their fluxes drawn as the field's. Near
+        the core they crowd and blend; add ``nebula`` at the same place for
+        the light of the stars too faint to draw.
     """
 
     n_stars: int | None = None
@@ -249,6 +256,7 @@ class Stars:
     ref_peak: float | None = None
     ref_isolation: float | None = None
     nebula: tuple | None = None
+    cluster: tuple | None = None
 
     def __post_init__(self):
         if self.n_stars is not None:
@@ -277,6 +285,14 @@ class Stars:
                 raise ValueError(f"Stars.nebula needs peak >= 0 and sigma > 0, not "
                                  f"{self.nebula!r}")
             _set(self, "nebula", nebula)
+        if self.cluster is not None:
+            size = len(self.cluster) if isinstance(self.cluster, (tuple, list)) else 0
+            cluster = _tuple("Stars.cluster", self.cluster, 4 if size == 4 else 2,
+                             "(n, radius) or (n, radius, x, y)")
+            if cluster[0] < 1 or cluster[0] != int(cluster[0]) or cluster[1] <= 0:
+                raise ValueError(f"Stars.cluster needs a whole n >= 1 and radius > 0, not "
+                                 f"{self.cluster!r}")
+            _set(self, "cluster", cluster)
         _set(self, "ref_peak", _optional_number("Stars.ref_peak", self.ref_peak, low=0.0,
                                                 low_open=True))
         _set(self, "ref_isolation", _optional_number("Stars.ref_isolation", self.ref_isolation,

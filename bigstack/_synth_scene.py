@@ -38,7 +38,7 @@ MAXVAL = {"uint8": 255.0, "uint16": 65535.0}
 # changes no existing frame.
 _FIELD, _FRAME, _EXTRA, _CALIB = 0, 1, 2, 3
 _DRIFT, _NOISE, _COSMIC, _TRAIL, _HOT_PATTERN_ON, _TEMPERATURE = 0, 1, 2, 3, 4, 5  # per frame
-_SENSOR_PATTERN, _OTHER_FIELD, _HOT_PATTERN, _COLD, _DUST, _PRNU, _FILTER_DUST = range(7)  # shared
+_SENSOR_PATTERN, _OTHER_FIELD, _HOT_PATTERN, _COLD, _DUST, _PRNU, _FILTER_DUST, _CLUSTER = range(8)
 
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 
@@ -502,6 +502,31 @@ class Scene:
         flux = np.minimum(p["flux_min"] * u ** (-1.0 / p["flux_index"]), p["flux_max"])
         return np.concatenate([x_in, x_out]), np.concatenate([y_in, y_out]), flux
 
+    def _draw_cluster(self, rng, iso2):
+        """``Stars.cluster``: Plummer-distributed positions (off the ref disc) and fluxes."""
+        p = self.p
+        cluster = p["cluster"]
+        n, a = int(cluster[0]), float(cluster[1])
+        x0, y0 = cluster[2:] if len(cluster) == 4 else ((self.nx - 1) / 2, (self.ny - 1) / 2)
+        rx, ry = self.ref
+        xs, ys = np.empty(0), np.empty(0)
+        for _round in range(1000):
+            if xs.size >= n:
+                break
+            m = 2 * (n - xs.size) + 8
+            u = rng.uniform(0.0, 1.0, m)
+            r = a * np.sqrt(u / np.maximum(1.0 - u, 1e-12))  # projected Plummer: N(<r) = u
+            phi = rng.uniform(0.0, 2.0 * math.pi, m)
+            x, y = x0 + r * np.cos(phi), y0 + r * np.sin(phi)
+            ok = (x - rx) ** 2 + (y - ry) ** 2 > iso2
+            xs, ys = np.concatenate([xs, x[ok]]), np.concatenate([ys, y[ok]])
+        else:
+            raise ValueError(f"cannot place Stars.cluster's {n} stars outside "
+                             f"Stars.ref_isolation={p['ref_isolation']} px of the reference star")
+        u = 1.0 - rng.random(n)
+        flux = np.minimum(p["flux_min"] * u ** (-1.0 / p["flux_index"]), p["flux_max"])
+        return xs[:n], ys[:n], flux
+
     def _field(self, x, y, flux, t):
         colours = unit_luminance(np.stack([1 + 0.2 * t, np.ones_like(t), 1 - 0.2 * t], -1))
         stars = {"x": x, "y": y, "flux": flux,
@@ -516,6 +541,11 @@ class Scene:
         x, y, flux = self._draw_field(rng, p["ref_isolation"] ** 2)
         t = rng.uniform(-1.0, 1.0, flux.size + 1)
         self.ref_flux = p["ref_peak"] / self.psf.peak_fraction
+        if p.get("cluster"):  # its own stream: the field's stars stay as they are
+            crng = stream(p["seed"], _EXTRA, _CLUSTER)
+            cx, cy, cflux = self._draw_cluster(crng, p["ref_isolation"] ** 2)
+            x, y, flux = (np.concatenate(v) for v in ((x, cx), (y, cy), (flux, cflux)))
+            t = np.concatenate([t, crng.uniform(-1.0, 1.0, cflux.size)])
         self.stars, colours = self._field(
             np.concatenate([[rx], x]), np.concatenate([[ry], y]),
             np.concatenate([[self.ref_flux], flux]), t,

@@ -993,6 +993,7 @@ CASES = (
     "big_drift",
     "hot_pattern",
     "nebula",
+    "globular",
 )
 
 
@@ -1044,6 +1045,14 @@ def make_case(name, directory, *, n_frames=10, shape=(512, 512), seed=0, fmt="fi
         glow of sigma ``max(shape) / 6`` px peaking 20000 ADU over the sky
         (20 times the sky, over a hundred times its noise), off the centre
         of frame 0, moving with the stars.
+    ``"globular"``
+        The faint defocused night (FWHM 11 px, peaks of about 3 sigma, hot
+        pixels, a sensor pattern, 12 px a frame of drift) around a globular
+        cluster (``Stars.cluster``): 300 stars more within a Plummer profile
+        of radius ``max(shape) / 16`` centred at 35% of the width and 60%
+        of the height of frame 0, crowding and blending into its core, and
+        the light of its faint stars as a glow (``Stars.nebula``) of that
+        sigma peaking at 3000 ADU (three times the sky).
 
     Parameters
     ----------
@@ -1088,7 +1097,7 @@ def _case_options(name, n, shape, seed):
     mid = n // 2
     if name == "crowded":
         groups["stars"] = Stars(density=0.012, flux_min=300.0, flux_index=1.2, ref_isolation=20.0)
-    elif name == "faint_defocused":
+    elif name in ("faint_defocused", "globular"):
         sky, camera = groups["sky"], Camera(hot_pixels=round(ny * nx / 1000),
                                             hot_level=(200.0, 30000.0), column_pattern=10.0,
                                             row_pattern=4.5)
@@ -1102,6 +1111,10 @@ def _case_options(name, n, shape, seed):
             margin=max(0.25, (step * (n - 1) * 1.2 + 4 * fwhm) / big),
         )
         groups["motion"] = Motion(subpixel=True, drift_step=step, jitter=1.0)
+        if name == "globular":
+            radius, x0, y0 = big / 16, 0.35 * nx, 0.6 * ny
+            groups["stars"] = replace(groups["stars"], cluster=(300, radius, x0, y0),
+                                      nebula=(3000.0, radius, x0, y0))
     elif name == "trail_through_star":
         groups["artefacts"] = Artefacts(trail=(1, mid), trail_through_star=True,
                                         trail_peak=8000.0)

@@ -561,6 +561,10 @@ def test_speed_200_frames_2048(tmp_path_factory):
         (lambda: Stars(nebula=(1000.0, 0.0)), r"Stars\.nebula needs peak >= 0 and sigma > 0"),
         (lambda: Stars(nebula=(-5.0, 10.0)), r"Stars\.nebula needs peak >= 0"),
         (lambda: Stars(nebula=(1000.0, 10.0, 5.0)), r"Stars\.nebula"),
+        (lambda: Stars(cluster=(0, 10.0)), r"Stars\.cluster needs a whole n >= 1"),
+        (lambda: Stars(cluster=(10.5, 10.0)), r"Stars\.cluster needs a whole n >= 1"),
+        (lambda: Stars(cluster=(10, 0.0)), r"Stars\.cluster needs .* radius > 0"),
+        (lambda: Stars(cluster=(10, 5.0, 1.0)), r"Stars\.cluster"),
         (lambda: Artefacts(clouds={3: 1.5}), r"Artefacts\.clouds\[3\] must be <= 1"),
         (lambda: Artefacts(clouds={-1: 0.5}), r"Artefacts\.clouds"),
         (lambda: Artefacts(trail=1.5), r"Artefacts\.trail must be <= 1"),
@@ -1030,8 +1034,51 @@ def test_cases(tmp_path, name):
         extra = with_glow - without  # the glow and its photon noise
         centre = extra[int(round(fy)) - 2:int(round(fy)) + 3, int(round(fx)) - 2:int(round(fx)) + 3]
         assert centre.mean() == pytest.approx(peak, rel=0.02)
+    elif name == "globular":
+        n_cluster, radius, x0, y0 = truth.params["cluster"]
+        assert (n_cluster, radius) == (300, max(shape) / 16)
+        assert (x0, y0) == (0.35 * shape[1], 0.6 * shape[0])
+        assert truth.params["nebula"] == (3000.0, radius, x0, y0)
+        assert truth.params["fwhm"] == 11.0
+        # the faint defocused night's field, unchanged, and 300 stars more after it
+        plain = synthetic.make_case("faint_defocused", tmp_path / "plain", n_frames=n,
+                                    shape=shape, seed=1)
+        m = plain.stars["x"].size
+        assert truth.stars["x"].size == m + 300
+        for key in ("x", "y", "flux"):
+            np.testing.assert_array_equal(truth.stars[key][:m], plain.stars[key][:m])
+        # concentrated (test_cluster_is_a_plummer_profile has the profile), and off the
+        # reference star's disc, which here takes a bite out of the core
+        r = np.hypot(truth.stars["x"][m:] - x0, truth.stars["y"][m:] - y0)
+        assert np.median(r) < 1.5 * radius
+        rx, ry = truth.params["ref_star"]
+        off = np.hypot(truth.stars["x"][m:] - rx, truth.stars["y"][m:] - ry)
+        assert off.min() > truth.params["ref_isolation"]
+        assert plain.stars["flux"][1:].min() <= truth.stars["flux"][m:].min()
+        assert truth.stars["flux"][m:].max() <= plain.params["flux_max"]
     else:
         raise AssertionError(f"no check for case {name}")
+
+
+def test_cluster_is_a_plummer_profile(tmp_path):
+    """``Stars.cluster``: surface density ``(1 + r^2 / a^2)^-2``, so ``N(<r) = r^2 / (r^2 +
+    a^2)``: half the stars within ``a``, 90% within ``3 a``, 99% within ``sqrt(99) a``."""
+    n, a, x0, y0 = 3000, 12.0, 70.0, 80.0
+    truth = synthetic.make_frames(tmp_path, n_frames=1, shape=(256, 256), seed=4,
+                                  stars=Stars(n_stars=20, cluster=(n, a, x0, y0)))
+    x, y = truth.stars["x"][-n:], truth.stars["y"][-n:]
+    r = np.hypot(x - x0, y - y0)
+    for k, want in ((1.0, 0.5), (3.0, 0.9), (np.sqrt(99.0), 0.99)):
+        assert (r < k * a).mean() == pytest.approx(want, abs=0.03), k
+    # round: no direction preferred
+    angle = np.arctan2(y - y0, x - x0)
+    counts, _ = np.histogram(angle, bins=8, range=(-np.pi, np.pi))
+    assert counts.min() > 0.8 * n / 8 and counts.max() < 1.2 * n / 8
+    # drawn into the image: the frame is brighter around the cluster than away from it
+    image = truth.clean
+    near = image[int(y0) - 6:int(y0) + 7, int(x0) - 6:int(x0) + 7].mean()
+    far = image[200:230, 200:230].mean()
+    assert near > far + 100
 
 
 def test_make_case_refuses_unknown_names(tmp_path):
