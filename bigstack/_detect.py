@@ -106,6 +106,9 @@ SPIKE = 0.85
 #: SHARP): the frame is cleaned again at SPIKE, which no such star is
 UNDERSAMPLED = 2.5
 _STAR_FIELDS = ("x", "y", "flux", "snr", "fwhm")
+#: RMS of a unit Gaussian's central 98% (|x| <= 2.326): its noise from the RMS left after
+#: the largest 2% of differences are dropped
+_RMS98 = 0.9346
 
 
 def _fill(data):
@@ -354,11 +357,18 @@ def _diff_sigma(resids, lag=2, rows=32, cell=64):
     their MAD sigma (over the square root of 2).
 
     A difference of nearby rows takes out what is smooth (a sky gradient, a nebula or
-    galaxy, what the background cells left of it) and the column pattern; the median
+    galaxy, what the background cells left of it) and the column pattern, and the median
+    of each sampled difference row (every 16th value) its row pattern; the median
     over cells of about ``rows / 4`` sampled row pairs by ``cell`` columns (every fourth
     sampled) keeps out a
     bright object's photon noise unless it covers half the frame. The cells' statistics
     are :func:`bigstack._kernels.cell_stats`' (clipped at 3 sigma: a hot pixel is left out).
+    Where the differences pile up at one value (whole counts: an 8-bit frame whose sky is a
+    few counts has most of them 0, and the MAD is then 0 or a rounding's worth), the noise
+    is the RMS of their central 98% instead (the quantisation is noise too), over what that
+    is for a Gaussian, and at least the rounding's noise (the smallest step over the square
+    root of 12, for each of the two pixels) where nearly all are 0 (a sky clipped to one
+    value).
     """
     from ._kernels import cell_stats
 
@@ -376,6 +386,7 @@ def _diff_sigma(resids, lag=2, rows=32, cell=64):
         ys = np.arange(0, n, step)
         diffs.append(r[ys + lag] - r[ys])
     d = np.concatenate(diffs)  # (~rows, nx)
+    d -= np.median(d[:, ::16], axis=1, keepdims=True)  # a row pair's own offset (row pattern)
     ngy = max(d.shape[0] // 4, 1)
     ncx = max(d.shape[1] // cell, 1)
     hy, hx = d.shape[0] // ngy, d.shape[1] // ncx
@@ -384,7 +395,18 @@ def _diff_sigma(resids, lag=2, rows=32, cell=64):
     level = np.empty((ngy, ncx), np.float32)
     mad = np.empty((ngy, ncx), np.float32)
     cell_stats(d, ys, xs, level, mad)
-    return float(np.median(mad)) / math.sqrt(2.0)
+    sigma = float(np.median(mad))
+    a = np.abs(d[:, xs.ravel()]).ravel()
+    if not sigma > 0 or sigma < 1e-4 * a.mean() or np.mean(a <= 0.1 * sigma) > 0.3:
+        # piled up at one value (a Gaussian has 8% within 0.1 sigma); what float rounding
+        # of the background left is 0
+        a = np.where(a > 1e-4 * np.percentile(a, 99), a, 0.0)
+        step = a[a > 0].min() if (a > 0).any() else 0.0
+        a = a[a <= np.percentile(a, 98)]  # hot pixels and stars out
+        sigma = math.sqrt(float(np.mean(a * a))) / _RMS98 if a.size else 0.0
+        # at least the rounding's own noise when the sky is one value but the rest varies
+        sigma = max(sigma, step / math.sqrt(6.0))
+    return sigma / math.sqrt(2.0)
 
 
 def _candidates(pyramids, fwhm, threshold, sigma):

@@ -203,6 +203,26 @@ def test_faint_wide_stars_beside_a_bright_compact_core(peak, core):
     assert np.sqrt(np.mean(err[true] ** 2)) < 0.8  # total S/N about 25 (see above)
 
 
+def test_quantised_sky_has_a_noise():
+    """Whole counts with a noise of 0.3 count: most pixel differences are 0 (their MAD is 0),
+    so the noise comes from their RMS: the Gaussian's and the rounding's together."""
+    shape = (400, 600)
+    x, y = scattered_stars(shape, 150, seed=3)
+    flux = np.full(x.size, peak_to_flux(20.0, 3.0))
+    rng = np.random.default_rng(4)
+    image = np.round(8.0 + render_stars(shape, x, y, flux, 3.0)
+                     + rng.normal(0.0, 0.3, shape)).astype(np.float32)
+    found = detect_stars([(0, image)], n_stars=500)
+    true = np.sqrt(0.3**2 + 1.0 / 12.0)  # about 0.41: rounding adds 1/12 count^2
+    assert found["noise"] == pytest.approx(true, rel=0.25)
+    d, i, _ = nearest(found, x, y)
+    hit = d < 0.5
+    assert np.unique(i[hit]).size == x.size  # every star (before: none, the noise was 0)
+    # what else passes is the sparse rounding noise (a tenth of the pixels 1 count off),
+    # every bit of it fainter than the faintest star, so the brightest are all true
+    assert found["flux"][~hit].max(initial=0.0) < 0.1 * found["flux"][hit].min()
+
+
 def test_no_stars_no_detections():
     """Only sensor features and a satellite trail: nothing is returned."""
     shape = (200, 800)
