@@ -32,13 +32,14 @@ Stages, per call (all bands of a frame together):
 3. **Matched filter**: the band is binned (``b`` x ``b`` sums, ``b`` a
    power of two near ``fwhm / 2.5``, at least 2) and smoothed with a
    Gaussian of the expected FWHM. The FWHM is given, or chosen per frame
-   from a ladder of 2.5, 5, 10 and 20 px as the rung whose detections have
-   the highest summed signal to noise, each counted up to twice the
-   threshold (a matched filter gives a star its highest signal to noise at
-   its own width, so faint wide stars are found at the wide rungs; the
-   cap keeps one bright object, a galaxy's or cluster's core that the
-   wide rungs see at hundreds of sigma, from outweighing hundreds of
-   stars; the ladder is climbed until the score falls); then the FWHM of the 25 best
+   from a ladder of 2.5, 5, 10 and 20 px as the rung whose ten best
+   detections have the highest summed signal to noise, each counted up to
+   twice the ten's median (a matched filter gives a star its highest
+   signal to noise at its own width, so faint wide stars and defocused
+   rings are found at the wide rungs; the cap keeps one bright object, a
+   galaxy's or cluster's core that the wide rungs see at hundreds of
+   sigma, from outweighing the stars; the ladder is climbed until the
+   score falls); then the FWHM of the 25 best
    is measured, and the band filtered again at that FWHM when it is off
    the rung by more than a factor of two. The filtered image is then made
    local: less the median and over the MAD sigma of its cells of 32
@@ -423,11 +424,15 @@ def _candidates(pyramids, fwhm, threshold, sigma):
     return out
 
 
-def _score(found, threshold):
-    """A rung's score: the summed signal to noise of its detections, each counted up to
-    twice ``threshold`` (one bright object, a galaxy's core, does not outweigh the stars)."""
-    snr = np.concatenate([c[2] for c in found])
-    return float(np.minimum(snr, 2.0 * threshold).sum())
+def _score(found, top=10):
+    """A rung's score: the summed signal to noise of its ``top`` best detections, each
+    counted up to twice their median (missing ones count 0): one bright object, a galaxy's
+    or cluster's core that the wide rungs see at hundreds of sigma, does not outweigh the
+    stars, and a rung that sees little but such an object scores little."""
+    snr = np.zeros(top)
+    best = np.sort(np.concatenate([c[2] for c in found]))[::-1][:top]
+    snr[:best.size] = best
+    return float(np.minimum(snr, 2.0 * np.median(snr)).sum())
 
 
 def detect_stars(bands, *, fwhm=None, n_stars=100, threshold=5.0):
@@ -520,7 +525,7 @@ def _first_pass(bands, resids, fwhm, threshold, sigma):
         best = None
         for f in LADDER:  # climb while the score rises (it peaks at the stars' width)
             found = _candidates(pyramids, f, threshold, sigma)
-            score = _score(found, threshold)
+            score = _score(found)
             if best is not None and score <= best[0]:
                 break
             best = (score, f, found)
