@@ -175,7 +175,7 @@ def test_faint_wide_stars_beside_a_bright_compact_core(peak, core):
     the core, came out too high, and the FWHM ladder, scored on its ten best
     detections, climbed to the core (a "star" of FWHM 20-40). Now the noise
     comes from differences of nearby rows (the core's smooth light cancels)
-    and a rung's detections each count only up to twice the threshold.
+    and a rung's ten best detections each count only up to twice their median.
     """
     shape = (1024, 1024)
     x, y = scattered_stars(shape, 440, seed=7)
