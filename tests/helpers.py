@@ -155,6 +155,12 @@ def scattered_stars(shape, n, seed, margin=30, separation=25.0):
     return x[keep], y[keep]
 
 
+def glow_with_noise(glow, seed=9, gain=2.0):
+    """A smooth glow (ADU) and its photon noise at ``gain`` electrons per ADU, float32."""
+    noise = np.random.default_rng(seed).normal(0.0, 1.0, glow.shape) * np.sqrt(glow / gain)
+    return (glow + noise).astype(np.float32)
+
+
 def render_frame(shape, stars, matrix, fwhm, *, seed, noise=10.0, sky=1000.0, gradient=30.0,
                  pattern=0.0, hot=0, hot_level=(50.0, 5000.0), cosmics=0, sensor_seed=99,
                  transparency=1.0, trail=None, psf="gaussian"):

@@ -12,7 +12,13 @@ from scipy.spatial import cKDTree
 
 from bigstack._detect import detect_stars
 from bigstack._measure import background_map, windowed_centroids
-from tests.helpers import render_frame, render_stars, scattered_stars, similarity
+from tests.helpers import (
+    glow_with_noise,
+    render_frame,
+    render_stars,
+    scattered_stars,
+    similarity,
+)
 
 SIGMA = 10.0
 
@@ -144,9 +150,8 @@ def test_bright_nebula_does_not_hide_the_other_stars(peak, width):
     image = render_frame(shape, (x, y, flux), similarity(), 3.0, seed=8, noise=SIGMA,
                          pattern=11.0, hot=300, cosmics=30)
     yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
-    glow = peak * np.exp(-((xx - 420.0) ** 2 + (yy - 310.0) ** 2) / (2 * width**2))
-    rng = np.random.default_rng(9)
-    image += (glow + rng.normal(0.0, 1.0, shape) * np.sqrt(glow / 2.0)).astype(np.float32)
+    image += glow_with_noise(peak * np.exp(-((xx - 420.0) ** 2 + (yy - 310.0) ** 2)
+                                           / (2 * width**2)))
     found = detect_stars([(0, image)], n_stars=1000)
     d, i, err = nearest(found, x, y)
     assert (d < 0.5).all()  # no false detection
@@ -183,9 +188,7 @@ def test_faint_wide_stars_beside_a_bright_compact_core(peak, core):
     image = render_frame(shape, (x, y, flux), similarity(), 11.0, seed=8, noise=SIGMA,
                          pattern=11.0, hot=300, cosmics=30)
     yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
-    glow = peak / (1.0 + ((xx - 460.0) ** 2 + (yy - 512.0) ** 2) / core**2)
-    rng = np.random.default_rng(9)
-    image += (glow + rng.normal(0.0, 1.0, shape) * np.sqrt(glow / 2.0)).astype(np.float32)
+    image += glow_with_noise(peak / (1.0 + ((xx - 460.0) ** 2 + (yy - 512.0) ** 2) / core**2))
     found = detect_stars([(0, image)], n_stars=1000)
     d, i, err = nearest(found, x, y)
     true = d < 2.0
