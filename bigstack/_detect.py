@@ -358,34 +358,31 @@ def _diff_sigma(resids, lag=2, rows=32, cell=64):
     their MAD sigma (over the square root of 2).
 
     A difference of nearby rows takes out what is smooth (a sky gradient, a nebula or
-    galaxy, what the background cells left of it) and the column pattern, and the median
-    of each sampled difference row (every 16th value) its row pattern; the median
+    galaxy, what the background cells left of it) and the column pattern; the median of
+    each sampled difference row (every 16th value) takes out its row pattern. The median
     over cells of about ``rows / 4`` sampled row pairs by ``cell`` columns (every fourth
-    sampled) keeps out a
-    bright object's photon noise unless it covers half the frame. The cells' statistics
-    are :func:`bigstack._kernels.cell_stats`' (clipped at 3 sigma: a hot pixel is left out).
-    Where the differences pile up at one value (whole counts: an 8-bit frame whose sky is a
-    few counts has most of them 0, and the MAD is then 0 or a rounding's worth), the noise
-    is the RMS of their central 98% instead (the quantisation is noise too), over what that
-    is for a Gaussian, and at least the rounding's noise (the smallest step over the square
-    root of 12, for each of the two pixels) where nearly all are 0 (a sky clipped to one
-    value).
+    sampled) keeps out a bright object's photon noise unless it covers half the frame.
+    The cells' statistics are :func:`bigstack._kernels.cell_stats`' (clipped at 3 sigma:
+    a hot pixel is left out).
+
+    Where the differences pile up at one value (whole counts: an 8-bit frame whose sky is
+    a few counts has most of them 0, and the MAD is then 0 or a rounding's worth), the
+    noise is the RMS of their central 98% instead (the quantisation is noise too), over
+    what that is for a Gaussian; and at least the rounding's own noise (the smallest step
+    over the square root of 12, for each of the two pixels) where nearly all are 0 (a sky
+    clipped to one value).
     """
     from ._kernels import cell_stats
 
-    pairs = []
-    for r in resids:
-        n = r.shape[0] - lag
-        if n > 0:
-            pairs.append((r, n))
+    pairs = [(r, r.shape[0] - lag) for r in resids if r.shape[0] > lag]
     total = sum(n for _, n in pairs)
     if total == 0:
         return _mad_sigma(resids)
-    step = max(1, total // rows)
+    every = max(1, total // rows)
     diffs = []
     for r, n in pairs:
-        ys = np.arange(0, n, step)
-        diffs.append(r[ys + lag] - r[ys])
+        at = np.arange(0, n, every)
+        diffs.append(r[at + lag] - r[at])
     d = np.concatenate(diffs)  # (~rows, nx)
     d -= np.median(d[:, ::16], axis=1, keepdims=True)  # a row pair's own offset (row pattern)
     ngy = max(d.shape[0] // 4, 1)
@@ -402,11 +399,10 @@ def _diff_sigma(resids, lag=2, rows=32, cell=64):
         # piled up at one value (a Gaussian has 8% within 0.1 sigma); what float rounding
         # of the background left is 0
         a = np.where(a > 1e-4 * np.percentile(a, 99), a, 0.0)
-        step = a[a > 0].min() if (a > 0).any() else 0.0
+        quantum = a[a > 0].min() if (a > 0).any() else 0.0
         a = a[a <= np.percentile(a, 98)]  # hot pixels and stars out
         sigma = math.sqrt(float(np.mean(a * a))) / _RMS98 if a.size else 0.0
-        # at least the rounding's own noise when the sky is one value but the rest varies
-        sigma = max(sigma, step / math.sqrt(6.0))
+        sigma = max(sigma, quantum / math.sqrt(6.0))
     return sigma / math.sqrt(2.0)
 
 
