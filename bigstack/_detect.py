@@ -311,8 +311,9 @@ def _prepare(bands, sharp=SHARP, undo=None):
     (more than ``sharp`` of their value above their neighbours' median,
     see :func:`sharp_pixels`) over 4 sigma are replaced by that median
     (``undo``: one list per band, for :func:`_clean_sharp`'s record of it).
-    The noise (:func:`_diff_sigma`), taken before the column levels for their
-    clip and again after, is of differences of nearby rows. Each step is one
+    The noise (:func:`_diff_sigma`, of differences of nearby rows) is taken once,
+    before the column levels for their clip: the column and row levels removed
+    after cancel in it. Each step is one
     compiled pass over the rows (:mod:`bigstack._kernels`).
     """
     from ._kernels import column_clipped_sums, remove_rows, subtract_background
@@ -345,7 +346,6 @@ def _prepare(bands, sharp=SHARP, undo=None):
         column = (sums / np.maximum(counts, 1) + start).astype(np.float32)
         for r in resids:
             remove_rows(r, column, 3 * sigma)
-    sigma = _diff_sigma(resids)
     cleaned = 0
     if sigma > 0:
         for k, r in enumerate(resids):
