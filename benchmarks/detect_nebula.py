@@ -115,18 +115,11 @@ def main():
             start = time.perf_counter()
             found = detect_stars([(0, image)], n_stars=1000, fwhm=fwhm)
             ms = 1e3 * (time.perf_counter() - start)
-            xy = np.column_stack([found["x"], found["y"]])
-            if len(xy):
-                d, i = cKDTree(np.column_stack([x, y])).query(xy)
-            else:
-                d, i = np.empty(0), np.empty(0, int)
-            hit = np.zeros(x.size, bool)
-            hit[i[d < 0.5]] = True
-            err = np.hypot(*(xy[d < 0.5] - np.column_stack([x, y])[i[d < 0.5]]).T)
+            hit, false, err = matched(found, x, y, 0.5)
             rms = f"{np.sqrt(np.mean(err**2)):.3f}" if err.size else "-"
             away = usable & under
             print(f"{peak:9.0f} {width:5.0f} {'auto' if fwhm is None else fwhm:>5} "
-                  f"{hit[usable].sum():4d}/{usable.sum():<4d} {int((d >= 0.5).sum()):5d} "
+                  f"{hit[usable].sum():4d}/{usable.sum():<4d} {false:5d} "
                   f"{hit[away].sum():6d}/{away.sum():<7d} {found['noise']:6.1f} {rms:>7} "
                   f"{ms:6.1f}")
 
