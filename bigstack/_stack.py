@@ -581,7 +581,10 @@ def _into_store(store, existing, source, plan, provenance, request):
     base = attrs["pending"]["mode"] == "append"
     source_d = dask.delayed(source, traverse=False)
     task = dask.delayed(_tile_task, pure=False)
-    writes = [task(store, source_d, plan, t, a, b, base)
+    # one pool per run: the tiles pass their rejection blocks on (_combine.Blocks)
+    blocks = dask.delayed(_combine.Blocks(), traverse=False)
+    tiles = dask.delayed(_store.Tiles(store), traverse=False)
+    writes = [task(tiles, source_d, plan, t, a, b, base, blocks)
               for t, (a, b) in enumerate(bounds) if not done[t]]
     compute(writes, request.progress)
     _store.finish(store)
@@ -592,13 +595,14 @@ def _comparable(operation):
     return {k: v for k, v in operation.items() if k != "mode"}
 
 
-def _tile_task(store, source, plan, tile, a, b, base):
-    """Compute tile ``tile`` (rows ``[a, b)``) and write its chunk of every array."""
+def _tile_task(tiles, source, plan, tile, a, b, base, blocks=None):
+    """Compute tile ``tile`` (rows ``[a, b)``) and write its chunk of every array into
+    ``tiles`` (a :class:`bigstack._store.Tiles` or the store)."""
     if getattr(source, "channels", None) is not None:
-        arrays = _combine.compute_colour_tile(source, plan, a, b)
+        arrays = _combine.compute_colour_tile(source, plan, a, b, blocks=blocks)
     else:
-        arrays = _combine.compute_tile(source, plan, a, b)
-    return _store.write_tile(store, arrays, tile, a, b, base, _combine.finish_stack(plan))
+        arrays = _combine.compute_tile(source, plan, a, b, blocks=blocks)
+    return _store.write_tile(tiles, arrays, tile, a, b, base, _combine.finish_stack(plan))
 
 
 def check_budget(shape, n_frames, *, method="mean", memory="512MB", weighted=False,

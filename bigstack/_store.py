@@ -36,6 +36,7 @@ import contextlib
 import datetime as _dt
 import os
 import shutil
+import threading
 import uuid
 import warnings
 
@@ -406,28 +407,57 @@ def _transforms_of(attrs):
 # the tile task's write, and the end
 
 
-def write_tile(store, arrays, tile, a, b, base, finish_stack):
+class Tiles:
+    """The store's arrays the tile tasks of one run write, opened once.
+
+    Opening the group and its arrays reads their metadata, the group's with
+    every frame's attributes (143 kB at 400 frames): about 8 ms a tile,
+    0.6 s of a 74-tile median stack of 400 frames. The tasks share one
+    handle; a copy (another process of a cluster) opens them again once.
+    """
+
+    def __init__(self, store):
+        self.store = store
+        self._arrays = {}
+        self._group = None
+        self._lock = threading.Lock()
+
+    def __reduce__(self):
+        return (Tiles, (self.store,))
+
+    def __getitem__(self, path):
+        """The array at ``path`` (``"stack"``, ``"_bigstack/sum"``)."""
+        import zarr
+
+        with self._lock:
+            if path not in self._arrays:
+                if self._group is None:
+                    self._group = zarr.open_group(self.store, mode="r+", use_consolidated=False)
+                self._arrays[path] = self._group[path]
+            return self._arrays[path]
+
+
+def write_tile(tiles, arrays, tile, a, b, base, finish_stack):
     """Write tile ``tile`` (rows ``[a, b)``) of every array, then mark it done.
 
-    With ``base`` (an append) the tile's sums are added to the store's saved
-    copy of the sums before the append, never to the live ones, so a rerun of
-    the task writes the same values; ``finish_stack(sum, coverage)`` turns
-    them into the stacked values.
+    ``tiles`` is a :class:`Tiles` (or the store). With ``base`` (an append)
+    the tile's sums are added to the store's saved copy of the sums before
+    the append, never to the live ones, so a rerun of the task writes the
+    same values; ``finish_stack(sum, coverage)`` turns them into the stacked
+    values.
     """
-    import zarr
-
-    group = zarr.open_group(store, mode="r+", use_consolidated=False)
+    if not isinstance(tiles, Tiles):
+        tiles = Tiles(tiles)
     if base:
-        saved = group[BOOK]
-        arrays["sum"] += saved["sum"][a:b]
-        arrays["coverage"] += saved["coverage"][a:b]
+        arrays["sum"] += tiles[f"{BOOK}/sum"][a:b]
+        arrays["coverage"] += tiles[f"{BOOK}/coverage"][a:b]
         arrays["stack"] = finish_stack(arrays["sum"], arrays["coverage"])
     for name, values in arrays.items():
         if values.ndim == 3:  # a colour stack
-            group[name][:, a:b] = values
+            tiles[name][:, a:b] = values
         else:
-            group[name][a:b] = values
-    group[BOOK]["tiles_done"][tile] = 1
+            tiles[name][a:b] = values
+    tiles[f"{BOOK}/tiles_done"][tile] = 1
     return b - a
 
 

@@ -79,6 +79,53 @@ def test_median_and_sigma_clip_match_numpy_and_astropy(files, monkeypatch, tile_
                                   np.isfinite(moved).sum(axis=0) - kept)
 
 
+@pytest.mark.parametrize("tile_rows", [1, 7])
+def test_rejection_tiles_written_to_a_store_reuse_blocks_cleanly(files, monkeypatch, tmp_path,
+                                                                 tile_rows):
+    # the tiles of a run into a store pass their blocks on (_combine.Blocks): a frame that
+    # covers none of a tile's rows (shifted by 22-25 rows) must read as NaN there, not as
+    # what the previous tile left in its plane; the last tile is shorter than the block
+    monkeypatch.setattr(_combine, "_gather_rows", lambda *args, **kwargs: tile_rows)
+    paths, shifts, cube = files
+    shifts = shifts.copy()
+    shifts[5] = (3, 25)
+    shifts[9] = (-2, -22)
+    moved = shifted_cube(cube, shifts)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels in the reference
+        median = np.nanmedian(moved, axis=0)
+    frames = open_frames(paths)
+    for method, expected in (("median", median), ("sigma_clip", None)):
+        store = tmp_path / f"{method}.zarr"
+        got = bigstack.stack(frames, shifts, method=method, store=store)
+        assert got["stack"].data.chunks[0][0] == tile_rows
+        if expected is None:
+            clipped = sigma_clip(np.ma.masked_invalid(moved), sigma=3, maxiters=5,
+                                 cenfunc="median", stdfunc="std", axis=0)
+            expected = clipped.mean(axis=0).filled(np.nan)
+            kept = (~clipped.mask).sum(axis=0)
+        else:
+            kept = np.isfinite(moved).sum(axis=0)
+        _check(got.compute(), expected, kept)
+
+
+def test_blocks_are_passed_on_and_copies_start_empty():
+    import pickle
+
+    blocks = _combine.Blocks()
+    first = blocks.take((3, 4, 5))
+    assert first.shape == (3, 4, 5) and first.dtype == np.float32
+    assert first.flags.c_contiguous
+    blocks.give(first)
+    smaller = blocks.take((2, 4, 5))  # the given block, not a new one
+    assert smaller.shape == (2, 4, 5) and np.shares_memory(smaller, first)
+    larger = blocks.take((4, 4, 5))  # none free: a new one
+    assert not np.shares_memory(larger, first)
+    blocks.give(smaller)
+    copy = pickle.loads(pickle.dumps(blocks))
+    assert not np.shares_memory(copy.take((3, 4, 5)), first)
+
+
 def test_minmax_and_percentile_match_per_pixel_loops(files):
     paths, shifts, cube = files
     moved = shifted_cube(cube, shifts)
