@@ -1647,8 +1647,15 @@ def _key_mid(a, b, key):
     return key[0]
 
 
+@njit(inline="always", **_JIT)
+def _tied_next(value, a, b, cb, k):
+    """The value of rank ``k + 1`` when a bracket ``[a, b]`` of one value (``value``)
+    holds it too (``cb = #(v <= b) >= k + 2``), else NaN."""
+    return value if (a == b) & (cb >= k + 2) else _FNAN
+
+
 @njit(**_JIT)
-def _select(tile, rank, todo, a, ca, b, cb, guess, out, counts, key):
+def _select(tile, rank, todo, a, ca, b, cb, guess, out, upper, counts, key):
     """The value of global rank ``rank`` of every pixel with ``todo`` set, into ``out``.
 
     ``a <= value <= b`` bracket it with ``ca = #(v < a) <= rank`` and ``cb =
@@ -1658,6 +1665,10 @@ def _select(tile, rank, todo, a, ca, b, cb, guess, out, counts, key):
     bracket holds one value. Splitters interpolate the rank within the
     bracket, every third pass bisects it in float32 order (so it ends within
     96 passes); the first is ``guess`` when inside. Returns the passes made.
+
+    Where the same pass tells the value of rank ``rank + 1`` too (the splitter
+    fell between the two, or they are tied), it goes into ``upper``; elsewhere
+    ``upper`` is left as it was (an even count's median needs both).
     """
     m = np.empty(_LANES, np.float32)
     left = 0
@@ -1667,6 +1678,9 @@ def _select(tile, rank, todo, a, ca, b, cb, guess, out, counts, key):
             continue
         if a[i] == b[i]:
             out[i] = a[i]
+            nxt = _tied_next(a[i], a[i], b[i], cb[i], rank[i])
+            if nxt == nxt:
+                upper[i] = nxt
             continue
         g = guess[i]
         m[i] = g if (g > a[i]) & (g <= b[i]) else _key_mid(a[i], b[i], key)
@@ -1679,8 +1693,10 @@ def _select(tile, rank, todo, a, ca, b, cb, guess, out, counts, key):
                 if m[i] == m[i]:
                     for f in range(tile.shape[0]):
                         column[f] = tile[f, i]
-                    out[i] = _select_one(column, rank[i], a[i], ca[i], b[i], cb[i], m[i],
-                                         passes, key)
+                    out[i], nxt = _select_one(column, rank[i], a[i], ca[i], b[i], cb[i],
+                                              m[i], passes, key)
+                    if nxt == nxt:
+                        upper[i] = nxt
             return passes
         passes += 1
         _count(tile, m, counts)
@@ -1688,12 +1704,14 @@ def _select(tile, rank, todo, a, ca, b, cb, guess, out, counts, key):
         for i in range(_LANES):
             if m[i] != m[i]:
                 continue
-            done, a[i], ca[i], b[i], cb[i], m[i] = _narrow(
+            done, a[i], ca[i], b[i], cb[i], m[i], nxt = _narrow(
                 counts[0, i], counts[1, i], counts[2, i], rank[i], a[i], ca[i], b[i], cb[i],
                 passes, key)
             if done:
                 out[i] = m[i]
                 m[i] = _FNAN
+                if nxt == nxt:
+                    upper[i] = nxt
             else:
                 left += 1
     return passes
@@ -1703,21 +1721,24 @@ def _select(tile, rank, todo, a, ca, b, cb, guess, out, counts, key):
 def _narrow(c, under, over, k, a, ca, b, cb, passes, key):
     """One step of :func:`_select` for one pixel from a count ``c`` of values below the
     splitter, the largest value below it and the smallest from it on: ``(done, a, ca, b,
-    cb, m)``, ``m`` the value when done, else the next splitter."""
+    cb, m, upper)``, ``m`` the value when done, else the next splitter; ``upper`` the
+    value of rank ``k + 1`` when this count tells it too, else NaN."""
     if c > k:  # the rank is below the splitter: at most the largest value below it
         b = under
         cb = c
-        if c == k + 1 or a == b:
-            return True, a, ca, b, cb, b
+        if c == k + 1:  # the splitter lies between ranks k and k + 1
+            return True, a, ca, b, cb, b, over
+        if a == b:
+            return True, a, ca, b, cb, b, _tied_next(b, a, b, cb, k)
     else:  # at least the smallest value from the splitter on
         a = over
         ca = c
         if c == k or a == b:
-            return True, a, ca, b, cb, a
+            return True, a, ca, b, cb, a, _tied_next(a, a, b, cb, k)
     if passes % 3 == 0 or ca < 0 or cb < 0:
-        return False, a, ca, b, cb, _key_mid(a, b, key)
+        return False, a, ca, b, cb, _key_mid(a, b, key), _FNAN
     s = np.float32(a + (np.float64(b) - a) * ((k - ca + 0.5) / (cb - ca)))
-    return False, a, ca, b, cb, s if (s > a) & (s <= b) else _key_mid(a, b, key)
+    return False, a, ca, b, cb, s if (s > a) & (s <= b) else _key_mid(a, b, key), _FNAN
 
 
 @njit(**_JIT)
@@ -1735,9 +1756,9 @@ def _select_one(column, k, a, ca, b, cb, m, passes, key):
                 under = _fmax(under, v)
             elif v >= m:
                 over = _fmin(over, v)
-        done, a, ca, b, cb, m = _narrow(c, under, over, k, a, ca, b, cb, passes, key)
+        done, a, ca, b, cb, m, nxt = _narrow(c, under, over, k, a, ca, b, cb, passes, key)
         if done:
-            return m
+            return m, nxt
 
 
 @njit(inline="always", **_JIT)
@@ -1785,7 +1806,7 @@ def _medians(tile, st, active, lo, hi, guess, x, near, have_near, mid, work, key
         ca[i] = st[1, i]
         cb[i] = st[1, i] + n
     if todo.any():
-        _select(tile, rank, todo, a, ca, b, cb, guess, x, work[4:7], key)
+        _select(tile, rank, todo, a, ca, b, cb, guess, x, upper, work[4:7], key)
     even = np.zeros(_LANES, np.bool_)
     for i in range(_LANES):
         even[i] = active[i] and st[0, i] > 0 and st[0, i] % 2 == 0 and upper[i] != upper[i]
