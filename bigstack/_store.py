@@ -392,7 +392,8 @@ def prepare_append(store, attrs, operation, frame_meta):
         n_frames=n_total,
         pending=dict(operation, n_total=n_total, replaces=[]),
     )
-    group.attrs.update(attrs)
+    # one write of the group's metadata (attrs.update writes it once per key)
+    group.update_attributes(attrs)
     return attrs
 
 
@@ -474,7 +475,9 @@ def finish(store):
     for name in ("sum", "coverage"):
         if name in book:
             del book[name]
-    group.attrs.update({"complete": True, "pending": None, "history": history})
+    # one write of the group's metadata, which holds every frame's attributes (143 kB at
+    # 400 frames; attrs.update wrote it once per key: 0.12 s)
+    group.update_attributes({"complete": True, "pending": None, "history": history})
     with warnings.catch_warnings():
         # zarr notes that consolidated metadata is an extension to format 3;
         # xarray reads it, and without it open_zarr warns instead
