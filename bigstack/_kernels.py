@@ -1663,8 +1663,8 @@ def _select(tile, rank, todo, a, ca, b, cb, guess, out, upper, counts, key):
     counts the values below a splitter; the bracket snaps to the data values
     either side of it, and the rank is found when the count equals it or the
     bracket holds one value. Splitters interpolate the rank within the
-    bracket, every third pass bisects it in float32 order (so it ends within
-    96 passes); the first is ``guess`` when inside. Returns the passes made.
+    bracket, every sixth pass bisects it in float32 order (so it ends within
+    192 passes); the first is ``guess`` when inside. Returns the passes made.
 
     Where the same pass tells the value of rank ``rank + 1`` too (the splitter
     fell between the two, or they are tied), it goes into ``upper``; elsewhere
@@ -1735,7 +1735,7 @@ def _narrow(c, under, over, k, a, ca, b, cb, passes, key):
         ca = c
         if c == k or a == b:
             return True, a, ca, b, cb, a, _tied_next(a, a, b, cb, k)
-    if passes % 3 == 0 or ca < 0 or cb < 0:
+    if passes % 6 == 0 or ca < 0 or cb < 0:
         return False, a, ca, b, cb, _key_mid(a, b, key), _FNAN
     s = np.float32(a + (np.float64(b) - a) * ((k - ca + 0.5) / (cb - ca)))
     return False, a, ca, b, cb, s if (s > a) & (s <= b) else _key_mid(a, b, key), _FNAN
