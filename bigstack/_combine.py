@@ -863,12 +863,12 @@ def gather_tile(source, plan, a, b, blocks=None):
         fr0, sx = w.fused
         stored, scale, zero, blank, _ = source.raw(w.i, fr0, fr0 + rows.stop - rows.start,
                                                    buffers)
-        _nan_outside(plane, rows, cols)
         scale, zero = scale * g, zero * g + bias
         if _kernels.gathers(stored.dtype, scale):
             _kernels.gather_rows(stored, sx, plane, w.out, scale=scale, zero=zero,
-                                 blank=blank)
+                                 blank=blank, nan_outside=True)
             continue
+        _nan_outside(plane, rows, cols)
         block = stored[..., sx:sx + cols.stop - cols.start]
         out = plane[w.out]
         np.multiply(block, np.float32(scale), out=out, casting="unsafe")

@@ -2156,11 +2156,19 @@ def calibrate_rows(rows, out, *, scale=1.0, zero=0.0, blank=None, bias=None, dar
 
 
 @njit(**_JIT)
-def _gather_rows(stored, swap, signed, scale, zero, blank, has_blank, c0, out, oy, ox, ny, nx):
+def _gather_rows(stored, swap, signed, scale, zero, blank, has_blank, c0, out, oy, ox, ny, nx,
+                 nan_outside):
     # C-contiguous rows on both sides: a strided view's rows would not vectorise
+    if nan_outside:
+        out[:oy] = _FNAN
+        out[oy + ny:] = _FNAN
     for y in range(ny):
         src = stored[y, c0:c0 + nx]
-        row = out[oy + y, ox:ox + nx]
+        full = out[oy + y]
+        if nan_outside:
+            full[:ox] = _FNAN
+            full[ox + nx:] = _FNAN
+        row = full[ox:ox + nx]
         for x in range(nx):
             row[x] = _physical(src[x], swap, signed, scale, zero, blank, has_blank)
 
@@ -2177,15 +2185,17 @@ def gathers(dtype, scale=1.0):
         dtype.kind in "iu" and dtype.itemsize == 2)
 
 
-def gather_rows(rows, c0, out, window=None, *, scale=1.0, zero=0.0, blank=None):
+def gather_rows(rows, c0, out, window=None, *, scale=1.0, zero=0.0, blank=None,
+                nan_outside=False):
     """``out[window] = rows[:, c0:c0 + width] * scale + zero`` in float32, in one pass.
 
     A whole-pixel frame's window of a rejection tile: ``out`` is the frame's
     C-contiguous float32 plane of the tile, ``window`` ``(rows, cols)``
     slices of it (default: all of it) and ``rows`` the stored rows as a FITS
     reader gives them (any byte order, 8-bit unsigned, 16-bit integers or
-    floats: :func:`gathers`), one per window row, read from column ``c0``.
-    A stored BLANK, NaN or infinity gives NaN. The float32 arithmetic is
+    floats: :func:`gathers`), one per window row, read from column ``c0``;
+    with ``nan_outside`` the rest of the plane is set to NaN in the same
+    pass. A stored BLANK, NaN or infinity gives NaN. The float32 arithmetic is
     numpy's ``rows.astype(float32) * float32(scale) + float32(zero)``
     (stored float64 rows are rounded to float32 first); the reference is
     that numpy expression (tests/test_kernels.py).
@@ -2201,7 +2211,7 @@ def gather_rows(rows, c0, out, window=None, *, scale=1.0, zero=0.0, blank=None):
                          f"window {ny} x {nx} of a C-contiguous float32 plane {out.shape}")
     has_blank, bits = _blank_bits(blank, np.asarray(rows).dtype, view.dtype)
     _gather_rows(view, swap, signed, np.float32(scale), np.float32(zero), bits, has_blank,
-                 int(c0), out, oy, ox, ny, nx)
+                 int(c0), out, oy, ox, ny, nx, bool(nan_outside))
     return out
 
 

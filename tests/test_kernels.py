@@ -646,6 +646,11 @@ def test_gather_rows_equals_numpy(dtype):
     outside = np.ones(plane.shape, bool)
     outside[window] = False
     assert (plane[outside] == -1).all()
+    # the tile's own use: the rest of the plane NaN in the same pass
+    _kernels.gather_rows(stored, 3, plane, window, scale=scale, zero=zero, blank=blank,
+                         nan_outside=True)
+    np.testing.assert_array_equal(plane[window], want)
+    assert np.isnan(plane[outside]).all()
     with pytest.raises(ValueError, match="do not fill the window"):
         _kernels.gather_rows(stored, 20, plane, window)
 
