@@ -392,8 +392,9 @@ def prepare_append(store, attrs, operation, frame_meta):
         n_frames=n_total,
         pending=dict(operation, n_total=n_total, replaces=[]),
     )
-    # one write of the group's metadata (attrs.update writes it once per key)
-    group.update_attributes(attrs)
+    # all of them, in one write: a merge would keep the keys dropped above (the first
+    # run's registration table, which does not describe the appended frames)
+    group.attrs.put(attrs)
     return attrs
 
 

@@ -193,3 +193,22 @@ def test_memory_filesystem_inputs_and_store():
         np.testing.assert_array_equal(live["stack"].values, local["stack"].values)
     finally:
         fs.rm("/bigstack-test", recursive=True)
+
+
+def test_append_drops_the_first_runs_registration_table(tmp_path):
+    # a stack of registered frames records registration's table, frame by frame; after an
+    # append it would describe only the first run's frames, so the append drops it
+    from bigstack import synthetic
+
+    synthetic.make_frames(tmp_path / "night", n_frames=6, shape=(96, 128), seed=3)
+    paths = sorted(str(p) for p in (tmp_path / "night").glob("*.fit*"))
+    first = bigstack.open_frames(paths[:4])
+    store = tmp_path / "s.zarr"
+    bigstack.stack(first, bigstack.find_transforms(first, reference=0), store=store)
+    assert len(zarr.open_group(store).attrs["frames"]["valid"]) == 4
+    more = bigstack.open_frames(paths[4:])
+    got = bigstack.stack(more, bigstack.find_transforms(more, reference=0), store=store,
+                         mode="append")
+    attrs = zarr.open_group(store).attrs.asdict()
+    assert "frames" not in attrs and "frames" not in got.attrs
+    assert attrs["n_frames"] == 6 and len(attrs["inputs"]) == 6
