@@ -463,28 +463,40 @@ class Scene:
         self.sky_colour = unit_luminance(p["sky_colour"]) if self.colour else np.ones(1)
         self.sky = np.stack([(grey * c).astype(np.float32) for c in self.sky_colour])
 
+    def _place(self, n, sample, iso2, what):
+        """``n`` positions drawn by ``sample(m)`` (``x, y, ok`` for ``m`` candidates) and kept
+        where ``ok`` and off the reference star's disc (``iso2``: its radius squared)."""
+        rx, ry = self.ref
+        xs, ys = np.empty(0), np.empty(0)
+        for _round in range(1000):
+            if xs.size >= n:
+                return xs[:n], ys[:n]
+            x, y, ok = sample(2 * (n - xs.size) + 8)
+            ok &= (x - rx) ** 2 + (y - ry) ** 2 > iso2
+            xs, ys = np.concatenate([xs, x[ok]]), np.concatenate([ys, y[ok]])
+        raise ValueError(f"cannot place {what} outside "
+                         f"Stars.ref_isolation={self.p['ref_isolation']} px of the reference star")
+
+    def _fluxes(self, rng, n):
+        """``n`` star fluxes: a power law from ``flux_min``, capped at ``flux_max``."""
+        p = self.p
+        u = 1.0 - rng.random(n)  # (0, 1]
+        return np.minimum(p["flux_min"] * u ** (-1.0 / p["flux_index"]), p["flux_max"])
+
     def _draw_positions(self, rng, n, outside, iso2):
         """``n`` uniform positions inside frame 0, or in the margin around it, off the ref disc."""
         ny, nx = self.ny, self.nx
         margin = math.ceil(self.p["star_margin"] * max(ny, nx))
         pad = margin if outside else 0
         lo_x, hi_x, lo_y, hi_y = -0.5 - pad, nx - 0.5 + pad, -0.5 - pad, ny - 0.5 + pad
-        rx, ry = self.ref
-        xs, ys = np.empty(0), np.empty(0)
-        for _round in range(1000):
-            if xs.size >= n:
-                return xs[:n], ys[:n]
-            m = 2 * (n - xs.size) + 8
+
+        def sample(m):
             x = rng.uniform(lo_x, hi_x, m)
             y = rng.uniform(lo_y, hi_y, m)
-            ok = (x - rx) ** 2 + (y - ry) ** 2 > iso2
             inside = (x >= -0.5) & (x < nx - 0.5) & (y >= -0.5) & (y < ny - 0.5)
-            ok &= inside != outside
-            xs, ys = np.concatenate([xs, x[ok]]), np.concatenate([ys, y[ok]])
-        raise ValueError(
-            f"cannot place {n} stars in a {(ny, nx)} frame outside "
-            f"Stars.ref_isolation={self.p['ref_isolation']} px of the reference star"
-        )
+            return x, y, inside != outside
+
+        return self._place(n, sample, iso2, f"{n} stars in a {(ny, nx)} frame")
 
     def _draw_field(self, rng, iso2):
         """Field stars: positions inside and around frame 0, fluxes, colour factors."""
@@ -496,36 +508,23 @@ class Scene:
         n_out = round(n_in * (area_all - area_in) / area_in)
         x_in, y_in = self._draw_positions(rng, n_in, False, iso2)
         x_out, y_out = self._draw_positions(rng, n_out, True, iso2)
-        n = n_in + n_out
-        u = 1.0 - rng.random(n)  # (0, 1]
-        p = self.p
-        flux = np.minimum(p["flux_min"] * u ** (-1.0 / p["flux_index"]), p["flux_max"])
+        flux = self._fluxes(rng, n_in + n_out)
         return np.concatenate([x_in, x_out]), np.concatenate([y_in, y_out]), flux
 
     def _draw_cluster(self, rng, iso2):
         """``Stars.cluster``: Plummer-distributed positions (off the ref disc) and fluxes."""
-        p = self.p
-        cluster = p["cluster"]
+        cluster = self.p["cluster"]
         n, a = int(cluster[0]), float(cluster[1])
         x0, y0 = cluster[2:] if len(cluster) == 4 else ((self.nx - 1) / 2, (self.ny - 1) / 2)
-        rx, ry = self.ref
-        xs, ys = np.empty(0), np.empty(0)
-        for _round in range(1000):
-            if xs.size >= n:
-                break
-            m = 2 * (n - xs.size) + 8
+
+        def sample(m):
             u = rng.uniform(0.0, 1.0, m)
             r = a * np.sqrt(u / np.maximum(1.0 - u, 1e-12))  # projected Plummer: N(<r) = u
             phi = rng.uniform(0.0, 2.0 * math.pi, m)
-            x, y = x0 + r * np.cos(phi), y0 + r * np.sin(phi)
-            ok = (x - rx) ** 2 + (y - ry) ** 2 > iso2
-            xs, ys = np.concatenate([xs, x[ok]]), np.concatenate([ys, y[ok]])
-        else:
-            raise ValueError(f"cannot place Stars.cluster's {n} stars outside "
-                             f"Stars.ref_isolation={p['ref_isolation']} px of the reference star")
-        u = 1.0 - rng.random(n)
-        flux = np.minimum(p["flux_min"] * u ** (-1.0 / p["flux_index"]), p["flux_max"])
-        return xs[:n], ys[:n], flux
+            return x0 + r * np.cos(phi), y0 + r * np.sin(phi), np.ones(m, bool)
+
+        xs, ys = self._place(n, sample, iso2, f"Stars.cluster's {n} stars")
+        return xs, ys, self._fluxes(rng, n)
 
     def _field(self, x, y, flux, t):
         colours = unit_luminance(np.stack([1 + 0.2 * t, np.ones_like(t), 1 - 0.2 * t], -1))
