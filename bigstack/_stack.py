@@ -597,7 +597,7 @@ def _comparable(operation):
 
 def _tile_task(tiles, source, plan, tile, a, b, base, blocks=None):
     """Compute tile ``tile`` (rows ``[a, b)``) and write its chunk of every array into
-    ``tiles`` (a :class:`bigstack._store.Tiles` or the store)."""
+    ``tiles`` (the run's :class:`bigstack._store.Tiles`)."""
     if getattr(source, "channels", None) is not None:
         arrays = _combine.compute_colour_tile(source, plan, a, b, blocks=blocks)
     else:

@@ -442,14 +442,12 @@ class Tiles:
 def write_tile(tiles, arrays, tile, a, b, base, finish_stack):
     """Write tile ``tile`` (rows ``[a, b)``) of every array, then mark it done.
 
-    ``tiles`` is a :class:`Tiles` (or the store). With ``base`` (an append)
-    the tile's sums are added to the store's saved copy of the sums before
-    the append, never to the live ones, so a rerun of the task writes the
-    same values; ``finish_stack(sum, coverage)`` turns them into the stacked
+    ``tiles`` is the run's :class:`Tiles`. With ``base`` (an append) the
+    tile's sums are added to the store's saved copy of the sums before the
+    append, never to the live ones, so a rerun of the task writes the same
+    values; ``finish_stack(sum, coverage)`` turns them into the stacked
     values.
     """
-    if not isinstance(tiles, Tiles):
-        tiles = Tiles(tiles)
     if base:
         arrays["sum"] += tiles[f"{BOOK}/sum"][a:b]
         arrays["coverage"] += tiles[f"{BOOK}/coverage"][a:b]
