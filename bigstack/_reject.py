@@ -191,13 +191,16 @@ def workspace_bytes(method, n_frames=None, weighted=False):
     return chunk * per_value + _CHUNK_PIXELS * _ROW_BYTES
 
 
-def max_rows(memory, threads, n_frames, width, method, weighted=False):
+def max_rows(memory, threads, n_frames, width, method, weighted=False, value_bytes=None):
     """Rows per tile that keep ``threads`` blocks within ``memory`` bytes (may be 0).
 
-    See :func:`bytes_per_value` for the formula; 0 means not even one row
+    See :func:`bytes_per_value` for the formula (``value_bytes`` replaces it
+    for a block of other values: the stored rows of
+    :func:`bigstack._kernels.reject_stored`); 0 means not even one row
     fits, which the caller should report as an error naming the budget.
     """
-    per_row = width * (n_frames * bytes_per_value(method) + _PIXEL_BYTES)
+    value = bytes_per_value(method) if value_bytes is None else value_bytes
+    per_row = width * (n_frames * value + _PIXEL_BYTES)
     free = memory / max(int(threads), 1) - workspace_bytes(method, n_frames, weighted)
     return max(int(free // per_row), 0)
 

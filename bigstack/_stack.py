@@ -71,8 +71,11 @@ def stack(frames, shifts=None, *, method="mean", store=None, mode="write", subpi
         ``"winsorized"``, ``"minmax"`` and ``"percentile"`` need every
         frame's value of a pixel at once: each tile holds its rows of all
         frames, ``rows = (0.4 memory / threads - workspace) / (W * (4 N + 12))``
-        for N frames of W pixels (see :mod:`bigstack._reject`), so tiles get
-        lower as N grows, and a budget too small for one row is an error.
+        for N frames of W pixels (see :mod:`bigstack._reject`; ``2 N`` for
+        whole-pixel 8/16-bit integer frames, whose stored rows the
+        ``median``, ``sigma_clip`` and ``winsorized`` kernels read), so
+        tiles get lower as N grows, and a budget too small for one row is
+        an error.
         A :class:`~bigstack.Rejection` carries a method with its options.
     kappa, centre, maxiters, nlow, nhigh, percentile
         Options of the rejection methods, as for :class:`~bigstack.Rejection`
@@ -385,14 +388,18 @@ def _plan(request, inputs, quality, lazy):
     grid = _combine.output_grid(shifts[keep], inputs.shape, request.subpixel, request.extent,
                                 transforms=transforms[keep])
     warp = _combine.warp_footprint(transforms, inputs.keep, request.subpixel, inputs.shape)
-    tile = _combine.tile_rows(grid, request.memory, request.combine, int(keep.sum()),
-                              request.weighting, warp=warp,
-                              fused=_combine.groups_copies(inputs.source, request.weighting),
-                              base=hasattr(inputs.source, "stored"))
     moving = not _combine.translations(transforms[inputs.keep]).all()
     plan = _combine.TilePlan(shape=inputs.shape, shifts=shifts, subpixel=request.subpixel,
                              grid=grid, combine=request.combine, normalize=request.normalize,
                              transforms=transforms if moving else None, **fields)
+    # a rejection block kept as stored: decided on every frame that may be kept (a later
+    # selection only drops frames)
+    value_bytes = _combine.stored_gather(inputs.source, replace(plan, keep=inputs.keep))
+    plan = replace(plan, stored=value_bytes is not None)
+    tile = _combine.tile_rows(grid, request.memory, request.combine, int(keep.sum()),
+                              request.weighting, warp=warp,
+                              fused=_combine.groups_copies(inputs.source, request.weighting),
+                              base=hasattr(inputs.source, "stored"), value_bytes=value_bytes)
     return plan, _provenance(request, inputs, plan, tile, table, factors)
 
 

@@ -598,6 +598,68 @@ def test_rejection_across_load_groups_and_clean_pixels(method):
         assert got[1][0, 5] < 40 and (got[1][2:] == 40).all()
 
 
+def _stored_case(seed, dtype, n=23, h=7, frame_cols=310, width=300):
+    """Stored rows of ``dtype`` and per-frame windows, and the float32 block numpy makes of
+    them: each frame's window of stored values times its scale plus its zero, NaN outside
+    the window and at its BLANK."""
+    rng = np.random.default_rng(seed)
+    info = np.iinfo(dtype)
+    stored = rng.integers(info.min, int(info.max) + 1, (n, h, frame_cols)).astype(dtype)
+    stored[:, :, :40] = stored[:, :, :40] // 64  # ties and clusters for the selection
+    geometry = []
+    for k in range(n):
+        oy = int(rng.integers(0, 3))
+        ny = 0 if k == 4 else int(rng.integers(1, h - oy + 1))  # frame 4 misses the tile
+        ox = 0 if k % 3 else int(rng.integers(0, 60))
+        nx = width - ox - (0 if k % 5 else int(rng.integers(0, 90)))
+        geometry.append((oy, ny, ox, nx, int(rng.integers(-ox, frame_cols - ox - nx + 1))))
+    geometry = np.array(geometry)
+    scale = rng.uniform(0.5, 2.0, n)
+    zero = rng.uniform(-100.0, 40000.0, n)
+    blank = [int(stored[k, 1, 50 + k]) if k % 4 == 1 else None for k in range(n)]
+    block = np.full((n, h, width), np.nan, np.float32)
+    for k, (oy, ny, ox, nx, shift) in enumerate(geometry):
+        values = stored[k, oy:oy + ny, ox + shift:ox + shift + nx]
+        out = values.astype(np.float32) * np.float32(scale[k]) + np.float32(zero[k])
+        if blank[k] is not None:
+            out[values == blank[k]] = np.nan
+        block[k, oy:oy + ny, ox:ox + nx] = out
+    return stored, geometry, scale, zero, blank, block
+
+
+@pytest.mark.parametrize("dtype", [">i2", "<i2", ">u2", "u1"])
+@pytest.mark.parametrize("method,options", [("median", {}), ("sigma_clip", {"kappa": 2.0}),
+                                            ("sigma_clip", {"weights": "w"}),
+                                            ("winsorized", {"kappa": 1.5})])
+def test_reject_stored_equals_reject_block_of_the_converted_values(dtype, method, options):
+    # the stored rows converted as the kernel loads them: the float32 block's results, bit
+    # for bit, whatever the byte order, with windows that cover part of a tile's rows and
+    # columns, a frame that misses the tile, and BLANK values
+    from bigstack._kernels import reject_stored
+
+    stored, geometry, scale, zero, blank, block = _stored_case(7, np.dtype(dtype))
+    if options.get("weights") == "w":
+        options = {"weights": np.linspace(0.2, 3.0, len(block))}
+    want = reject_block(block, method, **options)
+    got = reject_stored(stored, geometry, block.shape[2], method, scale=scale, zero=zero,
+                        blank=blank, **options)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
+    assert np.isnan(block[4]).all() and (got[1] < len(block)).any()
+
+
+def test_reject_stored_refuses_windows_outside_its_block():
+    from bigstack._kernels import reject_stored
+
+    stored, geometry, scale, zero, _, _ = _stored_case(8, np.dtype(">i2"))
+    geometry[3, 4] = stored.shape[2]  # past the stored row's end
+    with pytest.raises(ValueError, match="frame 3's window"):
+        reject_stored(stored, geometry, 300, "median", scale=scale, zero=zero)
+    with pytest.raises(ValueError, match="8/16-bit integers"):
+        reject_stored(stored.astype(np.float32), geometry, 300, "median", scale=scale,
+                      zero=zero)
+
+
 def test_rejection_options_are_validated_like_combine_block():
     block = block_of(5)
     with pytest.raises(ValueError, match="does not use kappa"):

@@ -11,6 +11,7 @@ import warnings
 
 import numpy as np
 import pytest
+from astropy.io import fits
 from astropy.stats import sigma_clip
 
 import bigstack
@@ -254,3 +255,133 @@ def test_normalisation_and_selection(tmp_path):
     np.testing.assert_array_equal(lazy["stack"].values, chosen["stack"].values)
     with pytest.raises(ValueError, match="needs the frame quality first"):
         bigstack.stack(frames, truth.shifts, select="25%", extent="union")
+
+
+@pytest.fixture(scope="module")
+def integer_files(tmp_path_factory):
+    """16-bit frames as cameras write them (uint16 stored as int16 + BZERO 32768), one with
+    a BLANK pixel, 300 wide so that the kernel's 256-pixel loads straddle rows."""
+    directory = tmp_path_factory.mktemp("integer")
+    rng = np.random.default_rng(51)
+    cube = rng.normal(1000, 30, (11, 60, 300)).round().astype(np.uint16)
+    cube[2, 4, 7] = 60000
+    cube[6, 9:12, :] += 4000  # a trail
+    paths = [write_fits(directory / f"f{i:02d}.fit", frame) for i, frame in enumerate(cube)]
+    blank = directory / "f05.fit"
+    data = cube[5].astype(np.int32) - 32768
+    data[3, 100] = -32768  # BLANK in the stored values
+    hdu = fits.PrimaryHDU(data.astype(np.int16))
+    hdu.header["BZERO"] = 32768
+    hdu.header["BLANK"] = -32768
+    hdu.writeto(blank, overwrite=True)
+    values = cube.astype(np.float64)
+    values[5, 3, 100] = np.nan
+    shifts = np.round(rng.uniform(-6, 6, (11, 2)))
+    shifts[0] = 0
+    shifts[8] = (-40, 18)  # misses most tiles
+    return [str(p) for p in paths], shifts, values
+
+
+def _stored_and_float(monkeypatch, frames, shifts, tile_rows=None, **kwargs):
+    """``stack`` with the block kept as stored and with float32 blocks (the general path)."""
+    calls = []
+    real = _combine.gather_stored
+    monkeypatch.setattr(_combine, "gather_stored",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    if tile_rows is not None:
+        monkeypatch.setattr(_combine, "_gather_rows", lambda *args, **kw: tile_rows)
+    stored = bigstack.stack(frames, shifts, **kwargs).compute()
+    assert calls, "the stored path was not taken"
+    monkeypatch.setattr(_combine, "stored_gather", lambda source, plan: None)
+    calls.clear()
+    general = bigstack.stack(frames, shifts, **kwargs).compute()
+    assert not calls
+    monkeypatch.undo()
+    return stored, general
+
+
+@pytest.mark.parametrize("tile_rows", [1, 5, None])
+@pytest.mark.parametrize("method,options", [("median", {}), ("sigma_clip", {"kappa": 2.0}),
+                                            ("winsorized", {"kappa": 2.5})])
+def test_rejection_from_stored_rows_equals_the_float_blocks_and_numpy(
+        integer_files, monkeypatch, tile_rows, method, options):
+    # 16-bit frames keep their stored rows in the block (half the bytes, converted as the
+    # kernel loads them): the same values as the float32 blocks, bit for bit, and as numpy
+    paths, shifts, values = integer_files
+    frames = open_frames(paths)
+    stored, general = _stored_and_float(monkeypatch, frames, shifts, tile_rows,
+                                        method=method, **options)
+    for name in ("stack", "coverage", "rejected"):
+        np.testing.assert_array_equal(stored[name].values, general[name].values)
+    moved = shifted_cube(values, shifts)
+    if method == "median":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            _check(stored, np.nanmedian(moved, axis=0), np.isfinite(moved).sum(axis=0))
+    elif method == "sigma_clip":
+        clipped = sigma_clip(np.ma.masked_invalid(moved), sigma=2.0, maxiters=5,
+                             cenfunc="median", stdfunc="std", axis=0)
+        _check(stored, clipped.mean(axis=0).filled(np.nan), (~clipped.mask).sum(axis=0))
+
+
+def test_stored_rows_with_frame_gains_and_weights_equal_the_float_blocks(integer_files,
+                                                                          monkeypatch):
+    # normalised frames (a gain and an offset per frame) and weights: the stored path
+    # applies them as it converts, as the float blocks do
+    paths, shifts, _ = integer_files
+    frames = open_frames(paths)
+    weights = np.linspace(0.5, 2.0, len(paths))
+    stored, general = _stored_and_float(monkeypatch, frames, shifts, 4, method="sigma_clip",
+                                        normalize_frames="additive+scale", weights=weights)
+    for name in ("stack", "coverage", "rejected"):
+        np.testing.assert_array_equal(stored[name].values, general[name].values)
+    assert np.isfinite(stored["stack"].values).sum() > 0.9 * stored["stack"].size
+
+
+def test_stored_rows_make_tiles_twice_as_tall_in_a_store(integer_files, tmp_path,
+                                                          monkeypatch):
+    # the block of 16-bit stored rows takes half the bytes of float32 values, so the same
+    # budget holds tiles about twice as tall; float frames keep float32 blocks
+    from bigstack import _reject
+
+    monkeypatch.setattr(_combine.os, "cpu_count", lambda: 2)
+    paths, shifts, values = integer_files
+    # a budget for float32 tiles of 8 rows: 11 frames of 300 pixels, 4 bytes a value and 12
+    # of outputs a pixel, besides the kernel's workspace; 40% of it is the blocks'
+    rows = 8.5 * 300 * (11 * 4 + 12) + _reject.workspace_bytes("median", 11)
+    memory = int(rows * 2 / _combine._GATHER_SHARE)
+    got = bigstack.stack(open_frames(paths), shifts, method="median", memory=memory,
+                         store=tmp_path / "int.zarr")
+    floats = [write_fits(tmp_path / f"float{i}.fit", v.astype(np.float32))
+              for i, v in enumerate(values)]
+    ref = bigstack.stack(open_frames(floats), shifts, method="median", memory=memory,
+                         store=tmp_path / "float.zarr")
+    tall, low = got["stack"].data.chunks[0][0], ref["stack"].data.chunks[0][0]
+    # (2 N + 12) bytes a pixel instead of (4 N + 12)
+    assert low == 8 and tall == 14, (tall, low)
+    np.testing.assert_array_equal(got["stack"].values, ref["stack"].values)
+    np.testing.assert_array_equal(got["coverage"].values, ref["coverage"].values)
+
+
+def test_stored_path_only_for_whole_pixel_integer_frames(integer_files, tmp_path):
+    paths, shifts, values = integer_files
+    frames = open_frames(paths)
+    median = bigstack.Rejection("median")
+
+    def plan(source_frames, subpixel="nearest", method=median, shift=shifts):
+        transforms = _combine.as_transforms(np.asarray(shift, float))
+        p = _combine.TilePlan(shape=(60, 300), shifts=np.asarray(shift, float),
+                              keep=np.ones(len(transforms), bool), subpixel=subpixel,
+                              grid=(0, 60, 0, 300), combine=method)
+        from bigstack._io import cube_source
+        return _combine.stored_gather(cube_source(source_frames, "test")[0], p)
+
+    assert plan(frames) == 2.0
+    assert plan(frames, method=bigstack.Rejection("mean")) is None  # streams
+    assert plan(frames, method=bigstack.Rejection("minmax")) is None  # numpy reducer
+    assert plan(frames, subpixel="bilinear", shift=shifts + 0.3) is None  # interpolated
+    floats = [write_fits(tmp_path / f"float{i}.fit", v.astype(np.float32))
+              for i, v in enumerate(values)]
+    assert plan(open_frames(floats)) is None
+    assert plan(open_frames(paths[:5] + [str(floats[5])] + paths[6:])) is None  # mixed types
+    assert plan(np.stack([np.asarray(v, np.float32) for v in values])) is None  # in memory
