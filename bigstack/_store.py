@@ -435,8 +435,102 @@ class Tiles:
             if path not in self._arrays:
                 if self._group is None:
                     self._group = zarr.open_group(self.store, mode="r+", use_consolidated=False)
-                self._arrays[path] = self._group[path]
-            return self._arrays[path]
+                array = self._group[path]
+                self._arrays[path] = array, _chunk_writer(array)
+            return self._arrays[path][0]
+
+    def write(self, path, a, b, values):
+        """Write rows ``[a, b)`` of the array at ``path`` (the last axis but one; of a 1-D
+        array, its elements), which are one whole chunk of it (a tile): as a chunk file,
+        or through zarr (see :func:`_chunk_writer`)."""
+        array = self[path]
+        writer = self._arrays[path][1]
+        if writer is None:
+            array[(slice(None),) * max(array.ndim - 2, 0) + (slice(a, b),)] = values
+        else:
+            writer(a, b, values)
+
+
+def _chunk_writer(array):
+    """``write(a, b, values)``: rows ``[a, b)`` of ``array``, one whole chunk, encoded as
+    zarr encodes it (its bytes codec, then Blosc or Zstd) and written as the chunk's
+    file (to a temporary name, then renamed); None for arrays whose codecs or store
+    this does not cover, which zarr then writes.
+
+    zarr writes the chunks of every thread on its one event-loop thread:
+    measured 20 ms for a 512 x 2048 tile of ``stack``, ``coverage`` and ``sum``
+    alone, 35-66 ms with two tiles at once. Encoded here (about 6 ms, and the
+    compressors release the GIL), the two threads write in parallel. The bytes
+    are zarr's own (tests/test_store.py compares the files).
+    """
+    import numcodecs
+    from zarr.codecs import BloscCodec, BytesCodec, ZstdCodec
+    from zarr.storage import LocalStore
+
+    meta = array.metadata
+    store = array.store_path.store
+    codecs = tuple(getattr(meta, "codecs", ()))
+    if not (isinstance(store, LocalStore) and codecs and isinstance(codecs[0], BytesCodec)
+            and len(codecs) <= 2 and getattr(meta, "zarr_format", 3) == 3):
+        return None
+    dtype = np.dtype(array.dtype)
+    if dtype.itemsize > 1 and (codecs[0].endian is None or codecs[0].endian.value != "little"):
+        return None
+    compressor = codecs[1] if len(codecs) == 2 else None
+    if isinstance(compressor, BloscCodec):
+        encoder = numcodecs.Blosc(cname=compressor.cname.value, clevel=compressor.clevel,
+                                  shuffle={"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[
+                                      compressor.shuffle.value],
+                                  blocksize=compressor.blocksize)
+        if compressor.typesize != dtype.itemsize:
+            return None
+    elif isinstance(compressor, ZstdCodec):
+        encoder = numcodecs.Zstd(level=compressor.level, checksum=compressor.checksum)
+    elif compressor is None:
+        encoder = None
+    else:
+        return None
+    chunks = tuple(array.chunks)
+    shape = tuple(array.shape)
+    fill = meta.fill_value
+    folder = os.path.join(str(store.root), array.path)
+
+    axis = max(len(shape) - 2, 0)  # the rows: a tile's chunk is whole along the others
+    index = (slice(None),) * axis
+
+    def write(a, b, values):
+        values = np.asarray(values, dtype.newbyteorder("<"))
+        rows = chunks[axis]
+        others = shape[:axis] + shape[axis + 1:]
+        if a % rows or b - a > rows or values.shape != (*shape[:axis], b - a, *shape[axis + 1:]) \
+                or chunks[:axis] + chunks[axis + 1:] != others:
+            array[(*index, slice(a, b))] = values  # not one whole chunk: zarr's own write
+            return
+        if b - a < rows:  # an edge chunk is stored whole, the rest is the fill value
+            full = np.full((*shape[:axis], rows, *shape[axis + 1:]), fill, values.dtype)
+            full[(*index, slice(0, b - a))] = values
+            values = full
+        data = np.ascontiguousarray(values)
+        encoded = data.tobytes() if encoder is None else encoder.encode(data)
+        coords = tuple(a // rows if k == axis else 0 for k in range(len(shape)))
+        _put(os.path.join(folder, *meta.encode_chunk_key(coords).split("/")), encoded)
+
+    return write
+
+
+def _put(path, data):
+    """Write ``data`` as the file ``path`` whole or not at all (a temporary file renamed);
+    an OSError names ``path``."""
+    temporary = f"{path}.{os.getpid()}.{threading.get_ident()}.partial"
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(temporary, "wb") as f:
+            f.write(data)
+        os.replace(temporary, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        raise OSError(err.errno, err.strerror, path) from err
 
 
 def write_tile(tiles, arrays, tile, a, b, base, finish_stack):
@@ -453,11 +547,8 @@ def write_tile(tiles, arrays, tile, a, b, base, finish_stack):
         arrays["coverage"] += tiles[f"{BOOK}/coverage"][a:b]
         arrays["stack"] = finish_stack(arrays["sum"], arrays["coverage"])
     for name, values in arrays.items():
-        if values.ndim == 3:  # a colour stack
-            tiles[name][:, a:b] = values
-        else:
-            tiles[name][a:b] = values
-    tiles[f"{BOOK}/tiles_done"][tile] = 1
+        tiles.write(name, a, b, values)  # a colour stack's (channel, rows, x) too
+    tiles.write(f"{BOOK}/tiles_done", tile, tile + 1, np.ones(1, np.uint8))
     return b - a
 
 

@@ -232,20 +232,30 @@ def test_nan_pixels_are_left_out_not_an_error(tmp_path, capsys):
 
 
 def _failing_store_writes(monkeypatch, code, after=0):
-    """Make zarr's local store writes fail with ``code`` after ``after`` writes."""
+    """Make the store's writes fail with ``code`` after ``after`` writes: zarr's (metadata,
+    coordinates) and the tiles' chunk files bigstack writes itself (``_store._put``)."""
     from zarr.storage import LocalStore
 
-    real = LocalStore.set
+    from bigstack import _store
+
+    real, real_put = LocalStore.set, _store._put
     count = [0]
 
-    async def failing(self, key, value):
+    def fail(path):
         count[0] += 1
         if count[0] > after:
-            path = os.path.join(str(self.root), key)
             raise OSError(code, os.strerror(code), path)
+
+    async def failing(self, key, value):
+        fail(os.path.join(str(self.root), key))
         return await real(self, key, value)
 
+    def failing_put(path, data):
+        fail(path)
+        return real_put(path, data)
+
     monkeypatch.setattr(LocalStore, "set", failing)
+    monkeypatch.setattr(_store, "_put", failing_put)
 
 
 @pytest.mark.parametrize("code", [errno.EROFS, errno.EACCES])

@@ -212,3 +212,86 @@ def test_append_drops_the_first_runs_registration_table(tmp_path):
     attrs = zarr.open_group(store).attrs.asdict()
     assert "frames" not in attrs and "frames" not in got.attrs
     assert attrs["n_frames"] == 6 and len(attrs["inputs"]) == 6
+
+
+@pytest.mark.parametrize("channels", [0, 3])
+def test_tiles_write_the_chunk_files_zarr_writes(tmp_path, channels):
+    # bigstack encodes a tile's chunks itself (zarr writes every thread's chunks on one
+    # thread); the files must be zarr's own, bit for bit, edge chunk and colour included
+    import os
+
+    from bigstack import _store
+
+    rng = np.random.default_rng(31)
+    stores = []
+    for name in ("zarr", "tiles"):
+        group = zarr.open_group(tmp_path / name, mode="w", zarr_format=3)
+        _store._create_arrays(group, 50, 37, 16, ("stack", "coverage", "sum", "rejected"),
+                              channels)
+        group.create_array("done", shape=(4,), chunks=(1,), dtype="uint8", fill_value=0)
+        stores.append(group)
+    tiles = _store.Tiles(str(tmp_path / "tiles"))
+    lead = (channels,) if channels else ()
+    for t, a in enumerate(range(0, 50, 16)):
+        b = min(a + 16, 50)
+        for name, dtype in (("stack", np.float32), ("coverage", np.int32), ("sum", np.float64),
+                            ("rejected", np.int32)):
+            values = rng.normal(100, 10, (*lead, b - a, 37)).astype(dtype)
+            values[..., 0, :3] = 0  # the fill value of the counts
+            stores[0][name][..., a:b, :] = values
+            tiles.write(name, a, b, values)
+        stores[0]["done"][t] = 1
+        tiles.write("done", t, t + 1, np.ones(1, np.uint8))
+    def chunk_files(folder):
+        out = {}
+        for root, _, names in os.walk(folder):
+            for f in names:
+                if f != "zarr.json":
+                    path = os.path.join(root, f)
+                    with open(path, "rb") as file:
+                        out[os.path.relpath(path, folder)] = file.read()
+        return out
+
+    written = chunk_files(tmp_path / "zarr")
+    assert len(written) == 4 * 4 + 4
+    assert chunk_files(tmp_path / "tiles") == written  # no temporary file left either
+    again = zarr.open_group(tmp_path / "tiles", mode="r")
+    for name in ("stack", "coverage", "sum", "rejected", "done"):
+        np.testing.assert_array_equal(again[name][:], stores[0][name][:])
+
+
+def test_tiles_leave_other_writes_to_zarr(tmp_path):
+    # a write that is not one whole chunk, or an array in a store that is not a local
+    # folder, goes through zarr
+    from bigstack import _store
+
+    group = zarr.open_group(tmp_path / "s", mode="w", zarr_format=3)
+    _store._create_arrays(group, 20, 8, 10, ("stack",))
+    tiles = _store.Tiles(str(tmp_path / "s"))
+    tiles.write("stack", 3, 7, np.full((4, 8), 2.0, np.float32))  # inside a chunk
+    got = zarr.open_group(tmp_path / "s", mode="r")["stack"][:]
+    assert np.isnan(got[:3]).all() and (got[3:7] == 2).all() and np.isnan(got[7:]).all()
+    memory = zarr.open_group(zarr.storage.MemoryStore(), mode="w", zarr_format=3)
+    _store._create_arrays(memory, 20, 8, 10, ("stack",))
+    assert _store._chunk_writer(memory["stack"]) is None
+
+
+def test_a_chunk_file_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from bigstack import _store
+
+    target = tmp_path / "a" / "c" / "0"
+    _store._put(str(target), b"first")
+    assert target.read_bytes() == b"first"
+
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(_store.os, "replace", full)
+    with pytest.raises(OSError, match="No space left") as err:
+        _store._put(str(target), b"second")
+    assert err.value.filename == str(target)
+    assert target.read_bytes() == b"first"  # the old chunk stays whole
+    assert sorted(os.listdir(target.parent)) == ["0"]  # no temporary file left
