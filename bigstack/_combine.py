@@ -357,7 +357,7 @@ def _stored_sources(source, plan):
     """The stored-row readers of the plan's frames when every one is a whole-pixel copy
     of 8- or 16-bit integers of one type and row length; else None."""
     from . import _kernels
-    from ._io import FileRows
+    from ._io import FileRows, FitsSource
 
     if not isinstance(source, FileRows) or plan.warped.any():
         return None
@@ -368,7 +368,8 @@ def _stored_sources(source, plan):
         return None
     first = frames[0]
     for frame in frames:
-        if not (callable(getattr(frame, "read_raw", None))
+        # the frames FileRows.raw reads as stored rows (FITS, mono and Bayer SER)
+        if not ((isinstance(frame, FitsSource) or getattr(frame, "raw_rows", False))
                 and getattr(frame, "planes", None) is None
                 and _kernels.stores_rejection(frame.dtype)
                 and np.dtype(frame.dtype) == np.dtype(first.dtype)

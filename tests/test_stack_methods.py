@@ -385,3 +385,26 @@ def test_stored_path_only_for_whole_pixel_integer_frames(integer_files, tmp_path
     assert plan(open_frames(floats)) is None
     assert plan(open_frames(paths[:5] + [str(floats[5])] + paths[6:])) is None  # mixed types
     assert plan(np.stack([np.asarray(v, np.float32) for v in values])) is None  # in memory
+
+
+@pytest.mark.parametrize("colour", ["MONO", "RGB"])
+def test_stored_rows_only_for_files_whose_rows_are_one_plane(tmp_path, monkeypatch, colour):
+    # a mono SER video's rows are its stored rows; an RGB one interleaves R, G and B, so
+    # one colour of it (channel="R") is gathered as float32 values, never as stored rows
+    rng = np.random.default_rng(52)
+    shape = (9, 24, 40) + ((3,) if colour == "RGB" else ())
+    frames = rng.integers(100, 4000, shape).astype(np.uint16)
+    path = synthetic.write_ser(tmp_path / "v.ser", list(frames), colour=colour)
+    shifts = np.round(rng.uniform(-3, 3, (9, 2)))
+    cube = open_frames(path, channel="R") if colour == "RGB" else open_frames(path)
+    calls = []
+    real = _combine.gather_stored
+    monkeypatch.setattr(_combine, "gather_stored",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    got = bigstack.stack(cube, shifts, method="median").compute()
+    assert bool(calls) == (colour == "MONO")
+    values = frames[..., 0] if colour == "RGB" else frames
+    moved = shifted_cube(values.astype(np.float64), shifts)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        _check(got, np.nanmedian(moved, axis=0), np.isfinite(moved).sum(axis=0))
