@@ -353,25 +353,27 @@ def tile_rows(grid, memory, combine, n_kept, weighted, warp=None, fused=False, b
                         value_bytes=value_bytes)
 
 
+def _stored_frames(source, plan):
+    """The readers (file sources) of the plan's kept frames, in order."""
+    return [source.reader.sources[int(source.files[i])] for i in np.flatnonzero(plan.keep)]
+
+
 def _stored_sources(source, plan):
-    """The stored-row readers of the plan's frames when every one is a whole-pixel copy
-    of 8- or 16-bit integers of one type and row length; else None."""
+    """:func:`_stored_frames` when every one is a whole-pixel copy of 8- or 16-bit
+    integers of one type and row length; else None."""
     from . import _kernels
     from ._io import FileRows, FitsSource
 
     if not isinstance(source, FileRows) or plan.warped.any():
         return None
-    reader = source.reader
-
-    frames = [reader.sources[int(source.files[i])] for i in np.flatnonzero(plan.keep)]
-    if not frames:
+    frames = _stored_frames(source, plan)
+    if not frames or not _kernels.stores_rejection(frames[0].dtype):
         return None
     first = frames[0]
     for frame in frames:
         # the frames FileRows.raw reads as stored rows (FITS, mono and Bayer SER)
         if not ((isinstance(frame, FitsSource) or getattr(frame, "raw_rows", False))
                 and getattr(frame, "planes", None) is None
-                and _kernels.stores_rejection(frame.dtype)
                 and np.dtype(frame.dtype) == np.dtype(first.dtype)
                 and tuple(frame.shape) == tuple(first.shape)):
             return None
@@ -392,11 +394,9 @@ def stored_gather(source, plan):
     value is per output pixel: rows are read whole, so a grid narrower than
     the frames counts their full width.
     """
-    if plan.combine.streaming:
-        return None
     from . import _kernels
 
-    if plan.combine.method not in _kernels.REJECTIONS:
+    if plan.combine.method not in _kernels.REJECTIONS:  # mean and sum stream
         return None
     frames = _stored_sources(source, plan)
     if frames is None:
@@ -947,18 +947,15 @@ def gather_stored(source, plan, a, b, blocks=None):
     Frame k's stored rows that output rows ``[a, b)`` take are read straight
     into plane k of the block (full rows, as stored), at the rows they fill;
     ``geometry`` says which rows and columns those are. Only for plans
-    :func:`stored_gather` accepts.
+    :func:`stored_gather` accepts (checked there once, not here each tile).
     """
-    frames = _stored_sources(source, plan)
+    frames = _stored_frames(source, plan)
     gains, biases = plan.gains, plan.biases
     n = len(frames)
     dtype = np.dtype(frames[0].dtype)
     frame_cols = frames[0].shape[1]
     shape = (n, b - a, frame_cols)
-    if blocks is None:
-        block = np.empty(shape, dtype)
-    else:
-        block = blocks.take(shape, dtype)
+    block = np.empty(shape, dtype) if blocks is None else blocks.take(shape, dtype)
     flat = block.reshape(n, -1)
     geometry = np.zeros((n, 5), np.int64)
     scale, zero = np.ones(n), np.zeros(n)

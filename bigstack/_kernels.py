@@ -2101,12 +2101,12 @@ def _load_stored_tiles(block, geometry, swap, signed, scale, zero, blank, has_bl
     q0 + g)`` (rows of ``width``) of every frame, NaN outside the frame's window or at a
     BLANK (see :func:`reject_stored`)."""
     n = block.shape[0]
+    y = q0 // width
+    xa = q0 - y * width
     for f in range(n):
         oy, ny, ox, nx, shift = (geometry[f, 0], geometry[f, 1], geometry[f, 2],
                                  geometry[f, 3], geometry[f, 4])
         sc, ze, bl, hb = scale[f], zero[f], blank[f], has_blank[f]
-        y = q0 // width
-        xa = q0 - y * width
         if g == _LANES * _LOAD_TILES and xa + g <= width and oy <= y < oy + ny and \
                 ox <= xa and xa + g <= ox + nx:
             # whole tiles on one row, inside the window (the usual case): straight into the

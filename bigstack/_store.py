@@ -446,9 +446,15 @@ class Tiles:
         array = self[path]
         writer = self._arrays[path][1]
         if writer is None:
-            array[(slice(None),) * max(array.ndim - 2, 0) + (slice(a, b),)] = values
+            _zarr_write(array, a, b, values)
         else:
             writer(a, b, values)
+
+
+def _zarr_write(array, a, b, values):
+    """``array``'s rows ``[a, b)`` (the last axis but one; of a 1-D array, its elements)
+    written through zarr."""
+    array[(slice(None),) * max(array.ndim - 2, 0) + (slice(a, b),)] = values
 
 
 def _chunk_writer(array):
@@ -497,14 +503,14 @@ def _chunk_writer(array):
 
     axis = max(len(shape) - 2, 0)  # the rows: a tile's chunk is whole along the others
     index = (slice(None),) * axis
+    rows = chunks[axis]
+    whole = chunks[:axis] + chunks[axis + 1:] == shape[:axis] + shape[axis + 1:]
 
     def write(a, b, values):
         values = np.asarray(values, dtype.newbyteorder("<"))
-        rows = chunks[axis]
-        others = shape[:axis] + shape[axis + 1:]
-        if a % rows or b - a > rows or values.shape != (*shape[:axis], b - a, *shape[axis + 1:]) \
-                or chunks[:axis] + chunks[axis + 1:] != others:
-            array[(*index, slice(a, b))] = values  # not one whole chunk: zarr's own write
+        if not whole or a % rows or b - a > rows \
+                or values.shape != (*shape[:axis], b - a, *shape[axis + 1:]):
+            _zarr_write(array, a, b, values)  # not one whole chunk
             return
         if b - a < rows:  # an edge chunk is stored whole, the rest is the fill value
             full = np.full((*shape[:axis], rows, *shape[axis + 1:]), fill, values.dtype)
