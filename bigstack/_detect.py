@@ -595,3 +595,70 @@ def _unique(x, y, radius):
         if not drop[i]:
             drop[max(i, j)] = True
     return np.flatnonzero(~drop)
+
+
+def measure_at(stamps, gx, gy, x, y, fwhm, noise, threshold=5.0):
+    """Stars measured where they are expected, from stamps of a frame's values.
+
+    ``stamps``, ``gx``, ``gy``: as :func:`bigstack._measure.cut_stamps` cuts
+    them around ``(x, y)`` (float64 values with their background; NaN where a
+    pixel has no value). Each stamp's background is the median of its outer
+    two pixels; a sharp pixel well above the noise (a hot pixel or cosmic
+    ray, :data:`SHARP`, or :data:`SPIKE` for undersampled stars) is replaced
+    by its neighbours' median; the star is then centroided in a window of its
+    width (``fwhm``), as :func:`detect_stars` does. A star is found when its
+    stamp has a value at every pixel, its centroid converges within 1.25
+    window FWHM of the start, and its windowed signal to noise (the matched
+    filter's at the star's width, with ``noise`` the pixel sigma) is at least
+    ``threshold``. Returns ``(index, x, y, flux, snr)`` of the stars found,
+    ``index`` into ``x``/``y``.
+    """
+    window = max(float(fwhm), 2.0) / FWHM_PER_SIGMA
+    st = np.array(stamps, np.float64)
+    m, n, _ = st.shape
+    empty = (np.empty(0, np.int64),) + (np.empty(0),) * 4
+    if m == 0 or n < 5:
+        return empty
+    edge = np.ones((n, n), bool)
+    edge[2:-2, 2:-2] = False
+    # a plane through the border (a glow's or a cluster's gradient), refitted without the
+    # border pixels well above it (a neighbour's light)
+    yy, xx = np.mgrid[0:n, 0:n] - (n - 1) / 2
+    design = np.column_stack([np.ones(edge.sum()), xx[edge], yy[edge]])
+    border = st[:, edge]
+    use = np.isfinite(border)
+    values = np.where(use, border, 0.0)
+    for _ in range(2):
+        w = use.astype(np.float64)
+        normal = np.einsum("kp,pi,pj->kij", w, design, design)
+        normal[np.linalg.det(normal) <= 0] = np.eye(3)  # too few pixels: NaN below
+        coef = np.linalg.solve(normal, np.einsum("kp,pi->ki", w * values, design)[..., None])
+        coef = coef[..., 0]
+        left = np.where(use, values - coef @ design.T, np.nan)
+        with np.errstate(invalid="ignore"):
+            scale = 1.4826 * np.nanmedian(np.abs(left), axis=1)
+            use = np.isfinite(border) & (left < 3 * np.maximum(scale, noise)[:, None])
+    st -= coef[:, 0, None, None] + coef[:, 1, None, None] * xx + coef[:, 2, None, None] * yy
+    whole = np.isfinite(st).all(axis=(1, 2))
+    st[~whole] = 0.0
+    s, iy, ix = np.nonzero(st > 3.0 * noise)  # only these can be sharp
+    if s.size:
+        med = np.median(np.stack([st[s, np.clip(iy + dy, 0, n - 1), np.clip(ix + dx, 0, n - 1)]
+                                  for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]),
+                        axis=0)
+        value = st[s, iy, ix]
+        sharp = value - med > (SPIKE if fwhm < UNDERSAMPLED else SHARP) * value
+        st[s[sharp], iy[sharp], ix[sharp]] = med[sharp]
+    x0 = np.asarray(x, np.float64)
+    y0 = np.asarray(y, np.float64)
+    x1, y1, flux, _ = iterate_centroids(st, gx, gy, x0, y0, window)
+    with np.errstate(invalid="ignore"):
+        wx = np.exp(-(gx - x1[:, None]) ** 2 / (2 * window * window))
+        wy = np.exp(-(gy - y1[:, None]) ** 2 / (2 * window * window))
+        signal = np.einsum("ki,kij,kj->k", wy, st, wx)
+        spread = np.sqrt(np.sum(wy * wy, axis=1) * np.sum(wx * wx, axis=1))
+        snr = signal / (noise * spread)
+        keep = (whole & np.isfinite(x1) & np.isfinite(y1) & (flux > 0) & (snr >= threshold)
+                & (np.hypot(x1 - x0, y1 - y0) <= 2.5 * window * FWHM_PER_SIGMA / 2))
+    k = np.flatnonzero(keep)
+    return k, x1[k], y1[k], flux[k], snr[k]

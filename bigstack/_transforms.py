@@ -25,10 +25,13 @@ Stages
    :mod:`bigstack._kernels`). It returns the ``n_stars`` brightest stars
    and the frame's background, noise and FWHM: a few kB. While fewer than
    ``n_stars`` stars are found, the bands grow (by the shortfall, reading
-   only the new rows), and once they would cover half the frame the whole
-   frame is read instead: the fit's accuracy follows the number of stars
+   only the new rows): the fit's accuracy follows the number of stars
    (a sparse field's 4 x 48 rows held 11-40 stars and gave transforms
-   0.08 px off at the corners, 100 stars under 0.02).
+   0.08 px off at the corners, 100 stars under 0.02). Where they would
+   cover half the frame (a sparse field), ``min_stars`` stars are enough
+   for now: the matching stage then measures the reference's stars on
+   the frame (stage 3). Frames of wide stars (FWHM over
+   :data:`_STAMP_FWHM`), or with fewer stars, are read whole instead.
 2. **Reference, one task.** ``reference="auto"`` ranks the frames by
    quality: the most stars per row read, then the smallest FWHM (within
    10%), then the lowest background. Quality alone can pick a frame of
@@ -57,6 +60,15 @@ Stages
    times worse (0.10-0.16 px at a predicted 0.034-0.045 in a 384 px
    frame), hence the low bound. The search fits a similarity (with mirror images);
    then ``model`` is fitted by least squares to the matched pairs.
+   A sparse field's frame (stage 1) whose bands match convincingly is not
+   searched whole: the match puts the reference's brightest stars on the
+   frame, and each is measured on a stamp of the frame's own pixels
+   (:func:`_refine`: one read of the rows they span, a local background
+   plane, sharp pixels cleaned, a windowed centroid, signal to noise at
+   least ``threshold``). The stars found are the frame's stars; ``model``
+   is fitted to them and judged as any match. This costs about a tenth of
+   the whole frame's detection. When the bands do not match convincingly,
+   or the stars measured do not, the frame is searched whole.
 
 Validity
 --------
@@ -97,16 +109,18 @@ Reads
 -----
 A frame costs ``bands * rows`` rows (9% of a 2048-row frame with the
 defaults; bands of wide stars are made taller, to 12 FWHM), the
-reference frame once more in full, and a frame that needs it (too few
+reference frame once more in full, a sparse field's frame the rows its
+stamps span (read, not searched), and a frame that needs it (too few
 stars in the bands, no convincing match) once more in full; a predicted
 error over ``max_error`` grows the bands by the square of the shortfall
 (whole when they would cover half the frame). Measured on synthetic
 2048 x 2048 16-bit FITS frames, warm cache, 2 shared cores: in a rich
 field (``benchmarks/registration_speed.py 40 2048``) 192 rows a frame are
 read and registration takes 2.3 times reading and adding every frame; in
-a sparse field of 100 rotated frames (fewer than ``n_stars`` stars in the
-bands, so frames are read whole) 84 ms of CPU a frame, 5.1 s in all. Of a
-whole frame's time, the background cells take about 16 ms, the matched
+a sparse field of 100 rotated frames (``/tmp/bsb400-rotated``: about 35
+stars in bands of 2 x 48 rows, 220 on a frame) 24 ms of CPU a frame in
+one thread, bands and stamps, against 45 ms when each frame was searched
+whole. Of a whole frame's time, the background cells take about 16 ms, the matched
 filter's smoothing 10, the row and column pattern 9, the conversion of
 the stored rows 8, the sharp-peak pass 6 and the binning 5.
 
@@ -131,6 +145,11 @@ MODELS = ("shift", "similarity", "affine")
 _BATCH = 32  # frames matched per task
 _CHUNK = 1024  # rows per read when a frame is read whole
 _MAX_REF_STARS = 3000
+#: stars wider than this (px) are not measured on stamps (:func:`_refine`) but by the whole
+#: frame's detection: a stamp of a wide star spans the gradients, neighbours and sensor
+#: pattern the detection removes (the generator's globular cluster, FWHM 11 px: stamps
+#: 0.05-0.30 px off the truth and 2 of 24 frames uncertain, the detection 0.05-0.23 px)
+_STAMP_FWHM = 6.0
 _CANDIDATES = 3  # frames tried as the automatic reference, at most
 _SAMPLE = 12  # frames each candidate reference is matched to
 
@@ -236,7 +255,7 @@ def _record(found, whole):
     out.update({k: float(found[k]) for k in ("background", "noise", "frame_fwhm",
                                              "filter_fwhm")})
     out.update(n_found=int(found["n_found"]), rows=int(found["rows"]), whole=bool(whole),
-               height=int(found["height"]))
+               height=int(found["height"]), sparse=bool(found.get("sparse", False)))
     return out
 
 
@@ -259,6 +278,14 @@ def _frame_task(source, i, shape, opts):
         height = sum(len(v) for _, v in bands) // len(bands)
         grow = max(2.0, 1.2 * want / max(found["n_found"], 1))
         height = int(math.ceil(height * grow))
+        if height * len(bands) * 2 >= ny and want > opts["min_stars"] and _compact(found):
+            # a sparse field: ``min_stars`` will do, matching then measures the reference's
+            # stars on the frame (_refine)
+            want = opts["min_stars"]
+            if found["n_found"] >= want:
+                break
+            grow = max(2.0, 1.2 * want / max(found["n_found"], 1))
+            height = int(math.ceil(sum(len(v) for _, v in bands) // len(bands) * grow))
         if height * len(bands) * 2 >= ny:
             rows = found["rows"]
             found, _ = _stars(source, i, _whole(ny), opts, opts["n_stars"], whole=True,
@@ -266,8 +293,16 @@ def _frame_task(source, i, shape, opts):
             found["rows"] += rows
             break
         plan = band_rows(ny, height, len(bands))
-        found, bands = _stars(source, i, plan, opts, opts["n_stars"], have=bands)
+        found, bands = _stars(source, i, plan, opts, opts["n_stars"], have=bands,
+                              fwhm=_known_fwhm(found))
+    found["sparse"] = not found["whole"] and found["n_found"] < opts["n_stars"]
     return _record(found, found["whole"])
+
+
+def _compact(found):
+    """Whether a frame's stars are narrow enough to be measured on stamps (:func:`_refine`)."""
+    f = found["frame_fwhm"] if np.isfinite(found["frame_fwhm"]) else found["filter_fwhm"]
+    return bool(f <= _STAMP_FWHM)
 
 
 def _reference_stars(source, ref, record, opts, shape):
@@ -388,7 +423,7 @@ def _pick_task(source, records, reference, opts, shape):
 
 def _solve(ref_stars, stars, model, opts, hints):
     """Match a frame's stars to the reference's; the pairs and the fitted model."""
-    from ._match import describe, match_stars, predicted_error, refine
+    from ._match import match_stars, refine
 
     src = np.column_stack([ref_stars["x"], ref_stars["y"]])
     dst = np.column_stack([stars["x"], stars["y"]])
@@ -399,6 +434,15 @@ def _solve(ref_stars, stars, model, opts, hints):
                    tolerance=opts["tolerance"])
         if m.n_matched >= found.n_matched:
             found = m
+    return _fit_found(ref_stars, stars, found, model, opts)
+
+
+def _fit_found(ref_stars, stars, found, model, opts):
+    """The fit of ``model`` to the pairs of ``found`` (a :class:`bigstack._match.Match`)."""
+    from ._match import describe, predicted_error
+
+    src = np.column_stack([ref_stars["x"], ref_stars["y"]])
+    dst = np.column_stack([stars["x"], stars["y"]])
     out = {"n_matched": found.n_matched, "matrix": np.full((2, 3), np.nan),
            "residual": np.nan, "rotation": np.nan, "scale": np.nan, "flip": False,
            "search": found, "expected": len(dst), "error": np.nan}
@@ -550,7 +594,18 @@ def _match_task(source, frames, records, picked, ref_stars, shape, model):
             out[i] = _identity(stars)
             continue
         solved = _solve(ref_stars, stars, model, opts, [hint] if hint is not None else [])
-        if not stars["whole"] and (not _convincing(solved, opts)
+        if stars["sparse"]:
+            refined = (_refine(source, i, ref_stars, stars, solved, model, opts, shape)
+                       if _convincing(solved, opts) else None)
+            if refined is None:  # the frame's detection over the whole frame
+                found, _ = _stars(source, i, _whole(shape[0]), opts, opts["n_stars"],
+                                  whole=True, fwhm=_known_fwhm(stars))
+                found["rows"] += stars["rows"]
+                refined = _record(found, True)
+                refined = refined, _solve(ref_stars, refined, model, opts,
+                                          [hint] if hint is not None else [])
+            stars, solved = refined
+        elif not stars["whole"] and (not _convincing(solved, opts)
                                    or not solved["error"] <= opts["max_error"]):
             plan, whole = _second_plan(stars, solved, opts, shape[0])
             found, _ = _stars(source, i, plan, opts, opts["n_stars"] * 4, whole=whole,
@@ -567,6 +622,70 @@ def _match_task(source, frames, records, picked, ref_stars, shape, model):
             hint = solved["search"].matrix[:, :2]
         out[i] = _row(stars, solved, valid, reason)
     return out
+
+
+def _refine(source, i, ref_stars, stars, solved, model, opts, shape):
+    """``(stars, solved)`` from the reference's stars measured on frame ``i``, or None.
+
+    For a frame whose bands matched convincingly but hold too few stars for
+    the transform's accuracy (a sparse field). The match's transform puts
+    the reference's brightest listed stars (up to ``4 n_stars``) on the
+    frame; stamps around them are read (the stored rows they span, one
+    read) and each star is measured on its own pixels
+    (:func:`bigstack._detect.measure_at`: local background, sharp pixels
+    cleaned, windowed centroid, signal to noise at least ``threshold``).
+    A star found within ``3 tolerance`` (at least 3 px) of where it was
+    expected is paired with its reference star; ``model`` is fitted to the pairs and judged as
+    any other match, even where the bands' few stars fitted better (a
+    similarity fits a sheared frame's bands, not its corners). None when
+    the answer is not convincing (the caller then reads the whole frame):
+    the detection over the whole frame costs about ten times as much.
+    """
+    from ._detect import FWHM_PER_SIGMA, _unique, measure_at
+    from ._match import Match
+    from ._measure import cut_stamps
+
+    ny, nx = shape
+    fwhm = stars["frame_fwhm"] if np.isfinite(stars["frame_fwhm"]) else stars["filter_fwhm"]
+    if not (np.isfinite(fwhm) and stars["noise"] > 0):
+        return None
+    window = max(fwhm, 2.0) / FWHM_PER_SIGMA
+    reach = max(3, int(math.ceil(3.5 * window))) + int(math.ceil(window)) + 3
+    search = solved["search"].matrix
+    src = np.column_stack([ref_stars["x"], ref_stars["y"]])
+    p = src @ search[:, :2].T + search[:, 2]
+    inside = ((p[:, 0] >= reach) & (p[:, 0] <= nx - 1 - reach) & (p[:, 1] >= reach)
+              & (p[:, 1] <= ny - 1 - reach))
+    sel = np.flatnonzero(inside)[:4 * opts["n_stars"]]
+    if sel.size < opts["min_matches"]:
+        return None
+    px, py = p[sel, 0], p[sel, 1]
+    r0 = max(int(math.floor(py.min())) - reach - 1, 0)
+    r1 = min(int(math.ceil(py.max())) + reach + 2, ny)
+    rows, scale, zero, blank, _ = source.raw(i, r0, r1, {})
+    if np.ndim(rows) != 2:
+        return None
+    cut, gx, gy = cut_stamps(rows, px, py - r0, window)
+    values = cut * scale + zero
+    if blank is not None:
+        values[cut == blank] = np.nan
+    k, x, y, flux, snr = measure_at(values, gx, gy + r0, px, py, fwhm, stars["noise"],
+                                    opts["threshold"])
+    order = np.argsort(-flux, kind="stable")
+    k, x, y, flux, snr = k[order], x[order], y[order], flux[order], snr[order]
+    keep = _unique(x, y, fwhm)
+    k, x, y, flux, snr = k[keep], x[keep], y[keep], flux[keep], snr[keep]
+    measured = dict(stars, x=x, y=y, flux=flux, snr=snr, n_found=int(x.size),
+                    rows=stars["rows"] + (r1 - r0))
+    # pairs as wide as the affine refit's: stars the search's similarity misplaces by a
+    # pixel (a shear, a distortion) stay in the fit, so a model that cannot follow them
+    # fails the residual test rather than keeping only the stars it fits
+    near = np.flatnonzero(np.hypot(x - px[k], y - py[k]) <= max(3 * opts["tolerance"], 3.0))
+    found = Match(search, sel[k[near]], near, np.nan, bool(solved["flip"]), "stamps")
+    refined = _fit_found(ref_stars, measured, found, model, opts)
+    if not _convincing(refined, opts):
+        return None
+    return measured, refined
 
 
 def _known_fwhm(record):
@@ -744,8 +863,10 @@ def find_transforms(frames, model="similarity", reference="auto", *, n_stars=100
         ``False`` returns the Dataset backed by dask, nothing computed.
     rows, bands : int
         Each frame is searched in ``bands`` bands of ``rows`` rows (default
-        4 x 48, taller for wide stars), and read whole only when they hold fewer than
-        ``min_stars`` stars (default ``3 * min_matches``) or do not match.
+        4 x 48, taller for wide stars), and searched whole only when they hold fewer
+        than ``min_stars`` stars (default ``3 * min_matches``) or do not match. In a
+        sparse field (fewer than ``n_stars`` stars in bands of half the frame) the
+        reference's stars are then measured where the bands' match puts them.
     fwhm : float, optional
         Star FWHM in pixels for the matched filter; default chosen per
         frame.

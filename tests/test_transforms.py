@@ -382,3 +382,49 @@ def test_reference_auto_is_a_frame_of_the_night(name, seed, tmp_path):
     for k, t in enumerate(_relative(truth, ref)):
         if ds["valid"].values[k]:
             assert overlap_error(ds["transform"].values[k], t, shape) < 0.1, k
+
+
+def test_sparse_field_measures_the_reference_stars_on_each_frame(monkeypatch):
+    """A sparse field (fewer than ``n_stars`` stars in the bands): a frame's bands are
+    matched, then the reference's stars are measured where that match puts them, on the
+    frame's own pixels; no frame but the reference is searched whole. The transforms are
+    as close to the truth as those of the whole frame's detection (the path before)."""
+    import bigstack._detect as detect
+    import bigstack._transforms as T
+
+    stars = field(seed=5, density=500)
+    matrices = [similarity(), similarity(0.4, shift=(7.3, -4.1), centre=CENTRE),
+                similarity(-0.6, shift=(-3.2, 9.6), centre=CENTRE),
+                similarity(180.2, shift=(2.5, 1.5), centre=CENTRE),
+                similarity(0.2, 1.01, shift=(20.4, 11.7), centre=CENTRE)]
+    frames = cube(matrices, stars, pattern=5.0, hot=200)
+    searched, measured = [], []
+    real_detect, real_measure = detect.detect_stars, detect.measure_at
+
+    def spy_detect(bands, **kwargs):
+        searched.append(sum(len(rows) for _, rows in bands))
+        return real_detect(bands, **kwargs)
+
+    def spy_measure(stamps, *args, **kwargs):
+        measured.append(len(stamps))
+        return real_measure(stamps, *args, **kwargs)
+
+    monkeypatch.setattr(detect, "detect_stars", spy_detect)
+    monkeypatch.setattr(detect, "measure_at", spy_measure)
+    with dask.config.set(scheduler="synchronous"):
+        ds = find_transforms(frames, reference=0)
+    assert ds["valid"].all()
+    # whole-frame detections: the reference's only
+    assert sum(rows >= SHAPE[0] for rows in searched) == 1
+    assert len(measured) == len(matrices) - 1 and min(measured) > 50
+    assert (ds["n_matched"].values[1:] > 50).all()
+    stamps = [overlap_error(ds["transform"].values[k], matrices[k]) for k in range(1, 5)]
+    # the path before: the frames searched whole
+    monkeypatch.setattr(T, "_STAMP_FWHM", 0.0)
+    searched.clear()
+    whole = find_transforms(frames, reference=0)
+    assert sum(rows >= SHAPE[0] for rows in searched) == len(matrices)
+    before = [overlap_error(whole["transform"].values[k], matrices[k]) for k in range(1, 5)]
+    assert max(stamps) < 0.03
+    assert max(stamps) < 2 * max(before)
+    assert "meridian flip" in str(ds["reason"].values[3])
